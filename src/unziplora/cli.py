@@ -1,0 +1,149 @@
+"""Command line: argument parsing only; every command calls the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UnZipLoRAError
+
+
+def _add_decompose(sub) -> None:
+    p = sub.add_parser("decompose", help="train a content LoRA and a style LoRA from one image")
+    p.add_argument("image", help="the input image")
+    p.add_argument("--subject", help="class noun of the subject, e.g. cat")
+    p.add_argument("--style", help="short style phrase, e.g. watercolor")
+    p.add_argument("--out", required=True, help="run folder to create")
+    p.add_argument("--config", help="YAML config; command-line options override it")
+    p.add_argument("--base-model", help="hub id or local diffusers SDXL folder")
+    p.add_argument("--profile", help="block roles: auto, sdxl, or a profile YAML")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--rank", type=int)
+    p.add_argument("--resolution", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--identifier", help="rare token standing for <c> (default monadikos)")
+    p.add_argument("--gradient-checkpointing", action="store_true", default=None)
+    p.add_argument("--use-8bit-adam", action="store_true", default=None)
+    p.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"])
+    p.add_argument("--preview-every", type=int, help="write previews every N steps (0: off)")
+    p.add_argument("--sample-steps", type=int, help="denoising steps of the preview images")
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--force", action="store_true", help="replace an existing run folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="generate with a run's LoRAs (content, style, both, or across runs)")
+    p.add_argument("run", nargs="?", help="run folder (for --mode content|style|both)")
+    p.add_argument("--mode", choices=["content", "style", "both", "cross"], default="both")
+    p.add_argument("--content", help="run folder whose content LoRA to use (cross-run)")
+    p.add_argument("--style", help="run folder whose style LoRA to use (cross-run)")
+    p.add_argument("--prompt", required=True, help='e.g. "A <c> cat in <s> style on a boat"')
+    p.add_argument("--out", help="output folder (default RUN/samples/<mode>)")
+    p.add_argument("--seeds", type=int, nargs="+", help="default: the authors' 0 1000 111 1234")
+    p.add_argument("--steps", type=int, help="denoising steps (default 50)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 5.0)")
+    p.add_argument("--num-images", type=int, default=1, help="images per seed")
+    p.add_argument("--resolution", type=int)
+    p.add_argument("--base-model", help="override the run's base model (hub id or folder)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unziplora", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_decompose(sub)
+    _add_generate(sub)
+    info = sub.add_parser("info", help="describe a run folder")
+    info.add_argument("run")
+    return parser
+
+
+def run_decompose(args) -> None:
+    from .config import RunConfig, load_config
+    from .decompose import decompose
+
+    config = load_config(args.config) if args.config else RunConfig()
+    config = config.with_overrides(
+        {
+            "prompts.subject": args.subject, "prompts.style": args.style, "prompts.identifier": args.identifier,
+            "model.base_model": args.base_model, "model.profile": args.profile,
+            "train.steps": args.steps, "lora.rank": args.rank, "train.resolution": args.resolution,
+            "train.seed": args.seed, "train.gradient_checkpointing": args.gradient_checkpointing,
+            "train.use_8bit_adam": args.use_8bit_adam, "train.mixed_precision": args.mixed_precision,
+            "train.preview_every": args.preview_every, "sample.steps": args.sample_steps,
+            "train.device": args.device,
+        }
+    )
+    run = decompose(args.image, args.out, config, force=args.force, progress=not args.quiet)
+    print(run.summary())
+
+
+def run_generate(args) -> None:
+    from .config import SampleConfig
+    from .generate import generate
+    from .runfolder import RunFolder
+
+    source = args.run or args.content
+    if source is None:
+        raise UnZipLoRAError("give a run folder (unziplora generate RUN ...) or --content RUN --style RUN")
+    defaults = RunFolder.open(source).manifest["config"]["sample"]
+    sample = SampleConfig(
+        steps=args.steps or defaults["steps"],
+        guidance_scale=args.guidance if args.guidance is not None else defaults["guidance_scale"],
+        seeds=args.seeds or defaults["seeds"],
+        resolution=args.resolution or defaults["resolution"],
+    )
+    mode = "cross" if (args.content and args.style) else args.mode
+    out = args.out or str(Path(source) / "samples" / mode)
+    paths = generate(
+        args.prompt, out, mode, run=args.run, content_run=args.content, style_run=args.style, sample=sample,
+        num_images=args.num_images, base_model=args.base_model, device=args.device, force=args.force,
+    )
+    print(f"wrote {len(paths)} image(s) and grid.png to {out}")
+
+
+def _quiet_libraries() -> None:
+    """Library warnings (cache look-ups, deprecations) would bury our one-line errors."""
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.debug:
+        _quiet_libraries()
+    try:
+        if args.command == "decompose":
+            run_decompose(args)
+        elif args.command == "generate":
+            run_generate(args)
+        elif args.command == "info":
+            from .runfolder import RunFolder
+
+            print(RunFolder.open(args.run).summary())
+        return 0
+    except UnZipLoRAError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Run configuration: plain dataclasses with the paper's defaults, YAML in and out.
+
+Defaults follow METHOD §2.5 and the authors' training script (arXiv 2412.04465, Sec. 4 and
+their public code). Unknown keys and bad values are rejected with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import UnZipLoRAError
+
+DEFAULT_BASE_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise UnZipLoRAError(message)
+
+
+@dataclass
+class ModelConfig:
+    base_model: str = DEFAULT_BASE_MODEL  # hub id or local diffusers folder
+    revision: str | None = None
+    profile: str = "auto"  # block roles: "auto" = the base model's own file, else SDXL's
+    block_separation: bool = True  # False: every module masked for both branches (ablation M2)
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 64
+    init: Literal["gaussian", "zero_b"] = "gaussian"  # authors: A, B ~ N(0, (1/r)^2)
+    lr: float = 5e-5
+    merger_lr: float = 5e-3  # mergers move 100x faster than A, B (authors' script)
+
+    def __post_init__(self):
+        _check(self.rank > 0, f"lora.rank must be a positive integer, got {self.rank}")
+        _check(self.lr > 0 and self.merger_lr > 0, "lora.lr and lora.merger_lr must be > 0")
+
+
+@dataclass
+class MaskConfig:
+    enabled: bool = True  # column separation; False: both branches train all columns (ablation M1)
+    refresh_every: int = 200  # steps between mask refreshes (3 refreshes in 600 steps)
+    fraction: float = 0.10  # columns each masked branch gains per refresh, per layer
+    cone_threshold: float = 1e-5  # |dW * G| above this counts as an important entry
+    orth_weight: float = 0.5  # lambda of the orthogonality loss
+
+    def __post_init__(self):
+        _check(0 < self.fraction <= 1, f"masks.fraction must be in (0, 1], got {self.fraction}")
+        _check(self.refresh_every > 0, f"masks.refresh_every must be > 0, got {self.refresh_every}")
+        _check(self.orth_weight >= 0, "masks.orth_weight must be >= 0")
+        _check(self.cone_threshold >= 0, "masks.cone_threshold must be >= 0")
+
+
+@dataclass
+class PromptConfig:
+    subject: str = ""  # class noun of the subject, e.g. "cat"
+    style: str = ""  # short style phrase, e.g. "watercolor"
+    identifier: str = "monadikos"  # rare token for <c>, as the authors use
+    combined: str = "A {identifier} {subject} in {style} style"
+    content: str = "A {identifier} {subject}"
+    style_prompt: str = "A {subject} in {style} style"
+    separate: bool = True  # prompt separation; False: both branches see the combined prompt
+
+    def __post_init__(self):
+        for key in ("subject", "style", "identifier"):
+            value = getattr(self, key)
+            _check(isinstance(value, str), f"prompts.{key} must be a string")
+        if self.subject or self.style:
+            _check(bool(self.subject.strip()), "the subject word is empty: pass --subject, e.g. --subject cat")
+            _check(bool(self.style.strip()), "the style words are empty: pass --style, e.g. --style watercolor")
+        _check(bool(self.identifier.strip()), "prompts.identifier must not be empty")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 600
+    resolution: int = 1024
+    batch_size: int = 1
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    weight_decay: float = 1e-4
+    max_grad_norm: float = 1.0
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU
+    gradient_checkpointing: bool = False
+    use_8bit_adam: bool = False  # needs bitsandbytes (and CUDA)
+    seed: int = 0
+    preview_every: int = 0  # steps between preview images; 0 = only the final grid
+    device: str = "auto"  # auto: cuda if available, else cpu
+
+    def __post_init__(self):
+        _check(self.steps > 0, f"train.steps must be a positive integer, got {self.steps}")
+        _check(self.resolution >= 8 and self.resolution % 8 == 0, "train.resolution must be a multiple of 8")
+        _check(self.batch_size > 0, "train.batch_size must be > 0")
+        _check(self.max_grad_norm > 0, "train.max_grad_norm must be > 0")
+        _check(self.preview_every >= 0, "train.preview_every must be >= 0")
+
+
+@dataclass
+class SampleConfig:
+    """Generation settings (the authors' inference defaults)."""
+
+    steps: int = 50
+    guidance_scale: float = 5.0
+    seeds: list[int] = field(default_factory=lambda: [0, 1000, 111, 1234])
+    resolution: int | None = None  # None: the training resolution
+
+    def __post_init__(self):
+        _check(self.steps > 0, f"sample.steps must be > 0, got {self.steps}")
+        _check(len(self.seeds) > 0, "sample.seeds must hold at least one seed")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    masks: MaskConfig = field(default_factory=MaskConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "RunConfig":
+        """A copy with dotted keys replaced, e.g. {"train.steps": 10}; None values are ignored."""
+        data = self.to_dict()
+        for dotted, value in overrides.items():
+            if value is None:
+                continue
+            section, _, key = dotted.partition(".")
+            _check(section in data and key in data[section], f"unknown config key {dotted!r}")
+            data[section][key] = value
+        return config_from_dict(data)
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check one value against its annotation; ints are accepted where floats are expected."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is Literal:
+        _check(value in args, f"{where} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        _check(isinstance(value, (list, tuple)), f"{where} must be a list, got {value!r}")
+        item_type = args[0]
+        items = [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+        if origin is tuple:
+            _check(len(items) == len(args), f"{where} must have {len(args)} values")
+            return tuple(items)
+        return items
+    if annotation is bool:
+        _check(isinstance(value, bool), f"{where} must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), f"{where} must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        _check(ok and value == value and abs(value) != float("inf"), f"{where} must be a finite number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        _check(isinstance(value, str), f"{where} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {annotation} at {where}")
+
+
+def _section_from_dict(cls, data: Any, where: str):
+    _check(isinstance(data, dict), f"config section {where!r} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UnZipLoRAError(f"unknown config key {where}.{unknown[0]}; known keys: {', '.join(sorted(names))}")
+    values = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**values)
+
+
+def config_from_dict(data: dict[str, Any] | None) -> RunConfig:
+    data = data or {}
+    _check(isinstance(data, dict), "a config file must hold a mapping of sections")
+    sections = {f.name: f for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(data) - set(sections))
+    if unknown:
+        raise UnZipLoRAError(f"unknown config section {unknown[0]!r}; known: {', '.join(sections)}")
+    hints = typing.get_type_hints(RunConfig)
+    return RunConfig(**{name: _section_from_dict(hints[name], value, name) for name, value in data.items()})
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    _check(path.is_file(), f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UnZipLoRAError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    return config_from_dict(data)

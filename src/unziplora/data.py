@@ -1,0 +1,129 @@
+"""The one training image: loading, resize-and-crop, SDXL time ids, cached latents.
+
+Crop policy (METHOD §2.5, the authors' script): resize so the SHORTER side equals the
+resolution, then take a random square crop of the longer side each step. SDXL's micro-
+conditioning receives (original size, crop top-left, target size) (arXiv 2307.01952, Sec. 2.2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .errors import UnZipLoRAError
+
+MIN_IMAGE_SIDE = 8
+MAX_IMAGE_PIXELS = 8192 * 8192  # decompression-bomb guard
+
+
+def load_image(source) -> Image.Image:
+    """An RGB image from a path or a PIL image; odd-but-valid files are normalised, not refused.
+
+    EXIF orientation is applied; transparency is composited on white; palette, grayscale,
+    CMYK and 16-bit images are converted to 8-bit RGB; animations give their first frame.
+    """
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise UnZipLoRAError(f"image {path} does not exist; check the path")
+        if path.is_dir():
+            raise UnZipLoRAError(f"{path} is a folder; give one image file (PNG, JPEG, WebP, ...)")
+        if path.stat().st_size == 0:
+            raise UnZipLoRAError(f"image {path} is an empty file (0 bytes); give a real image")
+        Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+        try:
+            image = Image.open(path)
+            image.seek(0)
+            image.load()
+        except Image.DecompressionBombError:
+            raise UnZipLoRAError(
+                f"image {path} is too large (over {MAX_IMAGE_PIXELS:,} pixels); downscale it first"
+            ) from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise UnZipLoRAError(f"{path} is not a readable image ({exc}); re-export it as PNG or JPEG") from None
+    image = ImageOps.exif_transpose(image)
+    if min(image.size) < MIN_IMAGE_SIDE:
+        raise UnZipLoRAError(
+            f"image is {image.size[0]}x{image.size[1]}; the smallest side must be at least {MIN_IMAGE_SIDE} px"
+        )
+    return _to_rgb(image)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / peak * 255.0, 0, 255).astype(np.uint8))
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return image.convert("RGB")
+
+
+def resize_shorter_side(image: Image.Image, resolution: int) -> Image.Image:
+    width, height = image.size
+    scale = resolution / min(width, height)
+    size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """(3, H, W) float in [-1, 1], the VAE's input range."""
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+class CroppedLatents:
+    """Random square crops of the resized image, each encoded by the VAE once and cached.
+
+    The cache keeps the latent distribution (mean, std) per crop, so a fresh latent sample is
+    drawn every step as diffusers' training scripts do, without re-running the encoder.
+    """
+
+    def __init__(self, image: Image.Image, resolution: int, vae, device: torch.device):
+        self.original_size = (image.size[1], image.size[0])  # (height, width) as SDXL expects
+        self.resolution = resolution
+        self.pixels = to_tensor(resize_shorter_side(image, resolution))
+        self.vae = vae
+        self.device = device
+        self._cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def crop_offsets(self, generator: torch.Generator) -> tuple[int, int]:
+        _, height, width = self.pixels.shape
+        top = int(torch.randint(0, height - self.resolution + 1, (1,), generator=generator))
+        left = int(torch.randint(0, width - self.resolution + 1, (1,), generator=generator))
+        return top, left
+
+    @torch.no_grad()
+    def _encode(self, top: int, left: int) -> tuple[torch.Tensor, torch.Tensor]:
+        crop = self.pixels[:, top : top + self.resolution, left : left + self.resolution]
+        dist = self.vae.encode(crop[None].to(self.device, self.vae.dtype)).latent_dist
+        return dist.mean.float(), dist.std.float()
+
+    def sample(self, generator: torch.Generator) -> tuple[torch.Tensor, tuple[int, int]]:
+        """One scaled latent (1, C, h, w) of a random crop, and the crop's top-left corner."""
+        top, left = self.crop_offsets(generator)
+        if (top, left) not in self._cache:
+            self._cache[(top, left)] = self._encode(top, left)
+        mean, std = self._cache[(top, left)]
+        noise = torch.randn(mean.shape, generator=generator).to(mean.device)
+        latent = mean + std * noise
+        config = self.vae.config
+        shift = getattr(config, "shift_factor", None) or 0.0
+        return (latent - shift) * config.scaling_factor, (top, left)
+
+    def time_ids(self, crop: tuple[int, int]) -> torch.Tensor:
+        """SDXL add_time_ids: original size, crop coordinates, target size (arXiv 2307.01952, Sec. 2.2)."""
+        values = list(self.original_size) + list(crop) + [self.resolution, self.resolution]
+        return torch.tensor([values], dtype=torch.float32)
+
+    @property
+    def cached_crops(self) -> int:
+        return len(self._cache)

@@ -1,0 +1,190 @@
+"""`decompose`: one image in, a run folder with a content LoRA and a style LoRA out.
+
+This is the Python API behind `unziplora decompose`; the CLI only parses arguments.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .branch import Branch
+from .callbacks import Previews, ProgressBar
+from .config import RunConfig
+from .data import load_image
+from .generate import Conditioning, sample_images
+from .lora.inject import PROJECTIONS
+from .models import load_pipeline, pick_device, pick_dtype
+from .profiles import resolve_profile
+from .prompts import training_prompts
+from .runfolder import (
+    LORA_WEIGHT_NAME,
+    MANIFEST_FILE,
+    RUN_FORMAT_VERSION,
+    STATE_FILE,
+    RunFolder,
+    atomic_output_dir,
+    save_grid,
+    save_safetensors,
+)
+from .train import Trainer, branch_fractions
+
+LIBRARIES = ("torch", "diffusers", "peft", "transformers", "accelerate", "safetensors")
+
+
+def library_versions() -> dict[str, str]:
+    found = {"unziplora": __version__}
+    for name in LIBRARIES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def decompose(
+    image,
+    out_dir: str | Path,
+    config: RunConfig,
+    force: bool = False,
+    progress: bool = True,
+) -> RunFolder:
+    """Train the content and style LoRAs of one image (arXiv 2412.04465) and write the run folder.
+
+    `image` is a path or a PIL image. Inputs are checked before the model loads; the folder
+    appears only when complete (written beside it, then renamed).
+    """
+    t_start = time.perf_counter()
+    prompts = training_prompts(config.prompts)
+    picture = load_image(image)
+    out_dir = Path(out_dir)
+    device = pick_device(config.train.device)
+    dtype = pick_dtype(config.train.mixed_precision, device)
+    base_dir = Path(config.model.base_model).expanduser()
+    profile = resolve_profile(config.model.profile, base_dir if base_dir.is_dir() else None)
+
+    with atomic_output_dir(out_dir, force) as tmp:
+        t0 = time.perf_counter()
+        pipe = load_pipeline(config.model.base_model, config.model.revision, dtype)
+        load_s = time.perf_counter() - t0
+        torch.manual_seed(config.train.seed)
+        trainer = Trainer.prepare(config, pipe, picture, prompts, profile, device, dtype)
+        callbacks = [ProgressBar(progress), Previews(tmp / "previews", config.train.preview_every, _write_preview)]
+        trainer.fit(callbacks)
+
+        t0 = time.perf_counter()
+        _write_weights(trainer, tmp)
+        picture.save(tmp / "input.png")
+        save_grid([picture.resize((config.train.resolution,) * 2), *render_preview(trainer)], tmp / "preview.png",
+                  columns=4, labels=["input", "content alone", "style alone", "together"])
+        _write_loss(trainer, tmp)
+        (tmp / "config.yaml").write_text(config.to_yaml())
+        timings = {"load_s": load_s, **trainer.timings, "save_s": time.perf_counter() - t0}
+        timings["total_s"] = time.perf_counter() - t_start
+        manifest = {
+            "format_version": RUN_FORMAT_VERSION,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "base_model": config.model.base_model,
+            "profile": profile.to_dict(),
+            "prompts": {
+                "subject": config.prompts.subject, "style_words": config.prompts.style,
+                "identifier": config.prompts.identifier, "combined": prompts.combined,
+                "content": prompts.content, "style": prompts.style,
+            },
+            "input": {"sha256": _image_sha256(picture), "size": list(picture.size)},
+            "seed": config.train.seed,
+            "steps": trainer.step,
+            "final_loss": trainer.history[-1].loss,
+            "mask_fraction": branch_fractions(trainer.lora),
+            "device": str(device),
+            "dtype": str(dtype).replace("torch.", ""),
+            "timings": {k: round(v, 3) for k, v in timings.items()},
+            "versions": library_versions(),
+            "files": {"content_lora": f"content_lora/{LORA_WEIGHT_NAME}", "style_lora": f"style_lora/{LORA_WEIGHT_NAME}",
+                      "state": STATE_FILE, "preview": "preview.png", "loss": "loss.csv"},
+            "config": config.to_dict(),
+        }
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    return RunFolder.open(out_dir)
+
+
+def _write_weights(trainer: Trainer, folder: Path) -> None:
+    """The full state for combined use, and each branch as an ordinary diffusers LoRA."""
+    from diffusers import StableDiffusionXLPipeline
+
+    lora = trainer.lora
+    metadata = {"format": "unziplora", "format_version": str(RUN_FORMAT_VERSION), "rank": str(lora.rank)}
+    save_safetensors(lora.state_dict(), folder / STATE_FILE, metadata)
+    for branch in (Branch.CONTENT, Branch.STYLE):
+        StableDiffusionXLPipeline.save_lora_weights(
+            folder / f"{branch.value}_lora",
+            unet_lora_layers=lora.folded_lora(branch),
+            weight_name=LORA_WEIGHT_NAME,
+            safe_serialization=True,
+            # alpha = r: the update is applied at scale 1, as trained.
+            unet_lora_adapter_metadata={
+                "r": lora.rank, "lora_alpha": lora.rank, "target_modules": list(PROJECTIONS),
+            },
+        )
+
+
+def render_preview(trainer: Trainer, seed_count: int = 1) -> list:
+    """Content alone (p_c), style alone (p_s), together (p with p_c, p_s): one image each."""
+    e, lora, cfg = trainer.embeds, trainer.lora, trainer.config
+    sample = type(cfg.sample)(steps=cfg.sample.steps, guidance_scale=cfg.sample.guidance_scale,
+                              seeds=cfg.sample.seeds[:seed_count])
+    images = []
+    plans = [
+        ({Branch.CONTENT}, Conditioning(e["content"], e["content_pooled"])),
+        ({Branch.STYLE}, Conditioning(e["style"], e["style_pooled"])),
+        ({Branch.CONTENT, Branch.STYLE}, Conditioning(e["combined"], e["combined_pooled"], e["content"], e["style"])),
+    ]
+    for branches, cond in plans:
+        lora.set_active(branches)
+        images += sample_images(trainer.pipe, cond, sample, cfg.train.resolution)
+    lora.set_active({Branch.CONTENT, Branch.STYLE})
+    return images
+
+
+def _write_preview(trainer: Trainer, path: Path) -> None:
+    save_grid(render_preview(trainer), path, columns=3, labels=["content", "style", "together"])
+
+
+def _write_loss(trainer: Trainer, folder: Path) -> None:
+    with open(folder / "loss.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["step", "loss", "mse", "orth", "refresh"])
+        for log in trainer.history:
+            writer.writerow([log.step, f"{log.loss:.6f}", f"{log.mse:.6f}", f"{log.orth:.6f}", int(log.refresh)])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [log.step for log in trainer.history]
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    ax.plot(steps, [log.mse for log in trainer.history], label="diffusion MSE", lw=0.8)
+    ax.plot(steps, [log.orth for log in trainer.history], label="L_orth", lw=0.8)
+    for log in trainer.history:
+        if log.refresh:
+            ax.axvline(log.step, color="grey", lw=0.5, ls=":")
+    ax.set_xlabel("step (dotted: mask refresh)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "loss.png")
+    plt.close(fig)
+
+
+def _image_sha256(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return hashlib.sha256(buffer.getvalue()).hexdigest()

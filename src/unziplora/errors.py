@@ -1,0 +1,5 @@
+"""The one error type users see: a single line naming the problem and the fix."""
+
+
+class UnZipLoRAError(Exception):
+    """Bad input or a failed precondition; the CLI prints it as one line and exits non-zero."""

@@ -1,0 +1,170 @@
+"""Generation with a decomposition: content alone, style alone, both, or across runs (METHOD §2.6).
+
+- content / style: the branch as an ordinary LoRA in a stock StableDiffusionXLPipeline
+  (`load_lora_weights`), prompted with one ordinary prompt.
+- both: the two-branch layers with prompt separation: the user's prompt gives p, p_c and p_s
+  (arXiv 2412.04465, Sec. 3, "Prompt separation", used at inference as in the authors' code).
+- cross: run A's content branch with run B's style branch, prompted the same way.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .branch import Branch
+from .config import SampleConfig
+from .errors import UnZipLoRAError
+from .lora.inject import inject_two_branch_lora
+from .models import load_pipeline, pick_device
+from .branch import Role
+from .profiles import uniform_profile
+from .prompts import expand_tags, split_prompt, encode_prompts, check_length
+from .runfolder import RunFolder, atomic_output_dir, save_grid
+
+# At inference every layer just applies its saved (effective) masks.
+INFERENCE_PROFILE = uniform_profile(Role.MASKED, Role.MASKED, "inference")
+
+
+class Mode(str, enum.Enum):
+    CONTENT = "content"
+    STYLE = "style"
+    BOTH = "both"
+    CROSS = "cross"
+
+
+@dataclass
+class Conditioning:
+    """Prompt embeddings for one generation: combined (1, 77, D), pooled (1, P), optional branches."""
+
+    combined: torch.Tensor
+    pooled: torch.Tensor
+    content: torch.Tensor | None = None
+    style: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def sample_images(pipe, cond: Conditioning, sample: SampleConfig, resolution: int, num_images: int = 1) -> list[Image.Image]:
+    """Run the SDXL pipeline once per seed from precomputed embeddings.
+
+    The unconditional half of classifier-free guidance uses zero embeddings, as SDXL does for
+    an empty negative prompt (force_zeros_for_empty_prompt); the branch inputs get the same
+    zeros there, so unconditional K/V carry no prompt in any branch.
+    """
+    device = pipe.unet.device
+    dtype = pipe.unet.dtype
+    do_cfg = sample.guidance_scale > 1.0
+    extra = {}
+    for key, branch_embeds in (("content_encoder_hidden_states", cond.content), ("style_encoder_hidden_states", cond.style)):
+        if branch_embeds is None:
+            continue
+        batch = branch_embeds.repeat(num_images, 1, 1)
+        if do_cfg:
+            batch = torch.cat([torch.zeros_like(batch), batch])
+        extra[key] = batch.to(device, dtype)
+    images = []
+    for seed in sample.seeds:
+        generator = torch.Generator().manual_seed(int(seed))
+        out = pipe(
+            prompt_embeds=cond.combined.to(device, dtype),
+            pooled_prompt_embeds=cond.pooled.to(device, dtype),
+            negative_prompt_embeds=torch.zeros_like(cond.combined).to(device, dtype),
+            negative_pooled_prompt_embeds=torch.zeros_like(cond.pooled).to(device, dtype),
+            num_images_per_prompt=num_images,
+            num_inference_steps=sample.steps,
+            guidance_scale=sample.guidance_scale,
+            height=resolution,
+            width=resolution,
+            generator=generator,
+            cross_attention_kwargs=extra or None,
+            output_type="pil",
+        )
+        images.extend(out.images)
+    return images
+
+
+def _encode(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    for prompt in prompts:
+        warning = check_length(pipe.tokenizer, prompt)
+        if warning:
+            print(f"note: {warning}")
+    return encode_prompts(pipe, prompts, pipe.unet.device)
+
+
+def generate(
+    prompt: str,
+    out_dir: str | Path,
+    mode: Mode | str,
+    run: str | Path | None = None,
+    content_run: str | Path | None = None,
+    style_run: str | Path | None = None,
+    sample: SampleConfig | None = None,
+    num_images: int = 1,
+    base_model: str | None = None,
+    device: str = "auto",
+    force: bool = False,
+) -> list[Path]:
+    """Generate images and write them, a grid and generation.json into `out_dir`."""
+    mode = Mode(mode)
+    if mode is Mode.CROSS or (content_run and style_run):
+        mode = Mode.CROSS
+        if not (content_run and style_run):
+            raise UnZipLoRAError("cross-run generation needs both --content RUN and --style RUN")
+        content_folder, style_folder = RunFolder.open(content_run), RunFolder.open(style_run)
+    else:
+        if run is None:
+            raise UnZipLoRAError("give the run folder to generate from: unziplora generate RUN ...")
+        content_folder = style_folder = RunFolder.open(run)
+    if num_images <= 0:
+        raise UnZipLoRAError(f"--num-images must be positive, got {num_images}")
+    manifest = content_folder.manifest
+    sample = sample or SampleConfig(**manifest["config"]["sample"])
+    resolution = sample.resolution or manifest["config"]["train"]["resolution"]
+    base = base_model or manifest["base_model"]
+    if mode is Mode.CROSS and style_folder.manifest["base_model"] != manifest["base_model"] and base_model is None:
+        raise UnZipLoRAError("the content and style runs were trained on different base models; pass --base-model")
+    torch_device = pick_device(device)
+    pipe = load_pipeline(base, dtype=torch.float16 if torch_device.type == "cuda" else torch.float32)
+    pipe.to(torch_device)
+    pipe.vae.to(torch.float32)
+
+    identifier = manifest["prompts"]["identifier"]
+    style_words = style_folder.manifest["prompts"]["style_words"]
+    if mode in (Mode.CONTENT, Mode.STYLE):
+        folder = content_folder.lora_dir(Branch(mode.value))
+        pipe.load_lora_weights(str(folder), adapter_name=mode.value)
+        text = expand_tags(prompt, identifier, style_words)
+        embeds, pooled = _encode(pipe, [text])
+        cond = Conditioning(embeds, pooled)
+        prompts = {"prompt": text}
+    else:
+        triple = split_prompt(prompt, identifier, style_words)
+        embeds, pooled = _encode(pipe, [triple.combined, triple.content, triple.style])
+        lora = inject_two_branch_lora(pipe.unet, INFERENCE_PROFILE, manifest["config"]["lora"]["rank"])
+        lora.load_branch(content_folder.load_state(), Branch.CONTENT, str(content_folder.state_path))
+        lora.load_branch(style_folder.load_state(), Branch.STYLE, str(style_folder.state_path))
+        lora.set_masking(True)
+        cond = Conditioning(embeds[0:1], pooled[0:1], embeds[1:2], embeds[2:3])
+        prompts = {"combined": triple.combined, "content": triple.content, "style": triple.style}
+    images = sample_images(pipe, cond, sample, resolution, num_images)
+
+    with atomic_output_dir(out_dir, force) as tmp:
+        paths = []
+        for i, image in enumerate(images):
+            seed = sample.seeds[i // num_images]
+            name = f"seed{seed}_{i % num_images}.png"
+            image.save(tmp / name)
+            paths.append(Path(out_dir) / name)
+        save_grid(images, tmp / "grid.png", columns=min(len(images), 4))
+        record = {
+            "mode": mode.value, "prompts": prompts, "seeds": list(sample.seeds), "steps": sample.steps,
+            "guidance_scale": sample.guidance_scale, "resolution": resolution, "num_images": num_images,
+            "content_run": str(content_folder.path), "style_run": str(style_folder.path), "base_model": base,
+        }
+        (tmp / "generation.json").write_text(json.dumps(record, indent=2))
+    return paths

@@ -1,0 +1,196 @@
+"""Putting two-branch LoRA layers into a diffusers UNet, and taking their state out again.
+
+Every attention projection (to_q, to_k, to_v, to_out.0 of attn1 and attn2) of every
+transformer block gets a TwoBranchLoraLinear (METHOD §2.1); every such attention module gets
+the prompt-separated processor (attention.py). The UNet's own code is not touched: both hooks
+are public diffusers extension points (module attributes and Attention.set_processor).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from torch import nn
+
+from ..attention import SeparatedAttnProcessor
+from ..branch import Branch, Role
+from ..errors import UnZipLoRAError
+from ..profiles import Profile
+from .columns import orthogonality_loss
+from .layer import BRANCHES, TwoBranchLoraLinear
+
+PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
+STATE_FORMAT_VERSION = 1
+
+
+def attention_modules(unet: nn.Module) -> Iterator[tuple[str, Attention]]:
+    """The attention modules of the UNet's transformer blocks (attn1 and attn2)."""
+    for name, module in unet.named_modules():
+        if isinstance(module, Attention) and name.rsplit(".", 1)[-1] in ("attn1", "attn2"):
+            yield name, module
+
+
+def _get(attn: Attention, projection: str) -> nn.Module:
+    return attn.to_out[0] if projection == "to_out.0" else getattr(attn, projection)
+
+
+def _set(attn: Attention, projection: str, layer: nn.Module) -> None:
+    if projection == "to_out.0":
+        attn.to_out[0] = layer
+    else:
+        setattr(attn, projection, layer)
+
+
+@dataclass
+class TwoBranchLoRA:
+    """Handle on the injected layers of one UNet, keyed by their module name (without 'unet.')."""
+
+    layers: dict[str, TwoBranchLoraLinear]
+    rank: int
+
+    # ----- training-time switches ---------------------------------------------------------
+    def set_masking(self, on: bool) -> None:
+        for layer in self.layers.values():
+            layer.masking = on
+
+    def set_active(self, branches: set[Branch]) -> None:
+        for layer in self.layers.values():
+            layer.active = set(branches)
+
+    def parameters(self, kind: str) -> list[nn.Parameter]:
+        """'lora' (A and B of both branches) or 'merger' (m_c, m_s)."""
+        params = []
+        for layer in self.layers.values():
+            if kind == "lora":
+                params += [p for m in (layer.down, layer.up) for p in m.parameters()]
+            elif kind == "merger":
+                params += list(layer.merger.parameters())
+            else:
+                raise ValueError(kind)
+        return params
+
+    def set_mergers_trainable(self, on: bool) -> None:
+        for p in self.parameters("merger"):
+            p.requires_grad_(on)
+
+    def orthogonality_loss(self) -> torch.Tensor:
+        return orthogonality_loss([layer.orthogonality_pair() for layer in self.layers.values()])
+
+    def refresh_masks(self, fraction: float, threshold: float) -> None:
+        for layer in self.layers.values():
+            layer.refresh_masks(fraction, threshold)
+
+    def restrict_merger_grads(self) -> None:
+        for layer in self.layers.values():
+            layer.restrict_merger_grads()
+
+    def clamp_mergers(self) -> None:
+        for layer in self.layers.values():
+            layer.clamp_mergers()
+
+    def mask_fraction(self, branch: Branch) -> float:
+        """Share of columns a branch holds, over its masked layers only."""
+        held = total = 0
+        for layer in self.layers.values():
+            if layer.roles[branch] is Role.MASKED:
+                held += int(layer.mask(branch).sum())
+                total += layer.out_features
+        return held / total if total else 1.0
+
+    # ----- state in and out -----------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything combined inference needs: A, B, m and M of both branches, per layer.
+
+        M is saved as used at inference: all ones where the profile gives a branch all columns,
+        so a reader needs no profile.
+        """
+        state = {}
+        for name, layer in self.layers.items():
+            for b in BRANCHES:
+                state[f"{name}.{b.value}.lora_A"] = layer.down[b.value].weight.detach().float().cpu().contiguous()
+                state[f"{name}.{b.value}.lora_B"] = layer.up[b.value].weight.detach().float().cpu().contiguous()
+                state[f"{name}.{b.value}.merger"] = layer.merger[b.value].detach().float().cpu().contiguous()
+                mask = layer.mask(b) | (layer.roles[b] is Role.ALL)
+                state[f"{name}.{b.value}.mask"] = mask.detach().to(torch.uint8).cpu().contiguous()
+        return state
+
+    def load_branch(self, state: dict[str, torch.Tensor], branch: Branch, source: str = "state") -> None:
+        """Load one branch from a state_dict() made on a UNet of the same architecture."""
+        for name, layer in self.layers.items():
+            prefix = f"{name}.{branch.value}"
+            try:
+                tensors = {k: state[f"{prefix}.{k}"] for k in ("lora_A", "lora_B", "merger", "mask")}
+            except KeyError:
+                raise UnZipLoRAError(
+                    f"{source} has no {branch.value} weights for {name}: it was made for another base model"
+                ) from None
+            expected = {
+                "lora_A": layer.down[branch.value].weight.shape,
+                "lora_B": layer.up[branch.value].weight.shape,
+                "merger": layer.merger[branch.value].shape,
+                "mask": layer.mask(branch).shape,
+            }
+            for key, shape in expected.items():
+                if tensors[key].shape != shape:
+                    raise UnZipLoRAError(
+                        f"{source}: {prefix}.{key} has shape {tuple(tensors[key].shape)}, this base model needs "
+                        f"{tuple(shape)}; use the base model the run was trained on"
+                    )
+            with torch.no_grad():
+                layer.down[branch.value].weight.copy_(tensors["lora_A"])
+                layer.up[branch.value].weight.copy_(tensors["lora_B"])
+                layer.merger[branch.value].copy_(tensors["merger"])
+                layer.mask(branch).copy_(tensors["mask"].bool())
+
+    def folded_lora(self, branch: Branch) -> dict[str, torch.Tensor]:
+        """One branch as an ordinary LoRA (PEFT key names, mask and merger folded into B)."""
+        state = {}
+        for name, layer in self.layers.items():
+            with torch.no_grad():
+                state[f"{name}.lora_A.weight"] = layer.down[branch.value].weight.detach().float().cpu().contiguous()
+                state[f"{name}.lora_B.weight"] = layer.folded_up(branch).detach().float().cpu().contiguous()
+        return state
+
+
+def inject_two_branch_lora(
+    unet: nn.Module,
+    profile: Profile,
+    rank: int,
+    init: str = "gaussian",
+    seed: int = 0,
+) -> TwoBranchLoRA:
+    """Wrap every attention projection of the UNet and install the separated processor.
+
+    Roles per attention module come from the base model's profile (METHOD §2.4). LoRA
+    weights are fp32 and live on the UNet's device; the frozen base stays as it is.
+    """
+    modules = list(attention_modules(unet))
+    if not modules:
+        raise UnZipLoRAError("this UNet has no transformer attention modules; is it an SDXL-shaped UNet?")
+    profile.check_against([name for name, _ in modules])
+    generator = torch.Generator().manual_seed(seed)
+    layers: dict[str, TwoBranchLoraLinear] = {}
+    for name, attn in modules:
+        roles = profile.roles_for(name)
+        for projection in PROJECTIONS:
+            base = _get(attn, projection)
+            if isinstance(base, TwoBranchLoraLinear):
+                raise UnZipLoRAError(f"{name}.{projection} already has UnZipLoRA layers; load a fresh UNet")
+            layer = TwoBranchLoraLinear(base, rank, roles, init, generator)
+            _set(attn, projection, layer)
+            layers[f"{name}.{projection}"] = layer
+        attn.set_processor(SeparatedAttnProcessor())
+    return TwoBranchLoRA(layers, rank)
+
+
+def remove_two_branch_lora(unet: nn.Module) -> None:
+    """Put the plain projections and the stock processor back (undo inject_two_branch_lora)."""
+    for _, attn in attention_modules(unet):
+        for projection in PROJECTIONS:
+            layer = _get(attn, projection)
+            if isinstance(layer, TwoBranchLoraLinear):
+                _set(attn, projection, layer.base)
+        attn.set_processor(AttnProcessor2_0())

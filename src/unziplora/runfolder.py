@@ -1,0 +1,159 @@
+"""The run folder: its layout, atomic writing, and reading it back with clear errors.
+
+    RUN/
+      content_lora/pytorch_lora_weights.safetensors   content branch as an ordinary diffusers LoRA
+      style_lora/pytorch_lora_weights.safetensors     style branch as an ordinary diffusers LoRA
+      unziplora.safetensors                           both branches, mergers and masks (combined use)
+      manifest.json                                   base model, prompts, tokens, config, versions, timings
+      config.yaml                                     the full config, reusable with --config
+      input.png                                       the training image as read
+      preview.png                                     input | content alone | style alone | together
+      loss.csv, loss.png                              the loss curve
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .branch import Branch
+from .errors import UnZipLoRAError
+
+RUN_FORMAT_VERSION = 1
+STATE_FILE = "unziplora.safetensors"
+MANIFEST_FILE = "manifest.json"
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out_dir: str | Path, force: bool = False):
+    """Yield a temporary folder beside `out_dir`; on success it replaces `out_dir` in one rename.
+
+    An existing non-empty `out_dir` is refused unless `force`; on any error the temporary
+    folder is removed and `out_dir` is left as it was.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not force:
+        raise UnZipLoRAError(f"{out_dir} already exists and is not empty; choose another --out or pass --force")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        yield tmp
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically (temp file in the same folder, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix != ".safetensors":
+        raise UnZipLoRAError(f"{path} is not a .safetensors file; unziplora never loads pickled weights")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UnZipLoRAError(f"{path} is corrupt or not a safetensors file ({exc}); re-create or re-download it") from None
+
+
+def save_grid(images: list[Image.Image], path: Path, columns: int, labels: list[str] | None = None) -> None:
+    """Tile images (same size) into one PNG, `columns` wide, with optional captions below each."""
+    if not images:
+        raise ValueError("save_grid: no images")
+    width, height = images[0].size
+    label_h = 14 if labels else 0
+    rows = math.ceil(len(images) / columns)
+    grid = Image.new("RGB", (columns * width, rows * (height + label_h)), "white")
+    if labels:
+        from PIL import ImageDraw
+
+        draw = ImageDraw.Draw(grid)
+    for i, image in enumerate(images):
+        x, y = (i % columns) * width, (i // columns) * (height + label_h)
+        grid.paste(image.convert("RGB").resize((width, height)), (x, y))
+        if labels:
+            draw.text((x + 2, y + height + 1), labels[i][: max(4, width // 6)], fill="black")
+    grid.save(path)
+
+
+class RunFolder:
+    """A finished run folder, checked on open."""
+
+    def __init__(self, path: Path, manifest: dict):
+        self.path = path
+        self.manifest = manifest
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RunFolder":
+        path = Path(path)
+        manifest_path = path / MANIFEST_FILE
+        if not path.is_dir():
+            raise UnZipLoRAError(f"run folder {path} does not exist; give the --out folder of a decompose run")
+        if not manifest_path.is_file():
+            raise UnZipLoRAError(f"{path} is not an unziplora run folder (no {MANIFEST_FILE})")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError:
+            raise UnZipLoRAError(f"{manifest_path} is not valid JSON; the run folder is damaged") from None
+        version = manifest.get("format_version")
+        if not isinstance(version, int) or version > RUN_FORMAT_VERSION:
+            raise UnZipLoRAError(
+                f"{path} has run format {version!r}, this unziplora reads up to {RUN_FORMAT_VERSION}; upgrade unziplora"
+            )
+        return cls(path, manifest)
+
+    @property
+    def state_path(self) -> Path:
+        return self.path / STATE_FILE
+
+    def lora_dir(self, branch: Branch) -> Path:
+        folder = self.path / f"{branch.value}_lora"
+        if not (folder / LORA_WEIGHT_NAME).is_file():
+            raise UnZipLoRAError(f"{folder} has no {LORA_WEIGHT_NAME}; the run folder is incomplete")
+        return folder
+
+    def load_state(self) -> dict[str, torch.Tensor]:
+        if not self.state_path.is_file():
+            raise UnZipLoRAError(f"{self.state_path} is missing; the run folder is incomplete")
+        return load_safetensors(self.state_path)
+
+    def summary(self) -> str:
+        """A few human-readable lines for `unziplora info`."""
+        m = self.manifest
+        p = m["prompts"]
+        lines = [
+            f"run:          {self.path}",
+            f"base model:   {m['base_model']}",
+            f"subject:      {p['subject']!r}  (token <c> = {p['identifier']!r})",
+            f"style:        {p['style_words']!r}  (token <s>)",
+            f"prompts:      p={p['combined']!r}  p_c={p['content']!r}  p_s={p['style']!r}",
+            f"rank / steps: {m['config']['lora']['rank']} / {m['steps']}  (seed {m['seed']})",
+            f"columns held: content {m['mask_fraction']['content']:.1%}, style {m['mask_fraction']['style']:.1%}",
+            f"final loss:   {m['final_loss']:.4f}   train time {m['timings'].get('train_s', 0):.1f} s",
+            f"created:      {m['created']} with unziplora {m['versions']['unziplora']}",
+        ]
+        return "\n".join(lines)

@@ -1,0 +1,189 @@
+"""The UnZipLoRA training loop (arXiv 2412.04465, Sec. 3; defaults in METHOD §2.5).
+
+Read top to bottom: prepare (encode prompts once, cache latents, inject the two-branch
+layers), then `steps` optimiser steps. Every `refresh_every` steps one step runs unmasked
+with frozen mergers and no orthogonality loss; its gradients score the columns and the hard
+masks grow. All other steps train masked with loss = MSE + lambda * L_orth. Logging,
+progress and previews are callbacks.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from .branch import Branch, Role
+from .config import RunConfig
+from .data import CroppedLatents
+from .errors import UnZipLoRAError
+from .lora.inject import TwoBranchLoRA, inject_two_branch_lora
+from .profiles import Profile, uniform_profile
+from .prompts import PromptTriple, encode_prompts
+
+
+@dataclass
+class StepLog:
+    step: int
+    loss: float
+    mse: float
+    orth: float
+    refresh: bool
+
+
+@dataclass
+class Trainer:
+    """Everything the loop needs, prepared once. Build it with `Trainer.prepare`."""
+
+    config: RunConfig
+    pipe: object
+    lora: TwoBranchLoRA
+    latents: CroppedLatents
+    embeds: dict[str, torch.Tensor]  # "combined", "content", "style": (1, 77, D); "<name>_pooled": (1, P)
+    device: torch.device
+    dtype: torch.dtype
+    optimizer: torch.optim.Optimizer
+    noise_scheduler: DDPMScheduler
+    generator: torch.Generator
+    scaler: torch.amp.GradScaler
+    history: list[StepLog] = field(default_factory=list)
+    step: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def prepare(cls, config, pipe, image, prompts: PromptTriple, profile: Profile, device, dtype):
+        """Encode the three prompts once and release the text encoders; inject the LoRA; build the optimiser."""
+        t0 = time.perf_counter()
+        pipe.text_encoder.to(device)
+        pipe.text_encoder_2.to(device)
+        embeds, pooled = encode_prompts(pipe, [prompts.combined, prompts.content, prompts.style], device)
+        named = {}
+        for i, name in enumerate(("combined", "content", "style")):
+            named[name], named[f"{name}_pooled"] = embeds[i : i + 1], pooled[i : i + 1]
+        # The text encoders are not needed again: free them before the loop.
+        pipe.text_encoder, pipe.text_encoder_2 = None, None
+        gc.collect()
+
+        pipe.vae.to(device)
+        latents = CroppedLatents(image, config.train.resolution, pipe.vae, device)
+        unet = pipe.unet
+        unet.requires_grad_(False)
+        unet.to(device, dtype)
+        if not config.masks.enabled:
+            profile = uniform_profile(Role.ALL, Role.ALL, profile.name + "-all-columns")
+        elif not config.model.block_separation:
+            profile = profile.without_block_roles()
+        lora = inject_two_branch_lora(unet, profile, config.lora.rank, config.lora.init, config.train.seed)
+        if config.train.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        optimizer = build_optimizer(config, lora)
+        generator = torch.Generator().manual_seed(config.train.seed)
+        trainer = cls(
+            config, pipe, lora, latents, {k: v.to(device) for k, v in named.items()}, device, dtype,
+            optimizer, DDPMScheduler.from_config(pipe.scheduler.config), generator,
+            # fp16 gradients of small LoRA updates underflow without loss scaling.
+            torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+        )
+        trainer.timings["prepare_s"] = time.perf_counter() - t0
+        return trainer
+
+    # ----- one step ---------------------------------------------------------------------------
+    def is_refresh_step(self, step: int) -> bool:
+        masks = self.config.masks
+        return masks.enabled and step % masks.refresh_every == 0
+
+    def unet_kwargs(self, batch: int, crop: tuple[int, int]) -> dict:
+        e = self.embeds
+        return {
+            "encoder_hidden_states": e["combined"].expand(batch, -1, -1).to(self.dtype),
+            "added_cond_kwargs": {
+                "text_embeds": e["combined_pooled"].expand(batch, -1).to(self.dtype),
+                "time_ids": self.latents.time_ids(crop).to(self.device, self.dtype).expand(batch, -1),
+            },
+            "cross_attention_kwargs": {
+                "content_encoder_hidden_states": e["content"].expand(batch, -1, -1).to(self.dtype),
+                "style_encoder_hidden_states": e["style"].expand(batch, -1, -1).to(self.dtype),
+            },
+        }
+
+    def train_step(self) -> StepLog:
+        """One optimiser step; a refresh step also grows the masks (arXiv 2412.04465, Sec. 3)."""
+        cfg, step = self.config, self.step
+        refresh = self.is_refresh_step(step)
+        self.lora.set_masking(not refresh)
+        self.lora.set_mergers_trainable(cfg.masks.enabled and not refresh)
+
+        samples = [self.latents.sample(self.generator) for _ in range(cfg.train.batch_size)]
+        latents = torch.cat([s[0] for s in samples]).to(self.device)
+        noise = torch.randn(latents.shape, generator=self.generator).to(self.device)
+        num_train = self.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.randint(0, num_train, (latents.shape[0],), generator=self.generator).to(self.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            pred = self.pipe.unet(noisy.to(self.dtype), timesteps, **self.unet_kwargs(len(samples), samples[0][1])).sample
+        mse = F.mse_loss(pred.float(), noise.float())  # epsilon prediction (METHOD §2.5)
+        use_orth = cfg.masks.enabled and not refresh and cfg.masks.orth_weight > 0
+        orth = self.lora.orthogonality_loss() if use_orth else torch.zeros((), device=self.device)
+        loss = mse + cfg.masks.orth_weight * orth
+        if not torch.isfinite(loss):
+            raise UnZipLoRAError(f"the loss became {loss.item()} at step {step}; lower lora.lr or use fp32")
+
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)  # cone scores and clipping need true gradients
+        if refresh:
+            self.lora.refresh_masks(cfg.masks.fraction, cfg.masks.cone_threshold)
+        else:
+            self.lora.restrict_merger_grads()
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.lora.clamp_mergers()
+        self.lora.set_masking(True)
+        self.step += 1
+        log = StepLog(step, loss.item(), mse.item(), orth.item(), refresh)
+        self.history.append(log)
+        return log
+
+    def fit(self, callbacks=()) -> None:
+        t0 = time.perf_counter()
+        for cb in callbacks:
+            cb.on_start(self)
+        while self.step < self.config.train.steps:
+            log = self.train_step()
+            for cb in callbacks:
+                cb.on_step(self, log)
+        self.lora.set_masking(True)
+        self.timings["train_s"] = time.perf_counter() - t0
+        self.timings["s_per_step"] = self.timings["train_s"] / max(1, len(self.history))
+        for cb in callbacks:
+            cb.on_end(self)
+
+
+def build_optimizer(config: RunConfig, lora: TwoBranchLoRA) -> torch.optim.Optimizer:
+    """AdamW with two learning rates: LoRA matrices 5e-5, mergers 5e-3 (METHOD §2.5)."""
+    t = config.train
+    groups = [
+        {"params": lora.parameters("lora"), "lr": config.lora.lr},
+        {"params": lora.parameters("merger"), "lr": config.lora.merger_lr},
+    ]
+    kwargs = {"betas": t.adam_betas, "eps": t.adam_eps, "weight_decay": t.weight_decay}
+    if not t.use_8bit_adam:
+        return torch.optim.AdamW(groups, **kwargs)
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise UnZipLoRAError(
+            "8-bit AdamW needs bitsandbytes: pip install 'unziplora[bnb]', or drop --use-8bit-adam"
+        ) from None
+    return bnb.optim.AdamW8bit(groups, **kwargs)
+
+
+def branch_fractions(lora: TwoBranchLoRA) -> dict[str, float]:
+    return {b.value: round(lora.mask_fraction(b), 4) for b in (Branch.CONTENT, Branch.STYLE)}

@@ -1,0 +1,128 @@
+"""The two-branch layer on small hand-made linear layers."""
+
+import pytest
+import torch
+from torch import nn
+
+from unziplora.branch import Branch, Role
+from unziplora.lora.layer import TwoBranchLoraLinear
+
+MASKED = {Branch.CONTENT: Role.MASKED, Branch.STYLE: Role.MASKED}
+
+
+def make_layer(roles=MASKED, rank=3, out_features=8, in_features=5, init="gaussian", seed=0):
+    torch.manual_seed(seed)
+    base = nn.Linear(in_features, out_features)
+    return TwoBranchLoraLinear(base, rank, roles, init, torch.Generator().manual_seed(seed))
+
+
+def test_forward_equals_dense_formula():
+    layer = make_layer()
+    layer.content_mask[:4] = True
+    layer.style_mask[4:6] = True
+    with torch.no_grad():
+        layer.merger["content"].uniform_(0, 1)
+        layer.merger["style"].uniform_(0, 1)
+    x, xc, xs = torch.randn(3, 2, 5), torch.randn(3, 2, 5), torch.randn(3, 2, 5)
+    expected = layer.base(x) + xc @ layer.get_delta_weight(Branch.CONTENT).T + xs @ layer.get_delta_weight(Branch.STYLE).T
+    assert torch.allclose(layer(x, xc, xs), expected, atol=1e-6)
+    # omitted branch inputs default to x
+    same = layer.base(x) + x @ (layer.get_delta_weight(Branch.CONTENT) + layer.get_delta_weight(Branch.STYLE)).T
+    assert torch.allclose(layer(x), same, atol=1e-6)
+
+
+def test_gaussian_init_has_std_one_over_rank_and_zero_b_starts_at_base():
+    layer = make_layer(rank=8, out_features=256, in_features=256)
+    for branch in ("content", "style"):
+        assert layer.down[branch].weight.std().item() == pytest.approx(1 / 8, rel=0.05)
+        assert layer.up[branch].weight.std().item() == pytest.approx(1 / 8, rel=0.05)
+    zero = make_layer(init="zero_b")
+    x = torch.randn(4, 5)
+    zero.content_mask[:] = True
+    zero.style_mask[:] = True
+    assert torch.equal(zero(x), zero.base(x))
+    with pytest.raises(ValueError):
+        make_layer(init="xavier")
+
+
+def test_masked_columns_get_zero_gradient():
+    layer = make_layer()
+    layer.content_mask[[1, 3]] = True
+    layer.style_mask[[0, 6]] = True
+    layer(torch.randn(4, 5)).pow(2).sum().backward()
+    grad_c, grad_s = layer.up["content"].weight.grad, layer.up["style"].weight.grad
+    outside_c = ~layer.content_mask
+    assert torch.all(grad_c[outside_c] == 0) and torch.all(grad_c[layer.content_mask].abs().sum(1) > 0)
+    assert torch.all(grad_s[~layer.style_mask] == 0) and torch.all(grad_s[layer.style_mask].abs().sum(1) > 0)
+    # mergers outside the mask get no gradient either
+    assert torch.all(layer.merger["content"].grad[outside_c] == 0)
+
+
+def test_unmasked_step_trains_every_column():
+    layer = make_layer()
+    layer.masking = False  # the refresh step
+    layer(torch.randn(4, 5)).pow(2).sum().backward()
+    assert torch.all(layer.up["content"].weight.grad.abs().sum(1) > 0)
+
+
+def test_all_columns_role_ignores_the_mask():
+    roles = {Branch.CONTENT: Role.ALL, Branch.STYLE: Role.MASKED}
+    layer = make_layer(roles)
+    assert layer.effective_mask(Branch.CONTENT).all()
+    assert not layer.effective_mask(Branch.STYLE).any()
+
+
+def test_mergers_learn_only_where_both_masks_are_on_and_stay_clamped():
+    roles = {Branch.CONTENT: Role.ALL, Branch.STYLE: Role.MASKED}
+    layer = make_layer(roles)
+    layer.style_mask[[2, 5]] = True
+    layer(torch.randn(4, 5)).pow(2).sum().backward()
+    layer.restrict_merger_grads()
+    for branch in ("content", "style"):
+        nonzero = (layer.merger[branch].grad != 0).nonzero().flatten().tolist()
+        assert set(nonzero) <= {2, 5}
+    with torch.no_grad():
+        layer.merger["content"].copy_(torch.linspace(-1, 2, 8))
+    layer.clamp_mergers()
+    assert layer.merger["content"].min() >= 0 and layer.merger["content"].max() <= 1
+
+
+def test_cone_scores_match_hand_built_gradient():
+    layer = make_layer()
+    layer.masking = False
+    layer(torch.randn(4, 5)).pow(2).sum().backward()
+    a, b = layer.down["content"].weight, layer.up["content"].weight
+    dw = b @ a
+    g = b.grad @ a + b @ a.grad  # mergers are 1
+    expected = ((dw * g).abs() > 1e-5).float().mean(1)
+    assert torch.allclose(layer.cone_scores(Branch.CONTENT), expected)
+
+
+def test_refresh_masks_grows_disjoint_masks_of_k_columns():
+    layer = make_layer(out_features=20)
+    for _ in range(3):
+        layer.masking = False
+        layer.zero_grad()
+        layer(torch.randn(4, 5)).pow(2).sum().backward()
+        before = layer.content_mask.clone()
+        layer.refresh_masks(fraction=0.1)
+        assert (layer.content_mask & before).equal(before)
+    assert not (layer.content_mask & layer.style_mask).any()
+    assert 2 <= int(layer.content_mask.sum()) <= 6  # k = 2 per refresh, at most 30 %
+    assert 2 <= int(layer.style_mask.sum()) <= 6
+
+
+def test_folded_up_is_an_ordinary_lora():
+    layer = make_layer()
+    layer.content_mask[:5] = True
+    with torch.no_grad():
+        layer.merger["content"].fill_(0.25)
+    x = torch.randn(2, 5)
+    layer.active = {Branch.CONTENT}
+    plain = layer.base(x) + (x @ layer.down["content"].weight.T) @ layer.folded_up(Branch.CONTENT).T
+    assert torch.allclose(layer(x), plain, atol=1e-6)
+
+
+def test_rank_must_be_positive():
+    with pytest.raises(ValueError):
+        make_layer(rank=0)
