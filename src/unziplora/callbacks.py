@@ -44,12 +44,13 @@ class ProgressBar(Callback):
 
 
 class Previews(Callback):
-    """Every `every` steps, write previews/step_NNNNN.png (content | style | together)."""
+    """After every `every` steps, write previews/step_NNNNN.png (content | style | together)."""
 
     def __init__(self, folder: Path, every: int, render):
         self.folder, self.every, self.render = folder, every, render
 
     def on_step(self, trainer, log) -> None:
-        if self.every and log.step % self.every == 0 and log.step < trainer.config.train.steps:
+        done = log.step + 1  # log.step is the 0-based index of the step just taken
+        if self.every and done % self.every == 0 and done < trainer.config.train.steps:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self.render(trainer, self.folder / f"step_{log.step:05d}.png")
+            self.render(trainer, self.folder / f"step_{done:05d}.png")
