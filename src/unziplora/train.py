@@ -119,14 +119,8 @@ class Trainer:
 
         samples = [self.latents.sample(self.generator) for _ in range(cfg.train.batch_size)]
         latents = torch.cat([s[0] for s in samples]).to(self.device)
-        noise = torch.randn(latents.shape, generator=self.generator).to(self.device)
-        num_train = self.noise_scheduler.config.num_train_timesteps
-        timesteps = torch.randint(0, num_train, (latents.shape[0],), generator=self.generator).to(self.device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            pred = self.pipe.unet(noisy.to(self.dtype), timesteps, **self.unet_kwargs(len(samples), samples[0][1])).sample
-        mse = F.mse_loss(pred.float(), noise.float())  # epsilon prediction (METHOD §2.5)
+        kwargs = self.unet_kwargs(len(samples), samples[0][1])
+        mse = diffusion_mse(self.pipe.unet, self.noise_scheduler, latents, self.generator, self.dtype, kwargs)
         use_orth = cfg.masks.enabled and not refresh and cfg.masks.orth_weight > 0
         orth = self.lora.orthogonality_loss() if use_orth else torch.zeros((), device=self.device)
         loss = mse + cfg.masks.orth_weight * orth
@@ -164,6 +158,21 @@ class Trainer:
         self.timings["s_per_step"] = self.timings["train_s"] / max(1, len(self.history))
         for cb in callbacks:
             cb.on_end(self)
+
+
+def diffusion_mse(unet, noise_scheduler, latents, generator, dtype, unet_kwargs: dict) -> torch.Tensor:
+    """Epsilon-prediction MSE at a uniform random timestep (DDPM, arXiv 2006.11239, Eq. 14; METHOD §2.5).
+
+    Noise and timesteps come from the CPU generator, so runs are reproducible on any device.
+    """
+    device = latents.device
+    noise = torch.randn(latents.shape, generator=generator).to(device)
+    num_train = noise_scheduler.config.num_train_timesteps
+    timesteps = torch.randint(0, num_train, (latents.shape[0],), generator=generator).to(device)
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        pred = unet(noisy.to(dtype), timesteps, **unet_kwargs).sample
+    return F.mse_loss(pred.float(), noise.float())
 
 
 def build_optimizer(config: RunConfig, lora: TwoBranchLoRA) -> torch.optim.Optimizer:

@@ -145,7 +145,7 @@ def test_cli_decompose_info_generate(tiny_base, tiny_image, tmp_path, capsys):
         (["decompose", "IMG", "--subject", "", "--style", "x", "--out", "o"], "subject word is empty"),
         (["decompose", "IMG", "--subject", "cat", "--style", "x", "--out", "o", "--rank", "0"], "lora.rank"),
         (["decompose", "IMG", "--subject", "cat", "--style", "x", "--out", "o", "--base-model", "./nowhere"], "does not exist"),
-        (["decompose", "IMG", "--subject", "cat", "--style", "x", "--out", "o", "--base-model", "acme/no-such-sdxl"], "local folder"),
+        (["decompose", "IMG", "--subject", "cat", "--style", "x", "--out", "o", "--base-model", "acme/no-such-sdxl"], "--base-model ./sdxl"),
         (["info", "nowhere"], "does not exist"),
     ],
 )
