@@ -143,9 +143,16 @@ def generate(
         cond = Conditioning(embeds, pooled)
         prompts = {"prompt": text}
     else:
+        rank = manifest["config"]["lora"]["rank"]
+        style_rank = style_folder.manifest["config"]["lora"]["rank"]
+        if rank != style_rank:
+            raise UnZipLoRAError(
+                f"the content run has rank {rank} and the style run rank {style_rank}; combined generation "
+                "needs equal ranks: load the two LoRAs as ordinary adapters instead (see README)"
+            )
         triple = split_prompt(prompt, identifier, style_words)
         embeds, pooled = _encode(pipe, [triple.combined, triple.content, triple.style])
-        lora = inject_two_branch_lora(pipe.unet, INFERENCE_PROFILE, manifest["config"]["lora"]["rank"])
+        lora = inject_two_branch_lora(pipe.unet, INFERENCE_PROFILE, rank)
         lora.load_branch(content_folder.load_state(), Branch.CONTENT, str(content_folder.state_path))
         lora.load_branch(style_folder.load_state(), Branch.STYLE, str(style_folder.state_path))
         lora.set_masking(True)

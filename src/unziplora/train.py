@@ -52,6 +52,7 @@ class Trainer:
     scaler: torch.amp.GradScaler
     history: list[StepLog] = field(default_factory=list)
     step: int = 0
+    refresh_pending: bool = False  # a refresh whose gradients overflowed (fp16) is retried next step
     timings: dict[str, float] = field(default_factory=dict)
 
     @classmethod
@@ -96,13 +97,14 @@ class Trainer:
         masks = self.config.masks
         return masks.enabled and step % masks.refresh_every == 0
 
-    def unet_kwargs(self, batch: int, crop: tuple[int, int]) -> dict:
-        e = self.embeds
+    def unet_kwargs(self, crops: list[tuple[int, int]]) -> dict:
+        e, batch = self.embeds, len(crops)
+        time_ids = torch.cat([self.latents.time_ids(crop) for crop in crops])
         return {
             "encoder_hidden_states": e["combined"].expand(batch, -1, -1).to(self.dtype),
             "added_cond_kwargs": {
                 "text_embeds": e["combined_pooled"].expand(batch, -1).to(self.dtype),
-                "time_ids": self.latents.time_ids(crop).to(self.device, self.dtype).expand(batch, -1),
+                "time_ids": time_ids.to(self.device, self.dtype),
             },
             "cross_attention_kwargs": {
                 "content_encoder_hidden_states": e["content"].expand(batch, -1, -1).to(self.dtype),
@@ -113,13 +115,13 @@ class Trainer:
     def train_step(self) -> StepLog:
         """One optimiser step; a refresh step also grows the masks (arXiv 2412.04465, Sec. 3)."""
         cfg, step = self.config, self.step
-        refresh = self.is_refresh_step(step)
+        refresh = self.is_refresh_step(step) or self.refresh_pending
         self.lora.set_masking(not refresh)
         self.lora.set_mergers_trainable(cfg.masks.enabled and not refresh)
 
         samples = [self.latents.sample(self.generator) for _ in range(cfg.train.batch_size)]
         latents = torch.cat([s[0] for s in samples]).to(self.device)
-        kwargs = self.unet_kwargs(len(samples), samples[0][1])
+        kwargs = self.unet_kwargs([crop for _, crop in samples])
         mse = diffusion_mse(self.pipe.unet, self.noise_scheduler, latents, self.generator, self.dtype, kwargs)
         use_orth = cfg.masks.enabled and not refresh and cfg.masks.orth_weight > 0
         orth = self.lora.orthogonality_loss() if use_orth else torch.zeros((), device=self.device)
@@ -131,7 +133,10 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)  # cone scores and clipping need true gradients
         if refresh:
-            self.lora.refresh_masks(cfg.masks.fraction, cfg.masks.cone_threshold)
+            grads = [p.grad for p in self.lora.parameters("lora") if p.grad is not None]
+            self.refresh_pending = not all(torch.isfinite(g).all() for g in grads)
+            if not self.refresh_pending:  # the scaler skips this step too; score again next step
+                self.lora.refresh_masks(cfg.masks.fraction, cfg.masks.cone_threshold)
         else:
             self.lora.restrict_merger_grads()
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]

@@ -81,3 +81,12 @@ def test_ablation_without_column_separation_trains_all_columns(tiny_base, tiny_i
         assert all(layer.effective_mask(branch).all() for branch in Branch)
     for merger in trainer.lora.parameters("merger"):
         assert torch.equal(merger, torch.ones_like(merger))  # mergers stay at 1 without column separation
+
+
+def test_batches_carry_each_crops_own_time_ids(tiny_base, tiny_image):
+    trainer = prepared_trainer(tiny_base, tiny_image, **{"train.batch_size": 3})
+    kwargs = trainer.unet_kwargs([(0, 0), (0, 5), (0, 9)])
+    time_ids = kwargs["added_cond_kwargs"]["time_ids"]
+    assert time_ids.shape == (3, 6) and time_ids[:, 3].tolist() == [0.0, 5.0, 9.0]
+    assert kwargs["cross_attention_kwargs"]["content_encoder_hidden_states"].shape[0] == 3
+    assert torch.isfinite(torch.tensor(trainer.train_step().loss))

@@ -19,8 +19,9 @@ def cone_score(
     """Per-column importance from the "cone" of a low-rank update (arXiv 2412.04465, Sec. 3, "Column separation").
 
     cone = dW (.) G, the elementwise product of the update dW = B A (out x in) and its
-    gradient G = dB A + B dA (both already scaled by the merger vector). A column's score is
-    the fraction of its entries with |cone| > threshold (1e-5 in the authors' code).
+    gradient G = dB A + B dA scaled by the merger vector, as the authors' code forms them
+    (the caller builds both; see TwoBranchLoraLinear.cone_scores). A column's score is the
+    fraction of its entries with |cone| > threshold (1e-5 in the authors' code).
     Returns a float tensor of shape (out,).
     """
     if delta_weight.shape != delta_grad.shape:

@@ -156,7 +156,9 @@ class TwoBranchLoraLinear(nn.Module):
     def cone_scores(self, branch: Branch, threshold: float = CONE_THRESHOLD) -> torch.Tensor:
         """Column scores from the last backward pass (arXiv 2412.04465, Sec. 3, "Column separation").
 
-        dW = B A and G = (dB A + B dA) scaled by m per column, from the current .grad fields.
+        dW = B A (unscaled) and G = (dB A + B dA) * m per column, from the current .grad
+        fields, as in the authors' code. dB already carries one factor m (the forward multiplies
+        by m), so G carries m twice; at the first refresh m = 1 and the two readings agree.
         """
         down, up = self.down[branch.value].weight, self.up[branch.value].weight
         if down.grad is None or up.grad is None:

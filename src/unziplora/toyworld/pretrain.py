@@ -1,0 +1,280 @@
+"""Recipe of the embedded base model: a small SDXL-shaped pipeline trained from scratch on the world.
+
+Two phases, resumable from a checkpoint at any point (safetensors + JSON, never pickle):
+  1. VAE (AutoencoderKL): reconstruct 64 px renders, tiny KL weight; then its latent scaling
+     factor is set to 1 / std of the latents, as SDXL's VAE config does for its own data.
+  2. UNet + both text encoders, jointly: epsilon-prediction MSE (DDPM, arXiv 2006.11239,
+     Eq. 14) on captions "A {class} in {family} style"; 10 % of captions are dropped to zero
+     embeddings, which is what SDXL's pipeline feeds the unconditional branch of
+     classifier-free guidance (force_zeros_for_empty_prompt). EMA weights are exported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..tiny import TinySDXLSpec, tiny_sdxl_components
+from .render import render_array
+from .split import pretraining_sample
+from .world import WORLD_WORDS
+
+BASE_SPEC = TinySDXLSpec(
+    block_out_channels=(32, 64, 128),
+    transformer_layers_per_block=(1, 1, 1),
+    attention_head_dim=(2, 4, 4),
+    text_hidden_size=64,
+    projection_dim=64,
+    vae_block_out_channels=(16, 32, 32),  # 64 px -> 16x16x4 latents
+    sample_size=64,
+    norm_num_groups=16,
+    words=tuple(WORLD_WORDS),
+)
+
+
+@dataclass
+class PretrainConfig:
+    seed: int = 0
+    image_size: int = 64
+    vae_steps: int = 1000
+    vae_batch: int = 16
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    unet_steps: int = 5000
+    batch: int = 32
+    lr: float = 4e-4  # UNet and text encoders; cosine decay to 10 % after warm-up
+    warmup: int = 300
+    ema_decay: float = 0.999
+    cfg_dropout: float = 0.1
+    pool_size: int = 24000  # renders encoded once after the VAE phase, then sampled (saves ~40 % per step)
+    checkpoint_every_s: float = 300.0
+    threads: int = 2
+    spec: TinySDXLSpec = field(default_factory=lambda: BASE_SPEC)
+
+
+def render_batch(rng: np.random.Generator, n: int, size: int) -> tuple[torch.Tensor, list[str]]:
+    """n pretraining renders as (n, 3, size, size) in [-1, 1], and their captions."""
+    samples = [pretraining_sample(rng) for _ in range(n)]
+    arrays = np.stack([render_array(s.subject, s.style, size, s.seed) for s in samples])
+    pixels = torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return pixels, [s.caption for s in samples]
+
+
+def encode_text(components: dict, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL conditioning with gradients: penultimate states of both encoders, pooled projection."""
+    states = []
+    pooled = None
+    for tok_key, enc_key in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")):
+        ids = components[tok_key](captions, padding="max_length", max_length=77, truncation=True,
+                                  return_tensors="pt").input_ids
+        out = components[enc_key](ids, output_hidden_states=True)
+        states.append(out.hidden_states[-2])
+        if enc_key == "text_encoder_2":
+            pooled = out.text_embeds
+    return torch.cat(states, dim=-1), pooled
+
+
+class Pretrainer:
+    """Holds components, optimiser, EMA and RNGs; `run(until_s)` trains until done or out of time."""
+
+    def __init__(self, config: PretrainConfig, workdir: Path):
+        self.config, self.workdir = config, Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        torch.set_num_threads(config.threads)
+        self.c = tiny_sdxl_components(config.spec, seed=config.seed)
+        self.phase, self.step = "vae", 0
+        self.rng = np.random.default_rng(config.seed)
+        self.gen = torch.Generator().manual_seed(config.seed)
+        self.noise_scheduler = DDPMScheduler.from_config(self.c["scheduler"].config)
+        self._build_optimizer()
+        self.ema: dict[str, torch.Tensor] = {}
+        self.log: list[dict] = []
+        self.pool: tuple[torch.Tensor, torch.Tensor, list[str]] | None = None
+        if (self.workdir / "checkpoint.safetensors").is_file():
+            self.load()
+
+    # ----- parameters ---------------------------------------------------------------------------
+    def trainable(self) -> dict[str, torch.nn.Parameter]:
+        if self.phase == "vae":
+            return {f"vae.{n}": p for n, p in self.c["vae"].named_parameters()}
+        return {f"{k}.{n}": p for k in ("unet", "text_encoder", "text_encoder_2") for n, p in self.c[k].named_parameters()}
+
+    def _build_optimizer(self) -> None:
+        lr = self.config.vae_lr if self.phase == "vae" else self.config.lr
+        self.optimizer = torch.optim.AdamW(list(self.trainable().values()), lr=lr, weight_decay=1e-4 if self.phase == "unet" else 0.0)
+
+    def lr_at(self, step: int, total: int, peak: float) -> float:
+        warm = min(self.config.warmup, total // 10)
+        if step < warm:
+            return peak * (step + 1) / warm
+        progress = (step - warm) / max(1, total - warm)
+        return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+    # ----- steps -----------------------------------------------------------------------------------
+    def vae_step(self) -> float:
+        cfg = self.config
+        pixels, _ = render_batch(self.rng, cfg.vae_batch, cfg.image_size)
+        dist = self.c["vae"].encode(pixels).latent_dist
+        recon = self.c["vae"].decode(dist.sample(self.gen)).sample
+        loss = F.mse_loss(recon, pixels) + 0.5 * F.l1_loss(recon, pixels) + cfg.vae_kl_weight * dist.kl().mean()
+        return self._apply(loss, cfg.vae_steps, cfg.vae_lr)
+
+    @torch.no_grad()
+    def latent_pool(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """Latent mean/std and captions of `pool_size` renders; a pure function of the seed."""
+        if self.pool is None:
+            rng = np.random.default_rng([self.config.seed, 7])
+            means, stds, captions = [], [], []
+            for _ in tqdm(range(0, self.config.pool_size, 256), desc="encode pool", leave=False):
+                pixels, caps = render_batch(rng, 256, self.config.image_size)
+                dist = self.c["vae"].encode(pixels).latent_dist
+                means.append(dist.mean)
+                stds.append(dist.std)
+                captions += caps
+            self.pool = (torch.cat(means), torch.cat(stds), captions)
+        return self.pool
+
+    def unet_step(self) -> float:
+        cfg, c = self.config, self.c
+        means, stds, pool_captions = self.latent_pool()
+        index = torch.randint(0, len(pool_captions), (cfg.batch,), generator=self.gen)
+        captions = [pool_captions[i] for i in index.tolist()]
+        sample = means[index] + stds[index] * torch.randn(means[index].shape, generator=self.gen)
+        latents = sample * c["vae"].config.scaling_factor
+        embeds, pooled = encode_text(c, captions)
+        keep = (torch.rand(len(captions), generator=self.gen) >= cfg.cfg_dropout).float()
+        embeds, pooled = embeds * keep[:, None, None], pooled * keep[:, None]
+        noise = torch.randn(latents.shape, generator=self.gen)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(captions),), generator=self.gen)
+        noisy = self.noise_scheduler.add_noise(latents, noise, t)
+        size = cfg.image_size
+        time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32).expand(len(captions), -1)
+        pred = c["unet"](noisy, t, embeds, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+        loss = F.mse_loss(pred, noise)
+        value = self._apply(loss, cfg.unet_steps, cfg.lr)
+        self._update_ema()
+        return value
+
+    def _apply(self, loss: torch.Tensor, total: int, peak: float) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step, total, peak)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], 1.0)
+        self.optimizer.step()
+        self.step += 1
+        return loss.item()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))  # warm EMA start
+        for name, p in self.trainable().items():
+            if name not in self.ema:
+                self.ema[name] = p.detach().clone()
+            else:
+                self.ema[name].lerp_(p.detach(), 1 - decay)
+
+    @torch.no_grad()
+    def _finish_vae(self) -> None:
+        """Scaling factor = 1 / std of the latents, then switch to the UNet phase."""
+        pixels, _ = render_batch(np.random.default_rng(12345), 256, self.config.image_size)
+        latents = self.c["vae"].encode(pixels).latent_dist.mean
+        self.c["vae"].register_to_config(scaling_factor=float(1.0 / latents.std()))
+        self.c["vae"].requires_grad_(False)
+        self.phase, self.step = "unet", 0
+        self._build_optimizer()
+
+    # ----- the loop --------------------------------------------------------------------------------
+    def run(self, budget_s: float | None = None, progress: bool = True) -> bool:
+        """Train until both phases are done (True) or the time budget is spent (False)."""
+        start = last_save = time.monotonic()
+        while True:
+            total = self.config.vae_steps if self.phase == "vae" else self.config.unet_steps
+            bar = tqdm(total=total, initial=self.step, desc=f"pretrain {self.phase}", disable=not progress)
+            while self.step < total:
+                loss = self.vae_step() if self.phase == "vae" else self.unet_step()
+                self.log.append({"phase": self.phase, "step": self.step, "loss": round(loss, 5)})
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                bar.update(1)
+                now = time.monotonic()
+                if now - last_save > self.config.checkpoint_every_s:
+                    self.save()
+                    last_save = now
+                if budget_s is not None and now - start > budget_s:
+                    bar.close()
+                    self.save()
+                    return False
+            bar.close()
+            if self.phase == "unet":
+                self.save()
+                return True
+            self._finish_vae()
+            self.save()
+
+    # ----- checkpoints (safetensors + JSON) -------------------------------------------------------
+    def save(self) -> None:
+        tensors = {f"model.{k}.{n}": t.detach().contiguous() for k in ("vae", "unet", "text_encoder", "text_encoder_2")
+                   for n, t in self.c[k].state_dict().items()}
+        tensors.update({f"ema.{n}": t.contiguous() for n, t in self.ema.items()})
+        opt = self.optimizer.state_dict()
+        for idx, state in opt["state"].items():
+            for key, value in state.items():
+                tensors[f"opt.{idx}.{key}"] = value.detach().reshape(-1).contiguous() if value.ndim == 0 else value.contiguous()
+        tensors["rng.torch"] = self.gen.get_state()
+        meta = {
+            "phase": self.phase, "step": self.step, "rng_numpy": self.rng.bit_generator.state,
+            "param_groups": opt["param_groups"], "scaling_factor": self.c["vae"].config.scaling_factor,
+            "config": dataclasses.asdict(self.config), "log_tail": self.log[-2000:],
+        }
+        tmp = self.workdir / "checkpoint.safetensors.tmp"
+        save_file(tensors, str(tmp))
+        (self.workdir / "checkpoint.json.tmp").write_text(json.dumps(meta, default=str))
+        tmp.replace(self.workdir / "checkpoint.safetensors")
+        (self.workdir / "checkpoint.json.tmp").replace(self.workdir / "checkpoint.json")
+
+    def load(self) -> None:
+        meta = json.loads((self.workdir / "checkpoint.json").read_text())
+        tensors = load_file(str(self.workdir / "checkpoint.safetensors"))
+        for k in ("vae", "unet", "text_encoder", "text_encoder_2"):
+            prefix = f"model.{k}."
+            self.c[k].load_state_dict({n[len(prefix):]: t for n, t in tensors.items() if n.startswith(prefix)})
+        self.c["vae"].register_to_config(scaling_factor=meta["scaling_factor"])
+        self.phase, self.step = meta["phase"], meta["step"]
+        if self.phase == "unet":
+            self.c["vae"].requires_grad_(False)
+        self._build_optimizer()
+        state = {}
+        for name, t in tensors.items():
+            if name.startswith("opt."):
+                _, idx, key = name.split(".", 2)
+                state.setdefault(int(idx), {})[key] = t.reshape(()) if key == "step" else t
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        self.ema = {n[len("ema."):]: t for n, t in tensors.items() if n.startswith("ema.")}
+        self.gen.set_state(tensors["rng.torch"])
+        self.rng.bit_generator.state = meta["rng_numpy"]
+        self.log = meta.get("log_tail", [])
+
+    def export(self, directory: Path) -> Path:
+        """The EMA weights as an fp16 diffusers SDXL pipeline folder (what gets committed)."""
+        from diffusers import StableDiffusionXLPipeline
+
+        with torch.no_grad():
+            params = dict(self.trainable()) if self.phase == "unet" else {}
+            for name, p in params.items():
+                if name in self.ema:
+                    p.copy_(self.ema[name])
+        pipe = StableDiffusionXLPipeline(**self.c)
+        pipe.to(torch.float16)
+        pipe.save_pretrained(directory, safe_serialization=True)
+        return Path(directory)

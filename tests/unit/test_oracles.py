@@ -1,0 +1,154 @@
+"""The content / style oracles, validated on held-out instances at 64 px.
+
+Each oracle must (i) separate same from different (ROC AUC >= 0.95, with
+same-class / same-family instances among the negatives) while the other factor
+varies, (ii) ignore the other factor (AUC <= 0.6 when only it differs), and
+(iii) classify clean renders >= 90 % right.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from unziplora.toyworld import (
+    CLASSES,
+    FAMILIES,
+    classify_content,
+    classify_style,
+    content_embedding,
+    content_similarity,
+    foreground_mask,
+    heldout_styles,
+    heldout_subjects,
+    render,
+    render_array,
+    style_embedding,
+    style_similarity,
+)
+
+N = 32  # held-out subjects / styles: 4 instances per class / family
+REPEATS = 3  # renders per instance, each with another partner factor and seed
+
+
+def roc_auc(pos, neg) -> float:
+    """P(score of a positive > score of a negative), ties count half (Mann-Whitney U)."""
+    pos, neg = np.asarray(pos, float), np.asarray(neg, float)
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+
+
+@pytest.fixture(scope="module")
+def heldout():
+    return heldout_subjects(N), heldout_styles(N)
+
+
+def _separation(items, embeddings, same_kind, score):
+    """Positives: pairs of renders of one item; negatives: renders of two items.
+
+    Returns (AUC over all negatives, AUC over same-kind negatives only)."""
+    pos = [score(e[a], e[b]) for e in embeddings for a, b in itertools.combinations(range(REPEATS), 2)]
+    neg, hard = [], []
+    for i, j in itertools.combinations(range(len(items)), 2):
+        s = score(embeddings[i][0], embeddings[j][1])
+        neg.append(s)
+        if same_kind(items[i], items[j]):
+            hard.append(s)
+    return roc_auc(pos, neg), roc_auc(pos, hard)
+
+
+def test_roc_auc_helper():
+    assert roc_auc([2, 3], [0, 1]) == 1.0
+    assert roc_auc([0], [1]) == 0.0
+    assert roc_auc([1, 1], [1, 1]) == 0.5
+
+
+def test_content_separates_subjects_across_styles(heldout):
+    subjects, styles = heldout
+    embs = [[content_embedding(render(s, styles[(5 * i + 11 * r) % N], 64, seed=100 * i + r))
+             for r in range(REPEATS)] for i, s in enumerate(subjects)]
+    auc, hard = _separation(subjects, embs, lambda a, b: a.cls == b.cls, content_similarity)
+    assert auc >= 0.95, auc
+    assert hard >= 0.9, hard  # same class, different instance: the hard negatives
+
+
+def test_style_separates_styles_across_subjects(heldout):
+    subjects, styles = heldout
+    embs = [[style_embedding(render(subjects[(3 * j + 7 * r) % N], t, 64, seed=100 * j + r + 7))
+             for r in range(REPEATS)] for j, t in enumerate(styles)]
+    auc, hard = _separation(styles, embs, lambda a, b: a.family == b.family, style_similarity)
+    assert auc >= 0.95, auc
+    assert hard >= 0.9, hard  # same family, different instance
+
+
+def _leak(n_items, render_pair, embed, score):
+    """AUC of 'the nuisance factor is the same' from scores of same-target pairs."""
+    same, diff = [], []
+    for k in range(n_items):
+        ref, twin, other = (embed(img) for img in render_pair(k))
+        same.append(score(ref, twin))
+        diff.append(score(ref, other))
+    return roc_auc(same, diff)
+
+
+def test_content_ignores_style(heldout):
+    subjects, styles = heldout
+    rng = np.random.default_rng(1)
+
+    def triple(k):  # one subject: (style A, style A, style B), all at different poses
+        s = subjects[k % N]
+        a, b = rng.choice(N, 2, replace=False)
+        return [render(s, styles[j], 64, seed=int(rng.integers(1 << 30))) for j in (a, a, b)]
+
+    auc = _leak(2 * N, triple, content_embedding, content_similarity)
+    assert 0.4 <= auc <= 0.6, auc
+
+
+def test_style_ignores_content(heldout):
+    subjects, styles = heldout
+    rng = np.random.default_rng(2)
+
+    def triple(k):  # one style: (subject A, subject A, subject B), different poses/phases
+        t = styles[k % N]
+        a, b = rng.choice(N, 2, replace=False)
+        return [render(subjects[j], t, 64, seed=int(rng.integers(1 << 30))) for j in (a, a, b)]
+
+    auc = _leak(4 * N, triple, style_embedding, style_similarity)
+    assert 0.4 <= auc <= 0.6, auc
+
+
+def test_classifiers_on_clean_heldout_renders(heldout):
+    subjects, styles = heldout
+    rng = np.random.default_rng(3)
+    right_cls = right_fam = 0
+    n = 96
+    for k in range(n):
+        s, t = subjects[rng.integers(N)], styles[rng.integers(N)]
+        img = render(s, t, 64, seed=int(rng.integers(1 << 30)))
+        right_cls += classify_content(img) == s.cls
+        right_fam += classify_style(img) == t.family
+    assert right_cls / n >= 0.9, right_cls / n
+    assert right_fam / n >= 0.9, right_fam / n
+
+
+def test_scores_are_bounded_symmetric_and_accept_arrays_of_any_size(heldout):
+    subjects, styles = heldout
+    s, t = subjects[0], styles[9]
+    img = render(s, t, 64, seed=4)
+    big = render_array(s, t, 128, seed=4)  # same pose at another resolution
+    other = render(subjects[3], styles[2], 64, seed=5)
+    assert content_similarity(img, img) == pytest.approx(1.0)
+    assert style_similarity(img, img) == pytest.approx(1.0)
+    assert content_similarity(img, big) > 0.9 and style_similarity(img, big) > 0.5
+    for f in (content_similarity, style_similarity):
+        v = f(img, other)
+        assert 0.0 <= v <= 1.0 and v == pytest.approx(f(other, img))
+    assert classify_content(big) in CLASSES and classify_style(big) in FAMILIES
+
+
+def test_blank_image_has_no_subject():
+    blank = np.full((64, 64, 3), 200, dtype=np.uint8)
+    assert foreground_mask(blank).max() == 0.0
+    assert classify_style(blank) == "solid"
+    assert 0.0 <= content_similarity(blank, blank) <= 1.0
