@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     info = sub.add_parser("info", help="describe a run folder")
     info.add_argument("run")
+    demo = sub.add_parser("demo", help="decompose a held-out toy-world image with the embedded base model (CPU)")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--steps", type=int, default=600)
+    demo.add_argument("--force", action="store_true", help="replace an existing demo folder")
     return parser
 
 
@@ -130,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
             run_decompose(args)
         elif args.command == "generate":
             run_generate(args)
+        elif args.command == "demo":
+            from .demo import run_demo
+
+            run_demo(args.out, args.steps, args.force)
         elif args.command == "info":
             from .runfolder import RunFolder
 

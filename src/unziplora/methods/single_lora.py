@@ -1,0 +1,82 @@
+"""One ordinary PEFT LoRA trained on one image: the building block of the baselines.
+
+DreamBooth-LoRA (arXiv 2208.12242 + 2106.09685) trains it on every attention projection;
+B-LoRA (arXiv 2403.14572) on two SDXL blocks and splits it afterwards; the block-role probe
+of a new base model trains it everywhere and keeps one block at a time. The LoRA is injected
+with diffusers' own `unet.add_adapter` (PEFT), so nothing here re-implements LoRA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDPMScheduler
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from tqdm.auto import tqdm
+
+from ..data import CroppedLatents
+from ..lora.inject import PROJECTIONS, attention_modules
+from ..prompts import encode_prompts
+from ..train import diffusion_mse
+
+
+@dataclass
+class SingleLoraSpec:
+    """What to train: which attention modules (name prefixes; empty = all) and how long."""
+
+    prompt: str
+    rank: int = 64
+    steps: int = 600
+    lr: float = 5e-5
+    resolution: int = 1024
+    seed: int = 0
+    module_prefixes: tuple[str, ...] = ()
+
+
+def target_modules(unet, prefixes: tuple[str, ...] = ()) -> list[str]:
+    """Full names of the attention projections under the given prefixes (all when empty)."""
+    names = []
+    for name, _ in attention_modules(unet):
+        if not prefixes or any(name.startswith(p + ".") for p in prefixes):
+            names += [f"{name}.{projection}" for projection in PROJECTIONS]
+    return names
+
+
+def train_single_lora(pipe, image, spec: SingleLoraSpec, device: torch.device, progress: bool = False) -> dict[str, torch.Tensor]:
+    """Train one LoRA (alpha = rank, scale 1) and return its PEFT state dict (keys without 'unet.').
+
+    Uses the same data path (crops, latent cache, time ids) and loss as UnZipLoRA training,
+    so comparisons differ only in the adapter.
+    """
+    torch.manual_seed(spec.seed)
+    generator = torch.Generator().manual_seed(spec.seed)
+    pipe.text_encoder.to(device)
+    pipe.text_encoder_2.to(device)
+    embeds, pooled = encode_prompts(pipe, [spec.prompt], device)
+    unet = pipe.unet.to(device)
+    unet.requires_grad_(False)
+    names = target_modules(unet, spec.module_prefixes)
+    unet.add_adapter(LoraConfig(r=spec.rank, lora_alpha=spec.rank, init_lora_weights="gaussian", target_modules=names))
+    params = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=spec.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4)
+    latents = CroppedLatents(image, spec.resolution, pipe.vae.to(device), device)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    for _ in tqdm(range(spec.steps), desc="single LoRA", disable=not progress):
+        latent, crop = latents.sample(generator)
+        kwargs = {"encoder_hidden_states": embeds,
+                  "added_cond_kwargs": {"text_embeds": pooled, "time_ids": latents.time_ids(crop).to(device)}}
+        loss = diffusion_mse(unet, scheduler, latent.to(device), generator, torch.float32, kwargs)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+    state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
+    unet.delete_adapters(list(unet.peft_config))  # leave the pipeline as it came
+    return state
+
+
+def keep_modules(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The part of a LoRA state dict under the given module prefixes (B-LoRA's split)."""
+    return {k: v for k, v in state.items() if any(k.startswith(p + ".") for p in prefixes)}

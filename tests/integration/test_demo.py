@@ -1,0 +1,28 @@
+"""The demo command's wiring, on the tiny pipeline standing in for the embedded model."""
+
+import pytest
+
+import unziplora.demo as demo
+from unziplora.cli import main
+from unziplora.errors import UnZipLoRAError
+
+
+def test_demo_writes_run_and_grid(tiny_base, tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "EMBEDDED_MODEL", tiny_base)
+    monkeypatch.setitem(demo.DEMO_OVERRIDES, "train.resolution", 32)
+    monkeypatch.setitem(demo.DEMO_OVERRIDES, "sample.steps", 2)
+    path = demo.run_demo(tmp_path / "demo", steps=3, progress=False)
+    assert (path / "demo.png").is_file() and (path / "content_lora").is_dir()
+    subject, style, _ = demo.demo_image()
+    from unziplora.runfolder import RunFolder
+
+    prompts = RunFolder.open(path).manifest["prompts"]
+    assert (prompts["subject"], prompts["style_words"]) == (subject.cls, style.family)
+
+
+def test_missing_embedded_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "EMBEDDED_MODEL", tmp_path / "nowhere")
+    with pytest.raises(UnZipLoRAError, match="embedded base model is missing"):
+        demo.run_demo(tmp_path / "out")
+    assert main(["demo", "--out", str(tmp_path / "out")]) == 2
+    assert "scripts/train_base_model.py" in capsys.readouterr().err

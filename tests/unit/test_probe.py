@@ -1,0 +1,25 @@
+"""Block-role assignment from probe gains (the data path is exercised in integration tests)."""
+
+from unziplora.profiles import profile_from_dict
+from unziplora.tiny import tiny_sdxl_components
+from unziplora.toyworld.probe import GroupScore, assign_roles, average, module_groups, profile_dict
+
+
+def test_module_groups_of_an_sdxl_shaped_unet():
+    groups = module_groups(tiny_sdxl_components()["unet"])
+    assert groups[0] == "down_blocks.1.attentions.0" and "mid_block.attentions.0" in groups
+    assert len(groups) == 11 and len(set(groups)) == 11
+
+
+def test_roles_follow_normalised_gains():
+    scores = [GroupScore("a", 0.30, 0.01), GroupScore("b", 0.02, 0.20), GroupScore("c", 0.20, 0.18),
+              GroupScore("d", -0.05, -0.02)]
+    roles = assign_roles(scores)
+    assert roles == {"a": "content", "b": "style", "c": "both", "d": "both"}
+    profile = profile_from_dict(profile_dict("m", roles, "test"))
+    assert [m.prefix for m in profile.modules] == ["a", "b"]
+
+
+def test_average_over_images():
+    mean = average([[GroupScore("a", 0.2, 0.0)], [GroupScore("a", 0.4, 0.2)]])
+    assert abs(mean[0].content_gain - 0.3) < 1e-9 and abs(mean[0].style_gain - 0.1) < 1e-9
