@@ -72,7 +72,8 @@ def load_pipeline(base_model: str, revision: str | None = None, dtype: torch.dty
                 f"{base_model} --local-dir ./sdxl) and pass the folder: --base-model ./sdxl"
             ) from None
         raise UnZipLoRAError(f"could not load the pipeline in {source}: {str(exc).splitlines()[0][:200]}") from None
-    pipe.vae.to(torch.float32)
+    if dtype != torch.float32:
+        pipe.vae.to(torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

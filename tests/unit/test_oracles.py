@@ -48,7 +48,8 @@ def _separation(items, embeddings, same_kind, score):
     """Positives: pairs of renders of one item; negatives: renders of two items.
 
     Returns (AUC over all negatives, AUC over same-kind negatives only)."""
-    pos = [score(e[a], e[b]) for e in embeddings for a, b in itertools.combinations(range(REPEATS), 2)]
+    twins = list(itertools.combinations(range(REPEATS), 2))
+    pos = [score(e[a], e[b]) for e in embeddings for a, b in twins]
     neg, hard = [], []
     for i, j in itertools.combinations(range(len(items)), 2):
         s = score(embeddings[i][0], embeddings[j][1])

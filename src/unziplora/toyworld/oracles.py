@@ -41,8 +41,8 @@ SIZE = 64  # analysis resolution
 MIN_CONTRAST = 15.0  # colour distance (0-255) from the background that starts to count
 N_RINGS, N_ANGLES, RING_MAX = 12, 64, 2.4  # polar silhouette grid (radii in RMS radii)
 LAG = 16  # texture window: lags in [-16, 16] px at 64 px
-MIN_PAIRS = 20  # fewer interior pixel pairs than this: the lag is unusable
-FLAT_GAMMA = 4.0  # root-variogram level (0-255 units) below which a fill counts as flat
+MIN_PAIRS = 100  # fewer interior pixel pairs than this: the lag is too noisy to use
+FLAT_CONTRAST = 16.0  # colour spread (0-255 units) below which a fill counts as flat
 EDGE_DEPTH = 6  # edge-profile rings (px)
 N_STATS = 6 + EDGE_DEPTH  # texture statistics used by the family classifier
 COLOUR_STEP = 8  # quantisation step for interior colour distributions
@@ -149,9 +149,8 @@ class StyleEmbedding:
 
     bg: np.ndarray  # (3,)
     colours: np.ndarray  # (K, 3) quantised interior colours
-    weights: np.ndarray  # (K,) their frequencies
+    weights: np.ndarray  # (K,) their frequencies, capped at COLOUR_CAP and renormalised
     contrast: float  # colour spread of the fill along its dominant axis (0 = flat)
-    edge: np.ndarray  # (EDGE_DEPTH,) |fill offset| of 1-px rings inside the edge, NaN = none
     gamma: np.ndarray  # (2L+1, 2L+1) root variogram of the fill, colour units
     pairs: np.ndarray  # (2L+1, 2L+1) interior pixel pairs behind each lag (0 = unusable)
     stats: np.ndarray  # rotation-invariant texture statistics (see _texture_stats)
@@ -228,7 +227,7 @@ _LAG_R = np.hypot(*np.mgrid[-LAG:LAG + 1, -LAG:LAG + 1])
 
 
 def _texture_stats(s: np.ndarray, inner: np.ndarray, gamma: np.ndarray, pairs: np.ndarray,
-                   edge: np.ndarray, lo: float, spread: float) -> np.ndarray:
+                   lo: float, spread: float) -> np.ndarray:
     """Rotation-invariant statistics that tell pattern families apart on any silhouette.
 
     mid fraction (ramps have many in-between values, two-colour fills few), minority
@@ -250,7 +249,8 @@ def _texture_stats(s: np.ndarray, inner: np.ndarray, gamma: np.ndarray, pairs: n
     far = valid & (_LAG_R >= 3)
     period = float(g[far].min() / max(sill, 1e-3)) if far.any() else 1.0
     head = [np.mean((t > 0.2) & (t < 0.8)), min(p, 1 - p), h1, h2, period, sill]
-    return np.concatenate([head, np.nan_to_num(edge) / spread])
+    edge = np.nan_to_num(np.abs(_edge_offsets(s, inner)))
+    return np.concatenate([head, edge / spread])
 
 
 def style_embedding(img) -> StyleEmbedding:
@@ -260,8 +260,7 @@ def style_embedding(img) -> StyleEmbedding:
     inner = _interior(m)
     if not inner.any():  # nothing on the background: a flat "style" with no colours
         lags = np.zeros((2 * LAG + 1, 2 * LAG + 1))
-        return StyleEmbedding(bg, np.zeros((0, 3)), np.zeros(0), 0.0, np.full(EDGE_DEPTH, np.nan),
-                              lags, lags, np.zeros(N_STATS))
+        return StyleEmbedding(bg, np.zeros((0, 3)), np.zeros(0), 0.0, lags, lags, np.zeros(N_STATS))
     pix = x[inner]
     q, counts = np.unique((pix // COLOUR_STEP).astype(int), axis=0, return_counts=True)
     # Capped frequencies: which colours a fill uses is style, but how much of each a
@@ -273,11 +272,10 @@ def style_embedding(img) -> StyleEmbedding:
     signal = x @ np.linalg.eigh(centred.T @ centred)[1][:, -1]
     gamma, pairs = _masked_variogram(signal, inner)
     lo, hi = np.percentile(signal[inner], [1, 99])
-    spread = max(float(hi - lo), 2 * FLAT_GAMMA)  # flat fills stay near 0, not blown up
-    edge = np.abs(_edge_offsets(signal, inner))
-    stats = _texture_stats(signal, inner, gamma, pairs, edge, float(lo), spread)
+    spread = max(float(hi - lo), FLAT_CONTRAST)  # flat fills stay near 0, not blown up
+    stats = _texture_stats(signal, inner, gamma, pairs, float(lo), spread)
     return StyleEmbedding(bg, (q + 0.5) * COLOUR_STEP, presence / presence.sum(), float(hi - lo),
-                          edge, gamma, pairs, stats)
+                          gamma, pairs, stats)
 
 
 def _kernel_mean(c1, w1, c2, w2) -> float:
@@ -336,7 +334,7 @@ def _content_prototypes() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _is_flat(e: StyleEmbedding) -> bool:
-    return e.contrast < 4 * FLAT_GAMMA
+    return e.contrast < FLAT_CONTRAST
 
 
 @lru_cache(maxsize=1)

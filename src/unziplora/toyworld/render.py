@@ -20,16 +20,16 @@ Pipeline (all vectorised; no per-pixel Python loops):
 
 Per-family meaning of the style parameters (unused ones are ignored):
 
-=========  ==========================================================
+=========  ========================================================================
 solid      fill with ``fg`` only
 stripes    angle, spacing = period, width = duty cycle of ``pattern``
-dots       angle of the lattice, spacing = lattice step, width = dot area
-checker    angle, spacing = 1/0.6 cell side, width = cell aspect
-gradient   angle of the ramp, spacing = ramp length, width = ramp centre
+dots       angle of the lattice, spacing = lattice step, width = dot area (10-30 %)
+checker    angle, cell side = 0.6 * spacing, width = cell aspect
+gradient   angle of the ramp, ramp length = 3 * spacing, width = ramp centre
 outline    ``pattern`` band of thickness ~ spacing * width along the edge
-zigzag     angle, spacing = period, width = duty cycle; zigzag amplitude
+zigzag     angle, spacing = period, width = duty cycle; teeth 2 * spacing long
 noise      spacing = blob size, width = pattern fraction (field from seed)
-=========  ==========================================================
+=========  ========================================================================
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def _pattern_field(style: Style, n: int, rng: np.random.Generator, mask: Image.I
         cells = np.floor(u / (0.6 * s) + ph_u) + np.floor(v / (0.6 * s * (0.6 + w)) + ph_v)
         return (cells % 2).astype(np.float32)
     if fam == "gradient":
-        return np.clip(0.5 + (u - (w - 0.5) * 0.5) / (6 * s), 0.0, 1.0).astype(np.float32)
+        return np.clip(0.5 + (u - (w - 0.5) * 0.5) / (3 * s), 0.0, 1.0).astype(np.float32)
     raise ValueError(f"no pattern for family {fam!r}")
 
 

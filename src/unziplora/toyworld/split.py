@@ -63,7 +63,8 @@ def is_heldout_subject(s: Subject) -> bool:
 
 def is_seen_style(t: Style) -> bool:
     """True if the pretraining sampler may produce this style's parameters."""
-    return not _inside(t.spacing, STYLE_SPACING_BAND) and not _inside(hue_of(t.fg), STYLE_FG_HUE_BAND)
+    hue = hue_of(t.fg)
+    return not _inside(t.spacing, STYLE_SPACING_BAND) and not _inside(hue, STYLE_FG_HUE_BAND)
 
 
 def is_heldout_style(t: Style) -> bool:

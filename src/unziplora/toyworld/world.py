@@ -89,13 +89,18 @@ class _Serialisable:
     def id(self) -> str:
         return _stable_id(self._ID_PREFIX, self.to_dict())
 
+    def _plain_floats(self, *names: str) -> None:
+        # numpy scalars in, Python floats stored: JSON-safe and equal to their round trip.
+        for name in names:
+            object.__setattr__(self, name, float(getattr(self, name)))
+
 
 @dataclass(frozen=True)
 class Subject(_Serialisable):
     """One subject: a shape class plus its instance parameters (see SUBJECT_PARAMS)."""
 
     cls: str
-    a: float = 0.5
+    a: float = 0.3  # defaults lie in the seen (pretraining) ranges
     b: float = 0.5
     aspect: float = 1.0
 
@@ -104,6 +109,7 @@ class Subject(_Serialisable):
     def __post_init__(self) -> None:
         if self.cls not in CLASSES:
             raise ValueError(f"unknown class {self.cls!r}; expected one of {CLASSES}")
+        self._plain_floats("a", "b", "aspect")
         _check_unit("a", self.a)
         _check_unit("b", self.b)
         _check_unit("aspect", self.aspect, *ASPECT_RANGE)
@@ -168,7 +174,7 @@ class Style(_Serialisable):
 
     family: str
     angle: float = 45.0
-    spacing: float = 0.15
+    spacing: float = 0.13  # defaults lie in the seen (pretraining) ranges
     width: float = 0.5
     fg: RGB = (200, 60, 60)
     pattern: RGB = (40, 40, 160)
@@ -179,13 +185,16 @@ class Style(_Serialisable):
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"unknown family {self.family!r}; expected one of {FAMILIES}")
+        self._plain_floats("angle", "spacing", "width")
         _check_unit("angle", self.angle, *ANGLE_RANGE)
         _check_unit("spacing", self.spacing, *SPACING_RANGE)
         _check_unit("width", self.width, *WIDTH_RANGE)
         for name in ("fg", "pattern", "bg"):
-            col = getattr(self, name)
-            if len(col) != 3 or any(not 0 <= int(c) <= 255 for c in col):
+            col = tuple(int(c) for c in getattr(self, name))
+            if len(col) != 3 or any(not 0 <= c <= 255 for c in col):
                 raise ValueError(f"{name}={col} is not an RGB triple")
+            # Plain int tuples whatever came in (lists, numpy): hashable and JSON-safe.
+            object.__setattr__(self, name, col)
 
     @classmethod
     def sample(

@@ -1,0 +1,71 @@
+"""A README model card for every run folder: what was learned, how to prompt, how to load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+CARD = """---
+base_model: {base_model}
+library_name: diffusers
+tags: [lora, unziplora, stable-diffusion-xl, text-to-image]
+---
+# {name}: content and style LoRAs from one image
+
+![input](thumbnail.png) ![preview](preview.png)
+
+Decomposed by [unziplora](https://arxiv.org/abs/2412.04465) (UnZipLoRA) from one image of a
+**{subject}** in **{style}** style: {steps} steps, rank {rank}, seed {seed}.
+
+| LoRA | file | trigger | example prompt |
+|---|---|---|---|
+| content (the subject, without its look) | `content_lora/pytorch_lora_weights.safetensors` | `{identifier} {subject}` | `A {identifier} {subject} on the beach` |
+| style (the look, without the subject) | `style_lora/pytorch_lora_weights.safetensors` | `in {style} style` | `A truck in {style} style` |
+
+Both together with prompt separation (three prompts, exactly as trained):
+
+    unziplora generate {name} --mode both --prompt "A <c> {subject} in <s> style in a boat"
+
+## diffusers
+
+```python
+from diffusers import StableDiffusionXLPipeline
+pipe = StableDiffusionXLPipeline.from_pretrained("{base_model}")
+pipe.load_lora_weights("{name}/content_lora", adapter_name="content")
+image = pipe("A {identifier} {subject} on the beach").images[0]
+pipe.load_lora_weights("{name}/style_lora", adapter_name="style")   # both, by plain addition
+pipe.set_adapters(["content", "style"], adapter_weights=[1.0, 1.0])
+```
+
+## ComfyUI and AUTOMATIC1111
+
+Export kohya-format files first: `unziplora export {name} --format kohya` writes
+`{name}/export/kohya/{name}_content.safetensors` and `..._style.safetensors`.
+- ComfyUI: copy them to `models/loras/`, add a *LoraLoader* node (strength 1.0) after the SDXL checkpoint.
+- AUTOMATIC1111 / Forge: copy them to `models/Lora/` and prompt
+  `A {identifier} {subject} on the beach <lora:{name}_content:1>` or
+  `A truck in {style} style <lora:{name}_style:1>`.
+
+Files: `unziplora.safetensors` (both branches, mergers, masks), `manifest.json` (prompts,
+config, versions, timings), `loss.csv` / `loss.png`, `config.yaml` (reusable with `--config`).
+"""
+
+
+def write_model_card(folder: Path, manifest: dict, thumbnail: Image.Image, name: str) -> Path:
+    """Write folder/README.md and folder/thumbnail.png (the input, at most 256 px).
+
+    `name` is the run folder's final name (the card may be written before the rename).
+    """
+    thumb = thumbnail.copy()
+    thumb.thumbnail((256, 256))
+    thumb.save(folder / "thumbnail.png")
+    p, cfg = manifest["prompts"], manifest["config"]
+    card = CARD.format(
+        name=name,
+        base_model=manifest["base_model"], subject=p["subject"], style=p["style_words"],
+        identifier=p["identifier"], steps=manifest["steps"], rank=cfg["lora"]["rank"], seed=manifest["seed"],
+    )
+    path = folder / "README.md"
+    path.write_text(card)
+    return path

@@ -1,0 +1,86 @@
+"""kohya/webui export and LoRA imports, checked through diffusers' own loading paths."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionXLPipeline
+from safetensors import safe_open
+
+from unziplora.branch import Branch
+from unziplora.errors import UnZipLoRAError
+from unziplora.export import export_run, load_lora_any
+from unziplora.modelcard import write_model_card
+from unziplora.runfolder import LORA_WEIGHT_NAME, load_safetensors, save_safetensors
+
+
+def images(pipe, lora_path, name):
+    pipe.load_lora_weights(str(lora_path), adapter_name=name)
+    out = pipe("A monadikos cat", num_inference_steps=2, height=32, width=32, output_type="np",
+               generator=torch.Generator().manual_seed(0)).images
+    pipe.delete_adapters(name)
+    return out
+
+
+def test_kohya_export_loads_in_diffusers_and_matches(tiny_base, tiny_run, tmp_path):
+    files = export_run(tiny_run.path, "kohya", tmp_path / "kohya")
+    assert [f.name for f in files] == ["cat_content.safetensors", "cat_style.safetensors"]
+    with safe_open(str(files[0]), "pt") as fh:
+        keys = list(fh.keys())
+        assert all(k.startswith("lora_unet_") for k in keys)
+        assert any(k.endswith(".alpha") for k in keys)
+        assert fh.metadata()["ss_network_dim"] == "4"
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny_base))
+    pipe.set_progress_bar_config(disable=True)
+    reference = images(pipe, tiny_run.lora_dir(Branch.CONTENT), "diffusers")
+    kohya = images(pipe, files[0], "kohya")
+    assert np.allclose(reference, kohya, atol=1e-5)
+
+
+def test_diffusers_export_copies_files(tiny_run, tmp_path):
+    files = export_run(tiny_run.path, "diffusers", tmp_path / "d")
+    assert files[1].read_bytes() == (tiny_run.lora_dir(Branch.STYLE) / LORA_WEIGHT_NAME).read_bytes()
+    with pytest.raises(UnZipLoRAError, match="unknown export format"):
+        export_run(tiny_run.path, "ckpt")
+
+
+def test_imports_agree_across_formats(tiny_run, tmp_path):
+    diffusers_dir = tiny_run.lora_dir(Branch.CONTENT)
+    reference = load_lora_any(diffusers_dir)
+    assert reference and all(".lora_A.weight" in k or ".lora_B.weight" in k for k in reference)
+    kohya = load_lora_any(export_run(tiny_run.path, "kohya", tmp_path / "k")[0])
+    b_lora_file = tmp_path / "b_lora.safetensors"
+    raw = load_safetensors(diffusers_dir / LORA_WEIGHT_NAME)
+    save_safetensors({k.replace("unet.", "unet.unet.", 1): v for k, v in raw.items()}, b_lora_file)
+    b_lora = load_lora_any(b_lora_file)
+    for other in (kohya, b_lora):
+        assert other.keys() == reference.keys()
+        for key in reference:
+            assert torch.allclose(other[key], reference[key], atol=1e-6), key
+
+
+def test_import_errors(tmp_path):
+    with pytest.raises(UnZipLoRAError, match="no LoRA file"):
+        load_lora_any(tmp_path)
+    (tmp_path / "x.bin").write_bytes(b"\0" * 10)
+    with pytest.raises(UnZipLoRAError, match="never loads pickled"):
+        load_lora_any(tmp_path / "x.bin")
+
+
+def test_model_card(tiny_run, tmp_path):
+    from PIL import Image
+
+    card = write_model_card(tmp_path, tiny_run.manifest, Image.open(tiny_run.path / "input.png"), "cat")
+    text = card.read_text()
+    assert "monadikos cat" in text and "<lora:cat_content:1>" in text and "load_lora_weights" in text
+    assert (tmp_path / "thumbnail.png").is_file()
+
+
+def test_kohya_alpha_is_folded_into_b(tiny_run, tmp_path):
+    path = export_run(tiny_run.path, "kohya", tmp_path / "k")[0]
+    state = load_safetensors(path)
+    halved = {k: (v * 0 + 2.0 if k.endswith(".alpha") else v) for k, v in state.items()}  # alpha 2, rank 4
+    save_safetensors(halved, tmp_path / "half.safetensors")
+    full, half = load_lora_any(path), load_lora_any(tmp_path / "half.safetensors")
+    for key in full:
+        factor = 0.5 if key.endswith(".lora_B.weight") else 1.0
+        assert torch.allclose(half[key], full[key] * factor, atol=1e-6), key
