@@ -20,6 +20,7 @@ def main() -> int:
     parser.add_argument("--export", help="write the EMA weights as an fp16 pipeline folder here and exit")
     parser.add_argument("--vae-steps", type=int)
     parser.add_argument("--unet-steps", type=int)
+    parser.add_argument("--threads", type=int, help="torch threads (1 is robust when other jobs share the cores)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     config = PretrainConfig()
@@ -27,6 +28,8 @@ def main() -> int:
         config.vae_steps = args.vae_steps
     if args.unet_steps is not None:
         config.unet_steps = args.unet_steps
+    if args.threads is not None:
+        config.threads = args.threads
     trainer = Pretrainer(config, Path(args.workdir))
     if args.export:
         path = trainer.export(Path(args.export))

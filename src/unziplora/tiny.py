@@ -155,6 +155,7 @@ class TinySDXLSpec:
     vae_block_out_channels: tuple[int, ...] = (8, 16)  # VAE downsamples by 2 ** (len - 1)
     sample_size: int = 32  # image size in pixels the pipeline defaults to
     norm_num_groups: int = 8
+    vae_norm_num_groups: int | None = None  # None: norm_num_groups (reduced until it divides every width)
     words: tuple[str, ...] = DEFAULT_WORDS
 
 
@@ -224,7 +225,7 @@ def _build_components(spec: TinySDXLSpec, seed: int) -> dict:
 
     torch.manual_seed(seed + 1)
     # GroupNorm needs groups | channels for every VAE width.
-    vae_groups = spec.norm_num_groups
+    vae_groups = spec.vae_norm_num_groups or spec.norm_num_groups
     while any(c % vae_groups for c in spec.vae_block_out_channels):
         vae_groups -= 1
     vae = AutoencoderKL(

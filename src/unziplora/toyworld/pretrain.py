@@ -38,7 +38,9 @@ BASE_SPEC = TinySDXLSpec(
     projection_dim=64,
     vae_block_out_channels=(16, 32, 32),  # 64 px -> 16x16x4 latents
     sample_size=64,
-    norm_num_groups=16,
+    # >= 4 channels per group: one channel per group would normalise away each image's colours.
+    norm_num_groups=8,
+    vae_norm_num_groups=4,
     words=tuple(WORLD_WORDS),
 )
 
@@ -47,7 +49,7 @@ BASE_SPEC = TinySDXLSpec(
 class PretrainConfig:
     seed: int = 0
     image_size: int = 64
-    vae_steps: int = 1000
+    vae_steps: int = 1500
     vae_batch: int = 16
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
