@@ -7,10 +7,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from unziplora.config import RunConfig
 from unziplora.tiny import save_tiny_sdxl_pipeline
+
+# The test models are tiny: threads buy nothing, and on a shared 2-core machine two processes
+# of 2 OpenMP threads each slow down tens of times.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

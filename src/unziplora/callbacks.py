@@ -14,6 +14,9 @@ class Callback:
 
     def on_end(self, trainer) -> None: ...
 
+    def on_interrupt(self, trainer) -> None:
+        """Ctrl-C arrived; called between steps, so the trainer's state is consistent."""
+
 
 class ProgressBar(Callback):
     """tqdm bar with the loss and, at refresh steps, the share of columns each branch holds."""

@@ -29,16 +29,18 @@ def _add_decompose(sub) -> None:
     p.add_argument("--preview-every", type=int, help="write previews every N steps (0: off)")
     p.add_argument("--sample-steps", type=int, help="denoising steps of the preview images")
     p.add_argument("--device", help="auto, cpu or cuda")
-    p.add_argument("--force", action="store_true", help="replace an existing run folder")
+    p.add_argument("--checkpoint-every", type=int, help="save a resumable checkpoint every N steps (0: off)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in OUT.partial")
+    p.add_argument("--force", action="store_true", help="replace an existing run folder (and discard OUT.partial)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate with a run's LoRAs (content, style, both, or across runs)")
-    p.add_argument("run", nargs="?", help="run folder (for --mode content|style|both)")
+    p.add_argument("run", nargs="?", help="run folder, or a LoRA file (diffusers, kohya, B-LoRA) for content|style")
     p.add_argument("--mode", choices=["content", "style", "both", "cross"], default="both")
-    p.add_argument("--content", help="run folder whose content LoRA to use (cross-run)")
-    p.add_argument("--style", help="run folder whose style LoRA to use (cross-run)")
+    p.add_argument("--content", help="run folder or LoRA file for the content branch (cross-run)")
+    p.add_argument("--style", help="run folder or LoRA file for the style branch (cross-run)")
     p.add_argument("--prompt", required=True, help='e.g. "A <c> cat in <s> style on a boat"')
     p.add_argument("--out", help="output folder (default RUN/samples/<mode>)")
     p.add_argument("--seeds", type=int, nargs="+", help="default: the authors' 0 1000 111 1234")
@@ -47,6 +49,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--num-images", type=int, default=1, help="images per seed")
     p.add_argument("--resolution", type=int)
     p.add_argument("--base-model", help="override the run's base model (hub id or folder)")
+    p.add_argument("--identifier", help="what <c> stands for, when the content LoRA is a plain file")
+    p.add_argument("--style-words", help="what <s> stands for, when the style LoRA is a plain file")
     p.add_argument("--device", default="auto")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
 
@@ -59,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     info = sub.add_parser("info", help="describe a run folder")
     info.add_argument("run")
+    export = sub.add_parser("export", help="write a run's LoRAs in diffusers or kohya/webui (ComfyUI, A1111) format")
+    export.add_argument("run")
+    export.add_argument("--format", choices=["diffusers", "kohya"], default="kohya")
+    export.add_argument("--out", help="output folder (default RUN/export/FORMAT)")
     demo = sub.add_parser("demo", help="decompose a held-out toy-world image with the embedded base model (CPU)")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--steps", type=int, default=600)
@@ -79,22 +87,24 @@ def run_decompose(args) -> None:
             "train.seed": args.seed, "train.gradient_checkpointing": args.gradient_checkpointing,
             "train.use_8bit_adam": args.use_8bit_adam, "train.mixed_precision": args.mixed_precision,
             "train.preview_every": args.preview_every, "sample.steps": args.sample_steps,
-            "train.device": args.device,
+            "train.device": args.device, "train.checkpoint_every": args.checkpoint_every,
         }
     )
-    run = decompose(args.image, args.out, config, force=args.force, progress=not args.quiet)
+    run = decompose(args.image, args.out, config, force=args.force, progress=not args.quiet,
+                    resume=args.resume)
     print(run.summary())
 
 
 def run_generate(args) -> None:
     from .config import SampleConfig
     from .generate import generate
-    from .runfolder import RunFolder
+    from .runfolder import MANIFEST_FILE, RunFolder
 
     source = args.run or args.content
     if source is None:
         raise UnZipLoRAError("give a run folder (unziplora generate RUN ...) or --content RUN --style RUN")
-    defaults = RunFolder.open(source).manifest["config"]["sample"]
+    runs = [p for p in (args.run, args.content, args.style) if p and (Path(p) / MANIFEST_FILE).is_file()]
+    defaults = RunFolder.open(runs[0]).manifest["config"]["sample"] if runs else vars(SampleConfig())
     sample = SampleConfig(
         steps=args.steps or defaults["steps"],
         guidance_scale=args.guidance if args.guidance is not None else defaults["guidance_scale"],
@@ -102,10 +112,12 @@ def run_generate(args) -> None:
         resolution=args.resolution or defaults["resolution"],
     )
     mode = "cross" if (args.content and args.style) else args.mode
-    out = args.out or str(Path(source) / "samples" / mode)
+    home = Path(runs[0]) if runs else Path("samples")
+    out = args.out or str(home / "samples" / mode)
     paths = generate(
         args.prompt, out, mode, run=args.run, content_run=args.content, style_run=args.style, sample=sample,
         num_images=args.num_images, base_model=args.base_model, device=args.device, force=args.force,
+        identifier=args.identifier, style_words=args.style_words,
     )
     print(f"wrote {len(paths)} image(s) and grid.png to {out}")
 
@@ -120,6 +132,7 @@ def _quiet_libraries() -> None:
     diffusers_logging.set_verbosity_error()
     transformers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()  # "Loading weights" bars would precede an error line
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
 
@@ -134,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
             run_decompose(args)
         elif args.command == "generate":
             run_generate(args)
+        elif args.command == "export":
+            from .export import export_run
+
+            for path in export_run(args.run, args.format, args.out):
+                print(path)
         elif args.command == "demo":
             from .demo import run_demo
 
@@ -148,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # TrainingInterrupted says where its checkpoint is
+        print(str(exc) or "interrupted; nothing was written", file=sys.stderr)
         return 130
 
 

@@ -7,6 +7,7 @@ their public code). Unknown keys and bad values are rejected with one line namin
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -94,6 +95,7 @@ class TrainConfig:
     use_8bit_adam: bool = False  # needs bitsandbytes (and CUDA)
     seed: int = 0
     preview_every: int = 0  # steps between preview images; 0 = only the final grid
+    checkpoint_every: int = 100  # steps between resumable checkpoints in OUT.partial/; 0 = off
     device: str = "auto"  # auto: cuda if available, else cpu
 
     def __post_init__(self):
@@ -102,6 +104,8 @@ class TrainConfig:
         _check(self.batch_size > 0, "train.batch_size must be > 0")
         _check(self.max_grad_norm > 0, "train.max_grad_norm must be > 0")
         _check(self.preview_every >= 0, "train.preview_every must be >= 0")
+        _check(self.checkpoint_every >= 0, "train.checkpoint_every must be >= 0 (0 = no checkpoints)")
+        _check(self.seed >= 0, f"train.seed must be >= 0, got {self.seed}")
 
 
 @dataclass
@@ -180,8 +184,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         _check(isinstance(value, int) and not isinstance(value, bool), f"{where} must be an integer, got {value!r}")
         return value
     if annotation is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        _check(ok and value == value and abs(value) != float("inf"), f"{where} must be a finite number, got {value!r}")
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= sys.float_info.max
+        _check(ok, f"{where} must be a finite number, got {value!r}")  # NaN, inf and huge ints fail `<=`
         return float(value)
     if annotation is str:
         _check(isinstance(value, str), f"{where} must be a string, got {value!r}")
@@ -193,7 +197,7 @@ def _section_from_dict(cls, data: Any, where: str):
     _check(isinstance(data, dict), f"config section {where!r} must be a mapping")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(map(str, set(data) - names))  # str: YAML keys may be numbers
     if unknown:
         raise UnZipLoRAError(f"unknown config key {where}.{unknown[0]}; known keys: {', '.join(sorted(names))}")
     values = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
@@ -204,7 +208,7 @@ def config_from_dict(data: dict[str, Any] | None) -> RunConfig:
     data = data or {}
     _check(isinstance(data, dict), "a config file must hold a mapping of sections")
     sections = {f.name: f for f in dataclasses.fields(RunConfig)}
-    unknown = sorted(set(data) - set(sections))
+    unknown = sorted(map(str, set(data) - set(sections)))
     if unknown:
         raise UnZipLoRAError(f"unknown config section {unknown[0]!r}; known: {', '.join(sections)}")
     hints = typing.get_type_hints(RunConfig)

@@ -7,6 +7,7 @@ conditioning receives (original size, crop top-left, target size) (arXiv 2307.01
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,34 +25,57 @@ def load_image(source) -> Image.Image:
 
     EXIF orientation is applied; transparency is composited on white; palette, grayscale,
     CMYK and 16-bit images are converted to 8-bit RGB; animations give their first frame.
+    Anything else (missing, a folder, empty, not an image, truncated, too small, too large)
+    is one UnZipLoRAError naming the problem and the fix.
     """
     if isinstance(source, Image.Image):
-        image = source
+        image, name = source, "the image"
     else:
         path = Path(source)
-        if not path.exists():
-            raise UnZipLoRAError(f"image {path} does not exist; check the path")
-        if path.is_dir():
-            raise UnZipLoRAError(f"{path} is a folder; give one image file (PNG, JPEG, WebP, ...)")
-        if path.stat().st_size == 0:
-            raise UnZipLoRAError(f"image {path} is an empty file (0 bytes); give a real image")
-        Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-        try:
-            image = Image.open(path)
-            image.seek(0)
-            image.load()
-        except Image.DecompressionBombError:
-            raise UnZipLoRAError(
-                f"image {path} is too large (over {MAX_IMAGE_PIXELS:,} pixels); downscale it first"
-            ) from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise UnZipLoRAError(f"{path} is not a readable image ({exc}); re-export it as PNG or JPEG") from None
-    image = ImageOps.exif_transpose(image)
+        _check_file(path)
+        image, name = _open(path), f"image {path}"
+    try:
+        image = _to_rgb(ImageOps.exif_transpose(image))
+    except UnZipLoRAError:
+        raise
+    except Exception as exc:  # any decoder failure means the file is unusable
+        raise UnZipLoRAError(f"{name} could not be decoded ({exc}); re-export it as PNG or JPEG") from None
     if min(image.size) < MIN_IMAGE_SIDE:
         raise UnZipLoRAError(
-            f"image is {image.size[0]}x{image.size[1]}; the smallest side must be at least {MIN_IMAGE_SIDE} px"
+            f"{name} is {image.size[0]}x{image.size[1]} px; the smallest side must be at least {MIN_IMAGE_SIDE} px "
+            "(upscale it first)"
         )
-    return _to_rgb(image)
+    return image
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise UnZipLoRAError(f"image {path} does not exist; check the path")
+    if path.is_dir():
+        raise UnZipLoRAError(f"{path} is a folder; give one image file (PNG, JPEG, WebP, ...)")
+    if path.stat().st_size == 0:
+        raise UnZipLoRAError(f"image {path} is an empty file (0 bytes); give a real image")
+
+
+def _open(path: Path) -> Image.Image:
+    """Decode the first frame, refusing huge images from their header before any pixel is allocated."""
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():  # PIL warns between 1x and 2x its limit; we refuse instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise Image.DecompressionBombError(f"{width}x{height}")
+        image.seek(0)
+        image.load()
+        return image
+    except Image.DecompressionBombError:
+        raise UnZipLoRAError(
+            f"image {path} is too large (over {MAX_IMAGE_PIXELS:,} pixels); downscale it first"
+        ) from None
+    except Exception as exc:  # PIL plugins raise many types (OSError, SyntaxError, struct.error, ...)
+        raise UnZipLoRAError(f"{path} is not a readable image ({exc}); re-export it as PNG or JPEG") from None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -59,6 +83,10 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         array = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if array.max() > 255 else 255.0
         image = Image.fromarray(np.clip(array / peak * 255.0, 0, 255).astype(np.uint8))
+    if image.mode == "F":  # 32-bit float (TIFF): scale its own range to 8 bits
+        array = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        span = float(array.max() - array.min()) or 1.0
+        image = Image.fromarray(((array - array.min()) / span * 255.0).astype(np.uint8))
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):

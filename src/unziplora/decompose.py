@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import shutil
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -19,24 +20,27 @@ import torch
 from . import __version__
 from .branch import Branch
 from .callbacks import Previews, ProgressBar
+from .checkpoint import CHECKPOINT_DIR, Checkpointer, check_resumable, fingerprint, read_record, restore_checkpoint
 from .config import RunConfig
 from .data import load_image
+from .errors import TrainingInterrupted, UnZipLoRAError
 from .generate import Conditioning, sample_images
 from .lora.inject import PROJECTIONS
+from .modelcard import write_model_card
 from .models import load_pipeline, pick_device, pick_dtype
 from .profiles import resolve_profile
-from .prompts import training_prompts
+from .prompts import check_length, training_prompts
 from .runfolder import (
     LORA_WEIGHT_NAME,
     MANIFEST_FILE,
     RUN_FORMAT_VERSION,
     STATE_FILE,
     RunFolder,
-    atomic_output_dir,
+    resumable_output_dir,
     save_grid,
     save_safetensors,
 )
-from .train import Trainer, branch_fractions
+from .train import NonFiniteLoss, Trainer, branch_fractions
 
 LIBRARIES = ("torch", "diffusers", "peft", "transformers", "accelerate", "safetensors")
 
@@ -57,11 +61,13 @@ def decompose(
     config: RunConfig,
     force: bool = False,
     progress: bool = True,
+    resume: bool = False,
 ) -> RunFolder:
     """Train the content and style LoRAs of one image (arXiv 2412.04465) and write the run folder.
 
-    `image` is a path or a PIL image. Inputs are checked before the model loads; the folder
-    appears only when complete (written beside it, then renamed).
+    `image` is a path or a PIL image. Inputs are checked before the model loads. The run is
+    written to OUT.partial/ with a checkpoint every train.checkpoint_every steps and renamed to
+    OUT when complete; `resume` continues an interrupted OUT.partial/ (same inputs only).
     """
     t_start = time.perf_counter()
     prompts = training_prompts(config.prompts)
@@ -71,15 +77,23 @@ def decompose(
     dtype = pick_dtype(config.train.mixed_precision, device)
     base_dir = Path(config.model.base_model).expanduser()
     profile = resolve_profile(config.model.profile, base_dir if base_dir.is_dir() else None)
+    run_fingerprint = fingerprint(config, _image_sha256(picture))
 
-    with atomic_output_dir(out_dir, force) as tmp:
+    with resumable_output_dir(out_dir, force, resume, keep=_holds_checkpoint) as tmp:
+        checkpointer = Checkpointer(tmp / CHECKPOINT_DIR, config.train.checkpoint_every, run_fingerprint)
+        record = check_resumable(checkpointer.folder, run_fingerprint) if resume else None
         t0 = time.perf_counter()
         pipe = load_pipeline(config.model.base_model, config.model.revision, dtype)
         load_s = time.perf_counter() - t0
+        _print_prompt_notes(pipe, prompts)
         torch.manual_seed(config.train.seed)
         trainer = Trainer.prepare(config, pipe, picture, prompts, profile, device, dtype)
-        callbacks = [ProgressBar(progress), Previews(tmp / "previews", config.train.preview_every, _write_preview)]
-        trainer.fit(callbacks)
+        if record is not None:
+            restore_checkpoint(trainer, checkpointer.folder, record)
+            checkpointer.saved_step = trainer.step
+        callbacks = [ProgressBar(progress), Previews(tmp / "previews", config.train.preview_every, _write_preview),
+                     checkpointer]
+        _fit(trainer, callbacks, checkpointer, out_dir)
 
         t0 = time.perf_counter()
         _write_weights(trainer, tmp)
@@ -114,7 +128,39 @@ def decompose(
             "config": config.to_dict(),
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        write_model_card(tmp, manifest, picture, out_dir.name)
+        # Only now, with every output written: until here a failure can still resume from it.
+        shutil.rmtree(checkpointer.folder, ignore_errors=True)  # the finished run needs no optimiser state
     return RunFolder.open(out_dir)
+
+
+def _fit(trainer: Trainer, callbacks: list, checkpointer: Checkpointer, out_dir: Path) -> None:
+    """Train; a Ctrl-C or a non-finite loss says where the last good checkpoint is."""
+    try:
+        trainer.fit(callbacks)
+    except KeyboardInterrupt:
+        if checkpointer.saved_step is None:
+            raise TrainingInterrupted("interrupted before any checkpoint; nothing was written") from None
+        raise TrainingInterrupted(
+            f"interrupted; {checkpointer.where()}: continue with the same command plus --resume (--out {out_dir})"
+        ) from None
+    except NonFiniteLoss as exc:
+        raise NonFiniteLoss(exc.step, exc.value, checkpointer.where()) from None
+
+
+def _holds_checkpoint(work: Path) -> bool:
+    """Keep a failed OUT.partial only when it has a committed checkpoint to resume from."""
+    try:
+        return read_record(work / CHECKPOINT_DIR) is not None
+    except UnZipLoRAError:
+        return False
+
+
+def _print_prompt_notes(pipe, prompts) -> None:
+    for prompt in (prompts.combined, prompts.content, prompts.style):
+        warning = check_length(pipe.tokenizer, prompt)
+        if warning:
+            print(f"note: {warning}")
 
 
 def _write_weights(trainer: Trainer, folder: Path) -> None:

@@ -17,15 +17,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .branch import Branch
+from .branch import Branch, Role
 from .config import SampleConfig
 from .errors import UnZipLoRAError
 from .lora.inject import inject_two_branch_lora
 from .models import load_pipeline, pick_device
-from .branch import Role
 from .profiles import uniform_profile
-from .prompts import expand_tags, split_prompt, encode_prompts, check_length
-from .runfolder import RunFolder, atomic_output_dir, save_grid
+from .prompts import CONTENT_TAG, STYLE_TAG, check_length, encode_prompts, expand_tags, split_prompt
+from .runfolder import atomic_output_dir, save_grid
+from .sources import BranchSource
 
 # At inference every layer just applies its saved (effective) masks.
 INFERENCE_PROFILE = uniform_profile(Role.MASKED, Role.MASKED, "inference")
@@ -49,7 +49,7 @@ class Conditioning:
 
 
 @torch.no_grad()
-def sample_images(pipe, cond: Conditioning, sample: SampleConfig, resolution: int, num_images: int = 1) -> list[Image.Image]:
+def sample_images(pipe, cond: Conditioning, sample: SampleConfig, resolution: int | None, num_images: int = 1) -> list[Image.Image]:
     """Run the SDXL pipeline once per seed from precomputed embeddings.
 
     The unconditional half of classifier-free guidance uses zero embeddings, as SDXL does for
@@ -108,53 +108,59 @@ def generate(
     base_model: str | None = None,
     device: str = "auto",
     force: bool = False,
+    identifier: str | None = None,
+    style_words: str | None = None,
 ) -> list[Path]:
-    """Generate images and write them, a grid and generation.json into `out_dir`."""
+    """Generate images and write them, a grid and generation.json into `out_dir`.
+
+    `run`, `content_run` and `style_run` are run folders or plain LoRA files (diffusers,
+    kohya, B-LoRA); for plain files pass `identifier` / `style_words` if the prompt uses <c> / <s>,
+    and `base_model`.
+    """
     mode = Mode(mode)
-    if mode is Mode.CROSS or (content_run and style_run):
+    if content_run and style_run:
         mode = Mode.CROSS
-        if not (content_run and style_run):
-            raise UnZipLoRAError("cross-run generation needs both --content RUN and --style RUN")
-        content_folder, style_folder = RunFolder.open(content_run), RunFolder.open(style_run)
-    else:
-        if run is None:
-            raise UnZipLoRAError("give the run folder to generate from: unziplora generate RUN ...")
-        content_folder = style_folder = RunFolder.open(run)
+    elif mode is Mode.CROSS:
+        raise UnZipLoRAError("cross-run generation needs both --content RUN and --style RUN")
+    elif run is None:
+        raise UnZipLoRAError("give the run folder to generate from: unziplora generate RUN ...")
     if num_images <= 0:
         raise UnZipLoRAError(f"--num-images must be positive, got {num_images}")
-    manifest = content_folder.manifest
-    sample = sample or SampleConfig(**manifest["config"]["sample"])
-    resolution = sample.resolution or manifest["config"]["train"]["resolution"]
-    base = base_model or manifest["base_model"]
-    if mode is Mode.CROSS and style_folder.manifest["base_model"] != manifest["base_model"] and base_model is None:
-        raise UnZipLoRAError("the content and style runs were trained on different base models; pass --base-model")
+    content = BranchSource.open(content_run or run, Branch.CONTENT)
+    style = BranchSource.open(style_run or run, Branch.STYLE)
+    runs = [s for s in (content, style) if s.run is not None]
+    config = runs[0].manifest_value("config") if runs else None
+    if sample is None:
+        sample = SampleConfig(**config["sample"]) if config else SampleConfig()
+    # A plain LoRA file says nothing of its resolution: then the base model's default size.
+    resolution = sample.resolution or (config["train"]["resolution"] if config else None)
+    bases = {s.manifest_value("base_model") for s in runs}
+    if base_model is None and len(bases) != 1:
+        raise UnZipLoRAError("pass --base-model: the sources name " + ("no base model" if not bases else "different base models"))
+    base = base_model or bases.pop()
+    identifier = identifier or content.manifest_value("prompts", "identifier")
+    style_words = style_words or style.manifest_value("prompts", "style_words")
+    for tag, value, flag in ((CONTENT_TAG, identifier, "--identifier"), (STYLE_TAG, style_words, "--style-words")):
+        if tag in prompt and value is None:
+            raise UnZipLoRAError(f"the prompt uses {tag} but the LoRA file does not say what it stands for; pass {flag}")
     torch_device = pick_device(device)
     pipe = load_pipeline(base, dtype=torch.float16 if torch_device.type == "cuda" else torch.float32)
     pipe.to(torch_device)
     pipe.vae.to(torch.float32)
 
-    identifier = manifest["prompts"]["identifier"]
-    style_words = style_folder.manifest["prompts"]["style_words"]
     if mode in (Mode.CONTENT, Mode.STYLE):
-        folder = content_folder.lora_dir(Branch(mode.value))
-        pipe.load_lora_weights(str(folder), adapter_name=mode.value)
-        text = expand_tags(prompt, identifier, style_words)
+        source = content if mode is Mode.CONTENT else style
+        pipe.load_lora_weights(source.stock_lora(), adapter_name=mode.value)
+        text = expand_tags(prompt, identifier or "", style_words or "")
         embeds, pooled = _encode(pipe, [text])
         cond = Conditioning(embeds, pooled)
         prompts = {"prompt": text}
     else:
-        rank = manifest["config"]["lora"]["rank"]
-        style_rank = style_folder.manifest["config"]["lora"]["rank"]
-        if rank != style_rank:
-            raise UnZipLoRAError(
-                f"the content run has rank {rank} and the style run rank {style_rank}; combined generation "
-                "needs equal ranks: load the two LoRAs as ordinary adapters instead (see README)"
-            )
-        triple = split_prompt(prompt, identifier, style_words)
+        triple = split_prompt(prompt, identifier or "", style_words or "")
         embeds, pooled = _encode(pipe, [triple.combined, triple.content, triple.style])
-        lora = inject_two_branch_lora(pipe.unet, INFERENCE_PROFILE, rank)
-        lora.load_branch(content_folder.load_state(), Branch.CONTENT, str(content_folder.state_path))
-        lora.load_branch(style_folder.load_state(), Branch.STYLE, str(style_folder.state_path))
+        lora = inject_two_branch_lora(pipe.unet, INFERENCE_PROFILE, max(content.rank, style.rank))
+        lora.load_branch(content.branch_state(lora), Branch.CONTENT, str(content.path))
+        lora.load_branch(style.branch_state(lora), Branch.STYLE, str(style.path))
         lora.set_masking(True)
         cond = Conditioning(embeds[0:1], pooled[0:1], embeds[1:2], embeds[2:3])
         prompts = {"combined": triple.combined, "content": triple.content, "style": triple.style}
@@ -171,7 +177,7 @@ def generate(
         record = {
             "mode": mode.value, "prompts": prompts, "seeds": list(sample.seeds), "steps": sample.steps,
             "guidance_scale": sample.guidance_scale, "resolution": resolution, "num_images": num_images,
-            "content_run": str(content_folder.path), "style_run": str(style_folder.path), "base_model": base,
+            "content_source": str(content.path), "style_source": str(style.path), "base_model": base,
         }
         (tmp / "generation.json").write_text(json.dumps(record, indent=2))
     return paths

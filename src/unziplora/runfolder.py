@@ -9,17 +9,22 @@
       input.png                                       the training image as read
       preview.png                                     input | content alone | style alone | together
       loss.csv, loss.png                              the loss curve
+
+While training, decompose writes RUN.partial/ (plus checkpoint/, see checkpoint.py) and renames
+it to RUN only when complete; an interrupted RUN.partial/ is continued with --resume.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -35,6 +40,36 @@ MANIFEST_FILE = "manifest.json"
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
+def _refuse_existing(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not force:
+        raise UnZipLoRAError(f"{out_dir} already exists and is not empty; choose another --out or pass --force")
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    """Rename `tmp` to `out_dir`; an existing `out_dir` (allowed by --force) is swapped out first."""
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    else:
+        tmp.rename(out_dir)
+
+
+@contextlib.contextmanager
+def _disk_full_is_an_error(where: Path):
+    """ENOSPC becomes one line; the writers below leave no half-written file behind."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise UnZipLoRAError(
+            f"the disk is full while writing {exc.filename or where}; nothing half-written was kept: "
+            "free some space and run again"
+        ) from None
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out_dir: str | Path, force: bool = False):
     """Yield a temporary folder beside `out_dir`; on success it replaces `out_dir` in one rename.
@@ -43,29 +78,74 @@ def atomic_output_dir(out_dir: str | Path, force: bool = False):
     folder is removed and `out_dir` is left as it was.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not force:
-        raise UnZipLoRAError(f"{out_dir} already exists and is not empty; choose another --out or pass --force")
+    _refuse_existing(out_dir, force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        yield tmp
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-        else:
-            tmp.rename(out_dir)
+        with _disk_full_is_an_error(out_dir):
+            yield tmp
+            _move_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
+def partial_dir(out_dir: Path) -> Path:
+    """Where a run is written while it trains: OUT.partial, a stable name so it can be resumed."""
+    return out_dir.with_name(f"{out_dir.name}.partial")
+
+
+@contextlib.contextmanager
+def resumable_output_dir(out_dir: str | Path, force: bool, resume: bool, keep: Callable[[Path], bool]):
+    """Like atomic_output_dir, but the work folder is OUT.partial and survives a failure when
+    `keep(work)` says it holds something to resume from; otherwise it is removed.
+
+    An existing OUT.partial is continued with `resume`, discarded with `force`, refused otherwise.
+    """
+    out_dir = Path(out_dir)
+    _refuse_existing(out_dir, force)
+    work = partial_dir(out_dir)
+    if work.exists() and not resume:
+        if not force:
+            raise UnZipLoRAError(
+                f"{work} holds an interrupted run; pass --resume to continue it or --force to start over"
+            )
+        shutil.rmtree(work)
+    elif resume and not work.is_dir():
+        raise UnZipLoRAError(f"nothing to resume: {work} does not exist; run without --resume")
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        with _disk_full_is_an_error(out_dir):
+            yield work
+            _move_into_place(work, out_dir)
+    except BaseException:
+        if not keep(work):
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file atomically (temp file in the same folder, flushed, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file atomically (temp file in the same folder, then rename)."""
+    """Write a safetensors file atomically (temp file in the same folder, flushed, then rename)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        _fsync(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -100,6 +180,18 @@ def save_grid(images: list[Image.Image], path: Path, columns: int, labels: list[
     grid.save(path)
 
 
+def _check_manifest_files(path: Path, files) -> None:
+    """Names in a manifest must stay inside the run folder: a crafted "../x" is refused, never used."""
+    if not isinstance(files, dict):
+        raise UnZipLoRAError(f"{path / MANIFEST_FILE}: 'files' must be a mapping; the run folder is damaged")
+    for key, name in files.items():
+        ok = isinstance(name, str) and name and not Path(name).is_absolute() and ".." not in Path(name).parts
+        if not ok or "\\" in name:
+            raise UnZipLoRAError(
+                f"{path / MANIFEST_FILE} names {key!r} as {name!r}, outside the run folder; refusing to use it"
+            )
+
+
 class RunFolder:
     """A finished run folder, checked on open."""
 
@@ -124,6 +216,7 @@ class RunFolder:
             raise UnZipLoRAError(
                 f"{path} has run format {version!r}, this unziplora reads up to {RUN_FORMAT_VERSION}; upgrade unziplora"
             )
+        _check_manifest_files(path, manifest.get("files", {}))
         return cls(path, manifest)
 
     @property

@@ -9,7 +9,10 @@ progress and previews are callbacks.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -24,6 +27,16 @@ from .errors import UnZipLoRAError
 from .lora.inject import TwoBranchLoRA, inject_two_branch_lora
 from .profiles import Profile, uniform_profile
 from .prompts import PromptTriple, encode_prompts
+
+
+class NonFiniteLoss(UnZipLoRAError):
+    """The loss became NaN or inf; training stops before the step's update."""
+
+    def __init__(self, step: int, value: float, where: str = ""):
+        self.step, self.value = step, value
+        kept = f"; {where}" if where else ""
+        super().__init__(f"the loss became {value} at step {step}{kept}; lower lora.lr or use fp32, then start over "
+                         "with --force")
 
 
 @dataclass
@@ -127,7 +140,7 @@ class Trainer:
         orth = self.lora.orthogonality_loss() if use_orth else torch.zeros((), device=self.device)
         loss = mse + cfg.masks.orth_weight * orth
         if not torch.isfinite(loss):
-            raise UnZipLoRAError(f"the loss became {loss.item()} at step {step}; lower lora.lr or use fp32")
+            raise NonFiniteLoss(step, loss.item())
 
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -151,18 +164,46 @@ class Trainer:
         return log
 
     def fit(self, callbacks=()) -> None:
+        """Train to config.train.steps. Ctrl-C stops after the current step: the callbacks'
+        on_interrupt runs (a checkpoint is saved), then KeyboardInterrupt propagates."""
         t0 = time.perf_counter()
         for cb in callbacks:
             cb.on_start(self)
-        while self.step < self.config.train.steps:
-            log = self.train_step()
-            for cb in callbacks:
-                cb.on_step(self, log)
+        with _interrupt_between_steps() as interrupted:
+            while self.step < self.config.train.steps:
+                log = self.train_step()
+                for cb in callbacks:
+                    cb.on_step(self, log)
+                if interrupted:
+                    for cb in callbacks:
+                        cb.on_interrupt(self)
+                    raise KeyboardInterrupt
         self.lora.set_masking(True)
         self.timings["train_s"] = time.perf_counter() - t0
         self.timings["s_per_step"] = self.timings["train_s"] / max(1, len(self.history))
         for cb in callbacks:
             cb.on_end(self)
+
+
+@contextlib.contextmanager
+def _interrupt_between_steps():
+    """Turn the first Ctrl-C into a flag the loop reads between steps, so a checkpoint never holds
+    half a step (parameters updated, step counter not). A second Ctrl-C interrupts at once."""
+    flag: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield flag  # signal handlers can only be set from the main thread
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        flag.append(True)
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def diffusion_mse(unet, noise_scheduler, latents, generator, dtype, unet_kwargs: dict) -> torch.Tensor:

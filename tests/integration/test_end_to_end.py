@@ -23,7 +23,7 @@ def test_run_folder_has_every_promised_file(tiny_run):
     path = tiny_run.path
     for name in ("content_lora/pytorch_lora_weights.safetensors", "style_lora/pytorch_lora_weights.safetensors",
                  "unziplora.safetensors", "manifest.json", "config.yaml", "input.png", "preview.png",
-                 "loss.csv", "loss.png"):
+                 "loss.csv", "loss.png", "README.md", "thumbnail.png"):
         assert (path / name).is_file(), name
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["prompts"]["combined"] == "A monadikos cat in sketch style"

@@ -84,3 +84,35 @@ def test_kohya_alpha_is_folded_into_b(tiny_run, tmp_path):
     for key in full:
         factor = 0.5 if key.endswith(".lora_B.weight") else 1.0
         assert torch.allclose(half[key], full[key] * factor, atol=1e-6), key
+
+
+def test_generate_from_plain_lora_files(tiny_base, tiny_run, tmp_path):
+    """Cross generation with a run's content and a B-LoRA-style file as style; style alone from kohya."""
+    from unziplora.config import SampleConfig
+    from unziplora.generate import generate
+
+    raw = load_safetensors(tiny_run.lora_dir(Branch.STYLE) / LORA_WEIGHT_NAME)
+    b_lora = tmp_path / "b_lora_style.safetensors"
+    # B-LoRA publishes only some blocks, with a doubled prefix
+    save_safetensors({k.replace("unet.", "unet.unet.", 1): v for k, v in raw.items() if "up_blocks.0" in k}, b_lora)
+    sample = SampleConfig(steps=2, seeds=[0])
+    paths = generate("A <c> cat in <s> style", tmp_path / "mix", "cross", content_run=tiny_run.path,
+                     style_run=b_lora, sample=sample, style_words="ink")
+    assert len(paths) == 1
+    with pytest.raises(UnZipLoRAError, match="--style-words"):
+        generate("A <c> cat in <s> style", tmp_path / "mix2", "cross", content_run=tiny_run.path,
+                 style_run=b_lora, sample=sample)
+    kohya = export_run(tiny_run.path, "kohya", tmp_path / "k")[1]
+    with pytest.raises(UnZipLoRAError, match="--base-model"):
+        generate("A truck in ink style", tmp_path / "s", "style", run=kohya, sample=sample)
+    assert generate("A truck in ink style", tmp_path / "s", "style", run=kohya, sample=sample,
+                    base_model=str(tiny_base))
+
+
+def test_cli_export(tiny_run, tmp_path, capsys):
+    from unziplora.cli import main
+
+    assert main(["export", str(tiny_run.path), "--format", "kohya", "--out", str(tmp_path / "k")]) == 0
+    assert (tmp_path / "k" / "cat_content.safetensors").is_file()
+    assert main(["export", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err

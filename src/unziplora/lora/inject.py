@@ -101,11 +101,12 @@ class TwoBranchLoRA:
         return held / total if total else 1.0
 
     # ----- state in and out -----------------------------------------------------------------
-    def state_dict(self) -> dict[str, torch.Tensor]:
+    def state_dict(self, raw: bool = False) -> dict[str, torch.Tensor]:
         """Everything combined inference needs: A, B, m and M of both branches, per layer.
 
         M is saved as used at inference: all ones where the profile gives a branch all columns,
-        so a reader needs no profile.
+        so a reader needs no profile. `raw=True` keeps the training masks as they are (for
+        checkpoints: an all-columns branch's mask must stay empty to grow the same way).
         """
         state = {}
         for name, layer in self.layers.items():
@@ -113,7 +114,7 @@ class TwoBranchLoRA:
                 state[f"{name}.{b.value}.lora_A"] = layer.down[b.value].weight.detach().float().cpu().contiguous()
                 state[f"{name}.{b.value}.lora_B"] = layer.up[b.value].weight.detach().float().cpu().contiguous()
                 state[f"{name}.{b.value}.merger"] = layer.merger[b.value].detach().float().cpu().contiguous()
-                mask = layer.mask(b) | (layer.roles[b] is Role.ALL)
+                mask = layer.mask(b) if raw else layer.mask(b) | (layer.roles[b] is Role.ALL)
                 state[f"{name}.{b.value}.mask"] = mask.detach().to(torch.uint8).cpu().contiguous()
         return state
 

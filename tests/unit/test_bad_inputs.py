@@ -1,0 +1,219 @@
+"""Bad input gets one UnZipLoRAError line naming the problem and the fix; odd-but-valid input loads."""
+
+import io
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from unziplora.cli import main
+from unziplora.config import config_from_dict
+from unziplora.data import MIN_IMAGE_SIDE, load_image
+from unziplora.errors import UnZipLoRAError
+from unziplora.models import check_pipeline_folder
+from unziplora.runfolder import RunFolder, load_safetensors
+
+
+def png_bytes(image: Image.Image, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=kwargs.pop("format", "PNG"), **kwargs)
+    return buffer.getvalue()
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    """A valid PNG signature and IHDR for a huge image, with no pixel data (nothing gets allocated)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+RGB = Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8))
+
+
+# ----- images ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.with_name("missing.png"), "does not exist"),
+        (lambda p: p.parent, "is a folder"),
+        (lambda p: write(p, b""), "empty file"),
+        (lambda p: write(p, b"this is not an image at all"), "not a readable image"),
+        (lambda p: write(p, png_bytes(RGB)[:-40]), "not a readable image"),
+        (lambda p: write(p, png_bytes(RGB, format="JPEG")[:200]), "not a readable image"),
+        (lambda p: write(p, png_bytes(Image.new("RGB", (1, 1)))), f"at least {MIN_IMAGE_SIDE} px"),
+        (lambda p: write(p, png_bytes(Image.new("RGB", (300, 4)))), f"at least {MIN_IMAGE_SIDE} px"),
+        (lambda p: write(p, png_header_claiming(100_000, 100_000)), "too large"),
+        (lambda p: write(p, png_header_claiming(9000, 9000)), "too large"),  # PIL alone only warns
+    ],
+    ids=["missing", "directory", "zero-bytes", "not-an-image", "truncated-png", "truncated-jpeg", "1x1",
+         "300x4", "bomb-100000", "bomb-9000"],
+)
+def test_bad_images_are_one_clear_error(tmp_path, make, message):
+    path = make(tmp_path / "img.png")
+    with pytest.raises(UnZipLoRAError, match=message) as info:
+        load_image(path)
+    assert "\n" not in str(info.value)
+
+
+def _exif_rotated() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 CW to display
+    return png_bytes(Image.new("RGB", (40, 20), "red"), format="JPEG", exif=exif.tobytes())
+
+
+def _animated(fmt: str) -> bytes:
+    frames = [Image.new("RGB", (20, 16), color) for color in ("blue", "red")]
+    return png_bytes(frames[0], format=fmt, save_all=True, append_images=frames[1:], duration=100)
+
+
+@pytest.mark.parametrize(
+    "data, size, corner",
+    [
+        (png_bytes(Image.new("L", (20, 16), 128)), (20, 16), (128, 128, 128)),
+        (png_bytes(Image.new("RGBA", (20, 16), (255, 0, 0, 0))), (20, 16), (255, 255, 255)),  # on white
+        (png_bytes(Image.new("CMYK", (20, 16), (0, 0, 0, 0)), format="JPEG"), (20, 16), None),
+        (png_bytes(Image.fromarray(np.full((16, 20), 65535, dtype=np.uint16))), (20, 16), (255, 255, 255)),
+        (png_bytes(Image.new("RGB", (20, 16), "green").quantize(4)), (20, 16), (0, 128, 0)),
+        (_exif_rotated(), (20, 40), None),  # orientation respected: portrait
+        (_animated("GIF"), (20, 16), (0, 0, 255)),  # first frame
+        (_animated("WEBP"), (20, 16), None),
+        (png_bytes(Image.new("RGB", (300, 20))), (300, 20), None),  # non-square: cropped at training time
+    ],
+    ids=["grayscale", "rgba", "cmyk", "16-bit", "palette", "exif-rotated", "gif", "webp", "non-square"],
+)
+def test_odd_but_valid_images_load_as_rgb(tmp_path, data, size, corner):
+    path = tmp_path / "img"
+    path.write_bytes(data)
+    image = load_image(path)
+    assert image.mode == "RGB" and image.size == size
+    if corner is not None:
+        assert all(abs(a - b) <= 2 for a, b in zip(image.getpixel((0, 0)), corner))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(
+    st.binary(min_size=1, max_size=300),
+    st.binary(max_size=200).map(lambda tail: png_bytes(RGB)[:60] + tail),  # a real header, garbage after
+    st.tuples(st.integers(0, 2000), st.integers(0, 255)).map(  # one corrupted byte in a real PNG
+        lambda pos_val: (lambda b: b[: pos_val[0] % len(b)] + bytes([pos_val[1]]) + b[pos_val[0] % len(b) + 1:])(
+            png_bytes(RGB))),
+))
+def test_random_bytes_give_only_our_error(tmp_path, data):
+    path = tmp_path / "fuzz.bin"
+    path.write_bytes(data)
+    try:
+        image = load_image(path)
+    except UnZipLoRAError:
+        return
+    assert image.mode == "RGB"
+
+
+# ----- config --------------------------------------------------------------------------------------
+_leaf = st.one_of(st.none(), st.booleans(), st.integers(-(10**400), 10**400), st.floats(), st.text(max_size=5))
+_keys = st.one_of(st.sampled_from(["model", "lora", "masks", "prompts", "train", "sample", "rank", "steps",
+                                   "fraction", "seeds", "subject", "style", "base_model", "adam_betas"]),
+                  st.text(max_size=4), st.integers())
+_values = st.recursive(_leaf, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_keys, inner, max_size=3),
+                       max_leaves=8)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.one_of(st.dictionaries(_keys, _values, max_size=4), _values))
+def test_random_configs_give_only_our_error(data):
+    try:
+        config_from_dict(data)
+    except UnZipLoRAError:
+        pass
+
+
+# ----- prompts and options through the CLI -------------------------------------------------------
+def _decompose_argv(*extra):
+    return ["decompose", "IMG", "--subject", "cat", "--style", "sketch", "--out", "o", *extra]
+
+
+@pytest.mark.parametrize(
+    "argv, yaml_text, message",
+    [
+        (["decompose", "IMG", "--subject", " ", "--style", "x", "--out", "o"], None, "subject word is empty"),
+        (["decompose", "IMG", "--subject", "cat", "--style", "  ", "--out", "o"], None, "style words are empty"),
+        (["decompose", "IMG", "--out", "o"], None, "--subject WORD --style WORDS"),
+        (_decompose_argv("--rank", "-3"), None, "lora.rank must be a positive integer"),
+        (_decompose_argv("--steps", "0"), None, "train.steps must be a positive integer"),
+        (_decompose_argv("--checkpoint-every", "-1"), None, "train.checkpoint_every"),
+        (_decompose_argv(), "masks: {fraction: 0}", "masks.fraction must be in (0, 1]"),
+        (_decompose_argv(), "masks: {fraction: 1.5}", "masks.fraction must be in (0, 1]"),
+        (_decompose_argv(), "train: {stepz: 3}", "unknown config key train.stepz"),
+        (_decompose_argv(), "trainer: {steps: 3}", "unknown config section 'trainer'"),
+        (_decompose_argv(), "train: {steps: .nan}", "must be an integer"),
+        (_decompose_argv(), "lora: {lr: .inf}", "must be a finite number"),
+        (_decompose_argv(), "- just\n- a list", "must hold a mapping"),
+    ],
+)
+def test_bad_options_are_one_line_and_write_nothing(tmp_path, monkeypatch, capsys, argv, yaml_text, message):
+    monkeypatch.chdir(tmp_path)
+    RGB.save(tmp_path / "IMG", format="PNG")
+    if yaml_text is not None:
+        (tmp_path / "run.yaml").write_text(yaml_text)
+        argv = [*argv, "--config", "run.yaml"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["IMG"] + (["run.yaml"] if yaml_text else []))
+
+
+# ----- models, weights and run folders ----------------------------------------------------------
+def _pipeline_folder(root, class_name="StableDiffusionXLPipeline", weights="diffusion_pytorch_model.safetensors"):
+    parts = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+    root.mkdir()
+    (root / "model_index.json").write_text(json.dumps({"_class_name": class_name, **{p: ["x", "y"] for p in parts}}))
+    for part in parts:
+        (root / part).mkdir()
+        (root / part / weights).write_bytes(b"weights")
+    return root
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda r: r, "does not exist"),
+        (lambda r: r.mkdir() or r, "no model_index.json"),
+        (lambda r: _pipeline_folder(r, class_name="StableDiffusionPipeline"), "not an SDXL-shaped"),
+        (lambda r: _pipeline_folder(r, weights="diffusion_pytorch_model.bin"), "loads safetensors only"),
+    ],
+    ids=["missing", "empty-folder", "sd15-pipeline", "pickle-weights"],
+)
+def test_bad_base_model_folders(tmp_path, make, message):
+    with pytest.raises(UnZipLoRAError, match=message):
+        check_pipeline_folder(make(tmp_path / "base"))
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("weights.bin", b"anything", "never loads pickled weights"),
+    ("weights.pt", b"anything", "never loads pickled weights"),
+    ("weights.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage", "corrupt"),
+    ("weights.safetensors", b"", "corrupt"),
+])
+def test_weights_load_from_safetensors_only(tmp_path, name, data, message):
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(UnZipLoRAError, match=message):
+        load_safetensors(path)
+
+
+@pytest.mark.parametrize("files", [{"state": "../x.safetensors"}, {"state": "/etc/passwd"}, {"state": 3}, ["a"]])
+def test_manifest_paths_outside_the_run_folder_are_refused(tmp_path, files):
+    (tmp_path / "manifest.json").write_text(json.dumps({"format_version": 1, "files": files}))
+    with pytest.raises(UnZipLoRAError, match="run folder"):
+        RunFolder.open(tmp_path)
