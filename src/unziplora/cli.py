@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     info = sub.add_parser("info", help="describe a run folder")
     info.add_argument("run")
+    merge = sub.add_parser("merge", help="merge a content LoRA and a style LoRA into one ordinary LoRA")
+    merge.add_argument("content", help="run folder (its content LoRA) or a LoRA file (diffusers, kohya, B-LoRA)")
+    merge.add_argument("style", help="run folder (its style LoRA) or a LoRA file")
+    merge.add_argument("--method", default="direct", help="direct (exact sum of the two updates)")
+    merge.add_argument("--out", required=True, help="folder for pytorch_lora_weights.safetensors")
+    merge.add_argument("--force", action="store_true")
     export = sub.add_parser("export", help="write a run's LoRAs in diffusers or kohya/webui (ComfyUI, A1111) format")
     export.add_argument("run")
     export.add_argument("--format", choices=["diffusers", "kohya"], default="kohya")
@@ -147,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
             run_decompose(args)
         elif args.command == "generate":
             run_generate(args)
+        elif args.command == "merge":
+            from .methods.merge import merge
+
+            print(merge(args.content, args.style, args.out, args.method, args.force))
         elif args.command == "export":
             from .export import export_run
 

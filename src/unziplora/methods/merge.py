@@ -1,0 +1,58 @@
+"""Merging a content LoRA with a style LoRA into one ordinary LoRA.
+
+Direct merge (METHOD §3; ZipLoRA, arXiv 2311.13600, Sec. 3, the "direct arithmetic merge"
+baseline): dW = B_c A_c + B_s A_s. It is stored exactly, without an SVD, as one LoRA of rank
+r_c + r_s: A = [A_c; A_s], B = [B_c, B_s], so B A = B_c A_c + B_s A_s. Inputs can be run
+folders (their content / style LoRA) or LoRA files in any format `export.load_lora_any` reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..branch import Branch
+from ..errors import UnZipLoRAError
+from ..export import load_lora_any
+from ..runfolder import LORA_WEIGHT_NAME, MANIFEST_FILE, RunFolder, atomic_output_dir
+
+METHODS = ("direct",)
+
+
+def _branch_lora(path: str | Path, branch: Branch) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if (path / MANIFEST_FILE).is_file():
+        path = RunFolder.open(path).lora_dir(branch)
+    return load_lora_any(path)
+
+
+def direct_merge(content: dict[str, torch.Tensor], style: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One LoRA whose update is the sum of both: rank-concatenated, exact."""
+    merged = {}
+    modules = {k[: -len(".lora_A.weight")] for k in (*content, *style) if k.endswith(".lora_A.weight")}
+    for module in sorted(modules):
+        parts = [(s[f"{module}.lora_A.weight"], s[f"{module}.lora_B.weight"]) for s in (content, style)
+                 if f"{module}.lora_A.weight" in s]
+        shapes = {(a.shape[1], b.shape[0]) for a, b in parts}
+        if len(shapes) != 1:
+            raise UnZipLoRAError(f"{module}: the two LoRAs have different layer shapes {sorted(shapes)}; "
+                                 "they were made for different base models")
+        merged[f"{module}.lora_A.weight"] = torch.cat([a for a, _ in parts], dim=0).contiguous()
+        merged[f"{module}.lora_B.weight"] = torch.cat([b for _, b in parts], dim=1).contiguous()
+    return merged
+
+
+def merge(content: str | Path, style: str | Path, out_dir: str | Path, method: str = "direct", force: bool = False) -> Path:
+    """Write the merged LoRA as out_dir/pytorch_lora_weights.safetensors (diffusers format)."""
+    if method not in METHODS:
+        raise UnZipLoRAError(f"merge method {method!r} is not available; use one of {', '.join(METHODS)}")
+    from diffusers import StableDiffusionXLPipeline
+
+    merged = direct_merge(_branch_lora(content, Branch.CONTENT), _branch_lora(style, Branch.STYLE))
+    with atomic_output_dir(out_dir, force) as tmp:
+        # Ranks differ per module, so no single alpha: diffusers then uses alpha = rank (scale 1).
+        StableDiffusionXLPipeline.save_lora_weights(
+            tmp, unet_lora_layers=merged, weight_name=LORA_WEIGHT_NAME, safe_serialization=True
+        )
+    return Path(out_dir)

@@ -1,0 +1,52 @@
+"""Direct merge: one ordinary LoRA equal to content + style applied together."""
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionXLPipeline
+
+from unziplora.branch import Branch
+from unziplora.cli import main
+from unziplora.errors import UnZipLoRAError
+from unziplora.export import export_run
+from unziplora.methods.merge import direct_merge, merge
+
+
+def test_direct_merge_is_the_exact_sum():
+    torch.manual_seed(0)
+    c = {"m.lora_A.weight": torch.randn(2, 5), "m.lora_B.weight": torch.randn(4, 2)}
+    s = {"m.lora_A.weight": torch.randn(3, 5), "m.lora_B.weight": torch.randn(4, 3),
+         "n.lora_A.weight": torch.randn(1, 2), "n.lora_B.weight": torch.randn(2, 1)}
+    merged = direct_merge(c, s)
+    expected = c["m.lora_B.weight"] @ c["m.lora_A.weight"] + s["m.lora_B.weight"] @ s["m.lora_A.weight"]
+    assert torch.allclose(merged["m.lora_B.weight"] @ merged["m.lora_A.weight"], expected, atol=1e-6)
+    assert merged["n.lora_A.weight"].shape == (1, 2)  # a module only one side has is kept as is
+    bad = {"m.lora_A.weight": torch.randn(2, 6), "m.lora_B.weight": torch.randn(4, 2)}
+    try:
+        direct_merge(c, bad)
+    except UnZipLoRAError as exc:
+        assert "different base models" in str(exc)
+    else:
+        raise AssertionError("shape mismatch not detected")
+
+
+def test_merged_lora_equals_two_adapters_in_stock_diffusers(tiny_base, tiny_run, tmp_path):
+    kohya_style = export_run(tiny_run.path, "kohya", tmp_path / "k")[1]  # imports from kohya too
+    out = merge(tiny_run.path, kohya_style, tmp_path / "merged")
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny_base))
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(prompt="A monadikos cat in sketch style", num_inference_steps=2, height=32, width=32, output_type="np")
+    pipe.load_lora_weights(str(tiny_run.lora_dir(Branch.CONTENT)), adapter_name="content")
+    pipe.load_lora_weights(str(tiny_run.lora_dir(Branch.STYLE)), adapter_name="style")
+    pipe.set_adapters(["content", "style"], [1.0, 1.0])
+    both = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
+    pipe.delete_adapters(["content", "style"])
+    pipe.load_lora_weights(str(out), adapter_name="merged")
+    merged = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
+    assert np.allclose(both, merged, atol=1e-4)
+
+
+def test_cli_merge(tiny_run, tmp_path, capsys):
+    assert main(["merge", str(tiny_run.path), str(tiny_run.path), "--out", str(tmp_path / "m")]) == 0
+    assert (tmp_path / "m" / "pytorch_lora_weights.safetensors").is_file()
+    assert main(["merge", str(tiny_run.path), str(tiny_run.path), "--out", str(tmp_path / "z"), "--method", "ziplora"]) == 2
+    assert "not available" in capsys.readouterr().err
