@@ -18,6 +18,7 @@ from unziplora.demo import EMBEDDED_MODEL
 from unziplora.methods.single_lora import SingleLoraSpec
 from unziplora.models import load_pipeline
 from unziplora.toyworld import heldout_images
+from unziplora.toyworld.pretrain import write_checksums
 from unziplora.toyworld.probe import assign_roles, average, markdown_table, probe_image, profile_dict
 
 
@@ -50,6 +51,7 @@ def main() -> None:
         "generate; gain = oracle similarity to the input minus the no-LoRA floor.\n\n"
         f"Settings: {settings}.\n\n{table}\n"
     )
+    write_checksums(model)  # the profile and evidence are part of the model folder
     print(table)
 
 

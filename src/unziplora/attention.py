@@ -45,6 +45,8 @@ class SeparatedAttnProcessor:
         temb: torch.Tensor | None = None,
         content_encoder_hidden_states: torch.Tensor | None = None,
         style_encoder_hidden_states: torch.Tensor | None = None,
+        cached_key: torch.Tensor | None = None,
+        cached_value: torch.Tensor | None = None,
     ) -> torch.Tensor:
         residual = hidden_states
         if attn.spatial_norm is not None:
@@ -79,8 +81,11 @@ class SeparatedAttnProcessor:
                 content = attn.norm_encoder_hidden_states(content) if content is not None else None
                 style = attn.norm_encoder_hidden_states(style) if style is not None else None
 
-        key = _project(attn.to_k, encoder_hidden_states, content, style)
-        value = _project(attn.to_v, encoder_hidden_states, content, style)
+        if cached_key is not None:  # fuse.py: K/V depend only on the prompts, computed once
+            key, value = cached_key, cached_value
+        else:
+            key = _project(attn.to_k, encoder_hidden_states, content, style)
+            value = _project(attn.to_v, encoder_hidden_states, content, style)
 
         head_dim = key.shape[-1] // attn.heads
         query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)

@@ -20,6 +20,7 @@ from PIL import Image
 from .branch import Branch, Role
 from .config import SampleConfig
 from .errors import UnZipLoRAError
+from .fuse import fuse_for_generation
 from .lora.inject import inject_two_branch_lora
 from .models import load_pipeline, pick_device
 from .profiles import uniform_profile
@@ -58,15 +59,10 @@ def sample_images(pipe, cond: Conditioning, sample: SampleConfig, resolution: in
     """
     device = pipe.unet.device
     dtype = pipe.unet.dtype
-    do_cfg = sample.guidance_scale > 1.0
     extra = {}
     for key, branch_embeds in (("content_encoder_hidden_states", cond.content), ("style_encoder_hidden_states", cond.style)):
-        if branch_embeds is None:
-            continue
-        batch = branch_embeds.repeat(num_images, 1, 1)
-        if do_cfg:
-            batch = torch.cat([torch.zeros_like(batch), batch])
-        extra[key] = batch.to(device, dtype)
+        if branch_embeds is not None:
+            extra[key] = step_batch(branch_embeds, num_images, sample.guidance_scale).to(device, dtype)
     images = []
     for seed in sample.seeds:
         generator = torch.Generator().manual_seed(int(seed))
@@ -86,6 +82,14 @@ def sample_images(pipe, cond: Conditioning, sample: SampleConfig, resolution: in
         )
         images.extend(out.images)
     return images
+
+
+def step_batch(embeds: torch.Tensor | None, num_images: int, guidance_scale: float) -> torch.Tensor | None:
+    """The text-embedding batch the UNet sees at every step: [zeros; embeds] x num_images under CFG."""
+    if embeds is None:
+        return None
+    batch = embeds.repeat(num_images, 1, 1)
+    return torch.cat([torch.zeros_like(batch), batch]) if guidance_scale > 1.0 else batch
 
 
 def _encode(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,12 +114,14 @@ def generate(
     force: bool = False,
     identifier: str | None = None,
     style_words: str | None = None,
+    fused: bool = True,
 ) -> list[Path]:
     """Generate images and write them, a grid and generation.json into `out_dir`.
 
     `run`, `content_run` and `style_run` are run folders or plain LoRA files (diffusers,
     kohya, B-LoRA); for plain files pass `identifier` / `style_words` if the prompt uses <c> / <s>,
-    and `base_model`.
+    and `base_model`. `fused` folds the LoRAs into the weights and computes the separated
+    cross-attention K/V once (fuse.py); False runs the two-branch layers at every step.
     """
     mode = Mode(mode)
     if content_run and style_run:
@@ -151,6 +157,9 @@ def generate(
     if mode in (Mode.CONTENT, Mode.STYLE):
         source = content if mode is Mode.CONTENT else style
         pipe.load_lora_weights(source.stock_lora(), adapter_name=mode.value)
+        if fused:  # diffusers' own fusion: W + B A, then drop the adapter layers
+            pipe.fuse_lora(adapter_names=[mode.value])
+            pipe.unload_lora_weights()
         text = expand_tags(prompt, identifier or "", style_words or "")
         embeds, pooled = _encode(pipe, [text])
         cond = Conditioning(embeds, pooled)
@@ -163,6 +172,11 @@ def generate(
         lora.load_branch(style.branch_state(lora), Branch.STYLE, str(style.path))
         lora.set_masking(True)
         cond = Conditioning(embeds[0:1], pooled[0:1], embeds[1:2], embeds[2:3])
+        if fused:
+            batch = [step_batch(e, num_images, sample.guidance_scale).to(pipe.unet.device, pipe.unet.dtype)
+                     for e in (cond.combined, cond.content, cond.style)]
+            fuse_for_generation(pipe.unet, *batch)
+            cond = Conditioning(cond.combined, cond.pooled)  # K/V are cached in the processors now
         prompts = {"combined": triple.combined, "content": triple.content, "style": triple.style}
     images = sample_images(pipe, cond, sample, resolution, num_images)
 

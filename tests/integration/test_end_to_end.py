@@ -177,3 +177,16 @@ def test_newer_run_format_is_refused(tiny_run, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UnZipLoRAError, match="upgrade unziplora"):
         RunFolder.open(copy)
+
+
+@pytest.mark.parametrize("mode", ["both", "content"])
+def test_fused_generation_matches_unfused(tiny_run, tmp_path, mode):
+    from PIL import Image
+
+    sample = SampleConfig(steps=3, seeds=[0, 5])
+    fast = generate("A <c> cat in <s> style", tmp_path / "fast", mode, run=tiny_run.path, sample=sample, num_images=2)
+    slow = generate("A <c> cat in <s> style", tmp_path / "slow", mode, run=tiny_run.path, sample=sample, num_images=2,
+                    fused=False)
+    for a, b in zip(fast, slow):
+        diff = np.abs(np.asarray(Image.open(a), dtype=int) - np.asarray(Image.open(b), dtype=int))
+        assert diff.max() <= 2, (a.name, diff.max())  # PNG rounding of allclose float images

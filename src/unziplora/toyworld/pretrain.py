@@ -279,4 +279,36 @@ class Pretrainer:
         pipe = StableDiffusionXLPipeline(**self.c)
         pipe.to(torch.float16)
         pipe.save_pretrained(directory, safe_serialization=True)
+        write_recipe(Path(directory), self)
         return Path(directory)
+
+
+RECIPE_FILE = "recipe.json"
+CHECKSUM_FILE = "SHA256SUMS"
+
+
+def write_recipe(directory: Path, trainer: "Pretrainer") -> None:
+    """recipe.json (how it was trained, how far) and SHA256SUMS of every weight and config file."""
+    from importlib.metadata import version
+
+    losses = [entry["loss"] for entry in trainer.log if entry["phase"] == "unet"][-200:]
+    recipe = {
+        "recipe": "src/unziplora/toyworld/pretrain.py + scripts/train_base_model.py",
+        "config": dataclasses.asdict(trainer.config),
+        "trained": {"phase": trainer.phase, "unet_steps_done": trainer.step if trainer.phase == "unet" else 0,
+                    "recent_unet_loss": round(float(np.mean(losses)), 5) if losses else None},
+        "vae_scaling_factor": trainer.c["vae"].config.scaling_factor,
+        "versions": {name: version(name) for name in ("torch", "diffusers", "transformers")},
+    }
+    (directory / RECIPE_FILE).write_text(json.dumps(recipe, indent=2, default=str))
+    write_checksums(directory)
+
+
+def write_checksums(directory: Path) -> None:
+    """SHA256SUMS over every file of the model folder (run again after adding files to it)."""
+    import hashlib
+
+    lines = []
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != CHECKSUM_FILE):
+        lines.append(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.relative_to(directory).as_posix()}")
+    (directory / CHECKSUM_FILE).write_text("\n".join(lines) + "\n")
