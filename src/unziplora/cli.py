@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--method", default="direct", help="direct (exact sum of the two updates)")
     merge.add_argument("--out", required=True, help="folder for pytorch_lora_weights.safetensors")
     merge.add_argument("--force", action="store_true")
+    bench = sub.add_parser("bench", help="benchmarks: ratios against a baseline measured in the same run")
+    bench.add_argument("which", choices=["speed"])
+    bench.add_argument("--json", help="write the results here")
+    bench.add_argument("--base-model", help="default: the embedded toy-world model")
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--steps", type=int, default=20, help="denoising steps per generation")
+    bench.add_argument("--rank", type=int, default=16)
     export = sub.add_parser("export", help="write a run's LoRAs in diffusers or kohya/webui (ComfyUI, A1111) format")
     export.add_argument("run")
     export.add_argument("--format", choices=["diffusers", "kohya"], default="kohya")
@@ -157,6 +164,12 @@ def main(argv: list[str] | None = None) -> int:
             from .methods.merge import merge
 
             print(merge(args.content, args.style, args.out, args.method, args.force))
+        elif args.command == "bench":
+            from .bench.speed import run_speed
+            from .demo import EMBEDDED_MODEL, demo_image
+
+            run_speed(args.json, args.base_model or str(EMBEDDED_MODEL), demo_image()[2], args.rank,
+                      steps=args.steps, repeats=args.repeats)
         elif args.command == "export":
             from .export import export_run
 

@@ -1,0 +1,1 @@
+"""Benchmarks that print tables and write JSON (ratios against a baseline in the same run)."""

@@ -1,0 +1,140 @@
+"""`unziplora bench speed`: overhead ratios measured against a baseline in the same run.
+
+- train_step_ratio: one UnZipLoRA step (two branches, masks, mergers, L_orth, prompt
+  separation) over one plain PEFT LoRA step on the same target modules and rank.
+- combined_inference_ratio: generating with both branches (fused, K/V cached) over the base
+  pipeline with no LoRA, same steps and seed; fused_inference_ratio: the content LoRA alone,
+  fused, over the base pipeline.
+Timings are medians over repeats after a warm-up; min and max are reported too.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+
+from ..branch import Branch
+from ..config import RunConfig, SampleConfig
+from ..generate import INFERENCE_PROFILE, Conditioning, sample_images, step_batch
+from ..fuse import fuse_for_generation
+from ..lora.inject import inject_two_branch_lora
+from ..methods.single_lora import target_modules
+from ..models import load_pipeline
+from ..profiles import resolve_profile
+from ..prompts import training_prompts
+from ..train import Trainer, diffusion_mse
+
+
+@dataclass
+class Timing:
+    median: float
+    min: float
+    max: float
+
+    @classmethod
+    def of(cls, fn, repeats: int, warmup: int = 1) -> "Timing":
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return cls(statistics.median(times), min(times), max(times))
+
+
+def _trainer(base: str, image, rank: int, resolution: int) -> Trainer:
+    config = RunConfig().with_overrides({
+        "model.base_model": base, "prompts.subject": "star", "prompts.style": "dots",
+        "lora.rank": rank, "train.resolution": resolution, "train.steps": 10**6, "masks.refresh_every": 10**6,
+    })
+    pipe = load_pipeline(base)
+    profile = resolve_profile("auto", Path(base))
+    trainer = Trainer.prepare(config, pipe, image, training_prompts(config.prompts), profile,
+                              torch.device("cpu"), torch.float32)
+    trainer.train_step()  # the refresh step at 0: masks exist from here on, as in steady training
+    return trainer
+
+
+def train_step_times(base: str, image, rank: int, resolution: int, repeats: int) -> tuple[Timing, Timing]:
+    """(UnZipLoRA step, PEFT single-LoRA step) on the same base model, targets and rank."""
+    trainer = _trainer(base, image, rank, resolution)
+    ours = Timing.of(trainer.train_step, repeats)
+
+    pipe = load_pipeline(base)
+    unet = pipe.unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                target_modules=target_modules(unet)))
+    params = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=5e-5)
+    e, latents = trainer.embeds, trainer.latents
+    generator = torch.Generator().manual_seed(0)
+
+    def peft_step():
+        latent, crop = latents.sample(generator)
+        kwargs = {"encoder_hidden_states": e["combined"],
+                  "added_cond_kwargs": {"text_embeds": e["combined_pooled"], "time_ids": latents.time_ids(crop)}}
+        loss = diffusion_mse(unet, trainer.noise_scheduler, latent, generator, torch.float32, kwargs)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+
+    return ours, Timing.of(peft_step, repeats)
+
+
+def inference_times(base: str, image, rank: int, resolution: int, steps: int, repeats: int) -> dict[str, Timing]:
+    """Base pipeline vs both branches (fused) vs content alone (fused), one image per call."""
+    trainer = _trainer(base, image, rank, resolution)
+    state = trainer.lora.state_dict()
+    e = trainer.embeds
+    sample = SampleConfig(steps=steps, seeds=[0])
+    out = {}
+    pipe = load_pipeline(base)
+    plain = Conditioning(e["combined"], e["combined_pooled"])
+    out["base"] = Timing.of(lambda: sample_images(pipe, plain, sample, resolution), repeats)
+
+    for name, branches in (("combined", (Branch.CONTENT, Branch.STYLE)), ("content_fused", (Branch.CONTENT,))):
+        pipe = load_pipeline(base)
+        lora = inject_two_branch_lora(pipe.unet, INFERENCE_PROFILE, rank)
+        for branch in (Branch.CONTENT, Branch.STYLE):
+            lora.load_branch(state, branch)
+        lora.set_active(set(branches))
+        separated = len(branches) == 2
+        batch = [step_batch(x, 1, sample.guidance_scale) for x in (e["combined"], e["content"], e["style"])]
+        fuse_for_generation(pipe.unet, batch[0], batch[1] if separated else None, batch[2] if separated else None)
+        out[name] = Timing.of(lambda: sample_images(pipe, plain, sample, resolution), repeats)
+    return out
+
+
+def run_speed(json_path: str | Path | None, base: str, image, rank: int = 16, resolution: int = 64,
+              steps: int = 20, repeats: int = 5) -> dict:
+    """Measure, print a Markdown table and write JSON (keys named in the speed issue)."""
+    ours, peft = train_step_times(base, image, rank, resolution, repeats)
+    infer = inference_times(base, image, rank, resolution, steps, repeats)
+    result = {
+        "base_model": base, "rank": rank, "resolution": resolution, "inference_steps": steps, "repeats": repeats,
+        "device": "cpu", "threads": torch.get_num_threads(),
+        "timings_s": {"unziplora_step": asdict(ours), "peft_lora_step": asdict(peft),
+                      **{f"generate_{k}": asdict(v) for k, v in infer.items()}},
+        "train_step_ratio": ours.median / peft.median,
+        "combined_inference_ratio": infer["combined"].median / infer["base"].median,
+        "fused_inference_ratio": infer["content_fused"].median / infer["base"].median,
+    }
+    rows = [("one training step: UnZipLoRA", ours), ("one training step: PEFT LoRA", peft)]
+    rows += [(f"generate ({k})", v) for k, v in infer.items()]
+    print("| measurement | median s | min s | max s |\n|---|---|---|---|")
+    for name, t in rows:
+        print(f"| {name} | {t.median:.4f} | {t.min:.4f} | {t.max:.4f} |")
+    for key in ("train_step_ratio", "combined_inference_ratio", "fused_inference_ratio"):
+        print(f"{key}: {result[key]:.3f}")
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=2))
+    return result
