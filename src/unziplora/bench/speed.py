@@ -72,7 +72,7 @@ def train_step_times(base: str, image, rank: int, resolution: int, repeats: int)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                                 target_modules=target_modules(unet)))
     params = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=5e-5)
+    optimizer = torch.optim.AdamW(params, lr=5e-5, foreach=True)  # same optimiser settings as ours
     e, latents = trainer.embeds, trainer.latents
     generator = torch.Generator().manual_seed(0)
 
