@@ -13,7 +13,7 @@ Fusing changes the UNet in place; load a fresh pipeline to undo it.
 from __future__ import annotations
 
 import torch
-from diffusers.models.attention_processor import Attention
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from .attention import SeparatedAttnProcessor
 from .branch import Branch
@@ -58,6 +58,8 @@ def fuse_for_generation(unet, combined: torch.Tensor, content: torch.Tensor | No
         if cross and separated:
             key, value = (_get(attn, p)(combined, content_input=content, style_input=style) for p in ("to_k", "to_v"))
             attn.set_processor(CachedKVProcessor(key, value))
+        else:  # nothing separated here any more: diffusers' own processor
+            attn.set_processor(AttnProcessor2_0())
         for projection in PROJECTIONS:
             layer = _get(attn, projection)
             if isinstance(layer, TwoBranchLoraLinear):
