@@ -33,6 +33,10 @@ def _add_decompose(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in OUT.partial")
     p.add_argument("--force", action="store_true", help="replace an existing run folder (and discard OUT.partial)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--method", default="unziplora",
+                   choices=["unziplora", "unziplora-m1", "unziplora-m2", "dreambooth-lora", "b-lora"],
+                   help="unziplora (full, M3); ablations m1 (prompt separation only), m2 (+ column "
+                        "separation, no block roles); baselines dreambooth-lora, b-lora")
 
 
 def _add_generate(sub) -> None:
@@ -103,8 +107,17 @@ def run_decompose(args) -> None:
             "train.device": args.device, "train.checkpoint_every": args.checkpoint_every,
         }
     )
-    run = decompose(args.image, args.out, config, force=args.force, progress=not args.quiet,
-                    resume=args.resume)
+    ablation = {"unziplora-m1": {"masks.enabled": False}, "unziplora-m2": {"model.block_separation": False}}
+    config = config.with_overrides(ablation.get(args.method, {}))
+    if args.method in ("dreambooth-lora", "b-lora"):
+        from .methods.baselines import decompose_baseline
+
+        if args.resume:
+            raise UnZipLoRAError(f"--resume is not available for --method {args.method}; rerun with --force")
+        run = decompose_baseline(args.image, args.out, config, args.method, args.force, not args.quiet)
+    else:
+        run = decompose(args.image, args.out, config, force=args.force, progress=not args.quiet,
+                        resume=args.resume)
     print(run.summary())
 
 

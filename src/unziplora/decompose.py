@@ -104,34 +104,42 @@ def decompose(
         (tmp / "config.yaml").write_text(config.to_yaml())
         timings = {"load_s": load_s, **trainer.timings, "save_s": time.perf_counter() - t0}
         timings["total_s"] = time.perf_counter() - t_start
-        manifest = {
-            "format_version": RUN_FORMAT_VERSION,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "base_model": config.model.base_model,
-            "profile": profile.to_dict(),
-            "prompts": {
-                "subject": config.prompts.subject, "style_words": config.prompts.style,
-                "identifier": config.prompts.identifier, "combined": prompts.combined,
-                "content": prompts.content, "style": prompts.style,
-            },
-            "input": {"sha256": _image_sha256(picture), "size": list(picture.size)},
-            "seed": config.train.seed,
+        manifest = base_manifest(config, profile, prompts, picture)
+        manifest.update({
+            "method": "unziplora",
             "steps": trainer.step,
             "final_loss": trainer.history[-1].loss,
             "mask_fraction": branch_fractions(trainer.lora),
             "device": str(device),
             "dtype": str(dtype).replace("torch.", ""),
             "timings": {k: round(v, 3) for k, v in timings.items()},
-            "versions": library_versions(),
             "files": {"content_lora": f"content_lora/{LORA_WEIGHT_NAME}", "style_lora": f"style_lora/{LORA_WEIGHT_NAME}",
                       "state": STATE_FILE, "preview": "preview.png", "loss": "loss.csv"},
-            "config": config.to_dict(),
-        }
+        })
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         write_model_card(tmp, manifest, picture, out_dir.name)
         # Only now, with every output written: until here a failure can still resume from it.
         shutil.rmtree(checkpointer.folder, ignore_errors=True)  # the finished run needs no optimiser state
     return RunFolder.open(out_dir)
+
+
+def base_manifest(config: RunConfig, profile, prompts, picture) -> dict:
+    """The manifest fields every method writes: format, base model, prompts, input, config, versions."""
+    return {
+        "format_version": RUN_FORMAT_VERSION,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "base_model": config.model.base_model,
+        "profile": profile.to_dict(),
+        "prompts": {
+            "subject": config.prompts.subject, "style_words": config.prompts.style,
+            "identifier": config.prompts.identifier, "combined": prompts.combined,
+            "content": prompts.content, "style": prompts.style,
+        },
+        "input": {"sha256": _image_sha256(picture), "size": list(picture.size)},
+        "seed": config.train.seed,
+        "versions": library_versions(),
+        "config": config.to_dict(),
+    }
 
 
 def _fit(trainer: Trainer, callbacks: list, checkpointer: Checkpointer, out_dir: Path) -> None:

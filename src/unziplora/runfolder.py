@@ -244,9 +244,12 @@ class RunFolder:
             f"subject:      {p['subject']!r}  (token <c> = {p['identifier']!r})",
             f"style:        {p['style_words']!r}  (token <s>)",
             f"prompts:      p={p['combined']!r}  p_c={p['content']!r}  p_s={p['style']!r}",
+            f"method:       {m.get('method', 'unziplora')}",
             f"rank / steps: {m['config']['lora']['rank']} / {m['steps']}  (seed {m['seed']})",
-            f"columns held: content {m['mask_fraction']['content']:.1%}, style {m['mask_fraction']['style']:.1%}",
-            f"final loss:   {m['final_loss']:.4f}   train time {m['timings'].get('train_s', 0):.1f} s",
-            f"created:      {m['created']} with unziplora {m['versions']['unziplora']}",
         ]
+        if "mask_fraction" in m:  # UnZipLoRA runs only
+            lines.append(f"columns held: content {m['mask_fraction']['content']:.1%}, style {m['mask_fraction']['style']:.1%}")
+            lines.append(f"final loss:   {m['final_loss']:.4f}")
+        lines.append(f"train time:   {m['timings'].get('train_s', 0):.1f} s")
+        lines.append(f"created:      {m['created']} with unziplora {m['versions']['unziplora']}")
         return "\n".join(lines)

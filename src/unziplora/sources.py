@@ -24,14 +24,18 @@ from .runfolder import MANIFEST_FILE, RunFolder
 class BranchSource:
     path: Path
     branch: Branch
-    run: RunFolder | None = None
+    run: RunFolder | None = None  # gives the manifest (prompts, base model), and the state if plain is None
     plain: dict[str, torch.Tensor] | None = None  # PEFT keys without 'unet.'
 
     @classmethod
     def open(cls, path: str | Path, branch: Branch) -> "BranchSource":
         path = Path(path)
         if (path / MANIFEST_FILE).is_file():
-            return cls(path, branch, run=RunFolder.open(path))
+            run = RunFolder.open(path)
+            if run.state_path.is_file():
+                return cls(path, branch, run=run)
+            # a baseline's run folder (no two-branch state): its branch LoRA as a plain LoRA
+            return cls(path, branch, run=run, plain=load_lora_any(run.lora_dir(branch)))
         if not path.exists():
             raise UnZipLoRAError(f"{path} does not exist; give a run folder or a LoRA .safetensors file")
         return cls(path, branch, plain=load_lora_any(path))
@@ -39,7 +43,7 @@ class BranchSource:
     # ----- facts about the source ------------------------------------------------------------
     @property
     def rank(self) -> int:
-        if self.run is not None:
+        if self.plain is None:
             return int(self.run.manifest["config"]["lora"]["rank"])
         return max(v.shape[0] for k, v in self.plain.items() if k.endswith(".lora_A.weight"))
 
@@ -55,14 +59,14 @@ class BranchSource:
     # ----- weights ----------------------------------------------------------------------------
     def stock_lora(self):
         """What StableDiffusionXLPipeline.load_lora_weights takes for this branch alone."""
-        if self.run is not None:
+        if self.plain is None:
             return str(self.run.lora_dir(self.branch))
         return {f"unet.{k}": v for k, v in self.plain.items()}
 
     def branch_state(self, lora: TwoBranchLoRA) -> dict[str, torch.Tensor]:
         """This branch in TwoBranchLoRA.state_dict() form, padded to the layers' rank."""
         b = self.branch.value
-        source = self.run.load_state() if self.run is not None else None
+        source = self.run.load_state() if self.plain is None else None
         state = {}
         for name, layer in lora.layers.items():
             if source is not None:

@@ -1,0 +1,48 @@
+"""Baselines and ablations produce run folders that generate like UnZipLoRA runs."""
+
+import pytest
+from safetensors import safe_open
+
+from unziplora.cli import main
+from unziplora.config import SampleConfig
+from unziplora.generate import generate
+from unziplora.methods.baselines import decompose_baseline
+from unziplora.runfolder import RunFolder
+
+from ..conftest import tiny_config
+
+
+def lora_keys(run, branch):
+    with safe_open(str(run.path / f"{branch}_lora" / "pytorch_lora_weights.safetensors"), "pt") as fh:
+        return set(fh.keys())
+
+
+def test_b_lora_splits_by_the_profile(tiny_base, tiny_image, tmp_path):
+    run = decompose_baseline(tiny_image, tmp_path / "b", tiny_config(tiny_base), "b-lora", progress=False)
+    content, style = lora_keys(run, "content"), lora_keys(run, "style")
+    assert content and style and not content & style
+    assert all(k.startswith(("unet.up_blocks.0.attentions.0.", "unet.up_blocks.0.attentions.2.")) for k in content)
+    assert all(k.startswith(("unet.up_blocks.0.attentions.1.", "unet.up_blocks.1.")) for k in style)
+    assert run.manifest["method"] == "b-lora" and run.manifest["training_prompt"] == "A monadikos"
+    paths = generate("A <c> cat in <s> style", tmp_path / "g", "both", run=run.path, sample=SampleConfig(steps=2, seeds=[0]))
+    assert paths[0].is_file()
+
+
+def test_dreambooth_lora_cannot_split(tiny_base, tiny_image, tmp_path):
+    run = decompose_baseline(tiny_image, tmp_path / "d", tiny_config(tiny_base), "dreambooth-lora", progress=False)
+    assert lora_keys(run, "content") == lora_keys(run, "style")
+    assert len(lora_keys(run, "content")) == 2 * 4 * 22  # every projection of the tiny UNet's 22 attention modules
+    assert "method:       dreambooth-lora" in RunFolder.open(run.path).summary()
+
+
+@pytest.mark.parametrize("method, check", [
+    ("unziplora-m1", lambda m: m["mask_fraction"] == {"content": 1.0, "style": 1.0}),
+    ("unziplora-m2", lambda m: m["config"]["model"]["block_separation"] is False),
+])
+def test_ablations_through_the_cli(tiny_base, tiny_image, tmp_path, method, check):
+    image = tmp_path / "in.png"
+    tiny_image.save(image)
+    assert main(["decompose", str(image), "--subject", "cat", "--style", "ink", "--out", str(tmp_path / method),
+                 "--base-model", str(tiny_base), "--steps", "3", "--rank", "2", "--resolution", "32",
+                 "--sample-steps", "1", "--quiet", "--method", method]) == 0
+    assert check(RunFolder.open(tmp_path / method).manifest)
