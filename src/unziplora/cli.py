@@ -70,7 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     merge = sub.add_parser("merge", help="merge a content LoRA and a style LoRA into one ordinary LoRA")
     merge.add_argument("content", help="run folder (its content LoRA) or a LoRA file (diffusers, kohya, B-LoRA)")
     merge.add_argument("style", help="run folder (its style LoRA) or a LoRA file")
-    merge.add_argument("--method", default="direct", help="direct (exact sum of the two updates)")
+    merge.add_argument("--method", default="direct", choices=["direct", "ziplora"],
+                       help="direct: exact sum of the two updates; ziplora: learned per-column mergers")
+    merge.add_argument("--base-model", help="ziplora: the base model (default: the runs')")
+    merge.add_argument("--content-prompt", help="ziplora: the content LoRA's prompt (default: the run's p_c)")
+    merge.add_argument("--style-prompt", help="ziplora: the style LoRA's prompt (default: the run's p_s)")
+    merge.add_argument("--steps", type=int, default=100, help="ziplora optimisation steps")
     merge.add_argument("--out", required=True, help="folder for pytorch_lora_weights.safetensors")
     merge.add_argument("--force", action="store_true")
     bench = sub.add_parser("bench", help="benchmarks: ratios against a baseline measured in the same run")
@@ -176,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "merge":
             from .methods.merge import merge
 
-            print(merge(args.content, args.style, args.out, args.method, args.force))
+            print(merge(args.content, args.style, args.out, args.method, args.force, args.base_model,
+                        (args.content_prompt, args.style_prompt), args.steps))
         elif args.command == "bench":
             from .bench.speed import run_speed
             from .demo import EMBEDDED_MODEL, demo_image

@@ -1,6 +1,7 @@
 """Direct merge: one ordinary LoRA equal to content + style applied together."""
 
 import numpy as np
+import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
 
@@ -48,5 +49,24 @@ def test_merged_lora_equals_two_adapters_in_stock_diffusers(tiny_base, tiny_run,
 def test_cli_merge(tiny_run, tmp_path, capsys):
     assert main(["merge", str(tiny_run.path), str(tiny_run.path), "--out", str(tmp_path / "m")]) == 0
     assert (tmp_path / "m" / "pytorch_lora_weights.safetensors").is_file()
-    assert main(["merge", str(tiny_run.path), str(tiny_run.path), "--out", str(tmp_path / "z"), "--method", "ziplora"]) == 2
-    assert "not available" in capsys.readouterr().err
+    with pytest.raises(UnZipLoRAError, match="not available"):
+        merge(tiny_run.path, tiny_run.path, tmp_path / "z", method="svd")
+
+
+def test_ziplora_learns_mergers_and_writes_an_ordinary_lora(tiny_base, tiny_run, tmp_path):
+    from unziplora.runfolder import load_safetensors
+
+    direct = load_safetensors(merge(tiny_run.path, tiny_run.path, tmp_path / "d") / "pytorch_lora_weights.safetensors")
+    zipped_dir = merge(tiny_run.path, tiny_run.path, tmp_path / "zip", method="ziplora", steps=4)
+    zipped = load_safetensors(zipped_dir / "pytorch_lora_weights.safetensors")
+    assert zipped.keys() == direct.keys()
+    a_keys = [k for k in zipped if "lora_A" in k]
+    assert all(torch.equal(zipped[k], direct[k]) for k in a_keys)  # only the mergers (in B) change
+    assert any(not torch.allclose(zipped[k], direct[k]) for k in zipped if "lora_B" in k)
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny_base))
+    pipe.load_lora_weights(str(zipped_dir), adapter_name="zip")
+    with pytest.raises(UnZipLoRAError, match="--base-model"):
+        from unziplora.export import export_run
+
+        kohya = export_run(tiny_run.path, "kohya", tmp_path / "k")
+        merge(kohya[0], kohya[1], tmp_path / "z2", method="ziplora", steps=1)

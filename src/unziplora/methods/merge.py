@@ -1,4 +1,4 @@
-"""Merging a content LoRA with a style LoRA into one ordinary LoRA.
+"""Merging a content LoRA with a style LoRA into one ordinary LoRA (direct, or ZipLoRA: ziplora.py).
 
 Direct merge (METHOD §3; ZipLoRA, arXiv 2311.13600, Sec. 3, the "direct arithmetic merge"
 baseline): dW = B_c A_c + B_s A_s. It is stored exactly, without an SVD, as one LoRA of rank
@@ -16,15 +16,16 @@ from ..branch import Branch
 from ..errors import UnZipLoRAError
 from ..export import load_lora_any
 from ..runfolder import LORA_WEIGHT_NAME, MANIFEST_FILE, RunFolder, atomic_output_dir
+from ..sources import BranchSource
 
-METHODS = ("direct",)
+METHODS = ("direct", "ziplora")
 
 
-def _branch_lora(path: str | Path, branch: Branch) -> dict[str, torch.Tensor]:
+def _plain_source(path: str | Path, branch: Branch) -> BranchSource:
+    """A branch as its exported ordinary LoRA; the run folder, if any, is kept for its manifest."""
     path = Path(path)
-    if (path / MANIFEST_FILE).is_file():
-        path = RunFolder.open(path).lora_dir(branch)
-    return load_lora_any(path)
+    run = RunFolder.open(path) if (path / MANIFEST_FILE).is_file() else None
+    return BranchSource(path, branch, run=run, plain=load_lora_any(run.lora_dir(branch) if run else path))
 
 
 def direct_merge(content: dict[str, torch.Tensor], style: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -43,13 +44,31 @@ def direct_merge(content: dict[str, torch.Tensor], style: dict[str, torch.Tensor
     return merged
 
 
-def merge(content: str | Path, style: str | Path, out_dir: str | Path, method: str = "direct", force: bool = False) -> Path:
-    """Write the merged LoRA as out_dir/pytorch_lora_weights.safetensors (diffusers format)."""
+def merge(content: str | Path, style: str | Path, out_dir: str | Path, method: str = "direct", force: bool = False,
+          base_model: str | None = None, prompts: tuple[str | None, str | None] = (None, None), steps: int = 100) -> Path:
+    """Write the merged LoRA as out_dir/pytorch_lora_weights.safetensors (diffusers format).
+
+    ziplora needs the base model and the two LoRAs' prompts; run folders supply them (p_c of
+    the content run, p_s of the style run), plain files need `base_model` and `prompts`.
+    """
     if method not in METHODS:
         raise UnZipLoRAError(f"merge method {method!r} is not available; use one of {', '.join(METHODS)}")
     from diffusers import StableDiffusionXLPipeline
 
-    merged = direct_merge(_branch_lora(content, Branch.CONTENT), _branch_lora(style, Branch.STYLE))
+    sources = _plain_source(content, Branch.CONTENT), _plain_source(style, Branch.STYLE)
+    if method == "direct":
+        merged = direct_merge(sources[0].plain, sources[1].plain)
+    else:
+        from .ziplora import ziplora_merge
+
+        base = base_model or sources[0].manifest_value("base_model") or sources[1].manifest_value("base_model")
+        prompt_c = prompts[0] or sources[0].manifest_value("prompts", "content")
+        prompt_s = prompts[1] or sources[1].manifest_value("prompts", "style")
+        if base is None or prompt_c is None or prompt_s is None:
+            raise UnZipLoRAError("ziplora merging of plain LoRA files needs --base-model, --content-prompt and --style-prompt")
+        config = next((s.manifest_value("config") for s in sources if s.run is not None), None)
+        resolution = config["train"]["resolution"] if config else 1024
+        merged = ziplora_merge(sources[0], sources[1], base, (prompt_c, prompt_s), resolution, steps)
     with atomic_output_dir(out_dir, force) as tmp:
         # Ranks differ per module, so no single alpha: diffusers then uses alpha = rank (scale 1).
         StableDiffusionXLPipeline.save_lora_weights(
