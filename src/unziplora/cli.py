@@ -85,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--steps", type=int, default=20, help="denoising steps per generation")
     bench.add_argument("--rank", type=int, default=16)
+    ev = sub.add_parser("eval", help="CLIP-I/CLIP-T, DINO and CSD scores of generated images against a reference")
+    ev.add_argument("generated", help="folder of generated PNG/JPEG images (e.g. RUN/samples/content)")
+    ev.add_argument("--reference", required=True, nargs="+", help="reference image(s), e.g. the input")
+    ev.add_argument("--prompt", help="the generation prompt, for CLIP-T")
+    ev.add_argument("--metrics", default="clip,dino,csd", help="comma-separated subset of clip,dino,csd")
+    ev.add_argument("--clip", default="openai/clip-vit-base-patch32", help="CLIP model: local folder or hub id")
+    ev.add_argument("--dino", default="facebook/dino-vits16", help="DINO ViT-S/16: local folder or hub id")
+    ev.add_argument("--csd", default="./models/csd-vit-l14", help="CSD folder (CLIPVisionModel + csd_heads.safetensors)")
+    ev.add_argument("--json", help="write the scores here")
     export = sub.add_parser("export", help="write a run's LoRAs in diffusers or kohya/webui (ComfyUI, A1111) format")
     export.add_argument("run")
     export.add_argument("--format", choices=["diffusers", "kohya"], default="kohya")
@@ -153,6 +162,37 @@ def run_generate(args) -> None:
     print(f"wrote {len(paths)} image(s) and grid.png to {out}")
 
 
+def run_eval(args) -> None:
+    import json
+
+    from .data import load_image
+    from .metrics import models
+    from .metrics.scores import evaluate
+
+    folder = Path(args.generated)
+    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")
+                   and p.name != "grid.png") if folder.is_dir() else []
+    if not files:
+        raise UnZipLoRAError(f"no generated images in {folder}; give the folder unziplora generate wrote")
+    chosen = {m.strip() for m in args.metrics.split(",") if m.strip()}
+    unknown = chosen - {"clip", "dino", "csd"}
+    if unknown:
+        raise UnZipLoRAError(f"unknown metric {sorted(unknown)[0]!r}; choose from clip, dino, csd")
+    encoders = {
+        "clip": models.ClipEncoder(args.clip) if "clip" in chosen else None,
+        "dino": models.DinoEncoder(args.dino) if "dino" in chosen else None,
+        "csd": models.CsdEncoder(args.csd) if "csd" in chosen else None,
+    }
+    generated = [load_image(p) for p in files]
+    references = [load_image(p) for p in args.reference]
+    prompts = [args.prompt] if args.prompt else None
+    scores = evaluate(generated, references, prompts, **encoders)
+    for name, value in scores.items():
+        print(f"{name:12s} {value:.4f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"images": len(files), "scores": scores}, indent=2))
+
+
 def _quiet_libraries() -> None:
     """Library warnings (cache look-ups, deprecations) would bury our one-line errors."""
     import warnings
@@ -189,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
 
             run_speed(args.json, args.base_model or str(EMBEDDED_MODEL), demo_image()[2], args.rank,
                       steps=args.steps, repeats=args.repeats)
+        elif args.command == "eval":
+            run_eval(args)
         elif args.command == "export":
             from .export import export_run
 
