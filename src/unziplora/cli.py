@@ -79,7 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--out", required=True, help="folder for pytorch_lora_weights.safetensors")
     merge.add_argument("--force", action="store_true")
     bench = sub.add_parser("bench", help="benchmarks: ratios against a baseline measured in the same run")
-    bench.add_argument("which", choices=["speed"])
+    bench.add_argument("which", choices=["speed", "quality"])
+    bench.add_argument("--images", type=int, default=12, help="quality: held-out images")
+    bench.add_argument("--seeds", type=int, default=2, help="quality: seeds per image")
+    bench.add_argument("--train-steps", type=int, default=600, help="quality: steps per method")
+    bench.add_argument("--workdir", default="runs/bench", help="quality: where the runs go")
     bench.add_argument("--json", help="write the results here")
     bench.add_argument("--base-model", help="default: the embedded toy-world model")
     bench.add_argument("--repeats", type=int, default=5)
@@ -224,11 +228,18 @@ def main(argv: list[str] | None = None) -> int:
             print(merge(args.content, args.style, args.out, args.method, args.force, args.base_model,
                         (args.content_prompt, args.style_prompt), args.steps))
         elif args.command == "bench":
-            from .bench.speed import run_speed
             from .demo import EMBEDDED_MODEL, demo_image
 
-            run_speed(args.json, args.base_model or str(EMBEDDED_MODEL), demo_image()[2], args.rank,
-                      steps=args.steps, repeats=args.repeats)
+            base = args.base_model or str(EMBEDDED_MODEL)
+            if args.which == "speed":
+                from .bench.speed import run_speed
+
+                run_speed(args.json, base, demo_image()[2], args.rank, steps=args.steps, repeats=args.repeats)
+            else:
+                from .bench.quality import run_quality
+
+                run_quality(args.json, base, Path(args.workdir), args.images, args.seeds, args.train_steps,
+                            args.rank, sample_steps=args.steps)
         elif args.command == "eval":
             run_eval(args)
         elif args.command == "export":

@@ -1,0 +1,176 @@
+"""`unziplora bench quality`: every method on held-out images of the toy world, scored by its oracles.
+
+Per method (same steps, rank, learning rate and generation settings for all), over images and
+seeds (mean and std):
+- subject_alignment: content-alone outputs vs the true subject (content oracle);
+- style_alignment:   style-alone outputs (another class, in <s> style) vs the true style;
+- style_leakage:     the style oracle on content-alone outputs (lower is better);
+- subject_leakage:   the content oracle on style-alone outputs (lower is better);
+- combined:          together outputs vs both (mean of content and style similarity);
+- cross:             A's content with B's style vs A's subject and B's style.
+A `ceiling` row scores fresh renders of the true subject and style, a `floor` row the base
+model with no LoRA on the same prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..config import RunConfig, SampleConfig
+from ..generate import generate
+from ..toyworld import CLASSES, content_similarity, heldout_images, render, style_similarity
+
+METHODS = ("unziplora", "unziplora-m1", "unziplora-m2", "b-lora", "dreambooth-lora")
+ABLATIONS = {"unziplora-m1": {"masks.enabled": False}, "unziplora-m2": {"model.block_separation": False}}
+METRICS = ("subject_alignment", "style_alignment", "style_leakage", "subject_leakage", "combined", "cross")
+
+
+def _peak_rss_mb(reset: bool = False) -> float:
+    """Linux high-water mark of this process; writing 5 to clear_refs resets it."""
+    if reset:
+        Path("/proc/self/clear_refs").write_text("5")
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _images(folder: Path) -> list[Image.Image]:
+    return [Image.open(p).convert("RGB") for p in sorted(folder.glob("seed*.png"))]
+
+
+def _train(method: str, image, config: RunConfig, out: Path):
+    from ..decompose import decompose
+    from ..methods.baselines import BASELINES, decompose_baseline
+
+    if method in BASELINES:
+        return decompose_baseline(image, out, config, method, force=True, progress=False)
+    return decompose(image, out, config.with_overrides(ABLATIONS.get(method, {})), force=True, progress=False)
+
+
+def score_run(run_path: Path, other_path: Path | None, subject_img, style_img, other_style_img, cls: str,
+              sample: SampleConfig, work: Path) -> dict[str, list[float]]:
+    """Generate the four kinds of outputs of one run and score them against the truth."""
+    other_cls = next(c for c in CLASSES if c != cls)
+
+    def gen(prompt: str, name: str, mode: str, **sources) -> list[Image.Image]:
+        generate(prompt, work / name, mode, sample=sample, force=True, **sources)
+        return _images(work / name)
+
+    content = gen(f"A <c> {cls}", "content", "content", run=run_path)
+    style = gen(f"A {other_cls} in <s> style", "style", "style", run=run_path)
+    both = gen(f"A <c> {cls} in <s> style", "both", "both", run=run_path)
+    out = {
+        "subject_alignment": [content_similarity(i, subject_img) for i in content],
+        "style_leakage": [style_similarity(i, style_img) for i in content],
+        "style_alignment": [style_similarity(i, style_img) for i in style],
+        "subject_leakage": [content_similarity(i, subject_img) for i in style],
+        "combined": [(content_similarity(i, subject_img) + style_similarity(i, style_img)) / 2 for i in both],
+    }
+    if other_path is not None:
+        cross = gen(f"A <c> {cls} in <s> style", "cross", "cross", content_run=run_path, style_run=other_path)
+        out["cross"] = [(content_similarity(i, subject_img) + style_similarity(i, other_style_img)) / 2 for i in cross]
+    return out
+
+
+def _summary(values: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    return {k: {"mean": float(np.mean(v)), "std": float(np.std(v))} for k, v in values.items() if v}
+
+
+def run_quality(json_path, base: str, workdir: Path, n_images: int = 12, seeds: int = 2, steps: int = 600,
+                rank: int = 16, lr: float = 1e-3, sample_steps: int = 30, methods=METHODS) -> dict:
+    triples = heldout_images(n_images, 64)
+    sample = SampleConfig(steps=sample_steps, seeds=list(range(seeds)))
+    results = {}
+    for method in methods:
+        values: dict[str, list[float]] = {m: [] for m in METRICS}
+        _peak_rss_mb(reset=True)
+        t0 = time.perf_counter()
+        runs = []
+        for i, (subject, style, image) in enumerate(triples):
+            config = RunConfig().with_overrides({
+                "model.base_model": base, "prompts.subject": subject.cls, "prompts.style": style.family,
+                "train.steps": steps, "train.resolution": 64, "lora.rank": rank, "lora.lr": lr,
+                "sample.steps": sample_steps, "sample.seeds": [0], "train.checkpoint_every": 0,
+            })
+            runs.append(_train(method, image, config, workdir / method / f"img{i:02d}").path)
+        train_s = time.perf_counter() - t0
+        for i, (subject, style, image) in enumerate(triples):
+            j = (i + 1) % len(triples)
+            other = runs[j] if len(triples) > 1 else None
+            per_run = score_run(runs[i], other, image, image, triples[j][2], subject.cls, sample, workdir / method / f"gen{i:02d}")
+            for k, v in per_run.items():
+                values[k] += v
+        results[method] = {**_summary(values), "train_s_per_image": train_s / len(triples),
+                           "peak_rss_mb": _peak_rss_mb()}
+    results["ceiling"] = _summary(_ceiling(triples, seeds))
+    results["floor"] = _summary(_floor(base, triples, sample))
+    table = _table(results)
+    print(table)
+    report = {"methods": results, "images": n_images, "seeds": seeds,
+              "settings": {"steps": steps, "rank": rank, "lr": lr, "sample_steps": sample_steps, "base_model": base}}
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(report, indent=2))
+        Path(json_path).with_suffix(".md").write_text(table + "\n")
+    return report
+
+
+def _ceiling(triples, seeds: int) -> dict[str, list[float]]:
+    """Fresh renders of the true subject and style (new poses/seeds): the best any method can do."""
+    values: dict[str, list[float]] = {m: [] for m in METRICS}
+    for i, (subject, style, image) in enumerate(triples):
+        other_subject, other_style, other_image = triples[(i + 1) % len(triples)]
+        for seed in range(seeds):
+            same = render(subject, style, 64, seed=1000 + seed)
+            values["subject_alignment"].append(content_similarity(same, image))
+            values["style_alignment"].append(style_similarity(render(other_subject, style, 64, seed=2000 + seed), image))
+            values["combined"].append((content_similarity(same, image) + style_similarity(same, image)) / 2)
+            crossed = render(subject, other_style, 64, seed=3000 + seed)
+            values["cross"].append((content_similarity(crossed, image) + style_similarity(crossed, other_image)) / 2)
+    return values
+
+
+def _floor(base: str, triples, sample: SampleConfig) -> dict[str, list[float]]:
+    """The base model with no LoRA, prompted with the same words (no identifier)."""
+    import torch
+
+    from ..models import load_pipeline
+
+    pipe = load_pipeline(base)
+    values: dict[str, list[float]] = {m: [] for m in METRICS}
+
+    def gen(prompt: str) -> list[Image.Image]:
+        return [pipe(prompt, num_inference_steps=sample.steps, guidance_scale=sample.guidance_scale, height=64, width=64,
+                     generator=torch.Generator().manual_seed(seed)).images[0] for seed in sample.seeds]
+
+    for i, (subject, style, image) in enumerate(triples):
+        other_cls = next(c for c in CLASSES if c != subject.cls)
+        _, other_style, other_image = triples[(i + 1) % len(triples)]
+        for img in gen(f"A {subject.cls}"):
+            values["subject_alignment"].append(content_similarity(img, image))
+            values["style_leakage"].append(style_similarity(img, image))
+        for img in gen(f"A {other_cls} in {style.family} style"):
+            values["style_alignment"].append(style_similarity(img, image))
+            values["subject_leakage"].append(content_similarity(img, image))
+        for img in gen(f"A {subject.cls} in {style.family} style"):
+            values["combined"].append((content_similarity(img, image) + style_similarity(img, image)) / 2)
+        for img in gen(f"A {subject.cls} in {other_style.family} style"):
+            values["cross"].append((content_similarity(img, image) + style_similarity(img, other_image)) / 2)
+    return values
+
+
+def _table(results: dict) -> str:
+    head = "| method | " + " | ".join(METRICS) + " | train s/image | peak RSS MB |"
+    lines = [head, "|" + "---|" * (len(METRICS) + 3)]
+    for name, r in results.items():
+        cells = [f"{r[m]['mean']:.3f} ± {r[m]['std']:.3f}" if m in r else "-" for m in METRICS]
+        extra = [f"{r['train_s_per_image']:.1f}" if "train_s_per_image" in r else "-",
+                 f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else "-"]
+        lines.append(f"| {name} | " + " | ".join(cells + extra) + " |")
+    return "\n".join(lines)
