@@ -17,4 +17,5 @@ def test_quality_benchmark_shape(tiny_base, tmp_path, monkeypatch):
         assert all(0 <= saved["methods"][name][m]["mean"] <= 1 for m in METRICS)
     assert saved["methods"]["unziplora"]["peak_rss_mb"] > 0
     assert (tmp_path / "q.md").read_text().startswith("| method |")
+    assert sorted(p.name for p in (tmp_path / "work").glob("grid_img*.png")) == ["grid_img00.png", "grid_img01.png"]
     assert report["methods"]["ceiling"]["subject_alignment"]["mean"] > 0.5

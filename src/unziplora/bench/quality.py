@@ -23,6 +23,7 @@ from PIL import Image
 
 from ..config import RunConfig, SampleConfig
 from ..generate import generate
+from ..runfolder import save_grid
 from ..toyworld import CLASSES, content_similarity, heldout_images, render, style_similarity
 
 METHODS = ("unziplora", "unziplora-m1", "unziplora-m2", "b-lora", "dreambooth-lora")
@@ -54,8 +55,8 @@ def _train(method: str, image, config: RunConfig, out: Path):
 
 
 def score_run(run_path: Path, other_path: Path | None, subject_img, style_img, other_style_img, cls: str,
-              sample: SampleConfig, work: Path) -> dict[str, list[float]]:
-    """Generate the four kinds of outputs of one run and score them against the truth."""
+              sample: SampleConfig, work: Path) -> tuple[dict[str, list[float]], list[Image.Image]]:
+    """Generate the four kinds of outputs of one run, score them, and return one example of each."""
     other_cls = next(c for c in CLASSES if c != cls)
 
     def gen(prompt: str, name: str, mode: str, **sources) -> list[Image.Image]:
@@ -65,6 +66,7 @@ def score_run(run_path: Path, other_path: Path | None, subject_img, style_img, o
     content = gen(f"A <c> {cls}", "content", "content", run=run_path)
     style = gen(f"A {other_cls} in <s> style", "style", "style", run=run_path)
     both = gen(f"A <c> {cls} in <s> style", "both", "both", run=run_path)
+    examples = [content[0], style[0], both[0]]
     out = {
         "subject_alignment": [content_similarity(i, subject_img) for i in content],
         "style_leakage": [style_similarity(i, style_img) for i in content],
@@ -75,7 +77,8 @@ def score_run(run_path: Path, other_path: Path | None, subject_img, style_img, o
     if other_path is not None:
         cross = gen(f"A <c> {cls} in <s> style", "cross", "cross", content_run=run_path, style_run=other_path)
         out["cross"] = [(content_similarity(i, subject_img) + style_similarity(i, other_style_img)) / 2 for i in cross]
-    return out
+        examples.append(cross[0])
+    return out, examples
 
 
 def _summary(values: dict[str, list[float]]) -> dict[str, dict[str, float]]:
@@ -87,6 +90,7 @@ def run_quality(json_path, base: str, workdir: Path, n_images: int = 12, seeds: 
     triples = heldout_images(n_images, 64)
     sample = SampleConfig(steps=sample_steps, seeds=list(range(seeds)))
     results = {}
+    examples: dict[int, list[Image.Image]] = {i: [] for i in range(len(triples))}
     for method in methods:
         values: dict[str, list[float]] = {m: [] for m in METRICS}
         _peak_rss_mb(reset=True)
@@ -103,11 +107,15 @@ def run_quality(json_path, base: str, workdir: Path, n_images: int = 12, seeds: 
         for i, (subject, style, image) in enumerate(triples):
             j = (i + 1) % len(triples)
             other = runs[j] if len(triples) > 1 else None
-            per_run = score_run(runs[i], other, image, image, triples[j][2], subject.cls, sample, workdir / method / f"gen{i:02d}")
+            per_run, shown = score_run(runs[i], other, image, image, triples[j][2], subject.cls, sample,
+                                       workdir / method / f"gen{i:02d}")
+            examples[i] += [image, *shown]
             for k, v in per_run.items():
                 values[k] += v
         results[method] = {**_summary(values), "train_s_per_image": train_s / len(triples),
                            "peak_rss_mb": _peak_rss_mb()}
+    for i, tiles in examples.items():  # one row per method: input | content | style | both | cross
+        save_grid([t.resize((64, 64)) for t in tiles], workdir / f"grid_img{i:02d}.png", columns=len(tiles) // len(methods))
     results["ceiling"] = _summary(_ceiling(triples, seeds))
     results["floor"] = _summary(_floor(base, triples, sample))
     table = _table(results)
