@@ -50,7 +50,7 @@ def main() -> None:
     t0 = time.perf_counter()
     results = {name: judge(pipe, combos, args.per_combo, args.steps, args.guidance, args.seed)
                for name, combos in (("seen combos", SEEN_COMBOS), ("held-out combos", HELDOUT_COMBOS))}
-    print(f"| combos | images | right class | right family | both |\n|---|---|---|---|---|")
+    print("| combos | images | right class | right family | both |\n|---|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['images']} | {r['class_acc']:.1%} | {r['family_acc']:.1%} | {r['both_acc']:.1%} |")
     print(f"({time.perf_counter() - t0:.0f} s; {args.steps} steps, CFG {args.guidance}, {args.per_combo} images per combo)")

@@ -14,7 +14,6 @@ ZipLoRA noises the LoRAs' training images).
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
