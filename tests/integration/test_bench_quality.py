@@ -19,3 +19,17 @@ def test_quality_benchmark_shape(tiny_base, tmp_path, monkeypatch):
     assert (tmp_path / "q.md").read_text().startswith("| method |")
     assert sorted(p.name for p in (tmp_path / "work").glob("grid_img*.png")) == ["grid_img00.png", "grid_img01.png"]
     assert report["methods"]["ceiling"]["subject_alignment"]["mean"] > 0.5
+
+
+def test_a_method_that_cannot_run_on_the_base_model_is_a_skipped_row(tiny_base, tmp_path):
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_base, base)
+    (base / "unziplora_profile.yaml").write_text(
+        "name: content-only\ndefault: {content: masked, style: masked}\n"
+        "modules:\n- {prefix: up_blocks.0.attentions.0, content: all, style: masked}\n")
+    report = run_quality(None, str(base), tmp_path / "work", n_images=2, seeds=1, steps=2, rank=2,
+                         sample_steps=1, methods=("unziplora", "b-lora"))
+    assert "no content or no style modules" in report["methods"]["b-lora"]["skipped"]
+    assert set(METRICS) <= set(report["methods"]["unziplora"])

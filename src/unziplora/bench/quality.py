@@ -22,23 +22,15 @@ import numpy as np
 from PIL import Image
 
 from ..config import RunConfig, SampleConfig
+from ..errors import UnZipLoRAError
 from ..generate import generate
 from ..runfolder import save_grid
+from .memory import reset_peak_rss, rss_mb
 from ..toyworld import CLASSES, content_similarity, heldout_images, render, style_similarity
 
 METHODS = ("unziplora", "unziplora-m1", "unziplora-m2", "b-lora", "dreambooth-lora")
 ABLATIONS = {"unziplora-m1": {"masks.enabled": False}, "unziplora-m2": {"model.block_separation": False}}
 METRICS = ("subject_alignment", "style_alignment", "style_leakage", "subject_leakage", "combined", "cross")
-
-
-def _peak_rss_mb(reset: bool = False) -> float:
-    """Linux high-water mark of this process; writing 5 to clear_refs resets it."""
-    if reset:
-        Path("/proc/self/clear_refs").write_text("5")
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _images(folder: Path) -> list[Image.Image]:
@@ -93,16 +85,21 @@ def run_quality(json_path, base: str, workdir: Path, n_images: int = 12, seeds: 
     examples: dict[int, list[Image.Image]] = {i: [] for i in range(len(triples))}
     for method in methods:
         values: dict[str, list[float]] = {m: [] for m in METRICS}
-        _peak_rss_mb(reset=True)
+        reset_peak_rss()
         t0 = time.perf_counter()
         runs = []
-        for i, (subject, style, image) in enumerate(triples):
-            config = RunConfig().with_overrides({
-                "model.base_model": base, "prompts.subject": subject.cls, "prompts.style": style.family,
-                "train.steps": steps, "train.resolution": 64, "lora.rank": rank, "lora.lr": lr,
-                "sample.steps": sample_steps, "sample.seeds": [0], "train.checkpoint_every": 0,
-            })
-            runs.append(_train(method, image, config, workdir / method / f"img{i:02d}").path)
+        try:
+            for i, (subject, style, image) in enumerate(triples):
+                config = RunConfig().with_overrides({
+                    "model.base_model": base, "prompts.subject": subject.cls, "prompts.style": style.family,
+                    "train.steps": steps, "train.resolution": 64, "lora.rank": rank, "lora.lr": lr,
+                    "sample.steps": sample_steps, "sample.seeds": [0], "train.checkpoint_every": 0,
+                })
+                runs.append(_train(method, image, config, workdir / method / f"img{i:02d}").path)
+        except UnZipLoRAError as exc:  # e.g. B-LoRA on a base model whose profile has no style modules
+            print(f"{method}: skipped: {exc}")
+            results[method] = {"skipped": str(exc)}
+            continue
         train_s = time.perf_counter() - t0
         for i, (subject, style, image) in enumerate(triples):
             j = (i + 1) % len(triples)
@@ -113,9 +110,11 @@ def run_quality(json_path, base: str, workdir: Path, n_images: int = 12, seeds: 
             for k, v in per_run.items():
                 values[k] += v
         results[method] = {**_summary(values), "train_s_per_image": train_s / len(triples),
-                           "peak_rss_mb": _peak_rss_mb()}
+                           "peak_rss_mb": rss_mb("VmHWM")}
+    ran = [m for m in methods if "skipped" not in results[m]]
     for i, tiles in examples.items():  # one row per method: input | content | style | both | cross
-        save_grid([t.resize((64, 64)) for t in tiles], workdir / f"grid_img{i:02d}.png", columns=len(tiles) // len(methods))
+        if ran:
+            save_grid([t.resize((64, 64)) for t in tiles], workdir / f"grid_img{i:02d}.png", columns=len(tiles) // len(ran))
     results["ceiling"] = _summary(_ceiling(triples, seeds))
     results["floor"] = _summary(_floor(base, triples, sample))
     table = _table(results)
@@ -177,6 +176,9 @@ def _table(results: dict) -> str:
     head = "| method | " + " | ".join(METRICS) + " | train s/image | peak RSS MB |"
     lines = [head, "|" + "---|" * (len(METRICS) + 3)]
     for name, r in results.items():
+        if "skipped" in r:
+            lines.append(f"| {name} | skipped: {r['skipped']} |")
+            continue
         cells = [f"{r[m]['mean']:.3f} ± {r[m]['std']:.3f}" if m in r else "-" for m in METRICS]
         extra = [f"{r['train_s_per_image']:.1f}" if "train_s_per_image" in r else "-",
                  f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else "-"]

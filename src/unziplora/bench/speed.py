@@ -62,30 +62,39 @@ def _trainer(base: str, image, rank: int, resolution: int) -> Trainer:
     return trainer
 
 
-def train_step_times(base: str, image, rank: int, resolution: int, repeats: int) -> tuple[Timing, Timing]:
-    """(UnZipLoRA step, PEFT single-LoRA step) on the same base model, targets and rank."""
-    trainer = _trainer(base, image, rank, resolution)
-    ours = Timing.of(trainer.train_step, repeats)
+def peft_baseline_step(unet, latents, embeds: dict, rank: int, noise_scheduler):
+    """One plain PEFT LoRA training step on every attention projection, as a closure: the baseline.
 
-    pipe = load_pipeline(base)
-    unet = pipe.unet.requires_grad_(False)
+    Same targets, rank, optimiser and loss as ours; `latents` has `sample`/`time_ids` like
+    `CroppedLatents`, `embeds` the combined prompt's states and pooled embedding.
+    """
+    unet.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                                 target_modules=target_modules(unet)))
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=5e-5, foreach=True)  # same optimiser settings as ours
-    e, latents = trainer.embeds, trainer.latents
     generator = torch.Generator().manual_seed(0)
 
-    def peft_step():
+    def step():
         latent, crop = latents.sample(generator)
-        kwargs = {"encoder_hidden_states": e["combined"],
-                  "added_cond_kwargs": {"text_embeds": e["combined_pooled"], "time_ids": latents.time_ids(crop)}}
-        loss = diffusion_mse(unet, trainer.noise_scheduler, latent, generator, torch.float32, kwargs)
+        kwargs = {"encoder_hidden_states": embeds["combined"],
+                  "added_cond_kwargs": {"text_embeds": embeds["combined_pooled"], "time_ids": latents.time_ids(crop)}}
+        loss = diffusion_mse(unet, noise_scheduler, latent, generator, torch.float32, kwargs)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
 
+    return step
+
+
+def train_step_times(base: str, image, rank: int, resolution: int, repeats: int) -> tuple[Timing, Timing]:
+    """(UnZipLoRA step, PEFT single-LoRA step) on the same base model, targets and rank."""
+    trainer = _trainer(base, image, rank, resolution)
+    ours = Timing.of(trainer.train_step, repeats)
+
+    unet = load_pipeline(base).unet
+    peft_step = peft_baseline_step(unet, trainer.latents, trainer.embeds, rank, trainer.noise_scheduler)
     return ours, Timing.of(peft_step, repeats)
 
 

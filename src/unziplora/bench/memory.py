@@ -1,0 +1,232 @@
+"""`unziplora bench memory`: the full-size SDXL UNet architecture (random weights) on CPU.
+
+Random weights change neither memory nor compute, so the real architecture, built from its
+config, answers what SDXL weights would: peak memory of one training step at several
+resolutions with and without gradient checkpointing (`sdxl_train_peak_mb`), the parameter
+counts of both branches and of the optimiser state, and `train_step_ratio_sdxl` (one
+UnZipLoRA step over one plain PEFT LoRA step on the same targets and rank).
+
+Every configuration runs in its own child process: peak resident memory (VmHWM) is then that
+configuration's alone, a child that runs out of memory cannot take the parent with it, and
+an address-space limit turns "would not fit" into a reported row instead of the OOM killer.
+The step itself is `Trainer.train_step`, the code a real run executes; only the data
+(random latents and prompt embeddings of SDXL's shapes) is synthetic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+MB = 2**20
+
+
+def rss_mb(field: str = "VmRSS") -> float:
+    """This process's resident memory ("VmRSS") or its high-water mark ("VmHWM") in MiB; NaN off Linux."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return float("nan")
+    for line in lines:
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where the kernel does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+class RandomLatents:
+    """Stands in for `CroppedLatents`: SDXL-shaped latents of one image at `resolution` px."""
+
+    def __init__(self, resolution: int):
+        self.resolution = resolution
+
+    def sample(self, generator: torch.Generator):
+        side = self.resolution // 8
+        return torch.randn(1, 4, side, side, generator=generator), (0, 0)
+
+    def time_ids(self, crop) -> torch.Tensor:
+        r = self.resolution
+        return torch.tensor([[r, r, crop[0], crop[1], r, r]], dtype=torch.float32)
+
+
+def sdxl_unet():
+    from diffusers import UNet2DConditionModel
+
+    from ..tiny import sdxl_unet_config
+
+    return UNet2DConditionModel.from_config(sdxl_unet_config())
+
+
+def _noise_scheduler():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)  # SDXL's training betas
+
+
+def _random_embeds(unet, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Prompt embeddings of the shapes `unet` takes (SDXL: 77 x 2048 states, 1280 pooled)."""
+    c = unet.config
+    pooled_dim = c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim
+    out = {}
+    for name in ("combined", "content", "style"):
+        out[name] = torch.randn(1, 77, c.cross_attention_dim, generator=generator)
+        out[f"{name}_pooled"] = torch.randn(1, pooled_dim, generator=generator)
+    return out
+
+
+def sdxl_trainer(unet, resolution: int, rank: int, checkpointing: bool, profile=None):
+    """A `Trainer` over `unet` with the built-in SDXL profile (METHOD §2.4) unless another is given."""
+    from ..config import RunConfig
+    from ..lora.inject import inject_two_branch_lora
+    from ..profiles import load_profile
+    from ..train import Trainer, build_optimizer
+
+    config = RunConfig().with_overrides({"lora.rank": rank, "train.resolution": resolution,
+                                         "train.gradient_checkpointing": checkpointing})
+    unet.requires_grad_(False)
+    lora = inject_two_branch_lora(unet, profile or load_profile("sdxl"), rank, config.lora.init, config.train.seed)
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
+    generator = torch.Generator().manual_seed(0)
+    return Trainer(config, SimpleNamespace(unet=unet), lora, RandomLatents(resolution), _random_embeds(unet, generator),
+                   torch.device("cpu"), torch.float32, build_optimizer(config, lora), _noise_scheduler(), generator,
+                   torch.amp.GradScaler("cpu", enabled=False))
+
+
+def peft_step_fn(unet, resolution: int, rank: int):
+    """One plain PEFT LoRA step on the same targets and rank, with SDXL-shaped data: the baseline."""
+    from .speed import peft_baseline_step
+
+    embeds = _random_embeds(unet, torch.Generator().manual_seed(0))
+    return peft_baseline_step(unet, RandomLatents(resolution), embeds, rank, _noise_scheduler())
+
+
+def parameter_counts(trainer) -> dict[str, int]:
+    """Base UNet, each branch's A/B matrices, mergers, and AdamW state (two moments per trainable value)."""
+    lora = trainer.lora
+    branch = {b: sum(layer.down[b].weight.numel() + layer.up[b].weight.numel() for layer in lora.layers.values())
+              for b in ("content", "style")}
+    mergers = sum(p.numel() for p in lora.parameters("merger"))
+    ours = {id(p) for p in lora.parameters("lora") + lora.parameters("merger")}
+    base = sum(p.numel() for p in trainer.pipe.unet.parameters() if id(p) not in ours)
+    return {"unet_base": base, "content_branch": branch["content"], "style_branch": branch["style"],
+            "mergers": mergers, "optimizer_state": 2 * (branch["content"] + branch["style"] + mergers)}
+
+
+def run_child(method: str, resolution: int, checkpointing: bool, rank: int, repeats: int) -> dict:
+    """One configuration, measured in this process (called in a child by `run_memory`)."""
+    t0 = time.perf_counter()
+    unet = sdxl_unet()
+    build_s = time.perf_counter() - t0
+    if method == "unziplora":
+        trainer = sdxl_trainer(unet, resolution, rank, checkpointing)
+        trainer.train_step()  # step 0 refreshes the masks; steady-state steps are measured below
+        step, counts = trainer.train_step, parameter_counts(trainer)
+    else:
+        if checkpointing:
+            unet.enable_gradient_checkpointing()
+        step, counts = peft_step_fn(unet, resolution, rank), {}
+        step()  # warm-up, as the refresh step is for ours: optimiser state exists from here on
+    before = rss_mb("VmRSS")
+    exact_peak = reset_peak_rss()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return {"method": method, "resolution": resolution, "gradient_checkpointing": checkpointing, "rank": rank,
+            "build_s": round(build_s, 1), "rss_before_step_mb": round(before, 1),
+            "peak_mb": round(rss_mb("VmHWM"), 1), "peak_is_step_only": exact_peak,
+            "step_s": [round(x, 3) for x in times], "step_median_s": round(statistics.median(times), 3),
+            "parameters": counts}
+
+
+def _spawn(method: str, resolution: int, checkpointing: bool, rank: int, repeats: int, limit_gb: float,
+           threads: int) -> dict:
+    cmd = [sys.executable, "-m", "unziplora.bench.memory", method, str(resolution), str(int(checkpointing)),
+           str(rank), str(repeats), str(limit_gb), str(threads)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    oom = proc.returncode in (-9, 137) or "memory" in tail.lower()
+    return {"method": method, "resolution": resolution, "gradient_checkpointing": checkpointing, "rank": rank,
+            "error": "out of memory (address-space limit)" if oom else tail}
+
+
+def run_memory(json_path: str | Path | None, resolutions=(256, 512), rank: int = 64, ratio_resolution: int = 128,
+               repeats: int = 2, limit_gb: float | None = None, threads: int = 1) -> dict:
+    """Peak memory per (resolution, checkpointing), parameter counts, and the SDXL step-time ratio."""
+    if limit_gb is None:  # leave the rest of the machine alone
+        limit_gb = round(0.85 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    rows = [_spawn("unziplora", r, gc, rank, 1, limit_gb, threads) for r in resolutions for gc in (False, True)]
+    ours = _spawn("unziplora", ratio_resolution, False, rank, repeats, limit_gb, threads)
+    peft = _spawn("peft", ratio_resolution, False, rank, repeats, limit_gb, threads)
+    ratio = (ours["step_median_s"] / peft["step_median_s"]) if "error" not in ours and "error" not in peft else None
+    counts = next((r["parameters"] for r in rows + [ours] if r.get("parameters")), {})
+    result = {
+        "architecture": "SDXL UNet2DConditionModel (sdxl_unet_config), random weights, fp32, CPU",
+        "threads": threads, "address_space_limit_gb": limit_gb, "rank": rank,
+        "sdxl_train_peak_mb": {f"{r['resolution']}px_{'gc' if r['gradient_checkpointing'] else 'no_gc'}":
+                               r.get("peak_mb", r.get("error")) for r in rows},
+        "parameters": counts,
+        "train_step_ratio_sdxl": round(ratio, 3) if ratio else None,
+        "ratio_runs": {"unziplora": ours, "peft_lora": peft},
+        "runs": rows,
+    }
+    table = _table(rows, counts, result["train_step_ratio_sdxl"], ratio_resolution, rank, repeats)
+    print(table)
+    if json_path:
+        path = Path(json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(path)
+        path.with_suffix(".md").write_text(table + "\n")
+    return result
+
+
+def _table(rows: list[dict], counts: dict, ratio, ratio_resolution: int, rank: int, repeats: int) -> str:
+    lines = ["| resolution | grad checkpointing | RSS before step MB | peak MB | step s |", "|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['resolution']} | {r['gradient_checkpointing']} | - | {r['error']} | - |")
+        else:
+            lines.append(f"| {r['resolution']} | {r['gradient_checkpointing']} | {r['rss_before_step_mb']:.0f} "
+                         f"| {r['peak_mb']:.0f} | {r['step_median_s']:.1f} |")
+    if counts:
+        lines += ["", "| parameters | count | fp32 MB |", "|---|---|---|"]
+        lines += [f"| {name} | {n:,} | {4 * n / MB:.1f} |" for name, n in counts.items()]
+    lines += ["", f"train_step_ratio_sdxl ({ratio_resolution} px, rank {rank}, median of {repeats}): {ratio}"]
+    return "\n".join(lines)
+
+
+def _child_main(argv: list[str]) -> None:
+    method, resolution, gc, rank, repeats, limit_gb, threads = argv
+    limit = int(float(limit_gb) * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    torch.set_num_threads(int(threads))
+    print(json.dumps(run_child(method, int(resolution), gc == "1", int(rank), int(repeats))), flush=True)
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1:])
