@@ -97,8 +97,14 @@ class TrainConfig:
     preview_every: int = 0  # steps between preview images; 0 = only the final grid
     checkpoint_every: int = 100  # steps between resumable checkpoints in OUT.partial/; 0 = off
     device: str = "auto"  # auto: cuda if available, else cpu
+    # dreambooth-lora baseline only: class images the base model draws for prior preservation
+    # (arXiv 2208.12242, Eq. 2); 0 = off.
+    prior_images: int = 0
+    prior_weight: float = 1.0
 
     def __post_init__(self):
+        _check(self.prior_images >= 0, f"train.prior_images must be >= 0 (0 = off), got {self.prior_images}")
+        _check(self.prior_weight >= 0, f"train.prior_weight must be >= 0, got {self.prior_weight}")
         _check(self.steps > 0, f"train.steps must be a positive integer, got {self.steps}")
         _check(self.resolution >= 8 and self.resolution % 8 == 0, "train.resolution must be a multiple of 8")
         _check(self.batch_size > 0, "train.batch_size must be > 0")

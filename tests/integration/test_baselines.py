@@ -46,3 +46,16 @@ def test_ablations_through_the_cli(tiny_base, tiny_image, tmp_path, method, chec
                  "--base-model", str(tiny_base), "--steps", "3", "--rank", "2", "--resolution", "32",
                  "--sample-steps", "1", "--quiet", "--method", method]) == 0
     assert check(RunFolder.open(tmp_path / method).manifest)
+
+
+def test_dreambooth_prior_preservation_draws_class_images_and_changes_training(tiny_base, tiny_image, tmp_path):
+    config = tiny_config(tiny_base)
+    plain = decompose_baseline(tiny_image, tmp_path / "plain", config, "dreambooth-lora", progress=False)
+    prior = decompose_baseline(tiny_image, tmp_path / "prior", config.with_overrides({"train.prior_images": 2}),
+                               "dreambooth-lora", progress=False)
+    assert sorted(p.name for p in (prior.path / "class_images").iterdir()) == ["000.png", "001.png"]
+    assert prior.manifest["prior_preservation"] == {"images": 2, "prompt": "A cat in sketch style", "weight": 1.0}
+    assert plain.manifest["prior_preservation"] is None
+    with safe_open(str(plain.path / "content_lora" / "pytorch_lora_weights.safetensors"), "pt") as a, \
+            safe_open(str(prior.path / "content_lora" / "pytorch_lora_weights.safetensors"), "pt") as b:
+        assert any(not a.get_tensor(k).equal(b.get_tensor(k)) for k in a.keys())

@@ -2,7 +2,9 @@
 
 - DreamBooth-LoRA (arXiv 2208.12242 with LoRA, arXiv 2106.09685): one LoRA on every attention
   projection, trained on the combined prompt. It cannot split: its content and style LoRAs
-  are the same file. (Prior preservation is not implemented yet.)
+  are the same file. With `train.prior_images` N > 0, the base model first draws N images of
+  the class prompt p_s (p without the identifier) and every step adds DreamBooth's
+  prior-preservation term on one of them (arXiv 2208.12242, Eq. 2, weight train.prior_weight).
 - B-LoRA (arXiv 2403.14572): one LoRA on the profile's content and style modules only
   (SDXL: up_blocks.0.attentions.0/.2 and up_blocks.0.attentions.1 / up_blocks.1), trained on
   "A <identifier>", split afterwards: the content modules' part is the content LoRA, the style
@@ -36,6 +38,23 @@ def owned_modules(profile: Profile, branch: Branch) -> tuple[str, ...]:
     return tuple(m.prefix for m in profile.modules if m.as_dict()[branch] is Role.ALL)
 
 
+def class_images(pipe, prompt: str, n: int, config: RunConfig, device, folder: Path) -> list:
+    """DreamBooth's class images: n samples of the class prompt from the frozen base model, kept in the run."""
+    import torch
+    from tqdm.auto import tqdm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pipe.to(device)
+    images = []
+    for i in tqdm(range(n), desc="class images", leave=False):
+        image = pipe(prompt, num_inference_steps=config.sample.steps, guidance_scale=config.sample.guidance_scale,
+                     height=config.train.resolution, width=config.train.resolution,
+                     generator=torch.Generator().manual_seed(config.train.seed + i)).images[0]
+        image.save(folder / f"{i:03d}.png")
+        images.append(image)
+    return images
+
+
 def decompose_baseline(image, out_dir: str | Path, config: RunConfig, method: str, force: bool = False,
                        progress: bool = True) -> RunFolder:
     """Train a baseline on one image and write a run folder with content_lora/ and style_lora/."""
@@ -58,11 +77,15 @@ def decompose_baseline(image, out_dir: str | Path, config: RunConfig, method: st
     else:
         prompt, modules = prompts.combined, ()
     t = config.train
-    spec = SingleLoraSpec(prompt, config.lora.rank, t.steps, config.lora.lr, t.resolution, t.seed, modules)
+    n_prior = t.prior_images if method == "dreambooth-lora" else 0
+    spec = SingleLoraSpec(prompt, config.lora.rank, t.steps, config.lora.lr, t.resolution, t.seed, modules,
+                          prior_prompt=prompts.style if n_prior else "", prior_weight=t.prior_weight)
     with atomic_output_dir(out_dir, force) as tmp:
         pipe = load_pipeline(config.model.base_model, config.model.revision)
+        device = pick_device(t.device)
+        priors = class_images(pipe, spec.prior_prompt, n_prior, config, device, tmp / "class_images") if n_prior else []
         t0 = time.perf_counter()
-        state = train_single_lora(pipe, picture, spec, pick_device(t.device), progress)
+        state = train_single_lora(pipe, picture, spec, device, progress, prior_images=priors)
         train_s = time.perf_counter() - t0
         for branch in (Branch.CONTENT, Branch.STYLE):
             part = state if method == "dreambooth-lora" else keep_modules(state, prefixes[branch])
@@ -75,6 +98,8 @@ def decompose_baseline(image, out_dir: str | Path, config: RunConfig, method: st
         manifest = base_manifest(config, profile, prompts, picture)
         manifest.update({
             "method": method, "training_prompt": prompt, "trained_modules": list(modules) or "all",
+            "prior_preservation": {"images": n_prior, "prompt": spec.prior_prompt, "weight": t.prior_weight}
+            if n_prior else None,
             "steps": t.steps,
             "timings": {"train_s": round(train_s, 3), "s_per_step": round(train_s / t.steps, 4),
                         "total_s": round(time.perf_counter() - t_start, 3)},

@@ -33,6 +33,8 @@ class SingleLoraSpec:
     resolution: int = 1024
     seed: int = 0
     module_prefixes: tuple[str, ...] = ()
+    prior_prompt: str = ""  # class prompt of the prior-preservation images (DreamBooth)
+    prior_weight: float = 1.0
 
 
 def target_modules(unet, prefixes: tuple[str, ...] = ()) -> list[str]:
@@ -44,17 +46,21 @@ def target_modules(unet, prefixes: tuple[str, ...] = ()) -> list[str]:
     return names
 
 
-def train_single_lora(pipe, image, spec: SingleLoraSpec, device: torch.device, progress: bool = False) -> dict[str, torch.Tensor]:
+def train_single_lora(pipe, image, spec: SingleLoraSpec, device: torch.device, progress: bool = False,
+                      prior_images=()) -> dict[str, torch.Tensor]:
     """Train one LoRA (alpha = rank, scale 1) and return its PEFT state dict (keys without 'unet.').
 
     Uses the same data path (crops, latent cache, time ids) and loss as UnZipLoRA training,
-    so comparisons differ only in the adapter.
+    so comparisons differ only in the adapter. With `prior_images` (the base model's own
+    samples of `spec.prior_prompt`), each step adds DreamBooth's prior-preservation term,
+    prior_weight * ||eps - eps_theta(x'_t, c_pr)||^2 on one of them (arXiv 2208.12242, Eq. 2).
     """
     torch.manual_seed(spec.seed)
     generator = torch.Generator().manual_seed(spec.seed)
     pipe.text_encoder.to(device)
     pipe.text_encoder_2.to(device)
-    embeds, pooled = encode_prompts(pipe, [spec.prompt], device)
+    embeds, pooled = encode_prompts(pipe, [spec.prompt, spec.prior_prompt or spec.prompt], device)
+    (embeds, prior_embeds), (pooled, prior_pooled) = embeds.split(1), pooled.split(1)
     unet = pipe.unet.to(device)
     unet.requires_grad_(False)
     names = target_modules(unet, spec.module_prefixes)
@@ -62,12 +68,20 @@ def train_single_lora(pipe, image, spec: SingleLoraSpec, device: torch.device, p
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4)
     latents = CroppedLatents(image, spec.resolution, pipe.vae.to(device), device)
+    priors = [CroppedLatents(picture, spec.resolution, pipe.vae, device) for picture in prior_images]
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+
+    def mse(data: CroppedLatents, states, pooled_states) -> torch.Tensor:
+        latent, crop = data.sample(generator)
+        kwargs = {"encoder_hidden_states": states,
+                  "added_cond_kwargs": {"text_embeds": pooled_states, "time_ids": data.time_ids(crop).to(device)}}
+        return diffusion_mse(unet, scheduler, latent.to(device), generator, torch.float32, kwargs)
+
     for _ in tqdm(range(spec.steps), desc="single LoRA", disable=not progress):
-        latent, crop = latents.sample(generator)
-        kwargs = {"encoder_hidden_states": embeds,
-                  "added_cond_kwargs": {"text_embeds": pooled, "time_ids": latents.time_ids(crop).to(device)}}
-        loss = diffusion_mse(unet, scheduler, latent.to(device), generator, torch.float32, kwargs)
+        loss = mse(latents, embeds, pooled)
+        if priors:
+            pick = int(torch.randint(len(priors), (1,), generator=generator))
+            loss = loss + spec.prior_weight * mse(priors[pick], prior_embeds, prior_pooled)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
