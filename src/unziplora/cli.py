@@ -33,6 +33,8 @@ def _add_decompose(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in OUT.partial")
     p.add_argument("--force", action="store_true", help="replace an existing run folder (and discard OUT.partial)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--prior-images", type=int,
+                   help="dreambooth-lora: class images for prior preservation (default 0 = off)")
     p.add_argument("--method", default="unziplora",
                    choices=["unziplora", "unziplora-m1", "unziplora-m2", "dreambooth-lora", "b-lora"],
                    help="unziplora (full, M3); ablations m1 (prompt separation only), m2 (+ column "
@@ -79,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--out", required=True, help="folder for pytorch_lora_weights.safetensors")
     merge.add_argument("--force", action="store_true")
     bench = sub.add_parser("bench", help="benchmarks: ratios against a baseline measured in the same run")
-    bench.add_argument("which", choices=["speed", "quality"])
+    bench.add_argument("which", choices=["speed", "quality", "memory"],
+                       help="memory: the full-size SDXL UNet (random weights) on CPU, needs ~14 GB RAM")
     bench.add_argument("--images", type=int, default=12, help="quality: held-out images")
     bench.add_argument("--seeds", type=int, default=2, help="quality: seeds per image")
     bench.add_argument("--train-steps", type=int, default=600, help="quality: steps per method")
@@ -88,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--base-model", help="default: the embedded toy-world model")
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--steps", type=int, default=20, help="denoising steps per generation")
-    bench.add_argument("--rank", type=int, default=16)
+    bench.add_argument("--rank", type=int, help="LoRA rank (speed/quality: 16; memory: 64, the paper's)")
+    bench.add_argument("--resolutions", type=int, nargs="+", default=[256, 512], help="memory: image sizes in px")
+    bench.add_argument("--threads", type=int, default=1, help="memory: torch threads per measurement")
     ev = sub.add_parser("eval", help="CLIP-I/CLIP-T, DINO and CSD scores of generated images against a reference")
     ev.add_argument("generated", help="folder of generated PNG/JPEG images (e.g. RUN/samples/content)")
     ev.add_argument("--reference", required=True, nargs="+", help="reference image(s), e.g. the input")
@@ -123,6 +128,7 @@ def run_decompose(args) -> None:
             "train.use_8bit_adam": args.use_8bit_adam, "train.mixed_precision": args.mixed_precision,
             "train.preview_every": args.preview_every, "sample.steps": args.sample_steps,
             "train.device": args.device, "train.checkpoint_every": args.checkpoint_every,
+            "train.prior_images": args.prior_images,
         }
     )
     ablation = {"unziplora-m1": {"masks.enabled": False}, "unziplora-m2": {"model.block_separation": False}}
@@ -231,15 +237,20 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import EMBEDDED_MODEL, demo_image
 
             base = args.base_model or str(EMBEDDED_MODEL)
-            if args.which == "speed":
+            if args.which == "memory":
+                from .bench.memory import run_memory
+
+                run_memory(args.json, args.resolutions, args.rank or 64, repeats=min(args.repeats, 3),
+                           threads=args.threads)
+            elif args.which == "speed":
                 from .bench.speed import run_speed
 
-                run_speed(args.json, base, demo_image()[2], args.rank, steps=args.steps, repeats=args.repeats)
+                run_speed(args.json, base, demo_image()[2], args.rank or 16, steps=args.steps, repeats=args.repeats)
             else:
                 from .bench.quality import run_quality
 
                 run_quality(args.json, base, Path(args.workdir), args.images, args.seeds, args.train_steps,
-                            args.rank, sample_steps=args.steps)
+                            args.rank or 16, sample_steps=args.steps)
         elif args.command == "eval":
             run_eval(args)
         elif args.command == "export":
