@@ -156,6 +156,7 @@ class TinySDXLSpec:
     sample_size: int = 32  # image size in pixels the pipeline defaults to
     norm_num_groups: int = 8
     vae_norm_num_groups: int | None = None  # None: norm_num_groups (reduced until it divides every width)
+    latent_channels: int = 4  # SDXL: 4; the UNet's in/out channels follow
     words: tuple[str, ...] = DEFAULT_WORDS
 
 
@@ -205,8 +206,8 @@ def _build_components(spec: TinySDXLSpec, seed: int) -> dict:
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=spec.sample_size // vae_scale,  # in latent pixels
-        in_channels=4,
-        out_channels=4,
+        in_channels=spec.latent_channels,
+        out_channels=spec.latent_channels,
         layers_per_block=2,
         block_out_channels=spec.block_out_channels,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
@@ -234,7 +235,7 @@ def _build_components(spec: TinySDXLSpec, seed: int) -> dict:
         down_block_types=("DownEncoderBlock2D",) * len(spec.vae_block_out_channels),
         up_block_types=("UpDecoderBlock2D",) * len(spec.vae_block_out_channels),
         block_out_channels=spec.vae_block_out_channels,
-        latent_channels=4,
+        latent_channels=spec.latent_channels,
         norm_num_groups=vae_groups,
         sample_size=spec.sample_size,
         scaling_factor=0.13025,  # SDXL's VAE scaling factor

@@ -42,7 +42,8 @@ def _latents(source: BranchSource, pipe, resolution: int, generator: torch.Gener
         return [(lat, data.time_ids(crop)) for lat, crop in (data.sample(generator) for _ in range(n))]
     size = resolution // pipe.vae_scale_factor
     time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=torch.float32)
-    return [(torch.randn(1, 4, size, size, generator=generator), time_ids) for _ in range(n)]
+    channels = pipe.unet.config.in_channels
+    return [(torch.randn(1, channels, size, size, generator=generator), time_ids) for _ in range(n)]
 
 
 def ziplora_merge(content: BranchSource, style: BranchSource, base_model: str, prompts: tuple[str, str],
