@@ -3,7 +3,9 @@
 
 For every (class, family) combo, seen in pretraining or held out, generate images with
 "A {class} in {family} style" and count how often the content oracle names the right class
-and the style oracle the right family. Prints a table, writes JSON.
+and the style oracle the right family. A first row scores the VAE's reconstructions of fresh
+renders (encode, decode): samples cannot be better than what the VAE can draw. Prints a
+table, writes JSON.
 
     python benchmarks/base_model_quality.py [--per-combo 4] [--steps 30] [--json FILE]
 """
@@ -37,6 +39,26 @@ def judge(pipe, combos, per_combo: int, steps: int, guidance: float, seed: int) 
     return {"images": n, "class_acc": right_class / n, "family_acc": right_family / n, "both_acc": both / n}
 
 
+@torch.no_grad()
+def judge_vae(pipe, n: int, seed: int) -> dict:
+    """Oracle accuracy on VAE reconstructions of n renders from the pretraining distribution."""
+    from unziplora.toyworld.render import render_array
+    from unziplora.toyworld.split import pretraining_sample
+
+    rng = np.random.default_rng(seed)
+    samples = [pretraining_sample(rng) for _ in range(n)]
+    arrays = np.stack([render_array(s.subject, s.style, 64, s.seed) for s in samples])
+    pixels = torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    vae = pipe.vae
+    recon = vae.decode(vae.encode(pixels.to(vae.dtype)).latent_dist.mean).sample.float()
+    arrays = ((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    right_class = right_family = both = 0
+    for s, a in zip(samples, arrays):
+        c, f = classify_content(a) == s.subject.cls, classify_style(a) == s.style.family
+        right_class, right_family, both = right_class + c, right_family + f, both + (c and f)
+    return {"images": n, "class_acc": right_class / n, "family_acc": right_family / n, "both_acc": both / n}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(EMBEDDED_MODEL))
@@ -48,7 +70,8 @@ def main() -> None:
     args = parser.parse_args()
     pipe = load_pipeline(args.model)
     t0 = time.perf_counter()
-    results = {name: judge(pipe, combos, args.per_combo, args.steps, args.guidance, args.seed)
+    results = {"VAE reconstructions": judge_vae(pipe, 128, args.seed)}
+    results |= {name: judge(pipe, combos, args.per_combo, args.steps, args.guidance, args.seed)
                for name, combos in (("seen combos", SEEN_COMBOS), ("held-out combos", HELDOUT_COMBOS))}
     print("| combos | images | right class | right family | both |\n|---|---|---|---|---|")
     for name, r in results.items():

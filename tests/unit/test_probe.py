@@ -20,6 +20,13 @@ def test_roles_follow_normalised_gains():
     assert [m.prefix for m in profile.modules] == ["a", "b"]
 
 
+def test_noise_level_gains_of_one_kind_are_not_stretched_into_roles():
+    # style gains all tiny: without the floor the best one (0.02) would normalise to 1 and tie "a"
+    scores = [GroupScore("a", 0.16, 0.02), GroupScore("b", 0.01, 0.015), GroupScore("c", 0.05, -0.01)]
+    assert assign_roles(scores) == {"a": "content", "b": "both", "c": "both"}
+    assert assign_roles(scores, min_gain=1e-8)["a"] == "both"
+
+
 def test_average_over_images():
     mean = average([[GroupScore("a", 0.2, 0.0)], [GroupScore("a", 0.4, 0.2)]])
     assert abs(mean[0].content_gain - 0.3) < 1e-9 and abs(mean[0].style_gain - 0.1) < 1e-9

@@ -63,14 +63,16 @@ def probe_image(pipe, image, identifier: str, spec: SingleLoraSpec, sample: Samp
     return scores
 
 
-def assign_roles(mean_scores: list[GroupScore], margin: float = 0.25) -> dict[str, str]:
+def assign_roles(mean_scores: list[GroupScore], margin: float = 0.25, min_gain: float = 0.05) -> dict[str, str]:
     """'content' / 'style' / 'both' per group from gains normalised by the best group of each kind.
 
     A group is content's when its normalised content gain beats its normalised style gain by
     `margin` and is at least half of the best; style's likewise; otherwise both stay masked.
+    A kind whose best gain is below `min_gain` is normalised by `min_gain` instead: gains at
+    the level of the oracles' noise must not be stretched into a role.
     """
-    best_c = max(max(s.content_gain for s in mean_scores), 1e-8)
-    best_s = max(max(s.style_gain for s in mean_scores), 1e-8)
+    best_c = max(max(s.content_gain for s in mean_scores), min_gain)
+    best_s = max(max(s.style_gain for s in mean_scores), min_gain)
     roles = {}
     for s in mean_scores:
         c, st = s.content_gain / best_c, s.style_gain / best_s
