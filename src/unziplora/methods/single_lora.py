@@ -59,8 +59,10 @@ def train_single_lora(pipe, image, spec: SingleLoraSpec, device: torch.device, p
     generator = torch.Generator().manual_seed(spec.seed)
     pipe.text_encoder.to(device)
     pipe.text_encoder_2.to(device)
-    embeds, pooled = encode_prompts(pipe, [spec.prompt, spec.prior_prompt or spec.prompt], device)
-    (embeds, prior_embeds), (pooled, prior_pooled) = embeds.split(1), pooled.split(1)
+    texts = [spec.prompt] + ([spec.prior_prompt or spec.prompt] if prior_images else [])
+    embeds, pooled = encode_prompts(pipe, texts, device)
+    prior_embeds, prior_pooled = embeds[-1:], pooled[-1:]  # the class prompt's (unused without priors)
+    embeds, pooled = embeds[:1], pooled[:1]
     unet = pipe.unet.to(device)
     unet.requires_grad_(False)
     names = target_modules(unet, spec.module_prefixes)
