@@ -153,3 +153,23 @@ def test_blank_image_has_no_subject():
     assert foreground_mask(blank).max() == 0.0
     assert classify_style(blank) == "solid"
     assert 0.0 <= content_similarity(blank, blank) <= 1.0
+
+
+def _shade(img, amplitude: float, seed: int) -> np.ndarray:
+    """A generator's imperfection: a smooth colour ramp across the image plus pixel noise."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(-1.0, 1.0, 64)[None, :, None] * rng.uniform(-1, 1, 3) * amplitude
+    noisy = np.asarray(img, float) + ramp + rng.normal(0, 3, (64, 64, 3))
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def test_a_shaded_flat_fill_is_still_solid_but_a_shaded_pattern_is_not(heldout):
+    subjects, styles = heldout
+    solids = [t for t in styles if t.family == "solid"]
+    patterned = [t for t in styles if t.family in ("stripes", "checker", "dots")]
+    for k, s in enumerate(subjects[:8]):
+        # Up to +-20 colour units of shading: more than FLAT_CONTRAST, far less than fg-to-pattern.
+        shaded = _shade(render(s, solids[k % len(solids)], 64, seed=k), 20.0, k)
+        assert classify_style(shaded) == "solid"
+        shaded = _shade(render(s, patterned[k % len(patterned)], 64, seed=k), 20.0, k)
+        assert classify_style(shaded) != "solid"

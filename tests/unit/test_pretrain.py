@@ -40,3 +40,15 @@ def test_export_is_an_fp16_pipeline(tmp_path):
     assert not list(out.rglob("*.bin"))
     pipe = StableDiffusionXLPipeline.from_pretrained(str(out))  # loads through the user's path
     assert pipe.unet.config.sample_size == 32
+
+
+def test_extending_a_finished_run_is_recorded_in_the_recipe(tmp_path):
+    trainer = Pretrainer(dataclasses.replace(SMALL, vae_steps=1, unet_steps=1), tmp_path / "w")
+    trainer.run(progress=False)
+    longer = Pretrainer(dataclasses.replace(SMALL, vae_steps=1, unet_steps=2), tmp_path / "w")
+    assert longer.run(progress=False) and longer.step == 2
+    out = longer.export(tmp_path / "model")
+    import json
+
+    trained = json.loads((out / "recipe.json").read_text())["trained"]
+    assert trained["schedule_changes_on_resume"] == [{"resumed_at": ["unet", 1], "unet_steps": [1, 2]}]

@@ -21,7 +21,7 @@ ramp just above the background's noise level, so any fill colour counts fully).
 Classifiers use prototypes from fresh renders of random instances over the *full*
 parameter ranges, with fixed seeds (built lazily on first use, ~2 s, cached):
 ``classify_content`` is 1-nearest prototype under content similarity;
-``classify_style`` calls a fill "solid" when it has no contrast, and otherwise
+``classify_style`` calls a fill "solid" when it has no contrast (or only a smooth shading), and otherwise
 takes the nearest family centroid of a few rotation-invariant texture statistics
 (Mahalanobis distance, covariance pooled over the prototypes).
 """
@@ -43,6 +43,9 @@ N_RINGS, N_ANGLES, RING_MAX = 12, 64, 2.4  # polar silhouette grid (radii in RMS
 LAG = 16  # texture window: lags in [-16, 16] px at 64 px
 MIN_PAIRS = 100  # fewer interior pixel pairs than this: the lag is too noisy to use
 FLAT_CONTRAST = 16.0  # colour spread (0-255 units) below which a fill counts as flat
+# ... or when fewer than FAR_FRACTION of its pixels lie FAR_DISTANCE from its median colour: the
+# palette puts fg and pattern >= 90 apart, while a generator's shading of a flat fill stays closer.
+FAR_DISTANCE, FAR_FRACTION = 40.0, 0.03
 EDGE_DEPTH = 6  # edge-profile rings (px)
 N_STATS = 6 + EDGE_DEPTH  # texture statistics used by the family classifier
 COLOUR_STEP = 8  # quantisation step for interior colour distributions
@@ -151,6 +154,7 @@ class StyleEmbedding:
     colours: np.ndarray  # (K, 3) quantised interior colours
     weights: np.ndarray  # (K,) their frequencies, capped at COLOUR_CAP and renormalised
     contrast: float  # colour spread of the fill along its dominant axis (0 = flat)
+    far_fraction: float  # share of interior pixels FAR_DISTANCE or more from their median colour
     gamma: np.ndarray  # (2L+1, 2L+1) root variogram of the fill, colour units
     pairs: np.ndarray  # (2L+1, 2L+1) interior pixel pairs behind each lag (0 = unusable)
     stats: np.ndarray  # rotation-invariant texture statistics (see _texture_stats)
@@ -260,8 +264,9 @@ def style_embedding(img) -> StyleEmbedding:
     inner = _interior(m)
     if not inner.any():  # nothing on the background: a flat "style" with no colours
         lags = np.zeros((2 * LAG + 1, 2 * LAG + 1))
-        return StyleEmbedding(bg, np.zeros((0, 3)), np.zeros(0), 0.0, lags, lags, np.zeros(N_STATS))
+        return StyleEmbedding(bg, np.zeros((0, 3)), np.zeros(0), 0.0, 0.0, lags, lags, np.zeros(N_STATS))
     pix = x[inner]
+    far = float(np.mean(np.linalg.norm(pix - np.median(pix, axis=0), axis=1) >= FAR_DISTANCE))
     q, counts = np.unique((pix // COLOUR_STEP).astype(int), axis=0, return_counts=True)
     # Capped frequencies: which colours a fill uses is style, but how much of each a
     # silhouette shows (an outline's band vs interior) partly depends on the shape.
@@ -274,7 +279,7 @@ def style_embedding(img) -> StyleEmbedding:
     lo, hi = np.percentile(signal[inner], [1, 99])
     spread = max(float(hi - lo), FLAT_CONTRAST)  # flat fills stay near 0, not blown up
     stats = _texture_stats(signal, inner, gamma, pairs, float(lo), spread)
-    return StyleEmbedding(bg, (q + 0.5) * COLOUR_STEP, presence / presence.sum(), float(hi - lo),
+    return StyleEmbedding(bg, (q + 0.5) * COLOUR_STEP, presence / presence.sum(), float(hi - lo), far,
                           gamma, pairs, stats)
 
 
@@ -334,7 +339,8 @@ def _content_prototypes() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _is_flat(e: StyleEmbedding) -> bool:
-    return e.contrast < FLAT_CONTRAST
+    """No contrast at all, or only a smooth shading: a VAE never decodes a flat fill exactly flat."""
+    return e.contrast < FLAT_CONTRAST or e.far_fraction < FAR_FRACTION
 
 
 @lru_cache(maxsize=1)

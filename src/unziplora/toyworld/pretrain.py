@@ -109,6 +109,9 @@ class Pretrainer:
         self.ema: dict[str, torch.Tensor] = {}
         self.log: list[dict] = []
         self.pool: tuple[torch.Tensor, torch.Tensor, list[str]] | None = None
+        # Every change of a phase's length on resume (a cosine restart): the recipe must say so,
+        # since one uninterrupted run with the final lengths would not give the same weights.
+        self.schedule: list[dict] = []
         if (self.workdir / "checkpoint.safetensors").is_file():
             self.load()
 
@@ -248,6 +251,7 @@ class Pretrainer:
             "phase": self.phase, "step": self.step, "rng_numpy": self.rng.bit_generator.state,
             "param_groups": opt["param_groups"], "scaling_factor": self.c["vae"].config.scaling_factor,
             "config": dataclasses.asdict(self.config), "log_tail": self.log[-2000:],
+            "schedule": self.schedule,
         }
         tmp = self.workdir / "checkpoint.safetensors.tmp"
         save_file(tensors, str(tmp))
@@ -276,6 +280,11 @@ class Pretrainer:
         self.gen.set_state(tensors["rng.torch"])
         self.rng.bit_generator.state = meta["rng_numpy"]
         self.log = meta.get("log_tail", [])
+        self.schedule = meta.get("schedule", [])
+        saved = meta.get("config", {})
+        for key in ("vae_steps", "unet_steps"):
+            if key in saved and saved[key] != getattr(self.config, key):
+                self.schedule.append({"resumed_at": [self.phase, self.step], key: [saved[key], getattr(self.config, key)]})
 
     def export(self, directory: Path) -> Path:
         """The EMA weights as an fp16 diffusers SDXL pipeline folder (what gets committed)."""
@@ -306,7 +315,8 @@ def write_recipe(directory: Path, trainer: "Pretrainer") -> None:
         "recipe": "src/unziplora/toyworld/pretrain.py + scripts/train_base_model.py",
         "config": dataclasses.asdict(trainer.config),
         "trained": {"phase": trainer.phase, "unet_steps_done": trainer.step if trainer.phase == "unet" else 0,
-                    "recent_unet_loss": round(float(np.mean(losses)), 5) if losses else None},
+                    "recent_unet_loss": round(float(np.mean(losses)), 5) if losses else None,
+                    "schedule_changes_on_resume": trainer.schedule},
         "vae_scaling_factor": trainer.c["vae"].config.scaling_factor,
         "versions": {name: version(name) for name in ("torch", "diffusers", "transformers")},
     }
