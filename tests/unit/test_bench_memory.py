@@ -47,3 +47,25 @@ def test_peft_baseline_step_trains_only_lora():
 def test_a_child_over_its_memory_limit_is_a_reported_row_not_a_crash():
     row = _spawn("unziplora", 64, False, 4, 1, limit_gb=0.2, threads=1)
     assert row["resolution"] == 64 and "error" in row
+
+
+def test_fused_adamw_makes_the_same_update_as_torchs_default():
+    """The speed path (fused AdamW on CPU) must not change the optimisation itself."""
+    from unziplora.train import adamw
+
+    torch.manual_seed(0)
+    weights = [torch.randn(64, 8), torch.randn(8, 64), torch.rand(64)]
+    grads = [torch.randn_like(w) for w in weights]
+    results = []
+    for make in (lambda ps: adamw(ps, lr=1e-2, weight_decay=1e-2), lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=1e-2)):
+        params = [torch.nn.Parameter(w.clone()) for w in weights]
+        optimizer = make(params)
+        for _ in range(3):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            optimizer.step()
+        results.append(params)
+    assert adamw(results[0]).defaults["fused"]  # CPU parameters take the fused kernel
+    for fused, reference, start in zip(*results, weights):
+        assert not torch.equal(fused, start)  # it did step
+        torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-6)

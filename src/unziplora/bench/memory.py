@@ -110,12 +110,13 @@ def sdxl_trainer(unet, resolution: int, rank: int, checkpointing: bool, profile=
                    torch.amp.GradScaler("cpu", enabled=False))
 
 
-def peft_step_fn(unet, resolution: int, rank: int):
-    """One plain PEFT LoRA step on the same targets and rank, with SDXL-shaped data: the baseline."""
+def peft_step_fn(unet, resolution: int, rank: int, same_optimizer: bool = True):
+    """One plain PEFT LoRA step on the same targets and rank, with SDXL-shaped data: the baseline
+    (with our optimiser, or torch's default AdamW: see `peft_baseline_step`)."""
     from .speed import peft_baseline_step
 
     embeds = _random_embeds(unet, torch.Generator().manual_seed(0))
-    return peft_baseline_step(unet, RandomLatents(resolution), embeds, rank, _noise_scheduler())
+    return peft_baseline_step(unet, RandomLatents(resolution), embeds, rank, _noise_scheduler(), same_optimizer)
 
 
 def parameter_counts(trainer) -> dict[str, int]:
@@ -142,7 +143,7 @@ def run_child(method: str, resolution: int, checkpointing: bool, rank: int, repe
     else:
         if checkpointing:
             unet.enable_gradient_checkpointing()
-        step, counts = peft_step_fn(unet, resolution, rank), {}
+        step, counts = peft_step_fn(unet, resolution, rank, same_optimizer=method == "peft"), {}
         step()  # warm-up, as the refresh step is for ours: optimiser state exists from here on
     before = rss_mb("VmRSS")
     exact_peak = reset_peak_rss()
@@ -181,7 +182,8 @@ def run_memory(json_path: str | Path | None, resolutions=(256, 512), rank: int =
     rows = [_spawn("unziplora", r, gc, rank, 1, limit_gb, threads) for r in resolutions for gc in (False, True)]
     ours = _spawn("unziplora", ratio_resolution, False, rank, repeats, limit_gb, threads)
     peft = _spawn("peft", ratio_resolution, False, rank, repeats, limit_gb, threads)
-    ratio = (ours["step_median_s"] / peft["step_median_s"]) if "error" not in ours and "error" not in peft else None
+    peft_default = _spawn("peft-default-adamw", ratio_resolution, False, rank, repeats, limit_gb, threads)
+    ratio, ratio_default = (_ratio(ours, baseline) for baseline in (peft, peft_default))
     counts = next((r["parameters"] for r in rows + [ours] if r.get("parameters")), {})
     result = {
         "architecture": "SDXL UNet2DConditionModel (sdxl_unet_config), random weights, fp32, CPU",
@@ -189,11 +191,12 @@ def run_memory(json_path: str | Path | None, resolutions=(256, 512), rank: int =
         "sdxl_train_peak_mb": {f"{r['resolution']}px_{'gc' if r['gradient_checkpointing'] else 'no_gc'}":
                                r.get("peak_mb", r.get("error")) for r in rows},
         "parameters": counts,
-        "train_step_ratio_sdxl": round(ratio, 3) if ratio else None,
-        "ratio_runs": {"unziplora": ours, "peft_lora": peft},
+        "train_step_ratio_sdxl": ratio,
+        "train_step_ratio_sdxl_vs_default_adamw": ratio_default,
+        "ratio_runs": {"unziplora": ours, "peft_lora": peft, "peft_lora_default_adamw": peft_default},
         "runs": rows,
     }
-    table = _table(rows, counts, result["train_step_ratio_sdxl"], ratio_resolution, rank, repeats)
+    table = _table(rows, counts, (ratio, ratio_default), ratio_resolution, rank, repeats)
     print(table)
     if json_path:
         path = Path(json_path)
@@ -205,7 +208,13 @@ def run_memory(json_path: str | Path | None, resolutions=(256, 512), rank: int =
     return result
 
 
-def _table(rows: list[dict], counts: dict, ratio, ratio_resolution: int, rank: int, repeats: int) -> str:
+def _ratio(ours: dict, baseline: dict) -> float | None:
+    if "error" in ours or "error" in baseline:
+        return None
+    return round(ours["step_median_s"] / baseline["step_median_s"], 3)
+
+
+def _table(rows: list[dict], counts: dict, ratios, ratio_resolution: int, rank: int, repeats: int) -> str:
     lines = ["| resolution | grad checkpointing | RSS before step MB | peak MB | step s |", "|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
@@ -216,7 +225,8 @@ def _table(rows: list[dict], counts: dict, ratio, ratio_resolution: int, rank: i
     if counts:
         lines += ["", "| parameters | count | fp32 MB |", "|---|---|---|"]
         lines += [f"| {name} | {n:,} | {4 * n / MB:.1f} |" for name, n in counts.items()]
-    lines += ["", f"train_step_ratio_sdxl ({ratio_resolution} px, rank {rank}, median of {repeats}): {ratio}"]
+    lines += ["", f"train_step_ratio_sdxl ({ratio_resolution} px, rank {rank}, median of {repeats}): {ratios[0]}",
+              f"train_step_ratio_sdxl_vs_default_adamw (PEFT baseline with torch's default AdamW): {ratios[1]}"]
     return "\n".join(lines)
 
 

@@ -1,7 +1,9 @@
 """`unziplora bench speed`: overhead ratios measured against a baseline in the same run.
 
 - train_step_ratio: one UnZipLoRA step (two branches, masks, mergers, L_orth, prompt
-  separation) over one plain PEFT LoRA step on the same target modules and rank.
+  separation) over one plain PEFT LoRA step on the same target modules and rank, both with the
+  same optimiser (ours); train_step_ratio_vs_default_adamw: over the PEFT step with torch's default
+  AdamW, as diffusers' DreamBooth-LoRA script builds it (what a user of that script gets).
 - combined_inference_ratio: generating with both branches (fused, K/V cached) over the base
   pipeline with no LoRA, same steps and seed; fused_inference_ratio: the content LoRA alone,
   fused, over the base pipeline.
@@ -28,7 +30,7 @@ from ..methods.single_lora import target_modules
 from ..models import load_pipeline
 from ..profiles import resolve_profile
 from ..prompts import training_prompts
-from ..train import Trainer, diffusion_mse
+from ..train import Trainer, adamw, diffusion_mse
 
 
 @dataclass
@@ -62,17 +64,19 @@ def _trainer(base: str, image, rank: int, resolution: int) -> Trainer:
     return trainer
 
 
-def peft_baseline_step(unet, latents, embeds: dict, rank: int, noise_scheduler):
+def peft_baseline_step(unet, latents, embeds: dict, rank: int, noise_scheduler, same_optimizer: bool = True):
     """One plain PEFT LoRA training step on every attention projection, as a closure: the baseline.
 
-    Same targets, rank, optimiser and loss as ours; `latents` has `sample`/`time_ids` like
-    `CroppedLatents`, `embeds` the combined prompt's states and pooled embedding.
+    Same targets, rank and loss as ours, and our optimiser unless `same_optimizer` is False (then
+    torch's default AdamW, as diffusers' DreamBooth-LoRA script builds it); `latents` has
+    `sample`/`time_ids` like `CroppedLatents`, `embeds` the combined prompt's states and pooled embedding.
     """
     unet.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                                 target_modules=target_modules(unet)))
     params = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=5e-5, foreach=True)  # same optimiser settings as ours
+    settings = {"lr": 5e-5, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-4}
+    optimizer = adamw(params, **settings) if same_optimizer else torch.optim.AdamW(params, **settings)
     generator = torch.Generator().manual_seed(0)
 
     def step():
@@ -88,14 +92,17 @@ def peft_baseline_step(unet, latents, embeds: dict, rank: int, noise_scheduler):
     return step
 
 
-def train_step_times(base: str, image, rank: int, resolution: int, repeats: int) -> tuple[Timing, Timing]:
-    """(UnZipLoRA step, PEFT single-LoRA step) on the same base model, targets and rank."""
+def train_step_times(base: str, image, rank: int, resolution: int, repeats: int) -> tuple[Timing, Timing, Timing]:
+    """(UnZipLoRA step, PEFT single-LoRA step with our optimiser, the same with torch's default AdamW)
+    on the same base model, targets and rank."""
     trainer = _trainer(base, image, rank, resolution)
     ours = Timing.of(trainer.train_step, repeats)
-
-    unet = load_pipeline(base).unet
-    peft_step = peft_baseline_step(unet, trainer.latents, trainer.embeds, rank, trainer.noise_scheduler)
-    return ours, Timing.of(peft_step, repeats)
+    peft = []
+    for same in (True, False):
+        step = peft_baseline_step(load_pipeline(base).unet, trainer.latents, trainer.embeds, rank,
+                                  trainer.noise_scheduler, same_optimizer=same)
+        peft.append(Timing.of(step, repeats))
+    return ours, *peft
 
 
 def inference_times(base: str, image, rank: int, resolution: int, steps: int, repeats: int) -> dict[str, Timing]:
@@ -125,23 +132,27 @@ def inference_times(base: str, image, rank: int, resolution: int, steps: int, re
 def run_speed(json_path: str | Path | None, base: str, image, rank: int = 16, resolution: int = 64,
               steps: int = 20, repeats: int = 5) -> dict:
     """Measure, print a Markdown table and write JSON (keys named in the speed issue)."""
-    ours, peft = train_step_times(base, image, rank, resolution, repeats)
+    ours, peft, peft_default = train_step_times(base, image, rank, resolution, repeats)
     infer = inference_times(base, image, rank, resolution, steps, repeats)
     result = {
         "base_model": base, "rank": rank, "resolution": resolution, "inference_steps": steps, "repeats": repeats,
         "device": "cpu", "threads": torch.get_num_threads(),
         "timings_s": {"unziplora_step": asdict(ours), "peft_lora_step": asdict(peft),
+                      "peft_lora_step_default_adamw": asdict(peft_default),
                       **{f"generate_{k}": asdict(v) for k, v in infer.items()}},
         "train_step_ratio": ours.median / peft.median,
+        "train_step_ratio_vs_default_adamw": ours.median / peft_default.median,
         "combined_inference_ratio": infer["combined"].median / infer["base"].median,
         "fused_inference_ratio": infer["content_fused"].median / infer["base"].median,
     }
-    rows = [("one training step: UnZipLoRA", ours), ("one training step: PEFT LoRA", peft)]
+    rows = [("one training step: UnZipLoRA", ours), ("one training step: PEFT LoRA", peft),
+            ("one training step: PEFT LoRA, torch default AdamW", peft_default)]
     rows += [(f"generate ({k})", v) for k, v in infer.items()]
     print("| measurement | median s | min s | max s |\n|---|---|---|---|")
     for name, t in rows:
         print(f"| {name} | {t.median:.4f} | {t.min:.4f} | {t.max:.4f} |")
-    for key in ("train_step_ratio", "combined_inference_ratio", "fused_inference_ratio"):
+    for key in ("train_step_ratio", "train_step_ratio_vs_default_adamw", "combined_inference_ratio",
+                "fused_inference_ratio"):
         print(f"{key}: {result[key]:.3f}")
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ..data import CroppedLatents
 from ..lora.inject import PROJECTIONS, attention_modules
 from ..prompts import encode_prompts
-from ..train import diffusion_mse
+from ..train import adamw, diffusion_mse
 
 
 @dataclass
@@ -68,7 +68,7 @@ def train_single_lora(pipe, image, spec: SingleLoraSpec, device: torch.device, p
     names = target_modules(unet, spec.module_prefixes)
     unet.add_adapter(LoraConfig(r=spec.rank, lora_alpha=spec.rank, init_lora_weights="gaussian", target_modules=names))
     params = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=spec.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4)
+    optimizer = adamw(params, lr=spec.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4)
     latents = CroppedLatents(image, spec.resolution, pipe.vae.to(device), device)
     priors = [CroppedLatents(picture, spec.resolution, pipe.vae, device) for picture in prior_images]
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
