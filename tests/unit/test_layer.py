@@ -126,3 +126,42 @@ def test_folded_up_is_an_ordinary_lora():
 def test_rank_must_be_positive():
     with pytest.raises(ValueError):
         make_layer(rank=0)
+
+
+def test_unet_wide_merger_ops_equal_the_per_layer_ones():
+    """TwoBranchLoRA's batched L_orth, gradient restriction and clamp match layer by layer."""
+    from unziplora.lora.columns import orthogonality_loss
+    from unziplora.lora.inject import TwoBranchLoRA
+
+    roles = [MASKED, {Branch.CONTENT: Role.ALL, Branch.STYLE: Role.MASKED}, MASKED]
+    layers = {f"l{i}": make_layer(r, out_features=6 + 3 * i, seed=i) for i, r in enumerate(roles)}
+    lora = TwoBranchLoRA(layers, rank=3)
+    g = torch.Generator().manual_seed(1)
+    for layer in layers.values():
+        for b in ("content", "style"):
+            with torch.no_grad():
+                layer.merger[b].copy_(torch.rand(layer.out_features, generator=g) * 1.4 - 0.2)
+            layer.mask(Branch(b)).copy_(torch.rand(layer.out_features, generator=g) < 0.5)
+
+    batched = lora.orthogonality_loss()
+    batched.backward()
+    batched_grads = [p.grad.clone() for p in lora.parameters("merger")]
+    for p in lora.parameters("merger"):
+        p.grad = None
+    per_layer = orthogonality_loss([layer.orthogonality_pair() for layer in layers.values()])
+    per_layer.backward()
+    assert batched.item() > 0
+    torch.testing.assert_close(batched, per_layer)
+    for a, p in zip(batched_grads, lora.parameters("merger")):
+        torch.testing.assert_close(a, p.grad)
+
+    expected = []
+    for layer in layers.values():
+        shared = layer.effective_mask(Branch.CONTENT) & layer.effective_mask(Branch.STYLE)
+        expected += [layer.merger[b].grad * shared for b in ("content", "style")]
+    lora.restrict_merger_grads()
+    assert all(torch.equal(e, p.grad) for e, p in zip(expected, lora.parameters("merger")))
+
+    lora.clamp_mergers()
+    values = torch.cat([p.detach() for p in lora.parameters("merger")])
+    assert values.min() == 0.0 and values.max() == 1.0

@@ -89,5 +89,17 @@ def orthogonality_loss(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> to
     """
     if not pairs:
         raise ValueError("orthogonality_loss: no layers given")
-    per_layer = [(content * style).abs().mean() for content, style in pairs]
-    return torch.stack(per_layer).mean()
+    content = torch.cat([c for c, _ in pairs])
+    style = torch.cat([s for _, s in pairs])
+    return flat_orthogonality_loss(content, style, [c.numel() for c, _ in pairs])
+
+
+def flat_orthogonality_loss(content: torch.Tensor, style: torch.Tensor, widths: Sequence[int]) -> torch.Tensor:
+    """`orthogonality_loss` over all layers laid end to end (`widths` columns each).
+
+    The mean of per-layer means is a weighted sum with weight 1 / (layers * width) per column:
+    a handful of kernels for the whole UNet instead of several per layer (SDXL has 560).
+    """
+    sizes = torch.tensor(list(widths), device=content.device)
+    weights = torch.repeat_interleave(1.0 / (sizes * len(sizes)), sizes).to(content.dtype)
+    return ((content * style).abs() * weights).sum()

@@ -19,7 +19,7 @@ from ..attention import SeparatedAttnProcessor
 from ..branch import Branch, Role
 from ..errors import UnZipLoRAError
 from ..profiles import Profile
-from .columns import orthogonality_loss
+from .columns import flat_orthogonality_loss
 from .layer import BRANCHES, TwoBranchLoraLinear
 
 PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -77,19 +77,42 @@ class TwoBranchLoRA:
             p.requires_grad_(on)
 
     def orthogonality_loss(self) -> torch.Tensor:
-        return orthogonality_loss([layer.orthogonality_pair() for layer in self.layers.values()])
+        """L_orth over every layer (arXiv 2412.04465, Sec. 3; `columns.orthogonality_loss`), computed
+        on all layers' columns laid end to end: the same value as layer by layer, in a few kernels."""
+        content, style = (self._flat(b, "merger") * self._flat(b, "mask") for b in BRANCHES)
+        return flat_orthogonality_loss(content, style, self._widths())
+
+    def _flat(self, branch: Branch, what: str) -> torch.Tensor:
+        """One branch's merger vectors or effective masks of every layer, concatenated."""
+        if what == "merger":
+            return torch.cat([layer.merger[branch.value] for layer in self.layers.values()])
+        return torch.cat([layer.effective_mask(branch) for layer in self.layers.values()])
+
+    def _widths(self) -> list[int]:
+        return [layer.out_features for layer in self.layers.values()]
 
     def refresh_masks(self, fraction: float, threshold: float) -> None:
         for layer in self.layers.values():
             layer.refresh_masks(fraction, threshold)
 
+    @torch.no_grad()
     def restrict_merger_grads(self) -> None:
-        for layer in self.layers.values():
-            layer.restrict_merger_grads()
+        """`TwoBranchLoraLinear.restrict_merger_grads` for every layer, with one multiply per branch."""
+        shared = self._flat(Branch.CONTENT, "mask") & self._flat(Branch.STYLE, "mask")
+        dtype = next(iter(self.layers.values())).merger[Branch.CONTENT.value].dtype
+        shared = shared.to(dtype).split(self._widths())
+        for b in BRANCHES:
+            pairs = [(layer.merger[b.value].grad, keep) for layer, keep in zip(self.layers.values(), shared)
+                     if layer.merger[b.value].grad is not None]
+            if pairs:
+                torch._foreach_mul_([g for g, _ in pairs], [keep for _, keep in pairs])
 
+    @torch.no_grad()
     def clamp_mergers(self) -> None:
-        for layer in self.layers.values():
-            layer.clamp_mergers()
+        """`TwoBranchLoraLinear.clamp_mergers` for every layer: m in [0, 1], two kernels in all."""
+        mergers = self.parameters("merger")
+        torch._foreach_clamp_min_(mergers, 0.0)
+        torch._foreach_clamp_max_(mergers, 1.0)
 
     def mask_fraction(self, branch: Branch) -> float:
         """Share of columns a branch holds, over its masked layers only."""
