@@ -103,7 +103,9 @@ class TwoBranchLoraLinear(nn.Module):
 
     def column_scale(self, branch: Branch) -> torch.Tensor:
         """m * M, the per-column factor of one branch (shape (out,))."""
-        return self.merger[branch.value] * self.effective_mask(branch)
+        if self.roles[branch] is Role.ALL or not self.masking:
+            return self.merger[branch.value]  # M is all ones: skip building and multiplying it
+        return self.merger[branch.value] * self.mask(branch)
 
     def clamp_mergers(self) -> None:
         """Keep m in [0, 1] after every optimiser step (arXiv 2412.04465, Sec. 3, "Column separation")."""
