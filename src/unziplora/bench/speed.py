@@ -7,7 +7,8 @@
 - combined_inference_ratio: generating with both branches (fused, K/V cached) over the base
   pipeline with no LoRA, same steps and seed; fused_inference_ratio: the content LoRA alone,
   fused, over the base pipeline.
-Timings are medians over repeats after a warm-up; min and max are reported too.
+Timings are medians over repeats after a warm-up, taken in turns (ours, baseline, ours, ...) so
+that a slow spell of a shared machine hits both; min and max are reported too.
 """
 
 from __future__ import annotations
@@ -40,15 +41,19 @@ class Timing:
     max: float
 
     @classmethod
-    def of(cls, fn, repeats: int, warmup: int = 1) -> "Timing":
-        for _ in range(warmup):
-            fn()
-        times = []
+    def interleaved(cls, fns: dict, repeats: int, warmup: int = 1) -> dict[str, "Timing"]:
+        """Time several functions in turns (a, b, c, a, b, c, ...): a slow spell of a shared
+        machine then hits every one of them, not only whichever ran during it."""
+        for fn in fns.values():
+            for _ in range(warmup):
+                fn()
+        times = {name: [] for name in fns}
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return cls(statistics.median(times), min(times), max(times))
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        return {name: cls(statistics.median(t), min(t), max(t)) for name, t in times.items()}
 
 
 def _trainer(base: str, image, rank: int, resolution: int) -> Trainer:
@@ -96,13 +101,12 @@ def train_step_times(base: str, image, rank: int, resolution: int, repeats: int)
     """(UnZipLoRA step, PEFT single-LoRA step with our optimiser, the same with torch's default AdamW)
     on the same base model, targets and rank."""
     trainer = _trainer(base, image, rank, resolution)
-    ours = Timing.of(trainer.train_step, repeats)
-    peft = []
+    steps = {"ours": trainer.train_step}
     for same in (True, False):
-        step = peft_baseline_step(load_pipeline(base).unet, trainer.latents, trainer.embeds, rank,
-                                  trainer.noise_scheduler, same_optimizer=same)
-        peft.append(Timing.of(step, repeats))
-    return ours, *peft
+        steps[same] = peft_baseline_step(load_pipeline(base).unet, trainer.latents, trainer.embeds, rank,
+                                         trainer.noise_scheduler, same_optimizer=same)
+    timings = Timing.interleaved(steps, repeats)
+    return timings["ours"], timings[True], timings[False]
 
 
 def inference_times(base: str, image, rank: int, resolution: int, steps: int, repeats: int) -> dict[str, Timing]:
@@ -111,13 +115,10 @@ def inference_times(base: str, image, rank: int, resolution: int, steps: int, re
     state = trainer.lora.state_dict()
     e = trainer.embeds
     sample = SampleConfig(steps=steps, seeds=[0])
-    out = {}
-    pipe = load_pipeline(base)
     plain = Conditioning(e["combined"], e["combined_pooled"])
-    out["base"] = Timing.of(lambda: sample_images(pipe, plain, sample, resolution), repeats)
-
+    pipes = {"base": load_pipeline(base)}
     for name, branches in (("combined", (Branch.CONTENT, Branch.STYLE)), ("content_fused", (Branch.CONTENT,))):
-        pipe = load_pipeline(base)
+        pipe = pipes[name] = load_pipeline(base)
         lora = inject_two_branch_lora(pipe.unet, INFERENCE_PROFILE, rank)
         for branch in (Branch.CONTENT, Branch.STYLE):
             lora.load_branch(state, branch)
@@ -125,8 +126,8 @@ def inference_times(base: str, image, rank: int, resolution: int, steps: int, re
         separated = len(branches) == 2
         batch = [step_batch(x, 1, sample.guidance_scale) for x in (e["combined"], e["content"], e["style"])]
         fuse_for_generation(pipe.unet, batch[0], batch[1] if separated else None, batch[2] if separated else None)
-        out[name] = Timing.of(lambda: sample_images(pipe, plain, sample, resolution), repeats)
-    return out
+    generate = {name: (lambda p=p: sample_images(p, plain, sample, resolution)) for name, p in pipes.items()}
+    return Timing.interleaved(generate, repeats)
 
 
 def run_speed(json_path: str | Path | None, base: str, image, rank: int = 16, resolution: int = 64,
