@@ -52,3 +52,15 @@ def test_extending_a_finished_run_is_recorded_in_the_recipe(tmp_path):
 
     trained = json.loads((out / "recipe.json").read_text())["trained"]
     assert trained["schedule_changes_on_resume"] == [{"resumed_at": ["unet", 1], "unet_steps": [1, 2]}]
+
+
+def test_exporting_with_another_config_does_not_rewrite_the_recipe(tmp_path):
+    trainer = Pretrainer(dataclasses.replace(SMALL, vae_steps=1, unet_steps=2), tmp_path / "w")
+    trainer.run(progress=False)
+    exporter = Pretrainer(dataclasses.replace(SMALL, vae_steps=1, unet_steps=7), tmp_path / "w")  # export only
+    out = exporter.export(tmp_path / "model")
+    import json
+
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert recipe["config"]["unet_steps"] == 2  # what trained the weights, not the exporter's defaults
+    assert recipe["trained"]["schedule_changes_on_resume"] == []

@@ -112,6 +112,7 @@ class Pretrainer:
         # Every change of a phase's length on resume (a cosine restart): the recipe must say so,
         # since one uninterrupted run with the final lengths would not give the same weights.
         self.schedule: list[dict] = []
+        self.saved_config: dict | None = None
         if (self.workdir / "checkpoint.safetensors").is_file():
             self.load()
 
@@ -214,6 +215,11 @@ class Pretrainer:
     def run(self, budget_s: float | None = None, progress: bool = True) -> bool:
         """Train until both phases are done (True) or the time budget is spent (False)."""
         start = last_save = time.monotonic()
+        for key in ("vae_steps", "unet_steps"):
+            before = (self.saved_config or {}).get(key, getattr(self.config, key))
+            if before != getattr(self.config, key):
+                self.schedule.append({"resumed_at": [self.phase, self.step], key: [before, getattr(self.config, key)]})
+        self.saved_config = None
         while True:
             total = self.config.vae_steps if self.phase == "vae" else self.config.unet_steps
             bar = tqdm(total=total, initial=self.step, desc=f"pretrain {self.phase}", disable=not progress)
@@ -281,10 +287,7 @@ class Pretrainer:
         self.rng.bit_generator.state = meta["rng_numpy"]
         self.log = meta.get("log_tail", [])
         self.schedule = meta.get("schedule", [])
-        saved = meta.get("config", {})
-        for key in ("vae_steps", "unet_steps"):
-            if key in saved and saved[key] != getattr(self.config, key):
-                self.schedule.append({"resumed_at": [self.phase, self.step], key: [saved[key], getattr(self.config, key)]})
+        self.saved_config = meta.get("config")  # what trained these weights, until `run` trains on
 
     def export(self, directory: Path) -> Path:
         """The EMA weights as an fp16 diffusers SDXL pipeline folder (what gets committed)."""
@@ -313,7 +316,7 @@ def write_recipe(directory: Path, trainer: "Pretrainer") -> None:
     losses = [entry["loss"] for entry in trainer.log if entry["phase"] == "unet"][-200:]
     recipe = {
         "recipe": "src/unziplora/toyworld/pretrain.py + scripts/train_base_model.py",
-        "config": dataclasses.asdict(trainer.config),
+        "config": trainer.saved_config or dataclasses.asdict(trainer.config),
         "trained": {"phase": trainer.phase, "unet_steps_done": trainer.step if trainer.phase == "unet" else 0,
                     "recent_unet_loss": round(float(np.mean(losses)), 5) if losses else None,
                     "schedule_changes_on_resume": trainer.schedule},
