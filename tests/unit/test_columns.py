@@ -86,14 +86,14 @@ def test_grow_masks_all_columns_branch_keeps_its_mask_and_other_is_free():
 
 
 def test_orthogonality_loss_matches_hand_computation():
-    layer1 = (torch.tensor([1.0, 0.5, 0.0]), torch.tensor([1.0, 1.0, 1.0]))  # mean |.| = 0.5
-    layer2 = (torch.tensor([0.2, -0.2]), torch.tensor([1.0, 1.0]))  # mean |.| = 0.2
-    loss = orthogonality_loss([layer1, layer2])
-    assert loss.item() == pytest.approx((0.5 + 0.2) / 2)
+    content = torch.tensor([1.0, 0.5, 0.0, 0.2, -0.2])  # layer 1: 3 columns, layer 2: 2
+    style = torch.ones(5)  # mean |.| = 0.5 on layer 1, 0.2 on layer 2
+    loss = orthogonality_loss(content, style, [3, 2])
+    assert loss.item() == pytest.approx((0.5 + 0.2) / 2)  # layers weigh the same, whatever their width
 
 
 def test_orthogonality_loss_is_zero_for_disjoint_masks():
     mask_c = torch.tensor([1.0, 1.0, 0.0, 0.0])
     mask_s = torch.tensor([0.0, 0.0, 1.0, 1.0])
     merger = torch.full((4,), 0.7)
-    assert orthogonality_loss([(merger * mask_c, merger * mask_s)]).item() == 0.0
+    assert orthogonality_loss(merger * mask_c, merger * mask_s, [4]).item() == 0.0

@@ -102,11 +102,11 @@ def train_step_times(base: str, image, rank: int, resolution: int, repeats: int)
     on the same base model, targets and rank."""
     trainer = _trainer(base, image, rank, resolution)
     steps = {"ours": trainer.train_step}
-    for same in (True, False):
-        steps[same] = peft_baseline_step(load_pipeline(base).unet, trainer.latents, trainer.embeds, rank,
+    for name, same in (("peft", True), ("peft_default_adamw", False)):
+        steps[name] = peft_baseline_step(load_pipeline(base).unet, trainer.latents, trainer.embeds, rank,
                                          trainer.noise_scheduler, same_optimizer=same)
     timings = Timing.interleaved(steps, repeats)
-    return timings["ours"], timings[True], timings[False]
+    return timings["ours"], timings["peft"], timings["peft_default_adamw"]
 
 
 def inference_times(base: str, image, rank: int, resolution: int, steps: int, repeats: int) -> dict[str, Timing]:

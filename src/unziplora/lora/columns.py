@@ -81,25 +81,16 @@ def grow_masks(
     return content_mask, style_mask
 
 
-def orthogonality_loss(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+def orthogonality_loss(content: torch.Tensor, style: torch.Tensor, widths: Sequence[int]) -> torch.Tensor:
     """L_orth = mean over layers of mean_j |m_c[j] M_c[j] * m_s[j] M_s[j]| (arXiv 2412.04465, Sec. 3, "Column separation", orthogonality loss).
 
-    Each pair holds one layer's masked merger vectors (m_c * M_c, m_s * M_s), shape (out,).
-    The per-layer means are averaged, so layers of different width weigh the same.
-    """
-    if not pairs:
-        raise ValueError("orthogonality_loss: no layers given")
-    content = torch.cat([c for c, _ in pairs])
-    style = torch.cat([s for _, s in pairs])
-    return flat_orthogonality_loss(content, style, [c.numel() for c, _ in pairs])
-
-
-def flat_orthogonality_loss(content: torch.Tensor, style: torch.Tensor, widths: Sequence[int]) -> torch.Tensor:
-    """`orthogonality_loss` over all layers laid end to end (`widths` columns each).
-
-    The mean of per-layer means is a weighted sum with weight 1 / (layers * width) per column:
+    `content` and `style` hold every layer's masked merger vectors (m_c * M_c, m_s * M_s) laid
+    end to end, `widths[i]` columns for layer i. The per-layer means are averaged, so layers of
+    different width weigh the same: a weighted sum with weight 1 / (layers * width) per column,
     a handful of kernels for the whole UNet instead of several per layer (SDXL has 560).
     """
+    if not widths:
+        raise ValueError("orthogonality_loss: no layers given")
     sizes = torch.tensor(list(widths), device=content.device)
     weights = torch.repeat_interleave(1.0 / (sizes * len(sizes)), sizes).to(content.dtype)
     return ((content * style).abs() * weights).sum()

@@ -19,7 +19,7 @@ from ..attention import SeparatedAttnProcessor
 from ..branch import Branch, Role
 from ..errors import UnZipLoRAError
 from ..profiles import Profile
-from .columns import flat_orthogonality_loss
+from .columns import orthogonality_loss
 from .layer import BRANCHES, TwoBranchLoraLinear
 
 PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -77,10 +77,9 @@ class TwoBranchLoRA:
             p.requires_grad_(on)
 
     def orthogonality_loss(self) -> torch.Tensor:
-        """L_orth over every layer (arXiv 2412.04465, Sec. 3; `columns.orthogonality_loss`), computed
-        on all layers' columns laid end to end: the same value as layer by layer, in a few kernels."""
+        """L_orth over every layer (arXiv 2412.04465, Sec. 3; `columns.orthogonality_loss`)."""
         content, style = (self._flat(b, "merger") * self._flat(b, "mask") for b in BRANCHES)
-        return flat_orthogonality_loss(content, style, self._widths())
+        return orthogonality_loss(content, style, self._widths())
 
     def _flat(self, branch: Branch, what: str) -> torch.Tensor:
         """One branch's merger vectors or effective masks of every layer, concatenated."""
@@ -97,7 +96,8 @@ class TwoBranchLoRA:
 
     @torch.no_grad()
     def restrict_merger_grads(self) -> None:
-        """`TwoBranchLoraLinear.restrict_merger_grads` for every layer, with one multiply per branch."""
+        """Mergers learn only on columns both branches use (METHOD §2.3, the authors' code); all
+        layers at once, one multiply per branch."""
         shared = self._flat(Branch.CONTENT, "mask") & self._flat(Branch.STYLE, "mask")
         dtype = next(iter(self.layers.values())).merger[Branch.CONTENT.value].dtype
         shared = shared.to(dtype).split(self._widths())
@@ -109,7 +109,8 @@ class TwoBranchLoRA:
 
     @torch.no_grad()
     def clamp_mergers(self) -> None:
-        """`TwoBranchLoraLinear.clamp_mergers` for every layer: m in [0, 1], two kernels in all."""
+        """Keep m in [0, 1] after every optimiser step (arXiv 2412.04465, Sec. 3, "Column
+        separation"); all layers at once, two kernels in all."""
         mergers = self.parameters("merger")
         torch._foreach_clamp_min_(mergers, 0.0)
         torch._foreach_clamp_max_(mergers, 1.0)

@@ -107,24 +107,6 @@ class TwoBranchLoraLinear(nn.Module):
             return self.merger[branch.value]  # M is all ones: skip building and multiplying it
         return self.merger[branch.value] * self.mask(branch)
 
-    def clamp_mergers(self) -> None:
-        """Keep m in [0, 1] after every optimiser step (arXiv 2412.04465, Sec. 3, "Column separation")."""
-        with torch.no_grad():
-            for b in BRANCHES:
-                self.merger[b.value].clamp_(0.0, 1.0)
-
-    def restrict_merger_grads(self) -> None:
-        """Mergers learn only on columns both branches use (METHOD §2.3, the authors' code)."""
-        shared = self.effective_mask(Branch.CONTENT) & self.effective_mask(Branch.STYLE)
-        for b in BRANCHES:
-            grad = self.merger[b.value].grad
-            if grad is not None:
-                grad.mul_(shared)
-
-    def orthogonality_pair(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(m_c * M_c, m_s * M_s) for the orthogonality loss."""
-        return self.column_scale(Branch.CONTENT), self.column_scale(Branch.STYLE)
-
     # ----- the update math -----------------------------------------------------------------
     def delta(self, branch: Branch, x: torch.Tensor) -> torch.Tensor:
         """(m * M) (.) B A x for one branch, computed low-rank (never forms B A)."""
