@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_decompose(args) -> None:
-    from .config import RunConfig, load_config
+    from .config import ABLATIONS, RunConfig, load_config
     from .decompose import decompose
 
     config = load_config(args.config) if args.config else RunConfig()
@@ -131,8 +131,7 @@ def run_decompose(args) -> None:
             "train.prior_images": args.prior_images,
         }
     )
-    ablation = {"unziplora-m1": {"masks.enabled": False}, "unziplora-m2": {"model.block_separation": False}}
-    config = config.with_overrides(ablation.get(args.method, {}))
+    config = config.with_overrides(ABLATIONS.get(args.method, {}))
     if args.method in ("dreambooth-lora", "b-lora"):
         from .methods.baselines import decompose_baseline
 

@@ -19,6 +19,10 @@ import yaml
 from .errors import UnZipLoRAError
 
 DEFAULT_BASE_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
+# The paper's ablations (arXiv 2412.04465, ablation study; docs/method.md §9) as config overrides
+# per method name: M1 prompt separation only, M2 plus column separation (M3, the full method,
+# adds block separation).
+ABLATIONS = {"unziplora-m1": {"masks.enabled": False}, "unziplora-m2": {"model.block_separation": False}}
 
 
 def _check(condition: bool, message: str) -> None:

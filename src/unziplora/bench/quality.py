@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..config import RunConfig, SampleConfig
+from ..config import ABLATIONS, RunConfig, SampleConfig
 from ..errors import UnZipLoRAError
 from ..generate import generate
 from ..runfolder import save_grid
@@ -29,7 +29,6 @@ from .memory import reset_peak_rss, rss_mb
 from ..toyworld import CLASSES, content_similarity, heldout_images, render, style_similarity
 
 METHODS = ("unziplora", "unziplora-m1", "unziplora-m2", "b-lora", "dreambooth-lora")
-ABLATIONS = {"unziplora-m1": {"masks.enabled": False}, "unziplora-m2": {"model.block_separation": False}}
 METRICS = ("subject_alignment", "style_alignment", "style_leakage", "subject_leakage", "combined", "cross")
 
 
