@@ -23,20 +23,25 @@ from unziplora.models import load_pipeline
 from unziplora.toyworld import HELDOUT_COMBOS, SEEN_COMBOS, classify_content, classify_style
 
 
+def tally(labelled) -> dict:
+    """Oracle accuracy over (image, true class, true family) triples."""
+    right_class = right_family = both = 0
+    for image, cls, fam in labelled:
+        c, f = classify_content(image) == cls, classify_style(image) == fam
+        right_class, right_family, both = right_class + c, right_family + f, both + (c and f)
+    n = len(labelled)
+    return {"images": n, "class_acc": right_class / n, "family_acc": right_family / n, "both_acc": both / n}
+
+
 @torch.no_grad()
 def judge(pipe, combos, per_combo: int, steps: int, guidance: float, seed: int) -> dict:
-    right_class = right_family = both = 0
+    labelled = []
     for i, (cls, fam) in enumerate(combos):
         images = pipe(f"A {cls} in {fam} style", num_images_per_prompt=per_combo, num_inference_steps=steps,
                       guidance_scale=guidance, height=64, width=64,
                       generator=torch.Generator().manual_seed(seed + i)).images
-        for image in images:
-            c, f = classify_content(image) == cls, classify_style(image) == fam
-            right_class += c
-            right_family += f
-            both += c and f
-    n = len(combos) * per_combo
-    return {"images": n, "class_acc": right_class / n, "family_acc": right_family / n, "both_acc": both / n}
+        labelled += [(image, cls, fam) for image in images]
+    return tally(labelled)
 
 
 @torch.no_grad()
@@ -52,11 +57,7 @@ def judge_vae(pipe, n: int, seed: int) -> dict:
     vae = pipe.vae
     recon = vae.decode(vae.encode(pixels.to(vae.dtype)).latent_dist.mean).sample.float()
     arrays = ((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-    right_class = right_family = both = 0
-    for s, a in zip(samples, arrays):
-        c, f = classify_content(a) == s.subject.cls, classify_style(a) == s.style.family
-        right_class, right_family, both = right_class + c, right_family + f, both + (c and f)
-    return {"images": n, "class_acc": right_class / n, "family_acc": right_family / n, "both_acc": both / n}
+    return tally([(a, s.subject.cls, s.style.family) for s, a in zip(samples, arrays)])
 
 
 def main() -> None:
