@@ -97,10 +97,9 @@ def peft_baseline_step(unet, latents, embeds: dict, rank: int, noise_scheduler, 
     return step
 
 
-def train_step_times(base: str, image, rank: int, resolution: int, repeats: int) -> tuple[Timing, Timing, Timing]:
+def train_step_times(base: str, trainer: Trainer, rank: int, repeats: int) -> tuple[Timing, Timing, Timing]:
     """(UnZipLoRA step, PEFT single-LoRA step with our optimiser, the same with torch's default AdamW)
     on the same base model, targets and rank."""
-    trainer = _trainer(base, image, rank, resolution)
     steps = {"ours": trainer.train_step}
     for name, same in (("peft", True), ("peft_default_adamw", False)):
         steps[name] = peft_baseline_step(load_pipeline(base).unet, trainer.latents, trainer.embeds, rank,
@@ -109,9 +108,9 @@ def train_step_times(base: str, image, rank: int, resolution: int, repeats: int)
     return timings["ours"], timings["peft"], timings["peft_default_adamw"]
 
 
-def inference_times(base: str, image, rank: int, resolution: int, steps: int, repeats: int) -> dict[str, Timing]:
-    """Base pipeline vs both branches (fused) vs content alone (fused), one image per call."""
-    trainer = _trainer(base, image, rank, resolution)
+def inference_times(base: str, trainer: Trainer, rank: int, resolution: int, steps: int, repeats: int) -> dict[str, Timing]:
+    """Base pipeline vs both branches (fused) vs content alone (fused), one image per call, with
+    the trainer's LoRA and prompt embeddings."""
     state = trainer.lora.state_dict()
     e = trainer.embeds
     sample = SampleConfig(steps=steps, seeds=[0])
@@ -133,8 +132,9 @@ def inference_times(base: str, image, rank: int, resolution: int, steps: int, re
 def run_speed(json_path: str | Path | None, base: str, image, rank: int = 16, resolution: int = 64,
               steps: int = 20, repeats: int = 5) -> dict:
     """Measure, print a Markdown table and write JSON (keys named in the speed issue)."""
-    ours, peft, peft_default = train_step_times(base, image, rank, resolution, repeats)
-    infer = inference_times(base, image, rank, resolution, steps, repeats)
+    trainer = _trainer(base, image, rank, resolution)  # one for both: its LoRA is what generation loads
+    ours, peft, peft_default = train_step_times(base, trainer, rank, repeats)
+    infer = inference_times(base, trainer, rank, resolution, steps, repeats)
     result = {
         "base_model": base, "rank": rank, "resolution": resolution, "inference_steps": steps, "repeats": repeats,
         "device": "cpu", "threads": torch.get_num_threads(),
