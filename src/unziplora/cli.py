@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seeds", type=int, default=2, help="quality: seeds per image")
     bench.add_argument("--train-steps", type=int, default=600, help="quality: steps per method")
     bench.add_argument("--workdir", default="runs/bench", help="quality: where the runs go")
+    bench.add_argument("--resume", action="store_true",
+                       help="quality: reuse the runs and scores an earlier invocation finished with the same settings")
     bench.add_argument("--json", help="write the results here")
     bench.add_argument("--base-model", help="default: the embedded toy-world model")
     bench.add_argument("--repeats", type=int, default=5)
@@ -249,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                 from .bench.quality import run_quality
 
                 run_quality(args.json, base, Path(args.workdir), args.images, args.seeds, args.train_steps,
-                            args.rank or 16, sample_steps=args.steps)
+                            args.rank or 16, sample_steps=args.steps, resume=args.resume)
         elif args.command == "eval":
             run_eval(args)
         elif args.command == "export":

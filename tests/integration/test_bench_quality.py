@@ -33,3 +33,24 @@ def test_a_method_that_cannot_run_on_the_base_model_is_a_skipped_row(tiny_base, 
                          sample_steps=1, methods=("unziplora", "b-lora"))
     assert "no content or no style modules" in report["methods"]["b-lora"]["skipped"]
     assert set(METRICS) <= set(report["methods"]["unziplora"])
+
+
+def test_resume_reuses_finished_runs_and_scores_and_retrains_when_settings_change(tiny_base, tmp_path, monkeypatch):
+    import unziplora.bench.quality as quality
+
+    args = dict(json_path=None, base=str(tiny_base), workdir=tmp_path / "work", n_images=2, seeds=1, steps=2,
+                rank=2, sample_steps=1, methods=("unziplora",), resume=True)
+    first = run_quality(**args)
+    trained, scored = [], []
+    real_train, real_score = quality._train, quality.score_run
+    monkeypatch.setattr(quality, "_train", lambda *a: trained.append(a[0]) or real_train(*a))
+    monkeypatch.setattr(quality, "score_run", lambda *a: scored.append(a[0]) or real_score(*a))
+    again = run_quality(**args)
+    assert trained == [] and scored == []
+    assert again["methods"]["unziplora"] == first["methods"]["unziplora"]
+    assert len(list((tmp_path / "work").glob("grid_img*.png"))) == 2
+
+    run_quality(**{**args, "steps": 3})  # other settings: nothing reused
+    assert trained == ["unziplora", "unziplora"] and len(scored) == 2
+    run_quality(**{**args, "steps": 3, "resume": False})  # no --resume: everything again
+    assert len(trained) == 4

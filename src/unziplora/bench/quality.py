@@ -10,12 +10,17 @@ seeds (mean and std):
 - cross:             A's content with B's style vs A's subject and B's style.
 A `ceiling` row scores fresh renders of the true subject and style, a `floor` row the base
 model with no LoRA on the same prompts.
+
+With `resume=True` a rerun of the same command reuses every run and every score the last one
+finished (each keyed by its exact settings), so a run of several CPU hours can span sessions.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +29,7 @@ from PIL import Image
 from ..config import ABLATIONS, RunConfig, SampleConfig
 from ..errors import UnZipLoRAError
 from ..generate import generate
-from ..runfolder import save_grid
+from ..runfolder import save_grid, write_text_atomic
 from .memory import reset_peak_rss, rss_mb
 from ..toyworld import CLASSES, content_similarity, heldout_images, render, style_similarity
 
@@ -43,6 +48,42 @@ def _train(method: str, image, config: RunConfig, out: Path):
     if method in BASELINES:
         return decompose_baseline(image, out, config, method, force=True, progress=False)
     return decompose(image, out, config.with_overrides(ABLATIONS.get(method, {})), force=True, progress=False)
+
+
+def _key(*parts) -> str:
+    """A digest of everything a cached result depends on."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _cached(path: Path, key: str) -> dict | None:
+    """The JSON record at `path` when it was written for exactly `key`, else None."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if record.get("key") == key else None
+
+
+def _model_fingerprint(base: str) -> list:
+    """Names, sizes and mtimes of a local base model's files: a retrained model gets a new key."""
+    folder = Path(base)
+    return [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()] if folder.is_dir() else [base]
+
+
+def _train_or_reuse(method: str, image, config: RunConfig, out: Path, resume: bool) -> tuple[Path, dict]:
+    """Train one run, or reuse the finished run of an earlier invocation with the same settings."""
+    key = _key(method, config.to_yaml(), _model_fingerprint(config.model.base_model))
+    record_path = out.with_name(out.name + ".bench.json")
+    record = _cached(record_path, key) if resume else None
+    if record is not None and (out / "manifest.json").is_file():
+        return out, record
+    reset_peak_rss()
+    t0 = time.perf_counter()
+    path = _train(method, image, config, out).path
+    record = {"key": key, "train_s": time.perf_counter() - t0, "peak_rss_mb": rss_mb("VmHWM")}
+    write_text_atomic(record_path, json.dumps(record))
+    return path, record
 
 
 def score_run(run_path: Path, other_path: Path | None, subject_img, style_img, other_style_img, cls: str,
@@ -77,16 +118,15 @@ def _summary(values: dict[str, list[float]]) -> dict[str, dict[str, float]]:
 
 
 def run_quality(json_path, base: str, workdir: Path, n_images: int = 12, seeds: int = 2, steps: int = 600,
-                rank: int = 16, lr: float = 1e-3, sample_steps: int = 30, methods=METHODS) -> dict:
+                rank: int = 16, lr: float = 1e-3, sample_steps: int = 30, methods=METHODS,
+                resume: bool = False) -> dict:
     triples = heldout_images(n_images, 64)
     sample = SampleConfig(steps=sample_steps, seeds=list(range(seeds)))
     results = {}
     examples: dict[int, list[Image.Image]] = {i: [] for i in range(len(triples))}
     for method in methods:
         values: dict[str, list[float]] = {m: [] for m in METRICS}
-        reset_peak_rss()
-        t0 = time.perf_counter()
-        runs = []
+        runs, records = [], []
         try:
             for i, (subject, style, image) in enumerate(triples):
                 config = RunConfig().with_overrides({
@@ -94,22 +134,31 @@ def run_quality(json_path, base: str, workdir: Path, n_images: int = 12, seeds: 
                     "train.steps": steps, "train.resolution": 64, "lora.rank": rank, "lora.lr": lr,
                     "sample.steps": sample_steps, "sample.seeds": [0], "train.checkpoint_every": 0,
                 })
-                runs.append(_train(method, image, config, workdir / method / f"img{i:02d}").path)
+                path, record = _train_or_reuse(method, image, config, workdir / method / f"img{i:02d}", resume)
+                runs.append(path)
+                records.append(record)
         except UnZipLoRAError as exc:  # e.g. B-LoRA on a base model whose profile has no style modules
             print(f"{method}: skipped: {exc}")
             results[method] = {"skipped": str(exc)}
             continue
-        train_s = time.perf_counter() - t0
         for i, (subject, style, image) in enumerate(triples):
             j = (i + 1) % len(triples)
             other = runs[j] if len(triples) > 1 else None
-            per_run, shown = score_run(runs[i], other, image, image, triples[j][2], subject.cls, sample,
-                                       workdir / method / f"gen{i:02d}")
+            work = workdir / method / f"gen{i:02d}"
+            key = _key(records[i]["key"], records[j]["key"] if other else None, asdict(sample))
+            cached = _cached(work / "scores.json", key) if resume else None
+            if cached is None:
+                per_run, shown = score_run(runs[i], other, image, image, triples[j][2], subject.cls, sample, work)
+                write_text_atomic(work / "scores.json", json.dumps({"key": key, "scores": per_run}))
+            else:
+                per_run = cached["scores"]
+                shown = [_images(work / kind)[0] for kind in ("content", "style", "both", "cross")
+                         if (work / kind).is_dir()]
             examples[i] += [image, *shown]
             for k, v in per_run.items():
                 values[k] += v
-        results[method] = {**_summary(values), "train_s_per_image": train_s / len(triples),
-                           "peak_rss_mb": rss_mb("VmHWM")}
+        results[method] = {**_summary(values), "train_s_per_image": float(np.mean([r["train_s"] for r in records])),
+                           "peak_rss_mb": max(r["peak_rss_mb"] for r in records)}
     ran = [m for m in methods if "skipped" not in results[m]]
     for i, tiles in examples.items():  # one row per method: input | content | style | both | cross
         if ran:
