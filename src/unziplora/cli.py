@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rank", type=int, help="LoRA rank (speed/quality: 16; memory: 64, the paper's)")
     bench.add_argument("--resolutions", type=int, nargs="+", default=[256, 512], help="memory: image sizes in px")
     bench.add_argument("--threads", type=int, default=1, help="memory: torch threads per measurement")
+    bench.add_argument("--rounds", type=int, default=3,
+                       help="memory: turns of (ours, PEFT, PEFT default AdamW) processes for the step-time ratio")
     ev = sub.add_parser("eval", help="CLIP-I/CLIP-T, DINO and CSD scores of generated images against a reference")
     ev.add_argument("generated", help="folder of generated PNG/JPEG images (e.g. RUN/samples/content)")
     ev.add_argument("--reference", required=True, nargs="+", help="reference image(s), e.g. the input")
@@ -242,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                 from .bench.memory import run_memory
 
                 run_memory(args.json, args.resolutions, args.rank or 64, repeats=min(args.repeats, 3),
-                           threads=args.threads)
+                           threads=args.threads, rounds=args.rounds)
             elif args.which == "speed":
                 from .bench.speed import run_speed
 

@@ -69,3 +69,19 @@ def test_fused_adamw_makes_the_same_update_as_torchs_default():
     for fused, reference, start in zip(*results, weights):
         assert not torch.equal(fused, start)  # it did step
         torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_step_time_ratio_runs_take_turns_and_merge_every_step():
+    from unziplora.bench.memory import RATIO_METHODS, interleaved_step_runs
+
+    calls = []
+
+    def fake_spawn(method, resolution, checkpointing, rank, repeats, limit_gb, threads):
+        calls.append(method)
+        slow = 2.0 if method == "unziplora" else 1.0
+        return {"method": method, "step_s": [slow * len(calls)] * repeats, "step_median_s": slow * len(calls)}
+
+    runs, per_round = interleaved_step_runs(128, 4, repeats=2, rounds=2, limit_gb=1, threads=1, spawn=fake_spawn)
+    assert calls == list(RATIO_METHODS) * 2  # a, b, c, a, b, c: not a, a, b, b, c, c
+    assert runs["unziplora"]["step_s"] == [2.0, 2.0, 8.0, 8.0] and runs["unziplora"]["step_median_s"] == 5.0
+    assert per_round == [2 / 2, 2 * 4 / 5]
