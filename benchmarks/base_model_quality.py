@@ -7,7 +7,13 @@ and the style oracle the right family. A first row scores the VAE's reconstructi
 renders (encode, decode): samples cannot be better than what the VAE can draw. Prints a
 table, writes JSON.
 
-    python benchmarks/base_model_quality.py [--per-combo 4] [--steps 30] [--json FILE]
+    python benchmarks/base_model_quality.py [--per-combo 4] [--steps 30] [--json FILE] [--diagnose]
+
+--diagnose adds two rows that locate the weakness: the VAE's reconstructions with noise added to
+the latents (is the decoder fragile?), and samples of the seen combos started from the training
+distribution at the first timestep instead of pure noise (a render's latent leaks through
+sqrt(alpha_bar_T) = 0.068 in training; does the gap to pure noise at inference matter? arXiv
+2305.08891, Sec. 3).
 """
 
 import argparse
@@ -44,20 +50,62 @@ def judge(pipe, combos, per_combo: int, steps: int, guidance: float, seed: int) 
     return tally(labelled)
 
 
-@torch.no_grad()
-def judge_vae(pipe, n: int, seed: int) -> dict:
-    """Oracle accuracy on VAE reconstructions of n renders from the pretraining distribution."""
+def renders(samples) -> np.ndarray:
     from unziplora.toyworld.render import render_array
+
+    return np.stack([render_array(s.subject, s.style, 64, s.seed) for s in samples])
+
+
+def encode(vae, arrays: np.ndarray) -> torch.Tensor:
+    """Scaled latents (the UNet's space) of uint8 HWC renders."""
+    pixels = torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return vae.encode(pixels.to(vae.dtype)).latent_dist.mean * vae.config.scaling_factor
+
+
+@torch.no_grad()
+def judge_vae(pipe, n: int, seed: int, latent_noise: float = 0.0) -> dict:
+    """Oracle accuracy on VAE reconstructions of n renders from the pretraining distribution,
+    optionally with Gaussian noise of std `latent_noise` added to the scaled latents."""
     from unziplora.toyworld.split import pretraining_sample
 
     rng = np.random.default_rng(seed)
     samples = [pretraining_sample(rng) for _ in range(n)]
-    arrays = np.stack([render_array(s.subject, s.style, 64, s.seed) for s in samples])
-    pixels = torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     vae = pipe.vae
-    recon = vae.decode(vae.encode(pixels.to(vae.dtype)).latent_dist.mean).sample.float()
+    latents = encode(vae, renders(samples))
+    latents = latents + latent_noise * torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
+    recon = vae.decode(latents / vae.config.scaling_factor).sample.float()
     arrays = ((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
     return tally([(a, s.subject.cls, s.style.family) for s, a in zip(samples, arrays)])
+
+
+@torch.no_grad()
+def judge_leaky_start(pipe, per_combo: int, steps: int, guidance: float, seed: int) -> dict:
+    """Seen combos sampled from x_T = z_0 + sigma_max * noise (z_0: a render of the combo), the
+    distribution the UNet saw at its last training timestep, with trailing timestep spacing so
+    that sampling starts at that timestep."""
+    from diffusers import EulerDiscreteScheduler
+
+    from unziplora.toyworld.split import pretraining_sample
+
+    original, pipe.scheduler = pipe.scheduler, EulerDiscreteScheduler.from_config(pipe.scheduler.config,
+                                                                                  timestep_spacing="trailing")
+    pipe.scheduler.set_timesteps(steps)
+    sigma_max, init_sigma = float(pipe.scheduler.sigmas[0]), float(pipe.scheduler.init_noise_sigma)
+    rng, wanted = np.random.default_rng(seed), {tuple(c): [] for c in SEEN_COMBOS}
+    while any(len(v) < per_combo for v in wanted.values()):  # seen combos only: pretraining draws them all
+        s = pretraining_sample(rng)
+        key = (s.subject.cls, s.style.family)
+        if key in wanted and len(wanted[key]) < per_combo:
+            wanted[key].append(s)
+    generator, labelled = torch.Generator().manual_seed(seed), []
+    for (cls, fam), samples in wanted.items():
+        z0 = encode(pipe.vae, renders(samples))
+        start = (z0 + sigma_max * torch.randn(z0.shape, generator=generator)) / init_sigma
+        images = pipe([f"A {cls} in {fam} style"] * len(samples), latents=start, num_inference_steps=steps,
+                      guidance_scale=guidance, height=64, width=64).images
+        labelled += [(image, cls, fam) for image in images]
+    pipe.scheduler = original
+    return tally(labelled)
 
 
 def main() -> None:
@@ -68,12 +116,16 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default="benchmarks/results/base_model_quality.json")
+    parser.add_argument("--diagnose", action="store_true", help="add the decoder-noise and leaky-start rows")
     args = parser.parse_args()
     pipe = load_pipeline(args.model)
     t0 = time.perf_counter()
     results = {"VAE reconstructions": judge_vae(pipe, 128, args.seed)}
     results |= {name: judge(pipe, combos, args.per_combo, args.steps, args.guidance, args.seed)
                for name, combos in (("seen combos", SEEN_COMBOS), ("held-out combos", HELDOUT_COMBOS))}
+    if args.diagnose:
+        results |= {f"VAE reconstructions, latent noise {s}": judge_vae(pipe, 128, args.seed, s) for s in (0.1, 0.2, 0.4)}
+        results["seen combos, leaky start"] = judge_leaky_start(pipe, args.per_combo, args.steps, args.guidance, args.seed)
     print("| combos | images | right class | right family | both |\n|---|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['images']} | {r['class_acc']:.1%} | {r['family_acc']:.1%} | {r['both_acc']:.1%} |")

@@ -138,7 +138,8 @@ def run_child(method: str, resolution: int, checkpointing: bool, rank: int, repe
     build_s = time.perf_counter() - t0
     if method == "unziplora":
         trainer = sdxl_trainer(unet, resolution, rank, checkpointing)
-        trainer.train_step()  # step 0 refreshes the masks; steady-state steps are measured below
+        trainer.train_step()  # step 0 refreshes the masks (no merger training, no L_orth)
+        trainer.train_step()  # first with merger training and L_orth (their grads and AdamW state): warm-up too
         step, counts = trainer.train_step, parameter_counts(trainer)
     else:
         if checkpointing:
