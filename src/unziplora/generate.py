@@ -154,8 +154,11 @@ def generate(
     pipe.to(torch_device)
     pipe.vae.to(torch.float32)
 
-    if mode in (Mode.CONTENT, Mode.STYLE):
-        source = content if mode is Mode.CONTENT else style
+    # A DreamBooth-LoRA run cannot split: its content and style LoRAs are one LoRA, so "both"
+    # is that LoRA once, with the whole prompt (summing the two branches would apply it twice).
+    one_lora = mode is Mode.BOTH and content.run is not None and content.run.manifest.get("method") == "dreambooth-lora"
+    if mode in (Mode.CONTENT, Mode.STYLE) or one_lora:
+        source = style if mode is Mode.STYLE else content
         pipe.load_lora_weights(source.stock_lora(), adapter_name=mode.value)
         if fused:  # diffusers' own fusion: W + B A, then drop the adapter layers
             pipe.fuse_lora(adapter_names=[mode.value])

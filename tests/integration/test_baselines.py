@@ -59,3 +59,27 @@ def test_dreambooth_prior_preservation_draws_class_images_and_changes_training(t
     with safe_open(str(plain.path / "content_lora" / "pytorch_lora_weights.safetensors"), "pt") as a, \
             safe_open(str(prior.path / "content_lora" / "pytorch_lora_weights.safetensors"), "pt") as b:
         assert any(not a.get_tensor(k).equal(b.get_tensor(k)) for k in a.keys())
+
+
+def test_dreambooth_lora_both_applies_its_one_lora_once(tiny_base, tiny_image, tmp_path):
+    """Its content and style LoRAs are the same file: "both" must not add it twice."""
+    import numpy as np
+    from PIL import Image
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    run = decompose_baseline(tiny_image, tmp_path / "d", tiny_config(tiny_base), "dreambooth-lora", progress=False)
+    weights = load_file(run.path / "content_lora" / "pytorch_lora_weights.safetensors")
+    torch.manual_seed(0)  # a few steps barely move B from 0: make the LoRA visible in the image
+    weights = {k: torch.randn_like(v) * 0.3 if "lora_B" in k else v for k, v in weights.items()}
+    for branch in ("content", "style"):
+        save_file(weights, run.path / f"{branch}_lora" / "pytorch_lora_weights.safetensors")
+    sample = SampleConfig(steps=2, seeds=[0])
+    prompt = "A <c> cat in <s> style"
+    both = generate(prompt, tmp_path / "both", "both", run=run.path, sample=sample)
+    once = generate(prompt, tmp_path / "once", "content", run=run.path, sample=sample)  # the one LoRA, whole prompt
+    twice = generate(prompt, tmp_path / "twice", "cross", content_run=run.path, style_run=run.path, sample=sample)
+    pixels = [np.asarray(Image.open(p[0]), dtype=np.int16) for p in (both, once, twice)]
+    assert np.abs(pixels[0] - pixels[1]).max() <= 1
+    assert np.abs(pixels[0] - pixels[2]).max() > 1  # summing both branches is a different image
