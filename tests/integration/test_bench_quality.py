@@ -30,9 +30,13 @@ def test_a_method_that_cannot_run_on_the_base_model_is_a_skipped_row(tiny_base, 
         "name: content-only\ndefault: {content: masked, style: masked}\n"
         "modules:\n- {prefix: up_blocks.0.attentions.0, content: all, style: masked}\n")
     report = run_quality(None, str(base), tmp_path / "work", n_images=2, seeds=1, steps=2, rank=2,
-                         sample_steps=1, methods=("unziplora", "b-lora"))
+                         sample_steps=1, methods=("unziplora", "b-lora", "b-lora-sdxl-blocks"))
     assert "no content or no style modules" in report["methods"]["b-lora"]["skipped"]
     assert set(METRICS) <= set(report["methods"]["unziplora"])
+    # the variant row runs B-LoRA on SDXL's profile blocks instead
+    assert set(METRICS) <= set(report["methods"]["b-lora-sdxl-blocks"])
+    manifest = json.loads((tmp_path / "work" / "b-lora-sdxl-blocks" / "img00" / "manifest.json").read_text())
+    assert manifest["method"] == "b-lora" and manifest["profile"]["name"] == "sdxl"
 
 
 def test_resume_reuses_finished_runs_and_scores_and_retrains_when_settings_change(tiny_base, tmp_path, monkeypatch):

@@ -33,7 +33,11 @@ from ..runfolder import save_grid, write_text_atomic
 from .memory import reset_peak_rss, rss_mb
 from ..toyworld import CLASSES, content_similarity, heldout_images, render, style_similarity
 
-METHODS = ("unziplora", "unziplora-m1", "unziplora-m2", "b-lora", "dreambooth-lora")
+METHODS = ("unziplora", "unziplora-m1", "unziplora-m2", "b-lora", "b-lora-sdxl-blocks", "dreambooth-lora")
+# Bench rows that are another method with other settings. B-LoRA needs content and style blocks;
+# where the base model's own profile names none (the embedded model's probe found no style
+# block), this row runs it on the blocks SDXL's profile names (METHOD §2.4), as B-LoRA does on SDXL.
+VARIANTS = {"b-lora-sdxl-blocks": ("b-lora", {"model.profile": "sdxl"})}
 METRICS = ("subject_alignment", "style_alignment", "style_leakage", "subject_leakage", "combined", "cross")
 
 
@@ -45,6 +49,8 @@ def _train(method: str, image, config: RunConfig, out: Path):
     from ..decompose import decompose
     from ..methods.baselines import BASELINES, decompose_baseline
 
+    method, overrides = VARIANTS.get(method, (method, {}))
+    config = config.with_overrides(overrides)
     if method in BASELINES:
         return decompose_baseline(image, out, config, method, force=True, progress=False)
     return decompose(image, out, config.with_overrides(ABLATIONS.get(method, {})), force=True, progress=False)
