@@ -77,9 +77,10 @@ def _model_fingerprint(base: str) -> list:
             for p in sorted(folder.rglob("*")) if p.is_file()] if folder.is_dir() else [base]
 
 
-def _train_or_reuse(method: str, image, config: RunConfig, out: Path, resume: bool) -> tuple[Path, dict]:
-    """Train one run, or reuse the finished run of an earlier invocation with the same settings."""
-    key = _key(method, config.to_yaml(), _model_fingerprint(config.model.base_model))
+def _train_or_reuse(method: str, image, config: RunConfig, out: Path, resume: bool, model_key) -> tuple[Path, dict]:
+    """Train one run, or reuse the finished run of an earlier invocation with the same settings
+    (`model_key`: the base model's `_model_fingerprint`)."""
+    key = _key(method, config.to_yaml(), model_key)
     record_path = out.with_name(out.name + ".bench.json")
     record = _cached(record_path, key) if resume else None
     if record is not None and (out / "manifest.json").is_file():
@@ -130,6 +131,7 @@ def run_quality(json_path, base: str, workdir: Path, n_images: int = 12, seeds: 
     sample = SampleConfig(steps=sample_steps, seeds=list(range(seeds)))
     results = {}
     examples: dict[int, list[Image.Image]] = {i: [] for i in range(len(triples))}
+    model_key = _model_fingerprint(base)
     for method in methods:
         values: dict[str, list[float]] = {m: [] for m in METRICS}
         runs, records = [], []
@@ -140,7 +142,8 @@ def run_quality(json_path, base: str, workdir: Path, n_images: int = 12, seeds: 
                     "train.steps": steps, "train.resolution": 64, "lora.rank": rank, "lora.lr": lr,
                     "sample.steps": sample_steps, "sample.seeds": [0], "train.checkpoint_every": 0,
                 })
-                path, record = _train_or_reuse(method, image, config, workdir / method / f"img{i:02d}", resume)
+                path, record = _train_or_reuse(method, image, config, workdir / method / f"img{i:02d}", resume,
+                                               model_key)
                 runs.append(path)
                 records.append(record)
         except UnZipLoRAError as exc:  # e.g. B-LoRA on a base model whose profile has no style modules
