@@ -95,15 +95,19 @@ class TwoBranchLoraLinear(nn.Module):
     def mask(self, branch: Branch) -> torch.Tensor:
         return getattr(self, f"{branch.value}_mask")
 
+    def unmasked(self, branch: Branch) -> bool:
+        """True when M is all ones for this branch now: it trains all columns, or masking is off."""
+        return self.roles[branch] is Role.ALL or not self.masking
+
     def effective_mask(self, branch: Branch) -> torch.Tensor:
-        """M for this branch now: all ones where the branch trains all columns or masking is off."""
-        if self.roles[branch] is Role.ALL or not self.masking:
+        """M for this branch now (see `unmasked`)."""
+        if self.unmasked(branch):
             return torch.ones_like(self.mask(branch))
         return self.mask(branch)
 
     def column_scale(self, branch: Branch) -> torch.Tensor:
         """m * M, the per-column factor of one branch (shape (out,))."""
-        if self.roles[branch] is Role.ALL or not self.masking:
+        if self.unmasked(branch):
             return self.merger[branch.value]  # M is all ones: skip building and multiplying it
         return self.merger[branch.value] * self.mask(branch)
 
