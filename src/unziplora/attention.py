@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
+from .lora.layer import TwoBranchLoraLinear
+
 CONTENT_KWARG = "content_encoder_hidden_states"
 STYLE_KWARG = "style_encoder_hidden_states"
 
@@ -24,7 +26,7 @@ def _project(layer, x: torch.Tensor, content: torch.Tensor | None, style: torch.
     """Call a projection with separated inputs when it is a two-branch layer, else plainly."""
     if content is None and style is None:
         return layer(x)
-    if not hasattr(layer, "delta"):  # a plain nn.Linear: no branch to separate
+    if not isinstance(layer, TwoBranchLoraLinear):  # a plain nn.Linear: no branch to separate
         return layer(x)
     return layer(x, content_input=content, style_input=style)
 

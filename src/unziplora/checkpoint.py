@@ -34,7 +34,8 @@ from .runfolder import load_safetensors, save_safetensors, write_text_atomic
 
 CHECKPOINT_DIR = "checkpoint"
 RECORD_FILE = "state.json"
-CHECKPOINT_FORMAT = 1
+# 2: one parameter per kind for both branches (lora.layer), so AdamW state is indexed differently.
+CHECKPOINT_FORMAT = 2
 # state.json names its tensors file; anything else (a path, "../x") is refused, not opened.
 _TENSORS_NAME = re.compile(r"tensors-\d{6,}\.safetensors")
 # Keys that change only what is written around training, not the trained numbers.
@@ -147,6 +148,9 @@ def read_record(folder: Path) -> dict | None:
         raise UnZipLoRAError(f"{path} is damaged; start over with --force")
     if record["format"] > CHECKPOINT_FORMAT:
         raise UnZipLoRAError(f"{path} was written by a newer unziplora; upgrade unziplora or start over with --force")
+    if record["format"] < CHECKPOINT_FORMAT:
+        raise UnZipLoRAError(f"{path} was written by an older unziplora, whose optimiser state this one cannot "
+                             "read; start over with --force")
     if not isinstance(record.get("tensors"), str) or not _TENSORS_NAME.fullmatch(record["tensors"]):
         raise UnZipLoRAError(f"{path} names an invalid tensors file {record.get('tensors')!r}; start over with --force")
     return record

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from unziplora import runfolder
-from unziplora.checkpoint import CHECKPOINT_DIR, RECORD_FILE
+from unziplora.checkpoint import CHECKPOINT_DIR, CHECKPOINT_FORMAT, RECORD_FILE
 from unziplora.cli import main
 from unziplora.decompose import decompose
 from unziplora.errors import UnZipLoRAError
@@ -204,15 +204,20 @@ def test_full_disk_while_saving_leaves_nothing_half_written(tiny_base, tiny_imag
         assert record_step(out) == 2  # the complete checkpoint of step 2 stays, ready for --resume
 
 
-def test_checkpoint_with_a_path_for_its_tensors_is_refused(cli_args, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("edit, message", [
+    ({"tensors": "../../elsewhere.safetensors"}, "invalid tensors file"),
+    ({"format": CHECKPOINT_FORMAT - 1}, "written by an older unziplora"),
+    ({"format": CHECKPOINT_FORMAT + 1}, "written by a newer unziplora"),
+], ids=["path-for-tensors", "older-format", "newer-format"])
+def test_checkpoint_record_that_cannot_be_trusted_is_refused(cli_args, tmp_path, capsys, monkeypatch, edit, message):
     out = tmp_path / "run"
     monkeypatch.setattr(Trainer, "train_step", _nan_at(3))
     assert main(cli_args(out)) == 2
     monkeypatch.undo()
     record_path = runfolder.partial_dir(out) / CHECKPOINT_DIR / RECORD_FILE
     record = json.loads(record_path.read_text())
-    record["tensors"] = "../../elsewhere.safetensors"
+    record.update(edit)
     record_path.write_text(json.dumps(record))
     capsys.readouterr()
     assert main(cli_args(out, "--resume")) == 2
-    assert "invalid tensors file" in capsys.readouterr().err
+    assert message in capsys.readouterr().err

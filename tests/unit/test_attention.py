@@ -20,11 +20,12 @@ def randomize(lora, seed=0):
     g = torch.Generator().manual_seed(seed)
     for layer in lora.layers.values():
         n = layer.out_features
-        layer.content_mask.copy_(torch.rand(n, generator=g) < 0.5)
-        layer.style_mask.copy_(~layer.content_mask & (torch.rand(n, generator=g) < 0.7))
+        content, style = layer.mask(Branch.CONTENT), layer.mask(Branch.STYLE)
+        content.copy_(torch.rand(n, generator=g) < 0.5)
+        style.copy_(~content & (torch.rand(n, generator=g) < 0.7))
         with torch.no_grad():
-            layer.merger["content"].copy_(torch.rand(n, generator=g))
-            layer.merger["style"].copy_(torch.rand(n, generator=g))
+            layer.merger(Branch.CONTENT).copy_(torch.rand(n, generator=g))
+            layer.merger(Branch.STYLE).copy_(torch.rand(n, generator=g))
 
 
 def merge_into_weights(unet_with_lora) -> UNet2DConditionModel:

@@ -8,6 +8,7 @@ import torch
 from unziplora.branch import Branch
 from unziplora.fuse import fuse_for_generation
 from unziplora.lora.inject import inject_two_branch_lora
+from unziplora.lora.layer import TwoBranchLoraLinear
 from unziplora.profiles import load_profile
 from unziplora.tiny import tiny_sdxl_components
 
@@ -40,13 +41,15 @@ def test_fused_combined_matches_separated(unet_with_lora):
         step["encoder_hidden_states"] = inputs["encoder_hidden_states"]
         assert torch.allclose(run(fused, step), run(unet_with_lora, step, cross_attention_kwargs=kwargs), atol=1e-5)
     assert torch.allclose(run(fused, inputs), reference, atol=1e-5)
-    assert not any(hasattr(m, "delta") for m in fused.modules())  # no LoRA layer left
+    assert not any(isinstance(m, TwoBranchLoraLinear) for m in fused.modules())  # no LoRA layer left
 
 
 @pytest.mark.parametrize("branch", [Branch.CONTENT, Branch.STYLE])
 def test_fused_single_branch_matches(unet_with_lora, branch):
     model = copy.deepcopy(unet_with_lora)
-    for layer in (m for m in model.modules() if hasattr(m, "delta")):
+    layers = [m for m in model.modules() if isinstance(m, TwoBranchLoraLinear)]
+    assert layers
+    for layer in layers:
         layer.active = {branch}
     inputs = unet_inputs(seed=4)
     reference = run(model, inputs)

@@ -19,14 +19,17 @@ def make_layer(roles=MASKED, rank=3, out_features=8, in_features=5, init="gaussi
 
 def test_forward_equals_dense_formula():
     layer = make_layer()
-    layer.content_mask[:4] = True
-    layer.style_mask[4:6] = True
+    layer.mask(Branch.CONTENT)[:4] = True
+    layer.mask(Branch.STYLE)[4:6] = True
     with torch.no_grad():
-        layer.merger["content"].uniform_(0, 1)
-        layer.merger["style"].uniform_(0, 1)
+        layer.merger(Branch.CONTENT).uniform_(0, 1)
+        layer.merger(Branch.STYLE).uniform_(0, 1)
     x, xc, xs = torch.randn(3, 2, 5), torch.randn(3, 2, 5), torch.randn(3, 2, 5)
     expected = layer.base(x) + xc @ layer.get_delta_weight(Branch.CONTENT).T + xs @ layer.get_delta_weight(Branch.STYLE).T
     assert torch.allclose(layer(x, xc, xs), expected, atol=1e-6)
+    layer.active = {Branch.STYLE}  # one branch with its own input
+    assert torch.allclose(layer(x, xc, xs), layer.base(x) + xs @ layer.get_delta_weight(Branch.STYLE).T, atol=1e-6)
+    layer.active = {Branch.CONTENT, Branch.STYLE}
     # omitted branch inputs default to x
     same = layer.base(x) + x @ (layer.get_delta_weight(Branch.CONTENT) + layer.get_delta_weight(Branch.STYLE)).T
     assert torch.allclose(layer(x), same, atol=1e-6)
@@ -34,13 +37,13 @@ def test_forward_equals_dense_formula():
 
 def test_gaussian_init_has_std_one_over_rank_and_zero_b_starts_at_base():
     layer = make_layer(rank=8, out_features=256, in_features=256)
-    for branch in ("content", "style"):
-        assert layer.down[branch].weight.std().item() == pytest.approx(1 / 8, rel=0.05)
-        assert layer.up[branch].weight.std().item() == pytest.approx(1 / 8, rel=0.05)
+    for branch in Branch:
+        assert layer.down(branch).std().item() == pytest.approx(1 / 8, rel=0.05)
+        assert layer.up(branch).std().item() == pytest.approx(1 / 8, rel=0.05)
     zero = make_layer(init="zero_b")
     x = torch.randn(4, 5)
-    zero.content_mask[:] = True
-    zero.style_mask[:] = True
+    zero.mask(Branch.CONTENT)[:] = True
+    zero.mask(Branch.STYLE)[:] = True
     assert torch.equal(zero(x), zero.base(x))
     with pytest.raises(ValueError):
         make_layer(init="xavier")
@@ -48,22 +51,22 @@ def test_gaussian_init_has_std_one_over_rank_and_zero_b_starts_at_base():
 
 def test_masked_columns_get_zero_gradient():
     layer = make_layer()
-    layer.content_mask[[1, 3]] = True
-    layer.style_mask[[0, 6]] = True
+    layer.mask(Branch.CONTENT)[[1, 3]] = True
+    layer.mask(Branch.STYLE)[[0, 6]] = True
     layer(torch.randn(4, 5)).pow(2).sum().backward()
-    grad_c, grad_s = layer.up["content"].weight.grad, layer.up["style"].weight.grad
-    outside_c = ~layer.content_mask
-    assert torch.all(grad_c[outside_c] == 0) and torch.all(grad_c[layer.content_mask].abs().sum(1) > 0)
-    assert torch.all(grad_s[~layer.style_mask] == 0) and torch.all(grad_s[layer.style_mask].abs().sum(1) > 0)
+    grad_c, grad_s = layer.grads(Branch.CONTENT)[1], layer.grads(Branch.STYLE)[1]
+    outside_c = ~layer.mask(Branch.CONTENT)
+    assert torch.all(grad_c[outside_c] == 0) and torch.all(grad_c[layer.mask(Branch.CONTENT)].abs().sum(1) > 0)
+    assert torch.all(grad_s[~layer.mask(Branch.STYLE)] == 0) and torch.all(grad_s[layer.mask(Branch.STYLE)].abs().sum(1) > 0)
     # mergers outside the mask get no gradient either
-    assert torch.all(layer.merger["content"].grad[outside_c] == 0)
+    assert torch.all(layer.grads(Branch.CONTENT)[2][outside_c] == 0)
 
 
 def test_unmasked_step_trains_every_column():
     layer = make_layer()
     layer.masking = False  # the refresh step
     layer(torch.randn(4, 5)).pow(2).sum().backward()
-    assert torch.all(layer.up["content"].weight.grad.abs().sum(1) > 0)
+    assert torch.all(layer.grads(Branch.CONTENT)[1].abs().sum(1) > 0)
 
 
 def test_all_columns_role_ignores_the_mask():
@@ -76,26 +79,27 @@ def test_all_columns_role_ignores_the_mask():
 def test_mergers_learn_only_where_both_masks_are_on_and_stay_clamped():
     roles = {Branch.CONTENT: Role.ALL, Branch.STYLE: Role.MASKED}
     layer = make_layer(roles)
-    layer.style_mask[[2, 5]] = True
+    layer.mask(Branch.STYLE)[[2, 5]] = True
     layer(torch.randn(4, 5)).pow(2).sum().backward()
     lora = TwoBranchLoRA({"layer": layer}, rank=3)
     lora.restrict_merger_grads()
-    for branch in ("content", "style"):
-        nonzero = (layer.merger[branch].grad != 0).nonzero().flatten().tolist()
+    for branch in Branch:
+        nonzero = (layer.grads(branch)[2] != 0).nonzero().flatten().tolist()
         assert set(nonzero) <= {2, 5}
     with torch.no_grad():
-        layer.merger["content"].copy_(torch.linspace(-1, 2, 8))
+        layer.merger(Branch.CONTENT).copy_(torch.linspace(-1, 2, 8))
     lora.clamp_mergers()
-    assert layer.merger["content"].min() >= 0 and layer.merger["content"].max() <= 1
+    assert layer.merger(Branch.CONTENT).min() >= 0 and layer.merger(Branch.CONTENT).max() <= 1
 
 
 def test_cone_scores_match_hand_built_gradient():
     layer = make_layer()
     layer.masking = False
     layer(torch.randn(4, 5)).pow(2).sum().backward()
-    a, b = layer.down["content"].weight, layer.up["content"].weight
+    a, b = layer.down(Branch.CONTENT), layer.up(Branch.CONTENT)
+    a_grad, b_grad, _ = layer.grads(Branch.CONTENT)
     dw = b @ a
-    g = b.grad @ a + b @ a.grad  # mergers are 1
+    g = b_grad @ a + b @ a_grad  # mergers are 1
     expected = ((dw * g).abs() > 1e-5).float().mean(1)
     assert torch.allclose(layer.cone_scores(Branch.CONTENT), expected)
 
@@ -106,22 +110,22 @@ def test_refresh_masks_grows_disjoint_masks_of_k_columns():
         layer.masking = False
         layer.zero_grad()
         layer(torch.randn(4, 5)).pow(2).sum().backward()
-        before = layer.content_mask.clone()
+        before = layer.mask(Branch.CONTENT).clone()
         layer.refresh_masks(fraction=0.1)
-        assert (layer.content_mask & before).equal(before)
-    assert not (layer.content_mask & layer.style_mask).any()
-    assert 2 <= int(layer.content_mask.sum()) <= 6  # k = 2 per refresh, at most 30 %
-    assert 2 <= int(layer.style_mask.sum()) <= 6
+        assert (layer.mask(Branch.CONTENT) & before).equal(before)
+    assert not (layer.mask(Branch.CONTENT) & layer.mask(Branch.STYLE)).any()
+    assert 2 <= int(layer.mask(Branch.CONTENT).sum()) <= 6  # k = 2 per refresh, at most 30 %
+    assert 2 <= int(layer.mask(Branch.STYLE).sum()) <= 6
 
 
 def test_folded_up_is_an_ordinary_lora():
     layer = make_layer()
-    layer.content_mask[:5] = True
+    layer.mask(Branch.CONTENT)[:5] = True
     with torch.no_grad():
-        layer.merger["content"].fill_(0.25)
+        layer.merger(Branch.CONTENT).fill_(0.25)
     x = torch.randn(2, 5)
     layer.active = {Branch.CONTENT}
-    plain = layer.base(x) + (x @ layer.down["content"].weight.T) @ layer.folded_up(Branch.CONTENT).T
+    plain = layer.base(x) + (x @ layer.down(Branch.CONTENT).T) @ layer.folded_up(Branch.CONTENT).T
     assert torch.allclose(layer(x), plain, atol=1e-6)
 
 
@@ -137,10 +141,10 @@ def test_unet_wide_merger_ops_equal_the_per_layer_definitions():
     lora = TwoBranchLoRA(layers, rank=3)
     g = torch.Generator().manual_seed(1)
     for layer in layers.values():
-        for b in ("content", "style"):
+        for b in Branch:
             with torch.no_grad():
-                layer.merger[b].copy_(torch.rand(layer.out_features, generator=g) * 1.4 - 0.2)
-            layer.mask(Branch(b)).copy_(torch.rand(layer.out_features, generator=g) < 0.5)
+                layer.merger(b).copy_(torch.rand(layer.out_features, generator=g) * 1.4 - 0.2)
+            layer.mask(b).copy_(torch.rand(layer.out_features, generator=g) < 0.5)
 
     batched = lora.orthogonality_loss()
     batched.backward()
@@ -159,10 +163,10 @@ def test_unet_wide_merger_ops_equal_the_per_layer_definitions():
     expected = []
     for layer in layers.values():
         shared = layer.effective_mask(Branch.CONTENT) & layer.effective_mask(Branch.STYLE)
-        expected += [layer.merger[b].grad * shared for b in ("content", "style")]
+        expected.append(layer.mergers.grad * shared)
     lora.restrict_merger_grads()
     assert all(torch.equal(e, p.grad) for e, p in zip(expected, lora.parameters("merger")))
 
     lora.clamp_mergers()
-    values = torch.cat([p.detach() for p in lora.parameters("merger")])
+    values = torch.cat([p.detach().flatten() for p in lora.parameters("merger")])
     assert values.min() == 0.0 and values.max() == 1.0

@@ -27,6 +27,8 @@ from types import SimpleNamespace
 
 import torch
 
+from ..lora.layer import BRANCHES
+
 MB = 2**20
 
 
@@ -122,8 +124,8 @@ def peft_step_fn(unet, resolution: int, rank: int, same_optimizer: bool = True):
 def parameter_counts(trainer) -> dict[str, int]:
     """Base UNet, each branch's A/B matrices, mergers, and AdamW state (two moments per trainable value)."""
     lora = trainer.lora
-    branch = {b: sum(layer.down[b].weight.numel() + layer.up[b].weight.numel() for layer in lora.layers.values())
-              for b in ("content", "style")}
+    branch = {b.value: sum(layer.down(b).numel() + layer.up(b).numel() for layer in lora.layers.values())
+              for b in BRANCHES}
     mergers = sum(p.numel() for p in lora.parameters("merger"))
     ours = {id(p) for p in lora.parameters("lora") + lora.parameters("merger")}
     base = sum(p.numel() for p in trainer.pipe.unet.parameters() if id(p) not in ours)

@@ -65,9 +65,9 @@ class TwoBranchLoRA:
         params = []
         for layer in self.layers.values():
             if kind == "lora":
-                params += [p for m in (layer.down, layer.up) for p in m.parameters()]
+                params += [layer.down_weight, layer.up_weight]
             elif kind == "merger":
-                params += list(layer.merger.parameters())
+                params.append(layer.mergers)
             else:
                 raise ValueError(kind)
         return params
@@ -78,14 +78,14 @@ class TwoBranchLoRA:
 
     def orthogonality_loss(self) -> torch.Tensor:
         """L_orth over every layer (arXiv 2412.04465, Sec. 3; `columns.orthogonality_loss`)."""
-        content, style = (self._flat(b, "merger") * self._flat(b, "mask") for b in BRANCHES)
+        content, style = self._flat("merger") * self._flat("mask")
         return orthogonality_loss(content, style, self._widths())
 
-    def _flat(self, branch: Branch, what: str) -> torch.Tensor:
-        """One branch's merger vectors or effective masks of every layer, concatenated."""
+    def _flat(self, what: str) -> torch.Tensor:
+        """Both branches' merger vectors or effective masks of every layer, laid end to end: (2, columns)."""
         if what == "merger":
-            return torch.cat([layer.merger[branch.value] for layer in self.layers.values()])
-        return torch.cat([layer.effective_mask(branch) for layer in self.layers.values()])
+            return torch.cat([layer.mergers for layer in self.layers.values()], dim=1)
+        return torch.cat([layer.effective_masks() for layer in self.layers.values()], dim=1)
 
     def _widths(self) -> list[int]:
         return [layer.out_features for layer in self.layers.values()]
@@ -97,15 +97,14 @@ class TwoBranchLoRA:
     @torch.no_grad()
     def restrict_merger_grads(self) -> None:
         """Mergers learn only on columns both branches use (METHOD §2.3, the authors' code); all
-        layers at once, one multiply per branch."""
-        shared = self._flat(Branch.CONTENT, "mask") & self._flat(Branch.STYLE, "mask")
-        dtype = next(iter(self.layers.values())).merger[Branch.CONTENT.value].dtype
-        shared = shared.to(dtype).split(self._widths())
-        for b in BRANCHES:
-            pairs = [(layer.merger[b.value].grad, keep) for layer, keep in zip(self.layers.values(), shared)
-                     if layer.merger[b.value].grad is not None]
-            if pairs:
-                torch._foreach_mul_([g for g, _ in pairs], [keep for _, keep in pairs])
+        layers at once, one multiply per layer."""
+        content, style = self._flat("mask")
+        dtype = next(iter(self.layers.values())).mergers.dtype
+        shared = (content & style).to(dtype).split(self._widths())
+        pairs = [(layer.mergers.grad, keep.expand(2, -1)) for layer, keep in zip(self.layers.values(), shared)
+                 if layer.mergers.grad is not None]
+        if pairs:
+            torch._foreach_mul_([g for g, _ in pairs], [keep for _, keep in pairs])
 
     @torch.no_grad()
     def clamp_mergers(self) -> None:
@@ -135,9 +134,9 @@ class TwoBranchLoRA:
         state = {}
         for name, layer in self.layers.items():
             for b in BRANCHES:
-                state[f"{name}.{b.value}.lora_A"] = layer.down[b.value].weight.detach().float().cpu().contiguous()
-                state[f"{name}.{b.value}.lora_B"] = layer.up[b.value].weight.detach().float().cpu().contiguous()
-                state[f"{name}.{b.value}.merger"] = layer.merger[b.value].detach().float().cpu().contiguous()
+                state[f"{name}.{b.value}.lora_A"] = _saved(layer.down(b))
+                state[f"{name}.{b.value}.lora_B"] = _saved(layer.up(b))
+                state[f"{name}.{b.value}.merger"] = _saved(layer.merger(b))
                 mask = layer.mask(b) if raw else layer.mask(b) | (layer.roles[b] is Role.ALL)
                 state[f"{name}.{b.value}.mask"] = mask.detach().to(torch.uint8).cpu().contiguous()
         return state
@@ -153,9 +152,9 @@ class TwoBranchLoRA:
                     f"{source} has no {branch.value} weights for {name}: it was made for another base model"
                 ) from None
             expected = {
-                "lora_A": layer.down[branch.value].weight.shape,
-                "lora_B": layer.up[branch.value].weight.shape,
-                "merger": layer.merger[branch.value].shape,
+                "lora_A": layer.down(branch).shape,
+                "lora_B": layer.up(branch).shape,
+                "merger": layer.merger(branch).shape,
                 "mask": layer.mask(branch).shape,
             }
             for key, shape in expected.items():
@@ -165,9 +164,9 @@ class TwoBranchLoRA:
                         f"{tuple(shape)}; use the base model the run was trained on"
                     )
             with torch.no_grad():
-                layer.down[branch.value].weight.copy_(tensors["lora_A"])
-                layer.up[branch.value].weight.copy_(tensors["lora_B"])
-                layer.merger[branch.value].copy_(tensors["merger"])
+                layer.down(branch).copy_(tensors["lora_A"])
+                layer.up(branch).copy_(tensors["lora_B"])
+                layer.merger(branch).copy_(tensors["merger"])
                 layer.mask(branch).copy_(tensors["mask"].bool())
 
     def folded_lora(self, branch: Branch) -> dict[str, torch.Tensor]:
@@ -175,9 +174,14 @@ class TwoBranchLoRA:
         state = {}
         for name, layer in self.layers.items():
             with torch.no_grad():
-                state[f"{name}.lora_A.weight"] = layer.down[branch.value].weight.detach().float().cpu().contiguous()
-                state[f"{name}.lora_B.weight"] = layer.folded_up(branch).detach().float().cpu().contiguous()
+                state[f"{name}.lora_A.weight"] = _saved(layer.down(branch))
+                state[f"{name}.lora_B.weight"] = _saved(layer.folded_up(branch))
         return state
+
+
+def _saved(tensor: torch.Tensor) -> torch.Tensor:
+    """A standalone fp32 CPU copy (a branch's view shares storage with the other branch)."""
+    return tensor.detach().float().cpu().contiguous().clone()
 
 
 def inject_two_branch_lora(

@@ -7,6 +7,13 @@ each scaled per output column by a learned merger vector m and a hard column mas
 
 x_c and x_s default to x; the prompt-separated cross-attention processor feeds K/V
 projections the content and style prompt embeddings instead (Sec. 3, "Prompt separation").
+
+Storage: both branches live in one parameter per kind (A: (2, r, in), B: (out, 2, r),
+m: (2, out), M: (2, out)), branch 0 = content, 1 = style. Where both branches see one input
+the update is then one LoRA of rank 2r, [B_c | B_s] [A_c; A_s] x, with no per-step
+concatenation: half the operations and optimiser tensors of two separate LoRAs, which is what
+a training step costs on a model of narrow layers (bench speed). `down`, `up`, `merger` and
+`mask` give one branch's views.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from ..branch import Branch, Role
 from .columns import CONE_THRESHOLD, columns_per_refresh, cone_score, grow_masks
 
 BRANCHES = (Branch.CONTENT, Branch.STYLE)
+INDEX = {Branch.CONTENT: 0, Branch.STYLE: 1}
 
 
 class TwoBranchLoraLinear(nn.Module):
@@ -50,17 +58,13 @@ class TwoBranchLoraLinear(nn.Module):
         self.active: set[Branch] = set(BRANCHES)
         out_features, in_features = base.out_features, base.in_features
         device = base.weight.device
-        self.down = nn.ModuleDict(
-            {b.value: nn.Linear(in_features, rank, bias=False, device=device) for b in BRANCHES}
-        )
-        self.up = nn.ModuleDict(
-            {b.value: nn.Linear(rank, out_features, bias=False, device=device) for b in BRANCHES}
-        )
-        self.merger = nn.ParameterDict(
-            {b.value: nn.Parameter(torch.ones(out_features, device=device)) for b in BRANCHES}
-        )
-        for b in BRANCHES:
-            self.register_buffer(f"{b.value}_mask", torch.zeros(out_features, dtype=torch.bool, device=device))
+        self.down_weight = nn.Parameter(torch.empty(2, rank, in_features, device=device))
+        self.up_weight = nn.Parameter(torch.empty(out_features, 2, rank, device=device))
+        self.mergers = nn.Parameter(torch.ones(2, out_features, device=device))
+        self.register_buffer("masks", torch.zeros(2, out_features, dtype=torch.bool, device=device))
+        owns_all = [[self.roles[b] is Role.ALL] for b in BRANCHES]
+        self.register_buffer("owns_all", torch.tensor(owns_all, device=device), persistent=False)
+        self.any_owns_all = any(row[0] for row in owns_all)
         self.reset_parameters(init, generator)
 
     @property
@@ -71,6 +75,30 @@ class TwoBranchLoraLinear(nn.Module):
     def out_features(self) -> int:
         return self.base.out_features
 
+    # ----- one branch's views ----------------------------------------------------------------
+    def down(self, branch: Branch) -> torch.Tensor:
+        """A of one branch, (r, in)."""
+        return self.down_weight[INDEX[branch]]
+
+    def up(self, branch: Branch) -> torch.Tensor:
+        """B of one branch, (out, r)."""
+        return self.up_weight[:, INDEX[branch]]
+
+    def merger(self, branch: Branch) -> torch.Tensor:
+        """m of one branch, (out,)."""
+        return self.mergers[INDEX[branch]]
+
+    def mask(self, branch: Branch) -> torch.Tensor:
+        """The hard mask M of one branch as stored (a view: writing into it sets the mask)."""
+        return self.masks[INDEX[branch]]
+
+    def grads(self, branch: Branch) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Gradients of (A, B, m) of one branch from the last backward pass (None where absent)."""
+        i = INDEX[branch]
+        pick = (lambda g: g[i]), (lambda g: g[:, i]), (lambda g: g[i])
+        params = (self.down_weight, self.up_weight, self.mergers)
+        return tuple(None if p.grad is None else view(p.grad) for p, view in zip(params, pick))
+
     def reset_parameters(self, init: str, generator: torch.Generator | None = None) -> None:
         """Initialise both branches.
 
@@ -80,7 +108,7 @@ class TwoBranchLoraLinear(nn.Module):
         """
         with torch.no_grad():
             for b in BRANCHES:
-                down, up = self.down[b.value].weight, self.up[b.value].weight
+                down, up = self.down(b), self.up(b)
                 if init == "gaussian":
                     down.copy_(torch.randn(down.shape, generator=generator) / self.rank)
                     up.copy_(torch.randn(up.shape, generator=generator) / self.rank)
@@ -92,39 +120,40 @@ class TwoBranchLoraLinear(nn.Module):
                     raise ValueError(f"unknown LoRA init {init!r}: use 'gaussian' or 'zero_b'")
 
     # ----- masks and mergers -------------------------------------------------------------
-    def mask(self, branch: Branch) -> torch.Tensor:
-        return getattr(self, f"{branch.value}_mask")
-
     def unmasked(self, branch: Branch) -> bool:
         """True when M is all ones for this branch now: it trains all columns, or masking is off."""
         return self.roles[branch] is Role.ALL or not self.masking
 
+    def effective_masks(self) -> torch.Tensor:
+        """M of both branches now, (2, out) bool: all ones where `unmasked`."""
+        if not self.masking:
+            return torch.ones_like(self.masks)
+        return self.masks | self.owns_all if self.any_owns_all else self.masks
+
     def effective_mask(self, branch: Branch) -> torch.Tensor:
-        """M for this branch now (see `unmasked`)."""
-        if self.unmasked(branch):
-            return torch.ones_like(self.mask(branch))
-        return self.mask(branch)
+        return self.effective_masks()[INDEX[branch]]
+
+    def column_scales(self) -> torch.Tensor:
+        """m * M of both branches, (2, out): the per-column factors."""
+        if all(self.unmasked(b) for b in BRANCHES):
+            return self.mergers  # M is all ones: skip building and multiplying it
+        return self.mergers * self.effective_masks()
 
     def column_scale(self, branch: Branch) -> torch.Tensor:
-        """m * M, the per-column factor of one branch (shape (out,))."""
-        if self.unmasked(branch):
-            return self.merger[branch.value]  # M is all ones: skip building and multiplying it
-        return self.merger[branch.value] * self.mask(branch)
+        return self.column_scales()[INDEX[branch]]
 
     # ----- the update math -----------------------------------------------------------------
-    def delta(self, branch: Branch, x: torch.Tensor) -> torch.Tensor:
-        """(m * M) (.) B A x for one branch, computed low-rank (never forms B A)."""
-        down, up = self.down[branch.value], self.up[branch.value]
-        h = up(down(x.to(down.weight.dtype)))
-        return h * self.column_scale(branch).to(h.dtype)
-
-    def get_delta_weight(self, branch: Branch) -> torch.Tensor:
-        """The dense update (m * M)[:, None] * (B A), shape (out, in)."""
-        return self.folded_up(branch) @ self.down[branch.value].weight
+    def folded_ups(self) -> torch.Tensor:
+        """[B_c | B_s] with m * M folded into their rows, (out, 2, r)."""
+        return self.up_weight * self.column_scales().t().unsqueeze(-1)
 
     def folded_up(self, branch: Branch) -> torch.Tensor:
         """B with mask and merger folded into its rows: the up matrix of an ordinary LoRA."""
-        return self.column_scale(branch)[:, None] * self.up[branch.value].weight
+        return self.column_scale(branch)[:, None] * self.up(branch)
+
+    def get_delta_weight(self, branch: Branch) -> torch.Tensor:
+        """The dense update (m * M)[:, None] * (B A), shape (out, in)."""
+        return self.folded_up(branch) @ self.down(branch)
 
     def forward(
         self,
@@ -133,17 +162,25 @@ class TwoBranchLoraLinear(nn.Module):
         style_input: torch.Tensor | None = None,
     ) -> torch.Tensor:
         out = self.base(x)
-        active = [b for b in BRANCHES if b in self.active]
-        if content_input is None and style_input is None and active:
-            # One input for every branch: stack them into one LoRA of rank k*r, two matmuls
-            # instead of 2k (same sum, fewer kernels; the common case: all but cross-attn K/V).
-            down = torch.cat([self.down[b.value].weight for b in active])
-            up = torch.cat([self.folded_up(b) for b in active], dim=1)
-            return out + F.linear(F.linear(x.to(down.dtype), down), up).to(out.dtype)
-        inputs = {Branch.CONTENT: content_input, Branch.STYLE: style_input}
-        for branch in active:
-            branch_x = inputs[branch] if inputs[branch] is not None else x
-            out = out + self.delta(branch, branch_x).to(out.dtype)
+        if not self.active:
+            return out
+        ups = self.folded_ups()
+        dtype = ups.dtype
+        if content_input is None and style_input is None and len(self.active) == 2:
+            # One input for both branches (all but cross-attn K/V): one LoRA of rank 2r.
+            h = F.linear(F.linear(x.to(dtype), self.down_weight.flatten(0, 1)), ups.flatten(1))
+            return out + h.to(out.dtype)
+        inputs = [x if given is None else given for given in (content_input, style_input)]
+        if len(self.active) == 2 and inputs[0].shape == inputs[1].shape == x.shape:
+            # Separated inputs (cross-attn K/V): both branches in one batched matmul per factor.
+            xs = torch.stack(inputs).to(dtype).flatten(1, -2)  # (2, tokens, in)
+            h = torch.bmm(torch.bmm(xs, self.down_weight.transpose(1, 2)), ups.permute(1, 2, 0))
+            return out + h.sum(0).view(out.shape).to(out.dtype)
+        for branch in BRANCHES:
+            if branch in self.active:
+                i = INDEX[branch]
+                h = F.linear(F.linear(inputs[i].to(dtype), self.down_weight[i]), ups[:, i])
+                out = out + h.to(out.dtype)
         return out
 
     # ----- column selection -----------------------------------------------------------------
@@ -155,12 +192,13 @@ class TwoBranchLoraLinear(nn.Module):
         fields, as in the authors' code. dB already carries one factor m (the forward multiplies
         by m), so G carries m twice; at the first refresh m = 1 and the two readings agree.
         """
-        down, up = self.down[branch.value].weight, self.up[branch.value].weight
-        if down.grad is None or up.grad is None:
+        down, up = self.down(branch).float(), self.up(branch).float()
+        down_grad, up_grad, _ = self.grads(branch)
+        if down_grad is None or up_grad is None:
             raise RuntimeError("cone_scores needs gradients: call it right after backward()")
-        merger = self.merger[branch.value].float()[:, None]
-        delta_weight = up.float() @ down.float()
-        delta_grad = (up.grad.float() @ down.float() + up.float() @ down.grad.float()) * merger
+        merger = self.merger(branch).float()[:, None]
+        delta_weight = up @ down
+        delta_grad = (up_grad.float() @ down + up @ down_grad.float()) * merger
         return cone_score(delta_weight, delta_grad, threshold)
 
     @torch.no_grad()

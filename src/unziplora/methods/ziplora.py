@@ -31,7 +31,7 @@ from ..sources import BranchSource
 
 def merger_cosine(lora) -> torch.Tensor:
     """sum over layers of |cos(m_c, m_s)| (ZipLoRA's orthogonality term)."""
-    terms = [F.cosine_similarity(l.merger["content"], l.merger["style"], dim=0).abs() for l in lora.layers.values()]
+    terms = [F.cosine_similarity(l.merger(Branch.CONTENT), l.merger(Branch.STYLE), dim=0).abs() for l in lora.layers.values()]
     return torch.stack(terms).sum()
 
 
@@ -63,8 +63,8 @@ def ziplora_merge(content: BranchSource, style: BranchSource, base_model: str, p
     lora.load_branch(content.branch_state(lora), Branch.CONTENT, str(content.path))
     lora.load_branch(style.branch_state(lora), Branch.STYLE, str(style.path))
     for layer in lora.layers.values():
-        layer.down.requires_grad_(False)
-        layer.up.requires_grad_(False)
+        layer.down_weight.requires_grad_(False)
+        layer.up_weight.requires_grad_(False)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     plan = []  # (branch, prompt index, noisy latent, timestep, time ids, target)
     for i, (branch, source) in enumerate(((Branch.CONTENT, content), (Branch.STYLE, style))):
