@@ -67,6 +67,8 @@ class Trainer:
     step: int = 0
     refresh_pending: bool = False  # a refresh whose gradients overflowed (fp16) is retried next step
     timings: dict[str, float] = field(default_factory=dict)
+    # Seconds spent in the last step's forward (through the loss), backward and update (bench speed).
+    last_phases: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def prepare(cls, config, pipe, image, prompts: PromptTriple, profile: Profile, device, dtype):
@@ -128,6 +130,7 @@ class Trainer:
     def train_step(self) -> StepLog:
         """One optimiser step; a refresh step also grows the masks (arXiv 2412.04465, Sec. 3)."""
         cfg, step = self.config, self.step
+        t0 = time.perf_counter()
         refresh = self.is_refresh_step(step) or self.refresh_pending
         self.lora.set_masking(not refresh)
         self.lora.set_mergers_trainable(cfg.masks.enabled and not refresh)
@@ -143,7 +146,9 @@ class Trainer:
             raise NonFiniteLoss(step, loss.item())
 
         self.optimizer.zero_grad(set_to_none=True)
+        t1 = time.perf_counter()
         self.scaler.scale(loss).backward()
+        t2 = time.perf_counter()
         self.scaler.unscale_(self.optimizer)  # cone scores and clipping need true gradients
         if refresh:
             grads = [p.grad for p in self.lora.parameters("lora") if p.grad is not None]
@@ -158,6 +163,7 @@ class Trainer:
         self.scaler.update()
         self.lora.clamp_mergers()
         self.lora.set_masking(True)
+        self.last_phases = {"forward": t1 - t0, "backward": t2 - t1, "update": time.perf_counter() - t2}
         self.step += 1
         log = StepLog(step, loss.item(), mse.item(), orth.item(), refresh)
         self.history.append(log)

@@ -8,8 +8,14 @@ from unziplora.bench.speed import run_speed
 def test_speed_benchmark_reports_ratios(tiny_base, tiny_image, tmp_path):
     result = run_speed(tmp_path / "speed.json", str(tiny_base), tiny_image, rank=2, resolution=32, steps=2, repeats=1)
     saved = json.loads((tmp_path / "speed.json").read_text())
-    for key in ("train_step_ratio", "train_step_ratio_vs_default_adamw", "combined_inference_ratio",
-                "fused_inference_ratio"):
+    for key in ("train_step_ratio", "train_step_ratio_vs_default_adamw", "train_step_ratio_vs_rank_2r",
+                "combined_inference_ratio", "fused_inference_ratio"):
         assert saved[key] == result[key] and saved[key] > 0
-    assert set(saved["timings_s"]) == {"unziplora_step", "peft_lora_step", "peft_lora_step_default_adamw", "generate_base",
-                                       "generate_combined", "generate_content_fused"}
+    steps = {"ours": "unziplora_step", "peft": "peft_lora_step", "peft_default_adamw": "peft_lora_step_default_adamw",
+             "peft_rank_2r": "peft_lora_step_rank_2r"}
+    assert set(saved["timings_s"]) == {*steps.values(), "generate_base", "generate_combined", "generate_content_fused"}
+    # one repeat: each step's phases are parts of that very step, so they add up to at most its time
+    assert set(saved["train_step_phases_s"]) == set(steps)
+    for name, phases in saved["train_step_phases_s"].items():
+        assert set(phases) == {"forward", "backward", "update"} and min(phases.values()) > 0
+        assert sum(phases.values()) <= saved["timings_s"][steps[name]]["median"]

@@ -170,3 +170,30 @@ def test_unet_wide_merger_ops_equal_the_per_layer_definitions():
     lora.clamp_mergers()
     values = torch.cat([p.detach().flatten() for p in lora.parameters("merger")])
     assert values.min() == 0.0 and values.max() == 1.0
+
+
+def test_mask_derived_values_follow_every_mask_change():
+    """L_orth and the merger-gradient restriction reuse what they derive from the masks until a
+    mask changes in place or masking is switched: each change must show in the next result."""
+    layers = {f"l{i}": make_layer(out_features=6, seed=i) for i in range(2)}
+    lora = TwoBranchLoRA(layers, rank=3)
+
+    def per_layer_orth():
+        return torch.stack([(l.column_scale(Branch.CONTENT) * l.column_scale(Branch.STYLE)).abs().mean()
+                            for l in layers.values()]).mean()
+
+    def restricted():
+        for layer in layers.values():
+            layer.mergers.grad = torch.ones_like(layer.mergers)
+        lora.restrict_merger_grads()
+        return [layer.mergers.grad.clone() for layer in layers.values()]
+
+    assert lora.orthogonality_loss().item() == 0 and all(g.sum() == 0 for g in restricted())  # empty masks
+    layers["l1"].mask(Branch.CONTENT)[[1, 2]] = True
+    layers["l1"].mask(Branch.STYLE)[[2, 4]] = True
+    torch.testing.assert_close(lora.orthogonality_loss(), per_layer_orth())
+    assert lora.orthogonality_loss().item() > 0
+    assert [g[0].nonzero().flatten().tolist() for g in restricted()] == [[], [2]]
+    lora.set_masking(False)  # the refresh step: every column counts
+    torch.testing.assert_close(lora.orthogonality_loss(), torch.tensor(1.0))
+    assert all(g.all() for g in restricted())

@@ -3,7 +3,10 @@
 - train_step_ratio: one UnZipLoRA step (two branches, masks, mergers, L_orth, prompt
   separation) over one plain PEFT LoRA step on the same target modules and rank, both with the
   same optimiser (ours); train_step_ratio_vs_default_adamw: over the PEFT step with torch's default
-  AdamW, as diffusers' DreamBooth-LoRA script builds it (what a user of that script gets).
+  AdamW, as diffusers' DreamBooth-LoRA script builds it (what a user of that script gets);
+  train_step_ratio_vs_rank_2r: over a PEFT LoRA of rank 2r, which trains as many A/B values as
+  our two branches of rank r (the part of the overhead that two LoRAs cost by themselves).
+  Each step's forward (through the loss), backward and update are timed too: the breakdown.
 - combined_inference_ratio: generating with both branches (fused, K/V cached) over the base
   pipeline with no LoRA, same steps and seed; fused_inference_ratio: the content LoRA alone,
   fused, over the base pipeline.
@@ -85,27 +88,54 @@ def peft_baseline_step(unet, latents, embeds: dict, rank: int, noise_scheduler, 
     generator = torch.Generator().manual_seed(0)
 
     def step():
+        t0 = time.perf_counter()
         latent, crop = latents.sample(generator)
         kwargs = {"encoder_hidden_states": embeds["combined"],
                   "added_cond_kwargs": {"text_embeds": embeds["combined_pooled"], "time_ids": latents.time_ids(crop)}}
         loss = diffusion_mse(unet, noise_scheduler, latent, generator, torch.float32, kwargs)
         optimizer.zero_grad(set_to_none=True)
+        t1 = time.perf_counter()
         loss.backward()
+        t2 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
+        step.last_phases = {"forward": t1 - t0, "backward": t2 - t1, "update": time.perf_counter() - t2}
 
+    step.last_phases = {}
     return step
 
 
-def train_step_times(base: str, trainer: Trainer, rank: int, repeats: int) -> tuple[Timing, Timing, Timing]:
-    """(UnZipLoRA step, PEFT single-LoRA step with our optimiser, the same with torch's default AdamW)
-    on the same base model, targets and rank."""
-    steps = {"ours": trainer.train_step}
-    for name, same in (("peft", True), ("peft_default_adamw", False)):
-        steps[name] = peft_baseline_step(load_pipeline(base).unet, trainer.latents, trainer.embeds, rank,
-                                         trainer.noise_scheduler, same_optimizer=same)
-    timings = Timing.interleaved(steps, repeats)
-    return timings["ours"], timings["peft"], timings["peft_default_adamw"]
+STEP_ROWS = {
+    "ours": "one training step: UnZipLoRA",
+    "peft": "one training step: PEFT LoRA",
+    "peft_default_adamw": "one training step: PEFT LoRA, torch default AdamW",
+    "peft_rank_2r": "one training step: PEFT LoRA of rank 2r (as many A/B values as our two branches)",
+}
+JSON_KEYS = {"ours": "unziplora_step", "peft": "peft_lora_step", "peft_default_adamw": "peft_lora_step_default_adamw",
+             "peft_rank_2r": "peft_lora_step_rank_2r"}
+PHASES = ("forward", "backward", "update")
+
+
+def train_step_times(base: str, trainer: Trainer, rank: int, repeats: int) -> tuple[dict[str, Timing], dict]:
+    """Whole-step timings of the STEP_ROWS steps on the same base model and targets, in turns, and
+    the median seconds of each one's phases (forward through the loss, backward, update)."""
+    steps = {"ours": (trainer.train_step, lambda: trainer.last_phases)}
+    for name, same, r in (("peft", True, rank), ("peft_default_adamw", False, rank), ("peft_rank_2r", True, 2 * rank)):
+        step = peft_baseline_step(load_pipeline(base).unet, trainer.latents, trainer.embeds, r,
+                                  trainer.noise_scheduler, same_optimizer=same)
+        steps[name] = (step, lambda step=step: step.last_phases)
+    phases = {name: [] for name in steps}
+
+    def recorded(name, step, phases_of):
+        def run():
+            step()
+            phases[name].append(phases_of())
+        return run
+
+    timings = Timing.interleaved({name: recorded(name, *pair) for name, pair in steps.items()}, repeats)
+    medians = {name: {p: statistics.median(r[p] for r in runs[-repeats:]) for p in PHASES}
+               for name, runs in phases.items()}
+    return timings, medians
 
 
 def inference_times(base: str, trainer: Trainer, rank: int, resolution: int, steps: int, repeats: int) -> dict[str, Timing]:
@@ -133,27 +163,30 @@ def run_speed(json_path: str | Path | None, base: str, image, rank: int = 16, re
               steps: int = 20, repeats: int = 5) -> dict:
     """Measure, print a Markdown table and write JSON (keys named in the speed issue)."""
     trainer = _trainer(base, image, rank, resolution)  # one for both: its LoRA is what generation loads
-    ours, peft, peft_default = train_step_times(base, trainer, rank, repeats)
+    train, phases = train_step_times(base, trainer, rank, repeats)
     infer = inference_times(base, trainer, rank, resolution, steps, repeats)
+    ours = train["ours"].median
     result = {
         "base_model": base, "rank": rank, "resolution": resolution, "inference_steps": steps, "repeats": repeats,
         "device": "cpu", "threads": torch.get_num_threads(),
-        "timings_s": {"unziplora_step": asdict(ours), "peft_lora_step": asdict(peft),
-                      "peft_lora_step_default_adamw": asdict(peft_default),
+        "timings_s": {**{JSON_KEYS[k]: asdict(v) for k, v in train.items()},
                       **{f"generate_{k}": asdict(v) for k, v in infer.items()}},
-        "train_step_ratio": ours.median / peft.median,
-        "train_step_ratio_vs_default_adamw": ours.median / peft_default.median,
+        "train_step_phases_s": phases,
+        "train_step_ratio": ours / train["peft"].median,
+        "train_step_ratio_vs_default_adamw": ours / train["peft_default_adamw"].median,
+        "train_step_ratio_vs_rank_2r": ours / train["peft_rank_2r"].median,
         "combined_inference_ratio": infer["combined"].median / infer["base"].median,
         "fused_inference_ratio": infer["content_fused"].median / infer["base"].median,
     }
-    rows = [("one training step: UnZipLoRA", ours), ("one training step: PEFT LoRA", peft),
-            ("one training step: PEFT LoRA, torch default AdamW", peft_default)]
-    rows += [(f"generate ({k})", v) for k, v in infer.items()]
+    rows = [(STEP_ROWS[k], v) for k, v in train.items()] + [(f"generate ({k})", v) for k, v in infer.items()]
     print("| measurement | median s | min s | max s |\n|---|---|---|---|")
     for name, t in rows:
         print(f"| {name} | {t.median:.4f} | {t.min:.4f} | {t.max:.4f} |")
-    for key in ("train_step_ratio", "train_step_ratio_vs_default_adamw", "combined_inference_ratio",
-                "fused_inference_ratio"):
+    print("\n| training step phase (median ms) | " + " | ".join(phases) + " |\n" + "|---" * (len(phases) + 1) + "|")
+    for phase in PHASES:
+        print(f"| {phase} | " + " | ".join(f"{p[phase] * 1000:.1f}" for p in phases.values()) + " |")
+    for key in ("train_step_ratio", "train_step_ratio_vs_default_adamw", "train_step_ratio_vs_rank_2r",
+                "combined_inference_ratio", "fused_inference_ratio"):
         print(f"{key}: {result[key]:.3f}")
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)

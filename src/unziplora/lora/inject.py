@@ -8,7 +8,7 @@ are public diffusers extension points (module attributes and Attention.set_proce
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
@@ -50,6 +50,8 @@ class TwoBranchLoRA:
 
     layers: dict[str, TwoBranchLoraLinear]
     rank: int
+    # The masks change only at a refresh (or a load): what is derived from them is kept until they do.
+    _mask_cache: dict = field(default_factory=dict, repr=False)
 
     # ----- training-time switches ---------------------------------------------------------
     def set_masking(self, on: bool) -> None:
@@ -85,7 +87,17 @@ class TwoBranchLoRA:
         """Both branches' merger vectors or effective masks of every layer, laid end to end: (2, columns)."""
         if what == "merger":
             return torch.cat([layer.mergers for layer in self.layers.values()], dim=1)
-        return torch.cat([layer.effective_masks() for layer in self.layers.values()], dim=1)
+        return self._from_masks("flat", lambda: torch.cat([l.effective_masks() for l in self.layers.values()], dim=1))
+
+    def _from_masks(self, name: str, compute):
+        """compute(), reused while no mask changed in place and no layer switched masking."""
+        key = tuple((layer.masks.data_ptr(), layer.masks._version, layer.masking) for layer in self.layers.values())
+        if self._mask_cache.get("key") != key:
+            self._mask_cache.clear()
+            self._mask_cache["key"] = key
+        if name not in self._mask_cache:
+            self._mask_cache[name] = compute()
+        return self._mask_cache[name]
 
     def _widths(self) -> list[int]:
         return [layer.out_features for layer in self.layers.values()]
@@ -98,10 +110,13 @@ class TwoBranchLoRA:
     def restrict_merger_grads(self) -> None:
         """Mergers learn only on columns both branches use (METHOD §2.3, the authors' code); all
         layers at once, one multiply per layer."""
-        content, style = self._flat("mask")
-        dtype = next(iter(self.layers.values())).mergers.dtype
-        shared = (content & style).to(dtype).split(self._widths())
-        pairs = [(layer.mergers.grad, keep.expand(2, -1)) for layer, keep in zip(self.layers.values(), shared)
+        def per_layer_keep():
+            content, style = self._flat("mask")
+            dtype = next(iter(self.layers.values())).mergers.dtype
+            return [keep.expand(2, -1) for keep in (content & style).to(dtype).split(self._widths())]
+
+        keeps = self._from_masks("shared", per_layer_keep)
+        pairs = [(layer.mergers.grad, keep) for layer, keep in zip(self.layers.values(), keeps)
                  if layer.mergers.grad is not None]
         if pairs:
             torch._foreach_mul_([g for g, _ in pairs], [keep for _, keep in pairs])
