@@ -29,14 +29,28 @@ from unziplora.models import load_pipeline
 from unziplora.toyworld import HELDOUT_COMBOS, SEEN_COMBOS, classify_content, classify_style
 
 
+SPACING_BINS = ((0.10, 0.14), (0.14, 0.18), (0.18, 0.22))  # pattern period / canvas side (world.SPACING_RANGE)
+
+
 def tally(labelled) -> dict:
-    """Oracle accuracy over (image, true class, true family) triples."""
+    """Oracle accuracy over (image, true class, true family[, true pattern spacing]) tuples, with the
+    family accuracy per family and, where the spacing is known (renders), per spacing bin."""
     right_class = right_family = both = 0
-    for image, cls, fam in labelled:
+    by_family, by_spacing = {}, {}
+    for image, cls, fam, *spacing in labelled:
         c, f = classify_content(image) == cls, classify_style(image) == fam
         right_class, right_family, both = right_class + c, right_family + f, both + (c and f)
+        by_family.setdefault(fam, []).append(f)
+        for low, high in SPACING_BINS if spacing else ():
+            if low <= spacing[0] <= high:
+                by_spacing.setdefault(f"{low:.2f}-{high:.2f}", []).append(f)
+                break
     n = len(labelled)
-    return {"images": n, "class_acc": right_class / n, "family_acc": right_family / n, "both_acc": both / n}
+    result = {"images": n, "class_acc": right_class / n, "family_acc": right_family / n, "both_acc": both / n,
+              "family_acc_by_family": {k: sum(v) / len(v) for k, v in sorted(by_family.items())}}
+    if by_spacing:
+        result["family_acc_by_spacing"] = {k: sum(v) / len(v) for k, v in sorted(by_spacing.items())}
+    return result
 
 
 @torch.no_grad()
@@ -75,7 +89,7 @@ def judge_vae(pipe, n: int, seed: int, latent_noise: float = 0.0) -> dict:
     latents = latents + latent_noise * torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
     recon = vae.decode(latents / vae.config.scaling_factor).sample.float()
     arrays = ((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-    return tally([(a, s.subject.cls, s.style.family) for s, a in zip(samples, arrays)])
+    return tally([(a, s.subject.cls, s.style.family, s.style.spacing) for s, a in zip(samples, arrays)])
 
 
 @torch.no_grad()
@@ -103,7 +117,7 @@ def judge_leaky_start(pipe, per_combo: int, steps: int, guidance: float, seed: i
         start = (z0 + sigma_max * torch.randn(z0.shape, generator=generator)) / init_sigma
         images = pipe([f"A {cls} in {fam} style"] * len(samples), latents=start, num_inference_steps=steps,
                       guidance_scale=guidance, height=64, width=64).images
-        labelled += [(image, cls, fam) for image in images]
+        labelled += [(image, cls, fam, s.style.spacing) for image, s in zip(images, samples)]
     pipe.scheduler = original
     return tally(labelled)
 
@@ -129,6 +143,14 @@ def main() -> None:
     print("| combos | images | right class | right family | both |\n|---|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['images']} | {r['class_acc']:.1%} | {r['family_acc']:.1%} | {r['both_acc']:.1%} |")
+    families = sorted({f for r in results.values() for f in r["family_acc_by_family"]})
+    print("\nright family, per family:\n| combos | " + " | ".join(families) + " |\n" + "|---" * (len(families) + 1) + "|")
+    for name, r in results.items():
+        print(f"| {name} | " + " | ".join(f"{r['family_acc_by_family'].get(f, 0):.0%}" for f in families) + " |")
+    print("\nright family, per pattern spacing (renders only):")
+    for name, r in results.items():
+        if "family_acc_by_spacing" in r:
+            print(f"- {name}: " + ", ".join(f"{k}: {v:.0%}" for k, v in r["family_acc_by_spacing"].items()))
     print(f"({time.perf_counter() - t0:.0f} s; {args.steps} steps, CFG {args.guidance}, {args.per_combo} images per combo)")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
