@@ -196,7 +196,7 @@ class TwoBranchLoRA:
 
 def _saved(tensor: torch.Tensor) -> torch.Tensor:
     """A standalone fp32 CPU copy (a branch's view shares storage with the other branch)."""
-    return tensor.detach().float().cpu().contiguous().clone()
+    return tensor.detach().float().cpu().clone(memory_format=torch.contiguous_format)
 
 
 def inject_two_branch_lora(
