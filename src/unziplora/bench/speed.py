@@ -133,6 +133,7 @@ def train_step_times(base: str, trainer: Trainer, rank: int, repeats: int) -> tu
         return run
 
     timings = Timing.interleaved({name: recorded(name, *pair) for name, pair in steps.items()}, repeats)
+    # the last `repeats` records: the first one is the warm-up call's
     medians = {name: {p: statistics.median(r[p] for r in runs[-repeats:]) for p in PHASES}
                for name, runs in phases.items()}
     return timings, medians

@@ -95,9 +95,8 @@ class TwoBranchLoraLinear(nn.Module):
     def grads(self, branch: Branch) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """Gradients of (A, B, m) of one branch from the last backward pass (None where absent)."""
         i = INDEX[branch]
-        pick = (lambda g: g[i]), (lambda g: g[:, i]), (lambda g: g[i])
-        params = (self.down_weight, self.up_weight, self.mergers)
-        return tuple(None if p.grad is None else view(p.grad) for p, view in zip(params, pick))
+        a, b, m = self.down_weight.grad, self.up_weight.grad, self.mergers.grad
+        return None if a is None else a[i], None if b is None else b[:, i], None if m is None else m[i]
 
     def reset_parameters(self, init: str, generator: torch.Generator | None = None) -> None:
         """Initialise both branches.
