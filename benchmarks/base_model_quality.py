@@ -29,19 +29,25 @@ from unziplora.models import load_pipeline
 from unziplora.toyworld import HELDOUT_COMBOS, SEEN_COMBOS, classify_content, classify_style
 
 
-SPACING_BINS = ((0.10, 0.14), (0.14, 0.18), (0.18, 0.22))  # pattern period / canvas side (world.SPACING_RANGE)
+def spacing_bins(n: int = 3) -> list[tuple[float, float]]:
+    """n equal bins of the world's pattern periods (fraction of the canvas side), read at call
+    time so that an experiment's other range (period_experiment.py) is binned too."""
+    from unziplora.toyworld import world
+
+    edges = np.linspace(*world.SPACING_RANGE, n + 1)
+    return list(zip(edges[:-1], edges[1:]))
 
 
 def tally(labelled) -> dict:
     """Oracle accuracy over (image, true class, true family[, true pattern spacing]) tuples, with the
     family accuracy per family and, where the spacing is known (renders), per spacing bin."""
     right_class = right_family = both = 0
-    by_family, by_spacing = {}, {}
+    by_family, by_spacing, bins = {}, {}, spacing_bins()
     for image, cls, fam, *spacing in labelled:
         c, f = classify_content(image) == cls, classify_style(image) == fam
         right_class, right_family, both = right_class + c, right_family + f, both + (c and f)
         by_family.setdefault(fam, []).append(f)
-        for low, high in SPACING_BINS if spacing else ():
+        for low, high in bins if spacing else ():
             if low <= spacing[0] <= high:
                 by_spacing.setdefault(f"{low:.2f}-{high:.2f}", []).append(f)
                 break
