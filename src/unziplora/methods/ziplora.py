@@ -62,9 +62,8 @@ def ziplora_merge(content: BranchSource, style: BranchSource, base_model: str, p
     # Sources are taken as exported ordinary LoRAs (folded), so the mergers start at 1.
     lora.load_branch(content.branch_state(lora), Branch.CONTENT, str(content.path))
     lora.load_branch(style.branch_state(lora), Branch.STYLE, str(style.path))
-    for layer in lora.layers.values():
-        layer.down_weight.requires_grad_(False)
-        layer.up_weight.requires_grad_(False)
+    for p in lora.parameters("lora"):  # only the mergers train
+        p.requires_grad_(False)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     plan = []  # (branch, prompt index, noisy latent, timestep, time ids, target)
     for i, (branch, source) in enumerate(((Branch.CONTENT, content), (Branch.STYLE, style))):
