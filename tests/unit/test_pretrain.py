@@ -64,3 +64,33 @@ def test_exporting_with_another_config_does_not_rewrite_the_recipe(tmp_path):
     recipe = json.loads((out / "recipe.json").read_text())
     assert recipe["config"]["unet_steps"] == 2  # what trained the weights, not the exporter's defaults
     assert recipe["trained"]["schedule_changes_on_resume"] == []
+
+
+def test_min_snr_weights_damp_only_the_low_noise_timesteps(tmp_path):
+    trainer = Pretrainer(dataclasses.replace(SMALL, snr_gamma=5.0), tmp_path / "w")
+    t = torch.arange(0, 1000, 10)
+    alpha_bar = trainer.noise_scheduler.alphas_cumprod[t]
+    snr = alpha_bar / (1 - alpha_bar)
+    weights = trainer.loss_weights(t)
+    assert torch.allclose(weights[snr <= 5], torch.ones(int((snr <= 5).sum())))
+    assert (weights[snr > 5] < 1).all() and (snr > 5).any() and (snr <= 5).any()
+    assert torch.allclose(weights[snr > 5], 5 / snr[snr > 5])
+    assert torch.equal(Pretrainer(SMALL, tmp_path / "plain").loss_weights(t), torch.ones(len(t)))
+
+
+def test_v_prediction_trains_on_velocity_and_exports_a_matching_scheduler(tmp_path):
+    config = dataclasses.replace(SMALL, vae_steps=1, unet_steps=1, v_prediction=True)
+    trainer = Pretrainer(config, tmp_path / "w")
+    assert trainer.noise_scheduler.alphas_cumprod[-1] < 1e-6  # zero terminal SNR (up to the rescale's epsilon)
+    velocity, calls = trainer.noise_scheduler.get_velocity, []
+    trainer.noise_scheduler.get_velocity = lambda *a: calls.append(a) or velocity(*a)
+    trainer.run(progress=False)
+    assert len(calls) == 1  # the one UNet step's target
+    out = trainer.export(tmp_path / "model")
+    from diffusers import StableDiffusionXLPipeline
+
+    scheduler = StableDiffusionXLPipeline.from_pretrained(str(out)).scheduler.config
+    assert (scheduler.prediction_type, scheduler.rescale_betas_zero_snr, scheduler.timestep_spacing) == (
+        "v_prediction", True, "trailing")
+    eps = Pretrainer(dataclasses.replace(SMALL, vae_steps=1, unet_steps=1), tmp_path / "eps")
+    assert eps.noise_scheduler.alphas_cumprod[-1] > 1e-3 and eps.c["scheduler"].config.prediction_type == "epsilon"

@@ -66,6 +66,9 @@ class PretrainConfig:
     ema_decay: float = 0.999
     cfg_dropout: float = 0.1
     pool_size: int = 24000  # renders encoded once after the VAE phase, then sampled (saves ~40 % per step)
+    # Experiment knobs, off in the committed recipe (benchmarks/recipe_experiment.py tries them):
+    snr_gamma: float | None = None  # Min-SNR-gamma loss weights (arXiv 2303.09556, Sec. 3.4)
+    v_prediction: bool = False  # v-prediction on zero-terminal-SNR betas (arXiv 2305.08891, Sec. 3.1-3.2)
     checkpoint_every_s: float = 300.0
     threads: int = 2
     spec: TinySDXLSpec = field(default_factory=lambda: BASE_SPEC)
@@ -101,6 +104,10 @@ class Pretrainer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(config.threads)
         self.c = tiny_sdxl_components(config.spec, seed=config.seed)
+        if config.v_prediction:  # the pipeline's scheduler is exported with the model: it must match
+            self.c["scheduler"] = type(self.c["scheduler"]).from_config(
+                self.c["scheduler"].config, prediction_type="v_prediction", rescale_betas_zero_snr=True,
+                timestep_spacing="trailing")  # trailing: sampling starts at t = T (arXiv 2305.08891, Sec. 3.3)
         self.phase, self.step = "vae", 0
         self.rng = np.random.default_rng(config.seed)
         self.gen = torch.Generator().manual_seed(config.seed)
@@ -177,10 +184,22 @@ class Pretrainer:
         size = cfg.image_size
         time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32).expand(len(captions), -1)
         pred = c["unet"](noisy, t, embeds, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
-        loss = F.mse_loss(pred, noise)
+        target = self.noise_scheduler.get_velocity(latents, noise, t) if cfg.v_prediction else noise
+        per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_sample * self.loss_weights(t)).mean()
         value = self._apply(loss, cfg.unet_steps, cfg.lr)
         self._update_ema()
         return value
+
+    def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-sample weights: 1, or Min-SNR-gamma, min(SNR, gamma) / SNR for epsilon targets and
+        min(SNR, gamma) / (SNR + 1) for v targets (arXiv 2303.09556, Sec. 3.4)."""
+        gamma = self.config.snr_gamma
+        if gamma is None:
+            return torch.ones(len(t))
+        alpha_bar = self.noise_scheduler.alphas_cumprod[t]
+        snr = alpha_bar / (1 - alpha_bar)
+        return snr.clamp(max=gamma) / (snr + 1 if self.config.v_prediction else snr)
 
     def _apply(self, loss: torch.Tensor, total: int, peak: float) -> float:
         for group in self.optimizer.param_groups:

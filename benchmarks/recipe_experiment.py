@@ -1,15 +1,15 @@
 #!/usr/bin/env python
-"""Experiment: does the embedded UNet draw the pattern families once their periods are coarser?
+"""Experiments on the base model's recipe: fine-tune, export, judge.
 
 Fine-tunes the base model's UNet (and text encoders), from its training checkpoint's EMA
-weights, for --steps more steps on a world whose pattern periods are drawn from --periods
-instead of world.SPACING_RANGE, exports it, and judges it with base_model_quality.py under the
-same world. Run it twice, once with the world's own range (the control) and once coarser:
-both arms get the same start, steps, learning rate (the cosine schedule at mid-way), latent
-pool size and EMA, so only the periods differ.
+weights, for --steps more steps with one change to the recipe, exports it, and judges it with
+base_model_quality.py. Every arm gets the same start, steps, learning rate (the cosine schedule
+at mid-way), latent pool size and EMA, so only the change differs from the control arm:
 
-    python benchmarks/period_experiment.py --arm control --periods 0.10 0.22
-    python benchmarks/period_experiment.py --arm coarse --periods 0.20 0.30
+    python benchmarks/recipe_experiment.py --arm control                     # the recipe as it is
+    python benchmarks/recipe_experiment.py --arm coarse --periods 0.20 0.30  # coarser pattern periods
+    python benchmarks/recipe_experiment.py --arm min-snr --snr-gamma 5       # Min-SNR loss weights
+    python benchmarks/recipe_experiment.py --arm v-ztsnr --v-prediction      # v-prediction, zero terminal SNR
 
 The override of world.SPACING_RANGE lives in this process only; the world itself is unchanged.
 Needs the training checkpoint (scripts/train_base_model.py --workdir build/basemodel).
@@ -31,17 +31,21 @@ HERE = Path(__file__).resolve().parent
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arm", required=True, help="a name: the run goes to WORKDIR/ARM")
-    parser.add_argument("--periods", type=float, nargs=2, required=True, metavar=("LOW", "HIGH"),
+    parser.add_argument("--periods", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="pattern period range, fraction of the canvas side (the world's: 0.10 0.22)")
+    parser.add_argument("--snr-gamma", type=float, help="Min-SNR-gamma loss weights (arXiv 2303.09556)")
+    parser.add_argument("--v-prediction", action="store_true", help="v-prediction on zero-terminal-SNR betas")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--checkpoint", default="build/basemodel", help="the base model's training workdir")
-    parser.add_argument("--workdir", default="build/period_experiment")
+    parser.add_argument("--workdir", default="build/recipe_experiment")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    world.SPACING_RANGE = tuple(args.periods)  # read at call time by Style.sample and the oracles' prototypes
+    if args.periods:
+        world.SPACING_RANGE = tuple(args.periods)  # read at call time by Style.sample and the oracles' prototypes
     from unziplora.toyworld.pretrain import PretrainConfig, Pretrainer
 
-    config = PretrainConfig(threads=args.threads, unet_steps=16000, pool_size=8192, ema_decay=0.99)
+    config = PretrainConfig(threads=args.threads, unet_steps=16000, pool_size=8192, ema_decay=0.99,
+                            snr_gamma=args.snr_gamma, v_prediction=args.v_prediction)
     arm = Path(args.workdir) / args.arm
     arm.mkdir(parents=True, exist_ok=True)
     for name in ("checkpoint.json", "checkpoint.safetensors"):  # read-only start: never saved over
