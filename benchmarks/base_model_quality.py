@@ -9,11 +9,13 @@ table, writes JSON.
 
     python benchmarks/base_model_quality.py [--per-combo 4] [--steps 30] [--json FILE] [--diagnose]
 
---diagnose adds two rows that locate the weakness: the VAE's reconstructions with noise added to
-the latents (is the decoder fragile?), and samples of the seen combos started from the training
+--diagnose adds rows that locate the weakness: the VAE's reconstructions with noise added to
+the latents (is the decoder fragile?), samples of the seen combos started from the training
 distribution at the first timestep instead of pure noise (a render's latent leaks through
 sqrt(alpha_bar_T) = 0.068 in training; does the gap to pure noise at inference matter? arXiv
-2305.08891, Sec. 3).
+2305.08891, Sec. 3), and a table of the UNet's training loss per timestep with the right
+caption, a wrong family word, a wrong class word and no caption (at which noise levels does the
+UNet use which word?).
 """
 
 import argparse
@@ -31,7 +33,7 @@ from unziplora.toyworld import HELDOUT_COMBOS, SEEN_COMBOS, classify_content, cl
 
 def spacing_bins(n: int = 3) -> list[tuple[float, float]]:
     """n equal bins of the world's pattern periods (fraction of the canvas side), read at call
-    time so that an experiment's other range (period_experiment.py) is binned too."""
+    time so that an experiment's other range (recipe_experiment.py --periods) is binned too."""
     from unziplora.toyworld import world
 
     edges = np.linspace(*world.SPACING_RANGE, n + 1)
@@ -128,6 +130,47 @@ def judge_leaky_start(pipe, per_combo: int, steps: int, guidance: float, seed: i
     return tally(labelled)
 
 
+CAPTION_KINDS = ("right", "wrong family", "wrong class", "no caption")
+
+
+@torch.no_grad()
+def caption_reliance(pipe, n: int, seed: int, timesteps=(50, 200, 400, 600, 800, 950)) -> dict:
+    """The UNet's training loss (its own target: epsilon or v) on n renders of seen combos at fixed
+    timesteps, with the right caption, a wrong family word, a wrong class word and zero embeddings
+    (the unconditional input). Where a wrong word costs nothing, the UNet ignores that word."""
+    from unziplora.toyworld import CLASSES, FAMILIES
+    from unziplora.toyworld.split import pretraining_sample
+
+    rng = np.random.default_rng(seed)
+    samples = [pretraining_sample(rng) for _ in range(n)]
+    latents = encode(pipe.vae, renders(samples)).float()
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
+
+    def other(names, name, i):  # a different name, cycling through all of them
+        return names[(names.index(name) + 1 + i % (len(names) - 1)) % len(names)]
+
+    captions = {"right": [s.caption for s in samples],
+                "wrong family": [f"A {s.subject.cls} in {other(FAMILIES, s.style.family, i)} style" for i, s in enumerate(samples)],
+                "wrong class": [f"A {other(CLASSES, s.subject.cls, i)} in {s.style.family} style" for i, s in enumerate(samples)]}
+    conditioning = {kind: pipe.encode_prompt(c, do_classifier_free_guidance=False) for kind, c in captions.items()}
+    zeros = conditioning["right"]
+    conditioning["no caption"] = (torch.zeros_like(zeros[0]), None, torch.zeros_like(zeros[2]), None)
+    time_ids = torch.tensor([[64, 64, 0, 0, 64, 64]], dtype=torch.float32).expand(n, -1)
+    v_target = pipe.scheduler.config.prediction_type == "v_prediction"
+    table = {}
+    for t in timesteps:
+        alpha_bar = pipe.scheduler.alphas_cumprod[t].float()
+        noisy = alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise  # DDPM forward process, arXiv 2006.11239 Eq. 4
+        target = alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * latents if v_target else noise  # arXiv 2202.00512 Sec. 4
+        table[t] = {}
+        for kind in CAPTION_KINDS:
+            embeds, _, pooled, _ = conditioning[kind]
+            pred = pipe.unet(noisy.to(pipe.unet.dtype), torch.full((n,), t), embeds,
+                             added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids.to(pipe.unet.dtype)}).sample
+            table[t][kind] = float(((pred.float() - target) ** 2).mean())
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(EMBEDDED_MODEL))
@@ -146,6 +189,7 @@ def main() -> None:
     if args.diagnose:
         results |= {f"VAE reconstructions, latent noise {s}": judge_vae(pipe, 128, args.seed, s) for s in (0.1, 0.2, 0.4)}
         results["seen combos, leaky start"] = judge_leaky_start(pipe, args.per_combo, args.steps, args.guidance, args.seed)
+    reliance = caption_reliance(pipe, 64, args.seed) if args.diagnose else None
     print("| combos | images | right class | right family | both |\n|---|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['images']} | {r['class_acc']:.1%} | {r['family_acc']:.1%} | {r['both_acc']:.1%} |")
@@ -157,10 +201,16 @@ def main() -> None:
     for name, r in results.items():
         if "family_acc_by_spacing" in r:
             print(f"- {name}: " + ", ".join(f"{k}: {v:.0%}" for k, v in r["family_acc_by_spacing"].items()))
+    if reliance:
+        print("\nUNet training loss per timestep on 64 renders of seen combos, by caption:\n| t | "
+              + " | ".join(CAPTION_KINDS) + " |\n" + "|---" * (len(CAPTION_KINDS) + 1) + "|")
+        for t, row in reliance.items():
+            print(f"| {t} | " + " | ".join(f"{row[k]:.4f}" for k in CAPTION_KINDS) + " |")
     print(f"({time.perf_counter() - t0:.0f} s; {args.steps} steps, CFG {args.guidance}, {args.per_combo} images per combo)")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": args.model, "settings": vars(args), "results": results}, indent=2))
+    out.write_text(json.dumps({"model": args.model, "settings": vars(args), "results": results,
+                               "caption_reliance": reliance}, indent=2))
 
 
 if __name__ == "__main__":
