@@ -10,12 +10,11 @@ with base_model_quality.py (add --diagnose for the per-timestep caption table).
 """
 
 import argparse
-import dataclasses
 import runpy
 import sys
 from pathlib import Path
 
-from unziplora.toyworld.pretrain import BASE_SPEC, PretrainConfig, Pretrainer
+from unziplora.toyworld.pretrain import BASE_SPEC_2X, PretrainConfig, Pretrainer
 
 HERE = Path(__file__).resolve().parent
 
@@ -25,9 +24,8 @@ def main() -> None:
     parser.add_argument("--workdir", default="build/latent_pilot", help="resumes if a checkpoint is there")
     parser.add_argument("--threads", type=int, default=2)
     args, judge_args = parser.parse_known_args()
-    spec = dataclasses.replace(BASE_SPEC, vae_block_out_channels=(32, 64), latent_channels=4)
     config = PretrainConfig(vae_steps=1500, unet_steps=2000, batch=16, pool_size=8192, ema_decay=0.995,
-                            threads=args.threads, spec=spec)
+                            threads=args.threads, spec=BASE_SPEC_2X)
     workdir = Path(args.workdir)
     trainer = Pretrainer(config, workdir)
     trainer.run()

@@ -10,7 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from unziplora.toyworld.pretrain import PretrainConfig, Pretrainer
+from unziplora.errors import UnZipLoRAError
+from unziplora.toyworld.pretrain import BASE_SPEC, BASE_SPEC_2X, PretrainConfig, Pretrainer
 
 
 def main() -> int:
@@ -21,16 +22,22 @@ def main() -> int:
     parser.add_argument("--vae-steps", type=int)
     parser.add_argument("--unet-steps", type=int)
     parser.add_argument("--threads", type=int, help="torch threads (1 is robust when other jobs share the cores)")
+    parser.add_argument("--latent", choices=("4x", "2x"), default="4x",
+                        help="VAE downsampling: 4x into 8 channels (the committed model) or 2x into 4 (BASE_SPEC_2X)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
-    config = PretrainConfig()
+    config = PretrainConfig(spec=BASE_SPEC_2X if args.latent == "2x" else BASE_SPEC)
     if args.vae_steps is not None:
         config.vae_steps = args.vae_steps
     if args.unet_steps is not None:
         config.unet_steps = args.unet_steps
     if args.threads is not None:
         config.threads = args.threads
-    trainer = Pretrainer(config, Path(args.workdir))
+    try:
+        trainer = Pretrainer(config, Path(args.workdir))
+    except UnZipLoRAError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.export:
         path = trainer.export(Path(args.export))
         print(json.dumps({"exported": str(path), "phase": trainer.phase, "step": trainer.step}))

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -94,3 +95,13 @@ def test_v_prediction_trains_on_velocity_and_exports_a_matching_scheduler(tmp_pa
         "v_prediction", True, "trailing")
     eps = Pretrainer(dataclasses.replace(SMALL, vae_steps=1, unet_steps=1), tmp_path / "eps")
     assert eps.noise_scheduler.alphas_cumprod[-1] > 1e-3 and eps.c["scheduler"].config.prediction_type == "epsilon"
+
+
+def test_resuming_with_another_model_shape_is_one_clear_error(tmp_path):
+    from unziplora.errors import UnZipLoRAError
+
+    Pretrainer(dataclasses.replace(SMALL, vae_steps=1, unet_steps=1), tmp_path / "w").run(progress=False)
+    other = dataclasses.replace(SMALL.spec, latent_channels=8)
+    with pytest.raises(UnZipLoRAError, match="another model shape \\(latent_channels\\).*--latent"):
+        Pretrainer(dataclasses.replace(SMALL, spec=other), tmp_path / "w")
+    assert Pretrainer(dataclasses.replace(SMALL, vae_steps=1, unet_steps=1), tmp_path / "w").phase == "unet"
