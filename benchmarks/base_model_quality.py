@@ -138,6 +138,8 @@ def caption_reliance(pipe, n: int, seed: int, timesteps=(50, 200, 400, 600, 800,
     """The UNet's training loss (its own target: epsilon or v) on n renders of seen combos at fixed
     timesteps, with the right caption, a wrong family word, a wrong class word and zero embeddings
     (the unconditional input). Where a wrong word costs nothing, the UNet ignores that word."""
+    from diffusers import DDPMScheduler
+
     from unziplora.toyworld import CLASSES, FAMILIES
     from unziplora.toyworld.split import pretraining_sample
 
@@ -153,19 +155,19 @@ def caption_reliance(pipe, n: int, seed: int, timesteps=(50, 200, 400, 600, 800,
                 "wrong family": [f"A {s.subject.cls} in {other(FAMILIES, s.style.family, i)} style" for i, s in enumerate(samples)],
                 "wrong class": [f"A {other(CLASSES, s.subject.cls, i)} in {s.style.family} style" for i, s in enumerate(samples)]}
     conditioning = {kind: pipe.encode_prompt(c, do_classifier_free_guidance=False) for kind, c in captions.items()}
-    zeros = conditioning["right"]
-    conditioning["no caption"] = (torch.zeros_like(zeros[0]), None, torch.zeros_like(zeros[2]), None)
+    right = conditioning["right"]
+    conditioning["no caption"] = (torch.zeros_like(right[0]), None, torch.zeros_like(right[2]), None)
     time_ids = torch.tensor([[64, 64, 0, 0, 64, 64]], dtype=torch.float32).expand(n, -1)
-    v_target = pipe.scheduler.config.prediction_type == "v_prediction"
+    training = DDPMScheduler.from_config(pipe.scheduler.config)  # the forward process the recipe trained with
     table = {}
     for t in timesteps:
-        alpha_bar = pipe.scheduler.alphas_cumprod[t].float()
-        noisy = alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise  # DDPM forward process, arXiv 2006.11239 Eq. 4
-        target = alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * latents if v_target else noise  # arXiv 2202.00512 Sec. 4
+        steps = torch.full((n,), t)
+        noisy = training.add_noise(latents, noise, steps)
+        target = training.get_velocity(latents, noise, steps) if training.config.prediction_type == "v_prediction" else noise
         table[t] = {}
         for kind in CAPTION_KINDS:
             embeds, _, pooled, _ = conditioning[kind]
-            pred = pipe.unet(noisy.to(pipe.unet.dtype), torch.full((n,), t), embeds,
+            pred = pipe.unet(noisy.to(pipe.unet.dtype), steps, embeds,
                              added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids.to(pipe.unet.dtype)}).sample
             table[t][kind] = float(((pred.float() - target) ** 2).mean())
     return table

@@ -294,8 +294,8 @@ class Pretrainer:
         meta = json.loads((self.workdir / "checkpoint.json").read_text())
         saved_spec = meta.get("config", {}).get("spec")
         spec = json.loads(json.dumps(dataclasses.asdict(self.config.spec)))  # tuples -> lists, as saved
-        if saved_spec is not None and saved_spec != spec:
-            changed = sorted(k for k in spec if saved_spec.get(k) != spec[k])
+        changed = sorted(k for k in (saved_spec or {}).keys() & spec.keys() if saved_spec[k] != spec[k])
+        if changed:  # fields added to the spec later are not a change
             raise UnZipLoRAError(f"the checkpoint in {self.workdir} was trained with another model shape "
                                  f"({', '.join(changed)}); resume it with the spec it was started with "
                                  "(train_base_model.py --latent) or use a new --workdir")
