@@ -173,7 +173,8 @@ def caption_reliance(pipe, n: int, seed: int, timesteps=(50, 200, 400, 600, 800,
     return table
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The command; argv: its arguments (None: the process's), for the experiment scripts that judge their model."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(EMBEDDED_MODEL))
     parser.add_argument("--per-combo", type=int, default=4)
@@ -181,8 +182,9 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default="benchmarks/results/base_model_quality.json")
-    parser.add_argument("--diagnose", action="store_true", help="add the decoder-noise and leaky-start rows")
-    args = parser.parse_args()
+    parser.add_argument("--diagnose", action="store_true", help="add the decoder-noise and leaky-start rows and the per-timestep caption table")
+    args = parser.parse_args(argv)
+    np.random.seed(0)  # in main, so that a caller's run is seeded as the command's
     pipe = load_pipeline(args.model)
     t0 = time.perf_counter()
     results = {"VAE reconstructions": judge_vae(pipe, 128, args.seed)}
@@ -216,5 +218,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    np.random.seed(0)
     main()

@@ -11,12 +11,13 @@ with base_model_quality.py (add --diagnose for the per-timestep caption table).
 
 import argparse
 import runpy
-import sys
 from pathlib import Path
 
 from unziplora.toyworld.pretrain import BASE_SPEC_2X, PretrainConfig, Pretrainer
 
 HERE = Path(__file__).resolve().parent
+# base_model_quality.main, loaded without running it (benchmarks/ is not a package)
+judge = runpy.run_path(str(HERE / "base_model_quality.py"))["main"]
 
 
 def main() -> None:
@@ -30,8 +31,7 @@ def main() -> None:
     trainer = Pretrainer(config, workdir)
     trainer.run()
     model = trainer.export(workdir / "model")
-    sys.argv = ["base_model_quality.py", "--model", str(model), "--json", str(workdir / "quality.json"), *judge_args]
-    runpy.run_path(str(HERE / "base_model_quality.py"), run_name="__main__")
+    judge(["--model", str(model), "--json", str(workdir / "quality.json"), *judge_args])
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ Needs the training checkpoint (scripts/train_base_model.py --workdir build/basem
 import argparse
 import os
 import runpy
-import sys
 from pathlib import Path
 
 import torch
@@ -26,6 +25,8 @@ import torch
 import unziplora.toyworld.world as world
 
 HERE = Path(__file__).resolve().parent
+# base_model_quality.main, loaded without running it (benchmarks/ is not a package)
+judge = runpy.run_path(str(HERE / "base_model_quality.py"))["main"]
 
 
 def main() -> None:
@@ -61,8 +62,7 @@ def main() -> None:
         if (step + 1) % 100 == 0:
             print(f"step {step + 1}: loss {loss:.4f}", flush=True)
     model = trainer.export(arm / "model")
-    sys.argv = ["base_model_quality.py", "--model", str(model), "--json", str(arm / "quality.json")]
-    runpy.run_path(str(HERE / "base_model_quality.py"), run_name="__main__")
+    judge(["--model", str(model), "--json", str(arm / "quality.json")])
 
 
 if __name__ == "__main__":
