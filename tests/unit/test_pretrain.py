@@ -30,6 +30,26 @@ def test_interrupted_pretraining_resumes_bitwise(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:3]
 
 
+def test_resume_in_unet_phase_reads_the_cached_latent_pool(tmp_path, monkeypatch):
+    straight = Pretrainer(SMALL, tmp_path / "a")
+    assert straight.run(progress=False)
+    interrupted = Pretrainer(SMALL, tmp_path / "b")
+    while interrupted.phase == "vae" or interrupted.step < 1:
+        interrupted.run(budget_s=0, progress=False)
+    assert (tmp_path / "b" / "latent_pool.safetensors").is_file()
+    resumed = Pretrainer(SMALL, tmp_path / "b")
+
+    def encode_again():
+        raise AssertionError("the pool was encoded again")
+    monkeypatch.setattr(resumed, "_encode_pool", encode_again)
+    assert resumed.run(progress=False)
+    a, b = load_file(str(tmp_path / "a" / "checkpoint.safetensors")), load_file(str(tmp_path / "b" / "checkpoint.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the cached pool is the encoded one, bit for bit
+    with torch.no_grad():  # another VAE: the cache is stale and not used
+        next(resumed.c["vae"].parameters()).add_(1.0)
+    assert resumed._load_pool() is None
+
+
 def test_export_is_an_fp16_pipeline(tmp_path):
     trainer = Pretrainer(dataclasses.replace(SMALL, vae_steps=1, unet_steps=1), tmp_path / "w")
     trainer.run(progress=False)

@@ -14,6 +14,7 @@ Two phases, resumable from a checkpoint at any point (safetensors + JSON, never 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -161,18 +163,46 @@ class Pretrainer:
 
     @torch.no_grad()
     def latent_pool(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        """Latent mean/std and captions of `pool_size` renders; a pure function of the seed."""
+        """Latent mean/std and captions of `pool_size` renders; a pure function of the seed and the
+        (frozen) VAE, so it is cached in the workdir: a resumed run skips re-encoding it (minutes)."""
         if self.pool is None:
-            rng = np.random.default_rng([self.config.seed, 7])
-            means, stds, captions = [], [], []
-            for _ in tqdm(range(0, self.config.pool_size, 256), desc="encode pool", leave=False):
-                pixels, caps = render_batch(rng, 256, self.config.image_size)
-                dist = self.c["vae"].encode(pixels).latent_dist
-                means.append(dist.mean)
-                stds.append(dist.std)
-                captions += caps
-            self.pool = (torch.cat(means), torch.cat(stds), captions)
+            self.pool = self._load_pool() or self._encode_pool()
         return self.pool
+
+    def _pool_key(self) -> str:
+        """What the pool depends on: seed, size, render size and the VAE's weights."""
+        digest = hashlib.sha256()
+        for name, t in sorted(self.c["vae"].state_dict().items()):
+            digest.update(name.encode() + t.detach().contiguous().numpy().tobytes())
+        return f"{self.config.seed}-{self.config.pool_size}-{self.config.image_size}-{digest.hexdigest()[:16]}"
+
+    def _load_pool(self) -> tuple[torch.Tensor, torch.Tensor, list[str]] | None:
+        path = self.workdir / "latent_pool.safetensors"
+        if not path.is_file():
+            return None
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("key") != self._pool_key():  # another seed or VAE: stale, encode again
+                return None
+            return f.get_tensor("means"), f.get_tensor("stds"), json.loads(meta["captions"])
+
+    def _encode_pool(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        rng = np.random.default_rng([self.config.seed, 7])
+        means, stds, captions = [], [], []
+        for _ in tqdm(range(0, self.config.pool_size, 256), desc="encode pool", leave=False):
+            pixels, caps = render_batch(rng, 256, self.config.image_size)
+            dist = self.c["vae"].encode(pixels).latent_dist
+            means.append(dist.mean)
+            stds.append(dist.std)
+            captions += caps
+        # Contiguous: the VAE's outputs come channels-last, and the file stores plain layout; a fresh
+        # and a resumed run must index the same layout to train bit for bit alike.
+        pool = (torch.cat(means).contiguous(), torch.cat(stds).contiguous(), captions)
+        tmp = self.workdir / "latent_pool.safetensors.tmp"
+        save_file({"means": pool[0], "stds": pool[1]}, str(tmp),
+                  metadata={"key": self._pool_key(), "captions": json.dumps(captions)})
+        tmp.replace(self.workdir / "latent_pool.safetensors")
+        return pool
 
     def unet_step(self) -> float:
         cfg, c = self.config, self.c
