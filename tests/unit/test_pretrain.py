@@ -16,6 +16,13 @@ SMALL = PretrainConfig(
 )
 
 
+def assert_same_checkpoint(a_dir, b_dir):
+    """Two workdirs' checkpoints hold the same tensors, bit for bit."""
+    a, b = load_file(str(a_dir / "checkpoint.safetensors")), load_file(str(b_dir / "checkpoint.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:3]
+
+
 def test_interrupted_pretraining_resumes_bitwise(tmp_path):
     straight = Pretrainer(SMALL, tmp_path / "a")
     assert straight.run(progress=False)
@@ -25,9 +32,7 @@ def test_interrupted_pretraining_resumes_bitwise(tmp_path):
     resumed = Pretrainer(SMALL, tmp_path / "b")
     assert (resumed.phase, resumed.step) == ("vae", 1)
     assert resumed.run(progress=False)
-    a, b = load_file(str(tmp_path / "a" / "checkpoint.safetensors")), load_file(str(tmp_path / "b" / "checkpoint.safetensors"))
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:3]
+    assert_same_checkpoint(tmp_path / "a", tmp_path / "b")
 
 
 def test_resume_in_unet_phase_reads_the_cached_latent_pool(tmp_path, monkeypatch):
@@ -43,8 +48,7 @@ def test_resume_in_unet_phase_reads_the_cached_latent_pool(tmp_path, monkeypatch
         raise AssertionError("the pool was encoded again")
     monkeypatch.setattr(resumed, "_encode_pool", encode_again)
     assert resumed.run(progress=False)
-    a, b = load_file(str(tmp_path / "a" / "checkpoint.safetensors")), load_file(str(tmp_path / "b" / "checkpoint.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)  # the cached pool is the encoded one, bit for bit
+    assert_same_checkpoint(tmp_path / "a", tmp_path / "b")  # the cached pool is the encoded one, bit for bit
     with torch.no_grad():  # another VAE: the cache is stale and not used
         next(resumed.c["vae"].parameters()).add_(1.0)
     assert resumed._load_pool() is None
