@@ -42,20 +42,25 @@ def spacing_bins(n: int = 3) -> list[tuple[float, float]]:
 
 def tally(labelled) -> dict:
     """Oracle accuracy over (image, true class, true family[, true pattern spacing]) tuples, with the
-    family accuracy per family and, where the spacing is known (renders), per spacing bin."""
+    family accuracy per family, what the style oracle called each family instead, and, where the
+    spacing is known (renders), the accuracy per spacing bin."""
     right_class = right_family = both = 0
-    by_family, by_spacing, bins = {}, {}, spacing_bins()
+    by_family, judged_as, by_spacing, bins = {}, {}, {}, spacing_bins()
     for image, cls, fam, *spacing in labelled:
-        c, f = classify_content(image) == cls, classify_style(image) == fam
+        named = classify_style(image)
+        c, f = classify_content(image) == cls, named == fam
         right_class, right_family, both = right_class + c, right_family + f, both + (c and f)
         by_family.setdefault(fam, []).append(f)
+        counts = judged_as.setdefault(fam, {})
+        counts[named] = counts.get(named, 0) + 1
         for low, high in bins if spacing else ():
             if low <= spacing[0] <= high:
                 by_spacing.setdefault(f"{low:.2f}-{high:.2f}", []).append(f)
                 break
     n = len(labelled)
     result = {"images": n, "class_acc": right_class / n, "family_acc": right_family / n, "both_acc": both / n,
-              "family_acc_by_family": {k: sum(v) / len(v) for k, v in sorted(by_family.items())}}
+              "family_acc_by_family": {k: sum(v) / len(v) for k, v in sorted(by_family.items())},
+              "family_judged_as": {k: dict(sorted(v.items(), key=lambda kv: -kv[1])) for k, v in sorted(judged_as.items())}}
     if by_spacing:
         result["family_acc_by_spacing"] = {k: sum(v) / len(v) for k, v in sorted(by_spacing.items())}
     return result
@@ -205,6 +210,11 @@ def main(argv: list[str] | None = None) -> None:
     for name, r in results.items():
         if "family_acc_by_spacing" in r:
             print(f"- {name}: " + ", ".join(f"{k}: {v:.0%}" for k, v in r["family_acc_by_spacing"].items()))
+    if args.diagnose:  # where the wrong family verdicts go: blotches called "noise"? flat fills "solid"?
+        for name in ("seen combos", "held-out combos"):
+            print(f"\n{name}, what the style oracle named each family (count):")
+            for fam, counts in results[name]["family_judged_as"].items():
+                print(f"- {fam}: " + ", ".join(f"{named} {n}" for named, n in counts.items()))
     if reliance:
         print("\nUNet training loss per timestep on 64 renders of seen combos, by caption:\n| t | "
               + " | ".join(CAPTION_KINDS) + " |\n" + "|---" * (len(CAPTION_KINDS) + 1) + "|")
