@@ -15,7 +15,8 @@ distribution at the first timestep instead of pure noise (a render's latent leak
 sqrt(alpha_bar_T) = 0.068 in training; does the gap to pure noise at inference matter? arXiv
 2305.08891, Sec. 3), and a table of the UNet's training loss per timestep with the right
 caption, a wrong family word, a wrong class word and no caption (at which noise levels does the
-UNet use which word?).
+UNet use which word?), what the style oracle named each family instead, and whether the text
+encoders tell the family words apart at all.
 """
 
 import argparse
@@ -112,26 +113,50 @@ def judge_leaky_start(pipe, per_combo: int, steps: int, guidance: float, seed: i
     that sampling starts at that timestep."""
     from diffusers import EulerDiscreteScheduler
 
-    from unziplora.toyworld.split import pretraining_sample
-
     original, pipe.scheduler = pipe.scheduler, EulerDiscreteScheduler.from_config(pipe.scheduler.config,
                                                                                   timestep_spacing="trailing")
     pipe.scheduler.set_timesteps(steps)
     sigma_max, init_sigma = float(pipe.scheduler.sigmas[0]), float(pipe.scheduler.init_noise_sigma)
-    rng, wanted = np.random.default_rng(seed), {tuple(c): [] for c in SEEN_COMBOS}
-    while any(len(v) < per_combo for v in wanted.values()):  # seen combos only: pretraining draws them all
-        s = pretraining_sample(rng)
-        key = (s.subject.cls, s.style.family)
-        if key in wanted and len(wanted[key]) < per_combo:
-            wanted[key].append(s)
     generator, labelled = torch.Generator().manual_seed(seed), []
-    for (cls, fam), samples in wanted.items():
+    for (cls, fam), samples in seen_samples(per_combo, seed).items():
         z0 = encode(pipe.vae, renders(samples))
         start = (z0 + sigma_max * torch.randn(z0.shape, generator=generator)) / init_sigma
         images = pipe([f"A {cls} in {fam} style"] * len(samples), latents=start, num_inference_steps=steps,
                       guidance_scale=guidance, height=64, width=64).images
         labelled += [(image, cls, fam, s.style.spacing) for image, s in zip(images, samples)]
     pipe.scheduler = original
+    return tally(labelled)
+
+
+def seen_samples(per_combo: int, seed: int) -> dict:
+    """per_combo pretraining draws for every seen combo (pretraining draws them all)."""
+    from unziplora.toyworld.split import pretraining_sample
+
+    rng, wanted = np.random.default_rng(seed), {tuple(c): [] for c in SEEN_COMBOS}
+    while any(len(v) < per_combo for v in wanted.values()):
+        s = pretraining_sample(rng)
+        key = (s.subject.cls, s.style.family)
+        if key in wanted and len(wanted[key]) < per_combo:
+            wanted[key].append(s)
+    return wanted
+
+
+@torch.no_grad()
+def judge_partial_start(pipe, strength: float, per_combo: int, steps: int, guidance: float, seed: int) -> dict:
+    """Seen combos sampled from a render noised to the fraction `strength` of the schedule (SDEdit,
+    arXiv 2108.01073, Sec. 3): can the UNet keep a pattern it is given, where it cannot draw one
+    from pure noise? The level at which the family is lost says where the UNet fails."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+    from PIL import Image
+
+    img2img = StableDiffusionXLImg2ImgPipeline(**pipe.components)
+    img2img.set_progress_bar_config(disable=True)
+    generator, labelled = torch.Generator().manual_seed(seed), []
+    for (cls, fam), samples in seen_samples(per_combo, seed).items():
+        images = img2img([f"A {cls} in {fam} style"] * len(samples), image=[Image.fromarray(a) for a in renders(samples)],
+                         strength=strength, num_inference_steps=steps, guidance_scale=guidance,
+                         generator=generator).images
+        labelled += [(image, cls, fam, s.style.spacing) for image, s in zip(images, samples)]
     return tally(labelled)
 
 
@@ -178,6 +203,30 @@ def caption_reliance(pipe, n: int, seed: int, timesteps=(50, 200, 400, 600, 800,
     return table
 
 
+@torch.no_grad()
+def word_distinctness(pipe) -> dict:
+    """Do the text encoders tell the words apart? For captions that differ only in the family
+    word ("A square in {family} style", all pairs) and only in the class word ("A {class} in
+    stripes style"): the mean cosine similarity of the pooled embeddings (the UNet's added
+    conditioning) and the mean relative change of the token states from the swapped word on (its
+    cross-attention input). Near 1 and near 0: the UNet cannot see which word was written."""
+    from itertools import combinations
+
+    from unziplora.toyworld import CLASSES, FAMILIES
+
+    n_tokens = len(pipe.tokenizer("A square in stripes style").input_ids)  # through the end token
+    result = {}
+    for word, captions in (("family", [f"A square in {f} style" for f in FAMILIES]),
+                           ("class", [f"A {c} in stripes style" for c in CLASSES])):
+        states, _, pooled, _ = pipe.encode_prompt(captions, do_classifier_free_guidance=False)
+        states, pooled = states[:, :n_tokens].float(), pooled.float()
+        pairs = list(combinations(range(len(captions)), 2))
+        cosines = [float(torch.nn.functional.cosine_similarity(pooled[i], pooled[j], dim=0)) for i, j in pairs]
+        change = [float(((states[i] - states[j]).norm(dim=-1) / states[i].norm(dim=-1)).max()) for i, j in pairs]
+        result[word] = {"pooled_cosine": sum(cosines) / len(pairs), "state_change": sum(change) / len(pairs)}
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     """The command; argv: its arguments (None: the process's), for the experiment scripts that judge their model."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -198,7 +247,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.diagnose:
         results |= {f"VAE reconstructions, latent noise {s}": judge_vae(pipe, 128, args.seed, s) for s in (0.1, 0.2, 0.4)}
         results["seen combos, leaky start"] = judge_leaky_start(pipe, args.per_combo, args.steps, args.guidance, args.seed)
+        results |= {f"seen combos, from a render noised to strength {s}": judge_partial_start(
+            pipe, s, args.per_combo, args.steps, args.guidance, args.seed) for s in (0.2, 0.4, 0.6, 0.8)}
     reliance = caption_reliance(pipe, 64, args.seed) if args.diagnose else None
+    distinct = word_distinctness(pipe) if args.diagnose else None
     print("| combos | images | right class | right family | both |\n|---|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['images']} | {r['class_acc']:.1%} | {r['family_acc']:.1%} | {r['both_acc']:.1%} |")
@@ -215,6 +267,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"\n{name}, what the style oracle named each family (count):")
             for fam, counts in results[name]["family_judged_as"].items():
                 print(f"- {fam}: " + ", ".join(f"{named} {n}" for named, n in counts.items()))
+    if distinct:
+        print("\ncaptions that differ in one word, through the text encoders (pooled cosine: 1 = the same;"
+              " state change: largest relative change of a token's state):")
+        for word, d in distinct.items():
+            print(f"- {word} word: pooled cosine {d['pooled_cosine']:.3f}, state change {d['state_change']:.3f}")
     if reliance:
         print("\nUNet training loss per timestep on 64 renders of seen combos, by caption:\n| t | "
               + " | ".join(CAPTION_KINDS) + " |\n" + "|---" * (len(CAPTION_KINDS) + 1) + "|")
@@ -224,7 +281,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model": args.model, "settings": vars(args), "results": results,
-                               "caption_reliance": reliance}, indent=2))
+                               "caption_reliance": reliance,
+                               "word_distinctness": distinct}, indent=2))
 
 
 if __name__ == "__main__":
