@@ -21,6 +21,7 @@ encoders tell the family words apart at all.
 
 import argparse
 import json
+from collections import Counter
 import time
 from pathlib import Path
 
@@ -52,8 +53,7 @@ def tally(labelled) -> dict:
         c, f = classify_content(image) == cls, named == fam
         right_class, right_family, both = right_class + c, right_family + f, both + (c and f)
         by_family.setdefault(fam, []).append(f)
-        counts = judged_as.setdefault(fam, {})
-        counts[named] = counts.get(named, 0) + 1
+        judged_as.setdefault(fam, Counter())[named] += 1
         for low, high in bins if spacing else ():
             if low <= spacing[0] <= high:
                 by_spacing.setdefault(f"{low:.2f}-{high:.2f}", []).append(f)
@@ -61,7 +61,7 @@ def tally(labelled) -> dict:
     n = len(labelled)
     result = {"images": n, "class_acc": right_class / n, "family_acc": right_family / n, "both_acc": both / n,
               "family_acc_by_family": {k: sum(v) / len(v) for k, v in sorted(by_family.items())},
-              "family_judged_as": {k: dict(sorted(v.items(), key=lambda kv: -kv[1])) for k, v in sorted(judged_as.items())}}
+              "family_judged_as": {k: dict(v.most_common()) for k, v in sorted(judged_as.items())}}
     if by_spacing:
         result["family_acc_by_spacing"] = {k: sum(v) / len(v) for k, v in sorted(by_spacing.items())}
     return result
@@ -208,8 +208,8 @@ def word_distinctness(pipe) -> dict:
     """Do the text encoders tell the words apart? For captions that differ only in the family
     word ("A square in {family} style", all pairs) and only in the class word ("A {class} in
     stripes style"): the mean cosine similarity of the pooled embeddings (the UNet's added
-    conditioning) and the mean relative change of the token states from the swapped word on (its
-    cross-attention input). Near 1 and near 0: the UNet cannot see which word was written."""
+    conditioning) and the largest relative change of a token's state (its cross-attention input),
+    both averaged over the pairs. Near 1 and near 0: the UNet cannot see which word was written."""
     from itertools import combinations
 
     from unziplora.toyworld import CLASSES, FAMILIES
