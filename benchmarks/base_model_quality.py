@@ -21,8 +21,8 @@ encoders tell the family words apart at all.
 
 import argparse
 import json
-from collections import Counter
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -47,12 +47,11 @@ def tally(labelled) -> dict:
     family accuracy per family, what the style oracle called each family instead, and, where the
     spacing is known (renders), the accuracy per spacing bin."""
     right_class = right_family = both = 0
-    by_family, judged_as, by_spacing, bins = {}, {}, {}, spacing_bins()
+    judged_as, by_spacing, bins = {}, {}, spacing_bins()
     for image, cls, fam, *spacing in labelled:
         named = classify_style(image)
         c, f = classify_content(image) == cls, named == fam
         right_class, right_family, both = right_class + c, right_family + f, both + (c and f)
-        by_family.setdefault(fam, []).append(f)
         judged_as.setdefault(fam, Counter())[named] += 1
         for low, high in bins if spacing else ():
             if low <= spacing[0] <= high:
@@ -60,7 +59,7 @@ def tally(labelled) -> dict:
                 break
     n = len(labelled)
     result = {"images": n, "class_acc": right_class / n, "family_acc": right_family / n, "both_acc": both / n,
-              "family_acc_by_family": {k: sum(v) / len(v) for k, v in sorted(by_family.items())},
+              "family_acc_by_family": {k: v[k] / v.total() for k, v in sorted(judged_as.items())},
               "family_judged_as": {k: dict(v.most_common()) for k, v in sorted(judged_as.items())}}
     if by_spacing:
         result["family_acc_by_spacing"] = {k: sum(v) / len(v) for k, v in sorted(by_spacing.items())}
@@ -106,6 +105,19 @@ def judge_vae(pipe, n: int, seed: int, latent_noise: float = 0.0) -> dict:
     return tally([(a, s.subject.cls, s.style.family, s.style.spacing) for s, a in zip(samples, arrays)])
 
 
+def seen_samples(per_combo: int, seed: int) -> dict:
+    """per_combo pretraining draws for every seen combo (pretraining draws them all)."""
+    from unziplora.toyworld.split import pretraining_sample
+
+    rng, wanted = np.random.default_rng(seed), {tuple(c): [] for c in SEEN_COMBOS}
+    while any(len(v) < per_combo for v in wanted.values()):
+        s = pretraining_sample(rng)
+        key = (s.subject.cls, s.style.family)
+        if key in wanted and len(wanted[key]) < per_combo:
+            wanted[key].append(s)
+    return wanted
+
+
 @torch.no_grad()
 def judge_leaky_start(pipe, per_combo: int, steps: int, guidance: float, seed: int) -> dict:
     """Seen combos sampled from x_T = z_0 + sigma_max * noise (z_0: a render of the combo), the
@@ -126,19 +138,6 @@ def judge_leaky_start(pipe, per_combo: int, steps: int, guidance: float, seed: i
         labelled += [(image, cls, fam, s.style.spacing) for image, s in zip(images, samples)]
     pipe.scheduler = original
     return tally(labelled)
-
-
-def seen_samples(per_combo: int, seed: int) -> dict:
-    """per_combo pretraining draws for every seen combo (pretraining draws them all)."""
-    from unziplora.toyworld.split import pretraining_sample
-
-    rng, wanted = np.random.default_rng(seed), {tuple(c): [] for c in SEEN_COMBOS}
-    while any(len(v) < per_combo for v in wanted.values()):
-        s = pretraining_sample(rng)
-        key = (s.subject.cls, s.style.family)
-        if key in wanted and len(wanted[key]) < per_combo:
-            wanted[key].append(s)
-    return wanted
 
 
 @torch.no_grad()
