@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--force", action="store_true")
     bench = sub.add_parser("bench", help="benchmarks: ratios against a baseline measured in the same run")
     bench.add_argument("which", choices=["speed", "quality", "memory"],
-                       help="memory: the full-size SDXL UNet (random weights) on CPU, needs ~14 GB RAM")
+                       help="memory: the full-size SDXL UNet (random weights) on CPU, needs ~14 GB RAM "
+                            "(--device cuda: on a GPU, fp16, 1024 px)")
     bench.add_argument("--images", type=int, default=12, help="quality: held-out images")
     bench.add_argument("--seeds", type=int, default=2, help="quality: seeds per image")
     bench.add_argument("--train-steps", type=int, default=600, help="quality: steps per method")
@@ -94,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--steps", type=int, default=20, help="denoising steps per generation")
     bench.add_argument("--rank", type=int, help="LoRA rank (speed/quality: 16; memory: 64, the paper's)")
-    bench.add_argument("--resolutions", type=int, nargs="+", default=[256, 512], help="memory: image sizes in px")
+    bench.add_argument("--resolutions", type=int, nargs="+", help="memory: image sizes in px (CPU: 256 512; cuda: 1024)")
+    bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="memory: where the SDXL UNet runs")
     bench.add_argument("--threads", type=int, default=1, help="memory: torch threads per measurement")
     bench.add_argument("--rounds", type=int, default=3,
                        help="memory: turns of (ours, PEFT, PEFT default AdamW) processes for the step-time ratio")
@@ -240,10 +242,14 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import EMBEDDED_MODEL, demo_image
 
             base = args.base_model or str(EMBEDDED_MODEL)
-            if args.which == "memory":
+            if args.which == "memory" and args.device == "cuda":
+                from .bench.cuda import run_cuda
+
+                run_cuda(args.json, args.resolutions or [1024], args.rank or 64, repeats=args.repeats)
+            elif args.which == "memory":
                 from .bench.memory import run_memory
 
-                run_memory(args.json, args.resolutions, args.rank or 64, repeats=min(args.repeats, 3),
+                run_memory(args.json, args.resolutions or [256, 512], args.rank or 64, repeats=min(args.repeats, 3),
                            threads=args.threads, rounds=args.rounds)
             elif args.which == "speed":
                 from .bench.speed import run_speed

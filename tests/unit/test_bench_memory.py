@@ -85,3 +85,41 @@ def test_step_time_ratio_runs_take_turns_and_merge_every_step():
     assert calls == list(RATIO_METHODS) * 2  # a, b, c, a, b, c: not a, a, b, b, c, c
     assert runs["unziplora"]["step_s"] == [2.0, 2.0, 8.0, 8.0] and runs["unziplora"]["step_median_s"] == 5.0
     assert per_round == [2 / 2, 2 * 4 / 5]
+
+
+def test_gpu_bench_rows_cover_both_methods_and_checkpointing_and_ratio_pairs_like_settings():
+    from unziplora.bench.cuda import run_cuda
+
+    result = run_cuda(None, resolutions=(32,), rank=4, repeats=2, device="cpu", dtype=torch.float32,
+                      unet_factory=_unet)
+    keys = [(r["method"], r["gradient_checkpointing"]) for r in result["runs"]]
+    assert keys == [("unziplora", True), ("unziplora", False), ("peft", True), ("peft", False)]
+    assert all(len(r["step_s"]) == 2 and r["600_steps_min"] == round(600 * r["step_median_s"] / 60, 2)
+               for r in result["runs"])
+    by_key = {(r["method"], r["gradient_checkpointing"]): r["step_median_s"] for r in result["runs"]}
+    assert result["train_step_ratio_sdxl_cuda"]["32px_gc"] == round(by_key["unziplora", True] / by_key["peft", True], 3)
+    assert result["parameters"]["content_branch"] > 0
+
+
+def test_gpu_bench_without_a_gpu_is_one_clear_error():
+    import pytest
+
+    from unziplora.bench.cuda import run_cuda
+    from unziplora.errors import UnZipLoRAError
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    with pytest.raises(UnZipLoRAError, match="--device cpu"):
+        run_cuda(None, unet_factory=_unet)
+
+
+def test_peft_baseline_in_fp16_keeps_lora_in_fp32_and_trains_it():
+    unet = _unet()
+    step = peft_step_fn(unet, 32, 4, dtype=torch.float16)
+    lora = {n: p for n, p in unet.named_parameters() if p.requires_grad}
+    before = {n: p.detach().clone() for n, p in lora.items()}
+    step()
+    step()  # the first fp16 step may be skipped by the loss scaler
+    assert lora and all(p.dtype == torch.float32 for p in lora.values())
+    assert any(not torch.equal(before[n], p) for n, p in lora.items())
+    assert all(p.dtype == torch.float16 for n, p in unet.named_parameters() if n not in lora)

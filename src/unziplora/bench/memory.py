@@ -93,8 +93,10 @@ def _random_embeds(unet, generator: torch.Generator) -> dict[str, torch.Tensor]:
     return out
 
 
-def sdxl_trainer(unet, resolution: int, rank: int, checkpointing: bool, profile=None):
-    """A `Trainer` over `unet` with the built-in SDXL profile (METHOD §2.4) unless another is given."""
+def sdxl_trainer(unet, resolution: int, rank: int, checkpointing: bool, profile=None,
+                 device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32):
+    """A `Trainer` over `unet` with the built-in SDXL profile (METHOD §2.4) unless another is given;
+    on a GPU the frozen UNet in `dtype` (fp16: loss scaling, LoRA in fp32, as `Trainer.prepare`)."""
     from ..config import RunConfig
     from ..lora.inject import inject_two_branch_lora
     from ..profiles import load_profile
@@ -103,22 +105,25 @@ def sdxl_trainer(unet, resolution: int, rank: int, checkpointing: bool, profile=
     config = RunConfig().with_overrides({"lora.rank": rank, "train.resolution": resolution,
                                          "train.gradient_checkpointing": checkpointing})
     unet.requires_grad_(False)
+    unet.to(device, dtype)
     lora = inject_two_branch_lora(unet, profile or load_profile("sdxl"), rank, config.lora.init, config.train.seed)
     if checkpointing:
         unet.enable_gradient_checkpointing()
     generator = torch.Generator().manual_seed(0)
-    return Trainer(config, SimpleNamespace(unet=unet), lora, RandomLatents(resolution), _random_embeds(unet, generator),
-                   torch.device("cpu"), torch.float32, build_optimizer(config, lora), _noise_scheduler(), generator,
-                   torch.amp.GradScaler("cpu", enabled=False))
+    embeds = {k: v.to(device) for k, v in _random_embeds(unet, generator).items()}
+    return Trainer(config, SimpleNamespace(unet=unet), lora, RandomLatents(resolution), embeds,
+                   device, dtype, build_optimizer(config, lora), _noise_scheduler(), generator,
+                   torch.amp.GradScaler(device.type, enabled=dtype == torch.float16))
 
 
-def peft_step_fn(unet, resolution: int, rank: int, same_optimizer: bool = True):
+def peft_step_fn(unet, resolution: int, rank: int, same_optimizer: bool = True, dtype: torch.dtype = torch.float32):
     """One plain PEFT LoRA step on the same targets and rank, with SDXL-shaped data: the baseline
-    (with our optimiser, or torch's default AdamW: see `peft_baseline_step`)."""
+    (with our optimiser, or torch's default AdamW: see `peft_baseline_step`), on `unet`'s device."""
     from .speed import peft_baseline_step
 
     embeds = _random_embeds(unet, torch.Generator().manual_seed(0))
-    return peft_baseline_step(unet, RandomLatents(resolution), embeds, rank, _noise_scheduler(), same_optimizer)
+    return peft_baseline_step(unet.to(dtype=dtype), RandomLatents(resolution), embeds, rank, _noise_scheduler(),
+                              same_optimizer, dtype)
 
 
 def parameter_counts(trainer) -> dict[str, int]:

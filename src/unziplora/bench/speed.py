@@ -72,33 +72,43 @@ def _trainer(base: str, image, rank: int, resolution: int) -> Trainer:
     return trainer
 
 
-def peft_baseline_step(unet, latents, embeds: dict, rank: int, noise_scheduler, same_optimizer: bool = True):
+def peft_baseline_step(unet, latents, embeds: dict, rank: int, noise_scheduler, same_optimizer: bool = True,
+                       dtype: torch.dtype = torch.float32):
     """One plain PEFT LoRA training step on every attention projection, as a closure: the baseline.
 
     Same targets, rank and loss as ours, and our optimiser unless `same_optimizer` is False (then
     torch's default AdamW, as diffusers' DreamBooth-LoRA script builds it); `latents` has
     `sample`/`time_ids` like `CroppedLatents`, `embeds` the combined prompt's states and pooled embedding.
+    With a `dtype` below fp32 (the UNet's weights, on a GPU) it trains as diffusers' DreamBooth-LoRA
+    script does: LoRA parameters in fp32, autocast, loss scaling for fp16.
     """
+    device = next(unet.parameters()).device
     unet.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                                 target_modules=target_modules(unet)))
     params = [p for p in unet.parameters() if p.requires_grad]
+    for p in params:
+        p.data = p.data.float()
     settings = {"lr": 5e-5, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-4}
     optimizer = adamw(params, **settings) if same_optimizer else torch.optim.AdamW(params, **settings)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     generator = torch.Generator().manual_seed(0)
+    states, pooled = embeds["combined"].to(device, dtype), embeds["combined_pooled"].to(device, dtype)
 
     def step():
         t0 = time.perf_counter()
         latent, crop = latents.sample(generator)
-        kwargs = {"encoder_hidden_states": embeds["combined"],
-                  "added_cond_kwargs": {"text_embeds": embeds["combined_pooled"], "time_ids": latents.time_ids(crop)}}
-        loss = diffusion_mse(unet, noise_scheduler, latent, generator, torch.float32, kwargs)
+        kwargs = {"encoder_hidden_states": states, "added_cond_kwargs": {
+            "text_embeds": pooled, "time_ids": latents.time_ids(crop).to(device, dtype)}}
+        loss = diffusion_mse(unet, noise_scheduler, latent.to(device), generator, dtype, kwargs)
         optimizer.zero_grad(set_to_none=True)
         t1 = time.perf_counter()
-        loss.backward()
+        scaler.scale(loss).backward()
         t2 = time.perf_counter()
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         step.last_phases = {"forward": t1 - t0, "backward": t2 - t1, "update": time.perf_counter() - t2}
 
     step.last_phases = {}

@@ -1,0 +1,139 @@
+"""`unziplora bench memory --device cuda`: the full-size SDXL UNet architecture on a GPU.
+
+Step time and peak CUDA memory of one UnZipLoRA training step at the paper's 1024 px with the
+frozen UNet in fp16 (LoRA and mergers in fp32, loss scaling) and gradient checkpointing on and
+off, against one plain PEFT LoRA step of the same rank on the same targets in the same process
+(`train_step_ratio_sdxl_cuda`), and what the paper's 600 steps (arXiv 2412.04465, Sec. 4;
+METHOD §2.5) take at the median step time. Random weights change neither memory nor time.
+The goals (issue: <= 12 GB, 600 steps <= 5 minutes on an H100) are printed beside the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import UnZipLoRAError
+from .memory import parameter_counts, peft_step_fn, sdxl_trainer, sdxl_unet
+
+GOAL_PEAK_GB = 12.0
+GOAL_600_STEPS_MIN = 5.0
+PAPER_STEPS = 600
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step, device: torch.device, warmup: int, repeats: int) -> dict:
+    """Median/min/max seconds of `repeats` calls of `step` after `warmup`, and the peak device memory
+    of the timed calls (weights included: what the card must hold); CPU rows carry no peak."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    row = {"step_s": [round(x, 4) for x in times], "step_median_s": round(statistics.median(times), 4)}
+    if device.type == "cuda":
+        row["peak_allocated_gb"] = round(torch.cuda.max_memory_allocated(device) / 1e9, 2)
+        row["peak_reserved_gb"] = round(torch.cuda.max_memory_reserved(device) / 1e9, 2)
+    row["600_steps_min"] = round(PAPER_STEPS * row["step_median_s"] / 60, 2)
+    return row
+
+
+def _method_rows(method: str, unet, resolution: int, rank: int, device, dtype, warmup: int, repeats: int):
+    """Rows of one method with checkpointing on, then off, on one UNet (the LoRA is injected once)."""
+    counts = {}
+    if method == "unziplora":
+        trainer = sdxl_trainer(unet, resolution, rank, True, device=device, dtype=dtype)
+        step, counts = trainer.train_step, parameter_counts(trainer)
+        warmup = max(warmup, 2)  # step 0 refreshes the masks; merger training and L_orth start at step 1
+    else:
+        unet.enable_gradient_checkpointing()
+        step = peft_step_fn(unet, resolution, rank, dtype=dtype)
+    rows = []
+    for checkpointing in (True, False):
+        if not checkpointing:
+            unet.disable_gradient_checkpointing()
+        row = {"method": method, "resolution": resolution, "gradient_checkpointing": checkpointing}
+        try:
+            row.update(time_steps(step, device, warmup, repeats))
+        except torch.OutOfMemoryError:
+            row["error"] = "out of memory"
+        rows.append(row)
+        torch.cuda.empty_cache() if device.type == "cuda" else None
+    return rows, counts
+
+
+def run_cuda(json_path: str | Path | None, resolutions=(1024,), rank: int = 64, repeats: int = 5,
+             warmup: int = 2, device: str = "cuda", dtype: torch.dtype = torch.float16, unet_factory=sdxl_unet) -> dict:
+    """Rows per (method, resolution, checkpointing); the ratio ours / PEFT per resolution and setting."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UnZipLoRAError("bench memory --device cuda needs a CUDA GPU and a CUDA build of torch; "
+                             "on this machine use --device cpu")
+    rows, counts = [], {}
+    for resolution in resolutions:
+        for method in ("unziplora", "peft"):
+            t0 = time.perf_counter()
+            with device:  # random initialisation on the GPU: seconds instead of minutes on the host
+                unet = unet_factory()
+            new_rows, new_counts = _method_rows(method, unet, resolution, rank, device, dtype, warmup, repeats)
+            for row in new_rows:
+                row["build_s"] = round(time.perf_counter() - t0, 1)
+            rows += new_rows
+            counts = counts or new_counts
+            del unet
+            torch.cuda.empty_cache() if device.type == "cuda" else None
+    ratios = {}
+    for ours in (r for r in rows if r["method"] == "unziplora" and "error" not in r):
+        peft = next((r for r in rows if r["method"] == "peft" and "error" not in r
+                     and (r["resolution"], r["gradient_checkpointing"]) == (ours["resolution"],
+                                                                          ours["gradient_checkpointing"])), None)
+        if peft:
+            key = f"{ours['resolution']}px_{'gc' if ours['gradient_checkpointing'] else 'no_gc'}"
+            ratios[key] = round(ours["step_median_s"] / peft["step_median_s"], 3)
+    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "dtype": str(dtype).replace("torch.", ""), "rank": rank, "repeats": repeats, "torch": torch.__version__,
+              "goals": {"peak_gb": GOAL_PEAK_GB, "600_steps_min": GOAL_600_STEPS_MIN},
+              "train_step_ratio_sdxl_cuda": ratios, "parameters": counts, "runs": rows}
+    table = _table(result)
+    print(table)
+    if json_path:
+        path = Path(json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(path)
+        path.with_suffix(".md").write_text(table + "\n")
+    return result
+
+
+def _table(result: dict) -> str:
+    lines = [f"SDXL UNet architecture, random weights, {result['device']}, frozen weights {result['dtype']}, "
+             f"rank {result['rank']}, median of {result['repeats']} steps",
+             "| method | resolution | grad checkpointing | step s (min-max) | peak allocated GB | 600 steps min |",
+             "|---|---|---|---|---|---|"]
+    for r in result["runs"]:
+        head = f"| {r['method']} | {r['resolution']} | {r['gradient_checkpointing']} |"
+        if "error" in r:
+            lines.append(f"{head} {r['error']} | - | - |")
+            continue
+        peak = r.get("peak_allocated_gb", "-")
+        lines.append(f"{head} {r['step_median_s']:.3f} ({min(r['step_s']):.3f}-{max(r['step_s']):.3f}) | {peak} "
+                     f"| {r['600_steps_min']} |")
+    lines += ["", f"train_step_ratio_sdxl_cuda (ours / PEFT LoRA, same setting): {result['train_step_ratio_sdxl_cuda']}",
+              f"goals: peak <= {GOAL_PEAK_GB} GB and {PAPER_STEPS} steps <= {GOAL_600_STEPS_MIN} min "
+              "(1024 px, gradient checkpointing, fp16)"]
+    return "\n".join(lines)
