@@ -18,7 +18,7 @@ from unziplora.demo import EMBEDDED_MODEL
 from unziplora.methods.single_lora import SingleLoraSpec
 from unziplora.models import load_pipeline
 from unziplora.toyworld import heldout_images
-from unziplora.toyworld.pretrain import write_checksums
+from unziplora.toyworld.model_files import write_checksums
 from unziplora.toyworld.probe import GroupScore, assign_roles, average, markdown_table, probe_image, profile_dict
 
 

@@ -35,6 +35,15 @@ def test_interrupted_pretraining_resumes_bitwise(tmp_path):
     assert_same_checkpoint(tmp_path / "a", tmp_path / "b")
 
 
+def test_render_workers_draw_the_same_renders_and_train_the_same_weights(tmp_path):
+    """Parallel rendering (the GPU recipe's) only moves the pixel work: same samples, same weights."""
+    assert Pretrainer(SMALL, tmp_path / "a").run(progress=False)
+    parallel = Pretrainer(dataclasses.replace(SMALL, render_workers=2), tmp_path / "b")
+    assert parallel.run(progress=False)
+    assert parallel.workers is None  # the pool is stopped when the run ends
+    assert_same_checkpoint(tmp_path / "a", tmp_path / "b")
+
+
 def test_resume_in_unet_phase_reads_the_cached_latent_pool(tmp_path, monkeypatch):
     straight = Pretrainer(SMALL, tmp_path / "a")
     assert straight.run(progress=False)

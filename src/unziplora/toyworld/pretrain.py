@@ -33,6 +33,7 @@ from ..errors import UnZipLoRAError
 from ..tiny import TinySDXLSpec, tiny_sdxl_components
 from .render import render_array
 from .split import pretraining_sample
+from .model_files import write_recipe
 from .world import WORLD_WORDS
 
 BASE_SPEC = TinySDXLSpec(
@@ -79,24 +80,34 @@ class PretrainConfig:
     v_prediction: bool = False  # v-prediction on zero-terminal-SNR betas (arXiv 2305.08891, Sec. 3.1-3.2)
     checkpoint_every_s: float = 300.0
     threads: int = 2
+    # Where the models train ("cuda" on a GPU machine) and how many processes draw the renders: the
+    # random draws stay on the CPU generators in the same order, so only float rounding differs by device.
+    device: str = "cpu"
+    render_workers: int = 0
     spec: TinySDXLSpec = field(default_factory=lambda: BASE_SPEC)
 
 
-def render_batch(rng: np.random.Generator, n: int, size: int) -> tuple[torch.Tensor, list[str]]:
-    """n pretraining renders as (n, 3, size, size) in [-1, 1], and their captions."""
+def render_batch(rng: np.random.Generator, n: int, size: int, workers=None) -> tuple[torch.Tensor, list[str]]:
+    """n pretraining renders as (n, 3, size, size) in [-1, 1], and their captions. The samples are
+    drawn here in order; `workers` (a process pool) only draws the pixels, so the result is the same."""
     samples = [pretraining_sample(rng) for _ in range(n)]
-    arrays = np.stack([render_array(s.subject, s.style, size, s.seed) for s in samples])
+    jobs = [(s.subject, s.style, size, s.seed) for s in samples]
+    arrays = np.stack(workers.starmap(render_array, jobs) if workers else [render_array(*job) for job in jobs])
     pixels = torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return pixels, [s.caption for s in samples]
 
 
-def encode_text(components: dict, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """SDXL conditioning with gradients: penultimate states of both encoders, pooled projection."""
+def encode_text(components: dict, captions: list[str], token_ids: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL conditioning with gradients: penultimate states of both encoders, pooled projection.
+    `token_ids` caches each caption's ids (the world has 64 captions; tokenising is a GPU step's cost)."""
+    token_ids = {} if token_ids is None else token_ids
+    for caption in set(captions) - token_ids.keys():
+        token_ids[caption] = [components[key]([caption], padding="max_length", max_length=77, truncation=True,
+                                              return_tensors="pt").input_ids for key in ("tokenizer", "tokenizer_2")]
     states = []
     pooled = None
-    for tok_key, enc_key in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")):
-        ids = components[tok_key](captions, padding="max_length", max_length=77, truncation=True,
-                                  return_tensors="pt").input_ids
+    for i, enc_key in enumerate(("text_encoder", "text_encoder_2")):
+        ids = torch.cat([token_ids[caption][i] for caption in captions]).to(components[enc_key].device)
         out = components[enc_key](ids, output_hidden_states=True)
         states.append(out.hidden_states[-2])
         if enc_key == "text_encoder_2":
@@ -112,6 +123,11 @@ class Pretrainer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(config.threads)
         self.c = tiny_sdxl_components(config.spec, seed=config.seed)
+        self.device = torch.device(config.device)
+        for key in ("vae", "unet", "text_encoder", "text_encoder_2"):
+            self.c[key].to(self.device)
+        self.workers = None  # the render process pool, started on first use
+        self.token_ids: dict[str, list[torch.Tensor]] = {}
         if config.v_prediction:  # the pipeline's scheduler is exported with the model: it must match
             self.c["scheduler"] = type(self.c["scheduler"]).from_config(
                 self.c["scheduler"].config, prediction_type="v_prediction", rescale_betas_zero_snr=True,
@@ -141,6 +157,15 @@ class Pretrainer:
         lr = self.config.vae_lr if self.phase == "vae" else self.config.lr
         self.optimizer = torch.optim.AdamW(list(self.trainable().values()), lr=lr, weight_decay=1e-4 if self.phase == "unet" else 0.0)
 
+    def render(self, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, list[str]]:
+        if self.config.render_workers and self.workers is None:
+            import multiprocessing
+
+            # spawn: the workers must not inherit a CUDA context
+            self.workers = multiprocessing.get_context("spawn").Pool(self.config.render_workers)
+        pixels, captions = render_batch(rng, n, self.config.image_size, self.workers)
+        return pixels.to(self.device), captions
+
     def lr_at(self, step: int, total: int, peak: float) -> float:
         warm = min(self.config.warmup, total // 10)
         if step < warm:
@@ -151,7 +176,7 @@ class Pretrainer:
     # ----- steps -----------------------------------------------------------------------------------
     def vae_step(self) -> float:
         cfg = self.config
-        pixels, _ = render_batch(self.rng, cfg.vae_batch, cfg.image_size)
+        pixels, _ = self.render(self.rng, cfg.vae_batch)
         if cfg.vae_crop < cfg.image_size:
             top, left = self.rng.integers(0, cfg.image_size - cfg.vae_crop + 1, 2)
             top, left = top - top % 8, left - left % 8  # keep the pattern phase aligned to the latent grid
@@ -173,7 +198,7 @@ class Pretrainer:
         """What the pool depends on: seed, size, render size and the VAE's weights."""
         digest = hashlib.sha256()
         for name, t in sorted(self.c["vae"].state_dict().items()):
-            digest.update(name.encode() + t.detach().contiguous().numpy().tobytes())
+            digest.update(name.encode() + t.detach().cpu().contiguous().numpy().tobytes())
         return f"{self.config.seed}-{self.config.pool_size}-{self.config.image_size}-{digest.hexdigest()[:16]}"
 
     def _load_pool(self) -> tuple[torch.Tensor, torch.Tensor, list[str]] | None:
@@ -184,13 +209,14 @@ class Pretrainer:
             meta = f.metadata() or {}
             if meta.get("key") != self._pool_key():  # another seed or VAE: stale, encode again
                 return None
-            return f.get_tensor("means"), f.get_tensor("stds"), json.loads(meta["captions"])
+            return (f.get_tensor("means").to(self.device), f.get_tensor("stds").to(self.device),
+                    json.loads(meta["captions"]))
 
     def _encode_pool(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         rng = np.random.default_rng([self.config.seed, 7])
         means, stds, captions = [], [], []
         for _ in tqdm(range(0, self.config.pool_size, 256), desc="encode pool", leave=False):
-            pixels, caps = render_batch(rng, 256, self.config.image_size)
+            pixels, caps = self.render(rng, 256)
             dist = self.c["vae"].encode(pixels).latent_dist
             means.append(dist.mean)
             stds.append(dist.std)
@@ -199,7 +225,7 @@ class Pretrainer:
         # and a resumed run must index the same layout to train bit for bit alike.
         pool = (torch.cat(means).contiguous(), torch.cat(stds).contiguous(), captions)
         tmp = self.workdir / "latent_pool.safetensors.tmp"
-        save_file({"means": pool[0], "stds": pool[1]}, str(tmp),
+        save_file({"means": pool[0].cpu(), "stds": pool[1].cpu()}, str(tmp),
                   metadata={"key": self._pool_key(), "captions": json.dumps(captions)})
         tmp.replace(self.workdir / "latent_pool.safetensors")
         return pool
@@ -209,16 +235,19 @@ class Pretrainer:
         means, stds, pool_captions = self.latent_pool()
         index = torch.randint(0, len(pool_captions), (cfg.batch,), generator=self.gen)
         captions = [pool_captions[i] for i in index.tolist()]
-        sample = means[index] + stds[index] * torch.randn(means[index].shape, generator=self.gen)
+        index = index.to(self.device)
+        sample = means[index] + stds[index] * self._draw(torch.randn, means[index].shape)
         latents = sample * c["vae"].config.scaling_factor
-        embeds, pooled = encode_text(c, captions)
-        keep = (torch.rand(len(captions), generator=self.gen) >= cfg.cfg_dropout).float()
+        embeds, pooled = encode_text(c, captions, self.token_ids)
+        keep = (self._draw(torch.rand, (len(captions),)) >= cfg.cfg_dropout).float()
         embeds, pooled = embeds * keep[:, None, None], pooled * keep[:, None]
-        noise = torch.randn(latents.shape, generator=self.gen)
+        noise = self._draw(torch.randn, latents.shape)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(captions),), generator=self.gen)
+        t = t.to(self.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         size = cfg.image_size
-        time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32).expand(len(captions), -1)
+        time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32,
+                                device=self.device).expand(len(captions), -1)
         pred = c["unet"](noisy, t, embeds, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
         target = self.noise_scheduler.get_velocity(latents, noise, t) if cfg.v_prediction else noise
         per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
@@ -227,15 +256,19 @@ class Pretrainer:
         self._update_ema()
         return value
 
+    def _draw(self, fn, shape) -> torch.Tensor:
+        """A draw from the CPU generator, moved to the training device: one stream on every device."""
+        return fn(shape, generator=self.gen).to(self.device)
+
     def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
         """Per-sample weights: 1, or Min-SNR-gamma, min(SNR, gamma) / SNR for epsilon targets and
         min(SNR, gamma) / (SNR + 1) for v targets (arXiv 2303.09556, Sec. 3.4)."""
         gamma = self.config.snr_gamma
         if gamma is None:
-            return torch.ones(len(t))
-        alpha_bar = self.noise_scheduler.alphas_cumprod[t]
+            return torch.ones(len(t), device=t.device)
+        alpha_bar = self.noise_scheduler.alphas_cumprod[t.cpu()]
         snr = alpha_bar / (1 - alpha_bar)
-        return snr.clamp(max=gamma) / (snr + 1 if self.config.v_prediction else snr)
+        return (snr.clamp(max=gamma) / (snr + 1 if self.config.v_prediction else snr)).to(t.device)
 
     def _apply(self, loss: torch.Tensor, total: int, peak: float) -> float:
         for group in self.optimizer.param_groups:
@@ -259,7 +292,7 @@ class Pretrainer:
     @torch.no_grad()
     def _finish_vae(self) -> None:
         """Scaling factor = 1 / std of the latents, then switch to the UNet phase."""
-        pixels, _ = render_batch(np.random.default_rng(12345), 256, self.config.image_size)
+        pixels, _ = self.render(np.random.default_rng(12345), 256)
         latents = self.c["vae"].encode(pixels).latent_dist.mean
         self.c["vae"].register_to_config(scaling_factor=float(1.0 / latents.std()))
         self.c["vae"].requires_grad_(False)
@@ -269,6 +302,14 @@ class Pretrainer:
     # ----- the loop --------------------------------------------------------------------------------
     def run(self, budget_s: float | None = None, progress: bool = True) -> bool:
         """Train until both phases are done (True) or the time budget is spent (False)."""
+        try:
+            return self._run(budget_s, progress)
+        finally:
+            if self.workers is not None:
+                self.workers.terminate()
+                self.workers = None
+
+    def _run(self, budget_s: float | None, progress: bool) -> bool:
         start = last_save = time.monotonic()
         for key in ("vae_steps", "unet_steps"):
             before = (self.saved_config or {}).get(key, getattr(self.config, key))
@@ -300,13 +341,14 @@ class Pretrainer:
 
     # ----- checkpoints (safetensors + JSON) -------------------------------------------------------
     def save(self) -> None:
-        tensors = {f"model.{k}.{n}": t.detach().contiguous() for k in ("vae", "unet", "text_encoder", "text_encoder_2")
-                   for n, t in self.c[k].state_dict().items()}
-        tensors.update({f"ema.{n}": t.contiguous() for n, t in self.ema.items()})
+        tensors = {f"model.{k}.{n}": t.detach().cpu().contiguous()
+                   for k in ("vae", "unet", "text_encoder", "text_encoder_2") for n, t in self.c[k].state_dict().items()}
+        tensors.update({f"ema.{n}": t.cpu().contiguous() for n, t in self.ema.items()})
         opt = self.optimizer.state_dict()
         for idx, state in opt["state"].items():
             for key, value in state.items():
-                tensors[f"opt.{idx}.{key}"] = value.detach().reshape(-1).contiguous() if value.ndim == 0 else value.contiguous()
+                value = value.detach().cpu()
+                tensors[f"opt.{idx}.{key}"] = value.reshape(-1).contiguous() if value.ndim == 0 else value.contiguous()
         tensors["rng.torch"] = self.gen.get_state()
         meta = {
             "phase": self.phase, "step": self.step, "rng_numpy": self.rng.bit_generator.state,
@@ -344,7 +386,7 @@ class Pretrainer:
                 _, idx, key = name.split(".", 2)
                 state.setdefault(int(idx), {})[key] = t.reshape(()) if key == "step" else t
         self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-        self.ema = {n[len("ema."):]: t for n, t in tensors.items() if n.startswith("ema.")}
+        self.ema = {n[len("ema."):]: t.to(self.device) for n, t in tensors.items() if n.startswith("ema.")}
         self.gen.set_state(tensors["rng.torch"])
         self.rng.bit_generator.state = meta["rng_numpy"]
         self.log = meta.get("log_tail", [])
@@ -361,39 +403,7 @@ class Pretrainer:
                 if name in self.ema:
                     p.copy_(self.ema[name])
         pipe = StableDiffusionXLPipeline(**self.c)
-        pipe.to(torch.float16)
+        pipe.to("cpu", torch.float16)
         pipe.save_pretrained(directory, safe_serialization=True)
         write_recipe(Path(directory), self)
         return Path(directory)
-
-
-RECIPE_FILE = "recipe.json"
-CHECKSUM_FILE = "SHA256SUMS"
-
-
-def write_recipe(directory: Path, trainer: "Pretrainer") -> None:
-    """recipe.json (how it was trained, how far) and SHA256SUMS of every weight and config file."""
-    from importlib.metadata import version
-
-    losses = [entry["loss"] for entry in trainer.log if entry["phase"] == "unet"][-200:]
-    recipe = {
-        "recipe": "src/unziplora/toyworld/pretrain.py + scripts/train_base_model.py",
-        "config": trainer.saved_config or dataclasses.asdict(trainer.config),
-        "trained": {"phase": trainer.phase, "unet_steps_done": trainer.step if trainer.phase == "unet" else 0,
-                    "recent_unet_loss": round(float(np.mean(losses)), 5) if losses else None,
-                    "schedule_changes_on_resume": trainer.schedule},
-        "vae_scaling_factor": trainer.c["vae"].config.scaling_factor,
-        "versions": {name: version(name) for name in ("torch", "diffusers", "transformers")},
-    }
-    (directory / RECIPE_FILE).write_text(json.dumps(recipe, indent=2, default=str))
-    write_checksums(directory)
-
-
-def write_checksums(directory: Path) -> None:
-    """SHA256SUMS over every file of the model folder (run again after adding files to it)."""
-    import hashlib
-
-    lines = []
-    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != CHECKSUM_FILE):
-        lines.append(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.relative_to(directory).as_posix()}")
-    (directory / CHECKSUM_FILE).write_text("\n".join(lines) + "\n")

@@ -1,0 +1,171 @@
+#!/usr/bin/env python
+"""Base-model recipe arms on a GPU machine: train the UNet phase for a time budget, judge, keep the weights.
+
+On 2 CPU cores one UNet step of the recipe takes ~1.2 s (batch 32), so "does more training fix the
+pattern families?" costs hours there. On a GPU the same step (this tiny model is launch-bound) takes
+milliseconds, so an arm trains many times the committed recipe's samples in minutes. Each arm starts
+from the committed model's VAE (the VAE phase is not repeated: it already reconstructs 100 % of the
+classes), and either fresh UNet and text encoders (`--start vae`) or the committed ones (`--start model`).
+The schedule (warm-up, cosine decay) is fitted to the time budget from the measured step time, so the
+decay completes. The arm's EMA is then judged by the world's oracles exactly as
+base_model_quality.py judges the embedded model (seen and held-out combos, CFG 5, 30 steps), and its
+EMA weights are written in fp16 (UNet and both text encoders: with the committed VAE a whole model).
+
+    python benchmarks/gpu_pretrain.py --arm scratch-b256 --start vae --batch 256 --minutes 4 --out OUT
+    python benchmarks/gpu_pretrain.py --arm finetune --start model --lr 1e-4 --warmup 100 --minutes 4 --out OUT
+
+The recipe code is src/unziplora/toyworld/pretrain.py (device="cuda", render_workers for the pool).
+"""
+
+import argparse
+import json
+import runpy
+import time
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from unziplora.demo import EMBEDDED_MODEL
+from unziplora.toyworld import HELDOUT_COMBOS, SEEN_COMBOS
+from unziplora.toyworld.pretrain import BASE_SPEC, BASE_SPEC_2X, PretrainConfig, Pretrainer
+
+HERE = Path(__file__).resolve().parent
+judge = runpy.run_path(str(HERE / "base_model_quality.py"))["judge"]
+MODULES = ("unet", "text_encoder", "text_encoder_2")
+
+
+def start_tensors(init_files: list[str], start: str) -> tuple[dict[str, torch.Tensor], float]:
+    """Weights an arm starts from, as "<module>.<name>" tensors, and the latent scaling factor: from
+    --init files (an arm's output, or weights taken from a training checkpoint; the VAE's file carries
+    the scaling factor in its metadata), else the embedded model's VAE, plus its UNet and text
+    encoders with start="model"."""
+    if init_files:
+        tensors, scaling = {}, None
+        for path in init_files:
+            with safe_open(path, framework="pt") as f:
+                tensors.update({k: f.get_tensor(k) for k in f.keys()})
+                scaling = float((f.metadata() or {}).get("scaling_factor", scaling or "nan"))
+        return tensors, scaling
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(EMBEDDED_MODEL))
+    keys = ("vae",) + (MODULES if start == "model" else ())
+    tensors = {f"{k}.{n}": t for k in keys for n, t in getattr(pipe, k).state_dict().items()}
+    return tensors, pipe.vae.config.scaling_factor
+
+
+def enter_unet_phase(trainer: Pretrainer, tensors: dict[str, torch.Tensor], scaling: float) -> list[str]:
+    """Load the given modules into the trainer (the VAE is required: its phase is skipped), then
+    enter the UNet phase with that VAE's scaling factor. Returns the modules loaded."""
+    loaded = []
+    for key in ("vae",) + MODULES:
+        part = {n[len(key) + 1:]: t.float() for n, t in tensors.items() if n.startswith(key + ".")}
+        if part:
+            trainer.c[key].load_state_dict(part)
+            loaded.append(key)
+    if "vae" not in loaded or scaling != scaling:
+        raise SystemExit("error: the start weights hold no VAE (or no scaling_factor); give --init with the VAE's file")
+    trainer._finish_vae()  # freezes the VAE, enters the UNet phase, builds the UNet optimiser
+    trainer.c["vae"].register_to_config(scaling_factor=scaling)
+    return loaded
+
+
+def train(trainer: Pretrainer, budget_s: float, fit_after: int = 100, log_every: int = 500) -> dict:
+    """unet_step until the budget is spent; after `fit_after` steps unet_steps is set to what the
+    rest of the budget holds at the measured rate, so the cosine decay ends with the budget."""
+    t0 = time.monotonic()
+    losses = []
+    while trainer.step < trainer.config.unet_steps and time.monotonic() - t0 < budget_s:
+        losses.append(trainer.unet_step())
+        if trainer.step == fit_after:
+            rate = (time.monotonic() - t0) / fit_after
+            trainer.config.unet_steps = min(trainer.config.unet_steps, int(0.97 * budget_s / rate))
+            print(f"{rate * 1000:.1f} ms/step -> unet_steps {trainer.config.unet_steps}", flush=True)
+        if trainer.step % log_every == 0:
+            recent = losses[-log_every:]
+            print(f"step {trainer.step}: loss {sum(recent) / len(recent):.4f} "
+                  f"({time.monotonic() - t0:.0f} s)", flush=True)
+    seconds = time.monotonic() - t0
+    return {"steps": trainer.step, "planned_steps": trainer.config.unet_steps, "train_s": round(seconds, 1),
+            "ms_per_step": round(1000 * seconds / max(1, trainer.step), 2),
+            "samples_seen": trainer.step * trainer.config.batch,
+            "final_loss_mean_500": round(sum(losses[-500:]) / max(1, len(losses[-500:])), 5)}
+
+
+def ema_pipeline(trainer: Pretrainer):
+    from diffusers import StableDiffusionXLPipeline
+
+    with torch.no_grad():
+        for name, p in trainer.trainable().items():
+            p.copy_(trainer.ema[name])
+    pipe = StableDiffusionXLPipeline(**trainer.c)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arm", required=True)
+    parser.add_argument("--out", required=True, help="the arm's weights go here: ARM.safetensors")
+    parser.add_argument("--workdir", help="pool cache and ARM.json (default: OUT/work/ARM)")
+    parser.add_argument("--start", choices=("vae", "model"), default="vae",
+                        help="without --init: the embedded model's VAE, or its whole model")
+    parser.add_argument("--init", nargs="+", default=[], help="safetensors files of start weights (see start_tensors)")
+    parser.add_argument("--latent", choices=("4x", "2x"), default="4x", help="the model shape (2x: BASE_SPEC_2X)")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=4e-4)
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--snr-gamma", type=float)
+    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--pool-size", type=int, default=64000)
+    parser.add_argument("--workers", type=int, default=4, help="render processes for the latent pool")
+    parser.add_argument("--minutes", type=float, default=4.0, help="training budget")
+    parser.add_argument("--max-steps", type=int, default=100000)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--judge-per-combo", type=int, default=4)
+    parser.add_argument("--judge-steps", type=int, default=30)
+    args = parser.parse_args()
+
+    out = Path(args.out)
+    workdir = Path(args.workdir) if args.workdir else out / "work" / args.arm
+    out.mkdir(parents=True, exist_ok=True)
+    if args.device == "cuda":  # TF32 matmuls: this recipe's precision needs are fp32-training-grade, not bitwise
+        torch.backends.cuda.matmul.allow_tf32 = True
+    config = PretrainConfig(device=args.device, render_workers=args.workers, batch=args.batch, lr=args.lr,
+                            warmup=args.warmup, snr_gamma=args.snr_gamma, ema_decay=args.ema_decay,
+                            pool_size=args.pool_size, unet_steps=args.max_steps, checkpoint_every_s=1e9,
+                            spec=BASE_SPEC_2X if args.latent == "2x" else BASE_SPEC)
+    trainer = Pretrainer(config, workdir)
+    tensors, scaling = start_tensors(args.init, args.start)
+    result = {"arm": args.arm, "args": vars(args), "scaling_factor": scaling,
+              "started_from": enter_unet_phase(trainer, tensors, scaling)}
+    print(f"{args.arm}: started from {result['started_from']}", flush=True)
+    t0 = time.monotonic()
+    trainer.latent_pool()
+    if trainer.workers is not None:  # the pool is built: free the cores for the other arms
+        trainer.workers.terminate()
+        trainer.workers = None
+    result["pool_s"] = round(time.monotonic() - t0, 1)
+    print(f"pool of {args.pool_size} in {result['pool_s']} s", flush=True)
+    result["training"] = train(trainer, 60 * args.minutes)
+    print(json.dumps(result["training"]), flush=True)
+
+    pipe = ema_pipeline(trainer)
+    weights = {f"{k}.{n}": t.detach().to("cpu", torch.float16).contiguous()
+               for k in MODULES for n, t in trainer.c[k].state_dict().items()}
+    save_file(weights, str(out / f"{args.arm}.safetensors"), metadata={"arm": args.arm, "steps": str(trainer.step)})
+    t0 = time.monotonic()
+    with torch.no_grad():
+        for name, combos in (("seen", SEEN_COMBOS), ("heldout", HELDOUT_COMBOS)):
+            result[name] = judge(pipe, combos, args.judge_per_combo, args.judge_steps, 5.0, 0)
+            print(name, {k: round(v, 3) for k, v in result[name].items() if k.endswith("_acc")},
+                  result[name]["family_acc_by_family"], flush=True)
+    result["judge_s"] = round(time.monotonic() - t0, 1)
+    (workdir / f"{args.arm}.json").write_text(json.dumps(result, indent=1, default=str))
+    print("RESULT " + json.dumps(result, default=str), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""What travels with an exported base model: its recipe and the checksums of its files."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+RECIPE_FILE = "recipe.json"
+CHECKSUM_FILE = "SHA256SUMS"
+
+
+def write_recipe(directory: Path, trainer) -> None:
+    """recipe.json (how it was trained, how far) and SHA256SUMS of every weight and config file."""
+    from importlib.metadata import version
+
+    losses = [entry["loss"] for entry in trainer.log if entry["phase"] == "unet"][-200:]
+    recipe = {
+        "recipe": "src/unziplora/toyworld/pretrain.py + scripts/train_base_model.py",
+        "config": trainer.saved_config or dataclasses.asdict(trainer.config),
+        "trained": {"phase": trainer.phase, "unet_steps_done": trainer.step if trainer.phase == "unet" else 0,
+                    "recent_unet_loss": round(float(np.mean(losses)), 5) if losses else None,
+                    "schedule_changes_on_resume": trainer.schedule},
+        "vae_scaling_factor": trainer.c["vae"].config.scaling_factor,
+        "versions": {name: version(name) for name in ("torch", "diffusers", "transformers")},
+    }
+    (directory / RECIPE_FILE).write_text(json.dumps(recipe, indent=2, default=str))
+    write_checksums(directory)
+
+
+def write_checksums(directory: Path) -> None:
+    """SHA256SUMS over every file of the model folder (run again after adding files to it)."""
+    lines = []
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != CHECKSUM_FILE):
+        lines.append(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.relative_to(directory).as_posix()}")
+    (directory / CHECKSUM_FILE).write_text("\n".join(lines) + "\n")
