@@ -35,6 +35,40 @@ def test_forward_equals_dense_formula():
     assert torch.allclose(layer(x), same, atol=1e-6)
 
 
+def test_under_autocast_the_lora_input_is_not_copied_to_fp32_and_the_result_is_unchanged():
+    """Autocast casts the matmul inputs itself: an explicit fp32 copy of x would only cost a kernel."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class FloatCopiesOf(TorchDispatchMode):
+        def __init__(self, shape):
+            super().__init__()
+            self.shape, self.count = shape, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.ops.aten._to_copy.default and args[0].shape == self.shape \
+                    and kwargs.get("dtype") == torch.float32:
+                self.count += 1
+            return func(*args, **kwargs)
+
+    layer = make_layer(rank=3, out_features=8, in_features=6)
+    layer.mask(Branch.CONTENT)[:4] = True
+    layer.base.to(torch.bfloat16)
+    x = torch.randn(4, 6, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with FloatCopiesOf(x.shape) as copies:
+            out = layer(x)
+        separated = layer(x, x.clone(), x.clone())
+    assert copies.count == 0
+    ups, down = layer.folded_ups().flatten(1).bfloat16(), layer.down_weight.flatten(0, 1).bfloat16()
+    expected = layer.base(x) + (x @ down.T) @ ups.T
+    assert out.dtype == torch.bfloat16 and torch.allclose(out, expected, atol=2e-2)
+    assert torch.allclose(separated, out, atol=2e-2)
+    with FloatCopiesOf(x.shape) as copies:  # no autocast: the LoRA runs in its own fp32
+        layer(x)
+    assert copies.count == 1
+
+
 def test_gaussian_init_has_std_one_over_rank_and_zero_b_starts_at_base():
     layer = make_layer(rank=8, out_features=256, in_features=256)
     for branch in Branch:

@@ -164,7 +164,10 @@ class TwoBranchLoraLinear(nn.Module):
         if not self.active:
             return out
         ups = self.folded_ups()
-        dtype = ups.dtype
+        # Under autocast the matmuls cast their inputs themselves: a copy of x into the LoRA's fp32
+        # would be cast straight back to fp16, one wasted kernel each way (a GPU step is launch-bound);
+        # .to(None) leaves x as it is.
+        dtype = None if torch.is_autocast_enabled(x.device.type) else ups.dtype
         if content_input is None and style_input is None and len(self.active) == 2:
             # One input for both branches (all but cross-attn K/V): one LoRA of rank 2r.
             h = F.linear(F.linear(x.to(dtype), self.down_weight.flatten(0, 1)), ups.flatten(1))
