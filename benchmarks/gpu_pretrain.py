@@ -2,17 +2,20 @@
 """Base-model recipe arms on a GPU machine: train the UNet phase for a time budget, judge, keep the weights.
 
 On 2 CPU cores one UNet step of the recipe takes ~1.2 s (batch 32), so "does more training fix the
-pattern families?" costs hours there. On a GPU the same step (this tiny model is launch-bound) takes
-milliseconds, so an arm trains many times the committed recipe's samples in minutes. Each arm starts
-from the committed model's VAE (the VAE phase is not repeated: it already reconstructs 100 % of the
-classes), and either fresh UNet and text encoders (`--start vae`) or the committed ones (`--start model`).
-The schedule (warm-up, cosine decay) is fitted to the time budget from the measured step time, so the
-decay completes. The arm's EMA is then judged by the world's oracles exactly as
+pattern families?" costs hours there. On a GPU an arm trains many times the CPU recipe's samples in
+minutes (measured on one H100 shared by four arms: 230 ms per step of batch 1,024 for the 4x model,
+530 ms for the 2x one; two 2x arms of batch 1,024 beside two others ran out of its 80 GB). Each arm
+starts from a trained VAE (the VAE phase is not repeated): the embedded model's, with fresh UNet and
+text encoders (`--start vae`) or with its own (`--start model`), or weights from files (`--init`, e.g.
+the 2x retrain's VAE and EMA). The schedule (warm-up, cosine decay) is fitted to the time budget
+from the step time measured over the first 100 steps, so the decay completes (`--max-steps` fixes
+it instead, to redo an arm). The arm's EMA is then judged by the world's oracles as
 base_model_quality.py judges the embedded model (seen and held-out combos, CFG 5, 30 steps), and its
-EMA weights are written in fp16 (UNet and both text encoders: with the committed VAE a whole model).
+EMA weights are written in fp16 (UNet and both text encoders: with the VAE a whole model).
 
-    python benchmarks/gpu_pretrain.py --arm scratch-b256 --start vae --batch 256 --minutes 4 --out OUT
-    python benchmarks/gpu_pretrain.py --arm finetune --start model --lr 1e-4 --warmup 100 --minutes 4 --out OUT
+    python benchmarks/gpu_pretrain.py --arm scratch --start vae --batch 1024 --minutes 4 --out OUT
+    python benchmarks/gpu_pretrain.py --arm 4x-finetune --start model --lr 2e-4 --warmup 100 --minutes 4 --out OUT
+    python benchmarks/gpu_pretrain.py --arm 4x-finetune --export OUT/4x-finetune.safetensors --record R.json --out MODEL_DIR
 
 The recipe code is src/unziplora/toyworld/pretrain.py (device="cuda", render_workers for the pool).
 """
@@ -105,6 +108,38 @@ def ema_pipeline(trainer: Pretrainer):
     return pipe
 
 
+def export_arm(weights: Path, record: dict, base: Path, out: Path) -> Path:
+    """A whole pipeline folder: `base` (the model the arm started from) with the arm's UNet and text
+    encoders, fp16, its recipe.json extended by how the arm trained (`record`: its --arm result or the
+    same keys), and fresh checksums. For an arm of the embedded model's shape (--latent 4x)."""
+    import shutil
+
+    from diffusers import StableDiffusionXLPipeline
+
+    from unziplora.toyworld.model_files import RECIPE_FILE, write_checksums
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(base))
+    with safe_open(str(weights), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    for key in MODULES:
+        getattr(pipe, key).load_state_dict({n[len(key) + 1:]: t for n, t in tensors.items() if n.startswith(key + ".")})
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(base, tmp)  # the profile, tokenizers, scheduler and VAE stay as they are
+    pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+    for config in [tmp / "model_index.json", *tmp.glob("*/config.json")]:  # no path of this machine in the model
+        data = json.loads(config.read_text())
+        if data.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    recipe = json.loads((base / RECIPE_FILE).read_text())
+    recipe["fine_tune"] = record
+    (tmp / RECIPE_FILE).write_text(json.dumps(recipe, indent=2, default=str))
+    write_checksums(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arm", required=True)
@@ -114,7 +149,7 @@ def main() -> None:
                         help="without --init: the embedded model's VAE, or its whole model")
     parser.add_argument("--init", nargs="+", default=[], help="safetensors files of start weights (see start_tensors)")
     parser.add_argument("--latent", choices=("4x", "2x"), default="4x", help="the model shape (2x: BASE_SPEC_2X)")
-    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=4e-4)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--snr-gamma", type=float)
@@ -126,7 +161,14 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--judge-per-combo", type=int, default=4)
     parser.add_argument("--judge-steps", type=int, default=30)
+    parser.add_argument("--export", metavar="WEIGHTS", help="instead of training: write the embedded model with "
+                        "an arm's weights (ARM.safetensors) as a pipeline folder OUT")
+    parser.add_argument("--record", help="with --export: a JSON of how the arm trained, kept in recipe.json")
     args = parser.parse_args()
+    if args.export:
+        record = json.loads(Path(args.record).read_text()) if args.record else {"arm": args.arm}
+        print(export_arm(Path(args.export), record, EMBEDDED_MODEL, Path(args.out)))
+        return
 
     out = Path(args.out)
     workdir = Path(args.workdir) if args.workdir else out / "work" / args.arm
@@ -155,7 +197,9 @@ def main() -> None:
     pipe = ema_pipeline(trainer)
     weights = {f"{k}.{n}": t.detach().to("cpu", torch.float16).contiguous()
                for k in MODULES for n, t in trainer.c[k].state_dict().items()}
-    save_file(weights, str(out / f"{args.arm}.safetensors"), metadata={"arm": args.arm, "steps": str(trainer.step)})
+    tmp = out / f"{args.arm}.safetensors.tmp"  # never a half-written weights file under the final name
+    save_file(weights, str(tmp), metadata={"arm": args.arm, "steps": str(trainer.step)})
+    tmp.replace(out / f"{args.arm}.safetensors")
     t0 = time.monotonic()
     with torch.no_grad():
         for name, combos in (("seen", SEEN_COMBOS), ("heldout", HELDOUT_COMBOS)):
