@@ -30,6 +30,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _free(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def time_steps(step, device: torch.device, warmup: int, repeats: int) -> dict:
     """Median/min/max seconds of `repeats` calls of `step` after `warmup`, and the peak device memory
     of the timed calls (weights included: what the card must hold); CPU rows carry no peak."""
@@ -72,7 +77,7 @@ def _method_rows(method: str, unet, resolution: int, rank: int, device, dtype, w
         except torch.OutOfMemoryError:
             row["error"] = "out of memory"
         rows.append(row)
-        torch.cuda.empty_cache() if device.type == "cuda" else None
+        _free(device)
     return rows, counts
 
 
@@ -89,13 +94,12 @@ def run_cuda(json_path: str | Path | None, resolutions=(1024,), rank: int = 64, 
             t0 = time.perf_counter()
             with device:  # random initialisation on the GPU: seconds instead of minutes on the host
                 unet = unet_factory()
+            build_s = round(time.perf_counter() - t0, 1)
             new_rows, new_counts = _method_rows(method, unet, resolution, rank, device, dtype, warmup, repeats)
-            for row in new_rows:
-                row["build_s"] = round(time.perf_counter() - t0, 1)
-            rows += new_rows
+            rows += [{**row, "build_s": build_s} for row in new_rows]
             counts = counts or new_counts
             del unet
-            torch.cuda.empty_cache() if device.type == "cuda" else None
+            _free(device)
     ratios = {}
     for ours in (r for r in rows if r["method"] == "unziplora" and "error" not in r):
         peft = next((r for r in rows if r["method"] == "peft" and "error" not in r

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
 
 from ..branch import Branch
@@ -86,9 +87,8 @@ def peft_baseline_step(unet, latents, embeds: dict, rank: int, noise_scheduler, 
     unet.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                                 target_modules=target_modules(unet)))
+    cast_training_params(unet, torch.float32)  # diffusers' helper: trainable (LoRA) parameters only
     params = [p for p in unet.parameters() if p.requires_grad]
-    for p in params:
-        p.data = p.data.float()
     settings = {"lr": 5e-5, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-4}
     optimizer = adamw(params, **settings) if same_optimizer else torch.optim.AdamW(params, **settings)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)

@@ -31,9 +31,9 @@ from tqdm.auto import tqdm
 
 from ..errors import UnZipLoRAError
 from ..tiny import TinySDXLSpec, tiny_sdxl_components
+from .model_files import write_recipe
 from .render import render_array
 from .split import pretraining_sample
-from .model_files import write_recipe
 from .world import WORLD_WORDS
 
 BASE_SPEC = TinySDXLSpec(
@@ -158,6 +158,7 @@ class Pretrainer:
         self.optimizer = torch.optim.AdamW(list(self.trainable().values()), lr=lr, weight_decay=1e-4 if self.phase == "unet" else 0.0)
 
     def render(self, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, list[str]]:
+        """`render_batch` on the training device, drawn by `render_workers` processes when set."""
         if self.config.render_workers and self.workers is None:
             import multiprocessing
 
