@@ -10,7 +10,6 @@ The goals (issue: <= 12 GB, 600 steps <= 5 minutes on an H100) are printed besid
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UnZipLoRAError
+from . import write_report
 from .memory import parameter_counts, peft_step_fn, sdxl_trainer, sdxl_unet
 
 GOAL_PEAK_GB = 12.0
@@ -114,13 +114,7 @@ def run_cuda(json_path: str | Path | None, resolutions=(1024,), rank: int = 64, 
               "train_step_ratio_sdxl_cuda": ratios, "parameters": counts, "runs": rows}
     table = _table(result)
     print(table)
-    if json_path:
-        path = Path(json_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(path)
-        path.with_suffix(".md").write_text(table + "\n")
+    write_report(json_path, result, table)
     return result
 
 

@@ -28,6 +28,7 @@ from types import SimpleNamespace
 import torch
 
 from ..lora.layer import BRANCHES
+from . import write_report
 
 MB = 2**20
 
@@ -227,13 +228,7 @@ def run_memory(json_path: str | Path | None, resolutions=(256, 512), rank: int =
     }
     table = _table(rows, counts, (ratio, ratio_default, per_round), ratio_resolution, rank, repeats * rounds)
     print(table)
-    if json_path:
-        path = Path(json_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(path)
-        path.with_suffix(".md").write_text(table + "\n")
+    write_report(json_path, result, table)
     return result
 
 

@@ -32,6 +32,7 @@ from ..generate import generate
 from ..runfolder import save_grid, write_text_atomic
 from .memory import reset_peak_rss, rss_mb
 from ..toyworld import CLASSES, content_similarity, heldout_images, render, style_similarity
+from . import write_report
 
 METHODS = ("unziplora", "unziplora-m1", "unziplora-m2", "b-lora", "b-lora-sdxl-blocks", "dreambooth-lora")
 # Bench rows that are another method with other settings. B-LoRA needs content and style blocks;
@@ -178,10 +179,7 @@ def run_quality(json_path, base: str, workdir: Path, n_images: int = 12, seeds: 
     print(table)
     report = {"methods": results, "images": n_images, "seeds": seeds,
               "settings": {"steps": steps, "rank": rank, "lr": lr, "sample_steps": sample_steps, "base_model": base}}
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(report, indent=2))
-        Path(json_path).with_suffix(".md").write_text(table + "\n")
+    write_report(json_path, report, table)
     return report
 
 

@@ -16,7 +16,6 @@ that a slow spell of a shared machine hits both; min and max are reported too.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -36,6 +35,7 @@ from ..models import load_pipeline
 from ..profiles import resolve_profile
 from ..prompts import training_prompts
 from ..train import Trainer, adamw, diffusion_mse
+from . import write_report
 
 
 @dataclass
@@ -199,7 +199,5 @@ def run_speed(json_path: str | Path | None, base: str, image, rank: int = 16, re
     for key in ("train_step_ratio", "train_step_ratio_vs_default_adamw", "train_step_ratio_vs_rank_2r",
                 "combined_inference_ratio", "fused_inference_ratio"):
         print(f"{key}: {result[key]:.3f}")
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=2))
+    write_report(json_path, result)
     return result
