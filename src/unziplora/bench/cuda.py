@@ -18,7 +18,7 @@ import torch
 
 from ..errors import UnZipLoRAError
 from . import write_report
-from .memory import parameter_counts, peft_step_fn, sdxl_trainer, sdxl_unet
+from .memory import _ratio, parameter_counts, peft_step_fn, sdxl_trainer, sdxl_unet
 
 GOAL_PEAK_GB = 12.0
 GOAL_600_STEPS_MIN = 5.0
@@ -100,14 +100,9 @@ def run_cuda(json_path: str | Path | None, resolutions=(1024,), rank: int = 64, 
             counts = counts or new_counts
             del unet
             _free(device)
-    ratios = {}
-    for ours in (r for r in rows if r["method"] == "unziplora" and "error" not in r):
-        peft = next((r for r in rows if r["method"] == "peft" and "error" not in r
-                     and (r["resolution"], r["gradient_checkpointing"]) == (ours["resolution"],
-                                                                          ours["gradient_checkpointing"])), None)
-        if peft:
-            key = f"{ours['resolution']}px_{'gc' if ours['gradient_checkpointing'] else 'no_gc'}"
-            ratios[key] = round(ours["step_median_s"] / peft["step_median_s"], 3)
+    by_setting = {(r["method"], r["resolution"], r["gradient_checkpointing"]): r for r in rows}
+    ratios = {f"{res}px_{'gc' if gc else 'no_gc'}": _ratio(row, by_setting[("peft", res, gc)])
+              for (method, res, gc), row in by_setting.items() if method == "unziplora"}
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "dtype": str(dtype).replace("torch.", ""), "rank": rank, "repeats": repeats, "torch": torch.__version__,
               "goals": {"peak_gb": GOAL_PEAK_GB, "600_steps_min": GOAL_600_STEPS_MIN},
