@@ -203,6 +203,42 @@ def caption_reliance(pipe, n: int, seed: int, timesteps=(50, 200, 400, 600, 800,
 
 
 @torch.no_grad()
+def family_response(pipe, n: int, seed: int, steps: int = 30, guidance: float = 5.0, every: int = 5) -> dict:
+    """How far each family word moves the UNet's prediction, against what the whole caption moves it.
+
+    Along the sampler's trajectory of "A square in stripes style" (n noises, CFG `guidance`), at
+    every `every`-th timestep: |pred(family f) - pred(stripes)| / |pred(stripes) - pred(no caption)|,
+    the mean over the n latents, for every other family f. Near 0: the UNet draws f as it draws
+    stripes, whatever the text encoders give it; classifier-free guidance (arXiv 2207.12598, Eq. 6)
+    scales both differences alike, so no guidance scale separates such families."""
+    from unziplora.toyworld import FAMILIES
+
+    families = ["stripes"] + [f for f in FAMILIES if f != "stripes"]
+    embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
+        [f"A square in {f} style" for f in families], do_classifier_free_guidance=True)
+    embeds, pooled = torch.cat([embeds, negative[:1]]), torch.cat([pooled, negative_pooled[:1]])
+    k, unet, scheduler = len(families) + 1, pipe.unet, pipe.scheduler
+    time_ids = torch.tensor([[64, 64, 0, 0, 64, 64]], dtype=unet.dtype).expand(k * n, -1)
+    scheduler.set_timesteps(steps)
+    shape = (n, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * scheduler.init_noise_sigma
+    table = {}
+    for i, t in enumerate(scheduler.timesteps):
+        pred = unet(scheduler.scale_model_input(x, t).repeat(k, 1, 1, 1).to(unet.dtype), t,
+                    embeds.repeat_interleave(n, 0), added_cond_kwargs={"text_embeds": pooled.repeat_interleave(n, 0),
+                                                                      "time_ids": time_ids}).sample.float()
+        pred = pred.reshape(k, n, -1)
+        stripes, unconditional = pred[0], pred[-1]
+        caption = (stripes - unconditional).norm(dim=-1)
+        if i % every == 0:
+            table[int(t)] = {f: float(((pred[j] - stripes).norm(dim=-1) / caption).mean())
+                             for j, f in enumerate(families[1:], start=1)}
+        guided = unconditional + guidance * (stripes - unconditional)
+        x = scheduler.step(guided.reshape(shape), t, x).prev_sample
+    return table
+
+
+@torch.no_grad()
 def word_distinctness(pipe) -> dict:
     """Do the text encoders tell the words apart? For captions that differ only in the family
     word ("A square in {family} style", all pairs) and only in the class word ("A {class} in
@@ -236,9 +272,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default="benchmarks/results/base_model_quality.json")
     parser.add_argument("--diagnose", action="store_true", help="add the decoder-noise and leaky-start rows and the per-timestep caption table")
+    parser.add_argument("--family-response", action="store_true",
+                        help="only the table of how far each family word moves the UNet's prediction (a minute)")
     args = parser.parse_args(argv)
     np.random.seed(0)  # in main, so that a caller's run is seeded as the command's
     pipe = load_pipeline(args.model)
+    if args.family_response:
+        return print_family_response(family_response(pipe, 8, args.seed, args.steps, args.guidance), args)
     t0 = time.perf_counter()
     results = {"VAE reconstructions": judge_vae(pipe, 128, args.seed)}
     results |= {name: judge(pipe, combos, args.per_combo, args.steps, args.guidance, args.seed)
@@ -282,6 +322,17 @@ def main(argv: list[str] | None = None) -> None:
     out.write_text(json.dumps({"model": args.model, "settings": vars(args), "results": results,
                                "caption_reliance": reliance,
                                "word_distinctness": distinct}, indent=2))
+
+
+def print_family_response(table: dict, args) -> None:
+    families = list(next(iter(table.values())))
+    print("|pred(family) - pred(stripes)| / |pred(stripes) - pred(no caption)| along the sampling of "
+          "'A square in stripes style' (8 noises):\n| t | " + " | ".join(families) + " |\n" + "|---" * (len(families) + 1) + "|")
+    for t, row in table.items():
+        print(f"| {t} | " + " | ".join(f"{row[f]:.2f}" for f in families) + " |")
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"model": args.model, "settings": vars(args), "family_response": table}, indent=2))
 
 
 if __name__ == "__main__":
