@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from unziplora.data import sdxl_time_ids
 from unziplora.demo import EMBEDDED_MODEL
 from unziplora.models import load_pipeline
 from unziplora.toyworld import HELDOUT_COMBOS, SEEN_COMBOS, classify_content, classify_style
@@ -186,7 +187,7 @@ def caption_reliance(pipe, n: int, seed: int, timesteps=(50, 200, 400, 600, 800,
     conditioning = {kind: pipe.encode_prompt(c, do_classifier_free_guidance=False) for kind, c in captions.items()}
     right = conditioning["right"]
     conditioning["no caption"] = (torch.zeros_like(right[0]), None, torch.zeros_like(right[2]), None)
-    time_ids = torch.tensor([[64, 64, 0, 0, 64, 64]], dtype=torch.float32).expand(n, -1)
+    time_ids = sdxl_time_ids(64, n=n)
     training = DDPMScheduler.from_config(pipe.scheduler.config)  # the forward process the recipe trained with
     table = {}
     for t in timesteps:
@@ -218,7 +219,7 @@ def family_response(pipe, n: int, seed: int, steps: int = 30, guidance: float = 
         [f"A square in {f} style" for f in families], do_classifier_free_guidance=True)
     embeds, pooled = torch.cat([embeds, negative[:1]]), torch.cat([pooled, negative_pooled[:1]])
     k, unet, scheduler = len(families) + 1, pipe.unet, pipe.scheduler
-    time_ids = torch.tensor([[64, 64, 0, 0, 64, 64]], dtype=unet.dtype).expand(k * n, -1)
+    time_ids = sdxl_time_ids(64, n=k * n).to(unet.dtype)
     scheduler.set_timesteps(steps)
     shape = (n, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * scheduler.init_noise_sigma
@@ -317,11 +318,7 @@ def main(argv: list[str] | None = None) -> None:
         for t, row in reliance.items():
             print(f"| {t} | " + " | ".join(f"{row[k]:.4f}" for k in CAPTION_KINDS) + " |")
     print(f"({time.perf_counter() - t0:.0f} s; {args.steps} steps, CFG {args.guidance}, {args.per_combo} images per combo)")
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": args.model, "settings": vars(args), "results": results,
-                               "caption_reliance": reliance,
-                               "word_distinctness": distinct}, indent=2))
+    write_json(args, results=results, caption_reliance=reliance, word_distinctness=distinct)
 
 
 def print_family_response(table: dict, args) -> None:
@@ -330,9 +327,14 @@ def print_family_response(table: dict, args) -> None:
           "'A square in stripes style' (8 noises):\n| t | " + " | ".join(families) + " |\n" + "|---" * (len(families) + 1) + "|")
     for t, row in table.items():
         print(f"| {t} | " + " | ".join(f"{row[f]:.2f}" for f in families) + " |")
+    write_json(args, family_response=table)
+
+
+def write_json(args, **payload) -> None:
+    """The command's JSON at --json: the model, the settings and what was measured."""
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": args.model, "settings": vars(args), "family_response": table}, indent=2))
+    out.write_text(json.dumps({"model": args.model, "settings": vars(args), **payload}, indent=2))
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ def film_unet(trainer):
     per group, divided by the group's std measured on 64 noisy pool latents), the scale at 0."""
     from diffusers import UNet2DConditionModel
 
+    from unziplora.data import sdxl_time_ids
     from unziplora.toyworld.pretrain_data import encode_text
 
     old, stds, hooks = trainer.c["unet"], {}, []
@@ -79,7 +80,7 @@ def film_unet(trainer):
     latents = (means[:64] + pool_stds[:64] * torch.randn(means[:64].shape, generator=gen)) * trainer.c["vae"].config.scaling_factor
     t = torch.randint(0, 1000, (64,), generator=gen)
     embeds, pooled = encode_text(trainer.c, captions[:64])
-    time_ids = torch.tensor([[64, 64, 0, 0, 64, 64]], dtype=torch.float32).expand(64, -1)
+    time_ids = sdxl_time_ids(64, n=64)
     noise = torch.randn(latents.shape, generator=gen)
     old(trainer.noise_scheduler.add_noise(latents, noise, t), t, embeds,
         added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids})

@@ -20,6 +20,14 @@ MIN_IMAGE_SIDE = 8
 MAX_IMAGE_PIXELS = 8192 * 8192  # decompression-bomb guard
 
 
+def sdxl_time_ids(size: int, crop: tuple[int, int] = (0, 0), original_size: tuple[int, int] | None = None,
+                  n: int = 1) -> torch.Tensor:
+    """SDXL add_time_ids for n images: original size, crop coordinates, target size (arXiv 2307.01952,
+    Sec. 2.2); the original size defaults to the target's (an uncropped image generated at `size`)."""
+    values = [*(original_size or (size, size)), *crop, size, size]
+    return torch.tensor([values], dtype=torch.float32).expand(n, -1)
+
+
 def load_image(source) -> Image.Image:
     """An RGB image from a path or a PIL image; odd-but-valid files are normalised, not refused.
 
@@ -149,8 +157,7 @@ class CroppedLatents:
 
     def time_ids(self, crop: tuple[int, int]) -> torch.Tensor:
         """SDXL add_time_ids: original size, crop coordinates, target size (arXiv 2307.01952, Sec. 2.2)."""
-        values = list(self.original_size) + list(crop) + [self.resolution, self.resolution]
-        return torch.tensor([values], dtype=torch.float32)
+        return sdxl_time_ids(self.resolution, crop, self.original_size)
 
     @property
     def cached_crops(self) -> int:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from ..branch import Branch
-from ..data import CroppedLatents, load_image
+from ..data import CroppedLatents, load_image, sdxl_time_ids
 from ..errors import UnZipLoRAError
 from ..generate import INFERENCE_PROFILE
 from ..lora.inject import inject_two_branch_lora
@@ -41,7 +41,7 @@ def _latents(source: BranchSource, pipe, resolution: int, generator: torch.Gener
         data = CroppedLatents(load_image(source.run.path / "input.png"), resolution, pipe.vae, pipe.unet.device)
         return [(lat, data.time_ids(crop)) for lat, crop in (data.sample(generator) for _ in range(n))]
     size = resolution // pipe.vae_scale_factor
-    time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=torch.float32)
+    time_ids = sdxl_time_ids(resolution)
     channels = pipe.unet.config.in_channels
     return [(torch.randn(1, channels, size, size, generator=generator), time_ids) for _ in range(n)]
 

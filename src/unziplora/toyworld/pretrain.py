@@ -29,6 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..data import sdxl_time_ids
 from ..errors import UnZipLoRAError
 from ..tiny import TinySDXLSpec, tiny_sdxl_components
 from .model_files import write_recipe
@@ -217,9 +218,7 @@ class Pretrainer:
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(captions),), generator=self.gen)
         t = t.to(self.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        size = cfg.image_size
-        time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32,
-                                device=self.device).expand(len(captions), -1)
+        time_ids = sdxl_time_ids(cfg.image_size, n=len(captions)).to(self.device)
         pred = c["unet"](noisy, t, embeds, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
         target = self.noise_scheduler.get_velocity(latents, noise, t) if cfg.v_prediction else noise
         per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
