@@ -16,11 +16,18 @@ EMA weights are written in fp16 (UNet and both text encoders: with the VAE a who
     python benchmarks/gpu_pretrain.py --arm scratch --start vae --batch 1024 --minutes 4 --out OUT
     python benchmarks/gpu_pretrain.py --arm 4x-finetune --start model --lr 2e-4 --warmup 100 --minutes 4 --out OUT
     python benchmarks/gpu_pretrain.py --arm 4x-finetune --export OUT/4x-finetune.safetensors --record R.json --out MODEL_DIR
+    python benchmarks/gpu_pretrain.py --arm wide --start vae --unet-width 48 96 192 --minutes 8 --out OUT  # capacity
+
+--unet-width trains a UNet of other channel widths from scratch (with --start vae): the lever left for
+the pattern families (README, "Three more recipe changes"); (48, 96, 192) is ~2.3x the parameters and
+keeps the whole model under the 40 MB the embedded one may weigh. --export rebuilds the UNet at the
+arm's widths (they travel in the weights file's metadata).
 
 The recipe code is src/unziplora/toyworld/pretrain.py (device="cuda", render_workers for the pool).
 """
 
 import argparse
+import dataclasses
 import json
 import runpy
 import time
@@ -114,13 +121,16 @@ def export_arm(weights: Path, record: dict, base: Path, out: Path) -> Path:
     same keys), and fresh checksums. For an arm of the embedded model's shape (--latent 4x)."""
     import shutil
 
-    from diffusers import StableDiffusionXLPipeline
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 
     from unziplora.toyworld.model_files import RECIPE_FILE, write_checksums
 
     pipe = StableDiffusionXLPipeline.from_pretrained(str(base))
     with safe_open(str(weights), framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
+        widths = json.loads((f.metadata() or {}).get("unet_block_out_channels", "null"))
+    if widths and list(widths) != list(pipe.unet.config.block_out_channels):  # a --unet-width arm
+        pipe.register_modules(unet=UNet2DConditionModel.from_config({**pipe.unet.config, "block_out_channels": widths}))
     for key in MODULES:
         getattr(pipe, key).load_state_dict({n[len(key) + 1:]: t for n, t in tensors.items() if n.startswith(key + ".")})
     tmp = out.with_name(out.name + ".partial")
@@ -149,6 +159,8 @@ def main() -> None:
                         help="without --init: the embedded model's VAE, or its whole model")
     parser.add_argument("--init", nargs="+", default=[], help="safetensors files of start weights (see start_tensors)")
     parser.add_argument("--latent", choices=("4x", "2x"), default="4x", help="the model shape (2x: BASE_SPEC_2X)")
+    parser.add_argument("--unet-width", type=int, nargs=3, metavar=("C1", "C2", "C3"),
+                        help="the UNet's channel widths (the embedded model's: 32 64 128); needs --start vae")
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=4e-4)
     parser.add_argument("--warmup", type=int, default=300)
@@ -170,6 +182,11 @@ def main() -> None:
         print(export_arm(Path(args.export), record, EMBEDDED_MODEL, Path(args.out)))
         return
 
+    if args.unet_width and (args.start != "vae" or args.init):
+        parser.error("--unet-width trains a new UNet: use it with --start vae and no --init")
+    spec = BASE_SPEC_2X if args.latent == "2x" else BASE_SPEC
+    if args.unet_width:
+        spec = dataclasses.replace(spec, block_out_channels=tuple(args.unet_width))
     out = Path(args.out)
     workdir = Path(args.workdir) if args.workdir else out / "work" / args.arm
     out.mkdir(parents=True, exist_ok=True)
@@ -178,7 +195,7 @@ def main() -> None:
     config = PretrainConfig(device=args.device, render_workers=args.workers, batch=args.batch, lr=args.lr,
                             warmup=args.warmup, snr_gamma=args.snr_gamma, ema_decay=args.ema_decay,
                             pool_size=args.pool_size, unet_steps=args.max_steps, checkpoint_every_s=1e9,
-                            spec=BASE_SPEC_2X if args.latent == "2x" else BASE_SPEC)
+                            spec=spec)
     trainer = Pretrainer(config, workdir)
     tensors, scaling = start_tensors(args.init, args.start)
     result = {"arm": args.arm, "args": vars(args), "scaling_factor": scaling,
@@ -198,7 +215,8 @@ def main() -> None:
     weights = {f"{k}.{n}": t.detach().to("cpu", torch.float16).contiguous()
                for k in MODULES for n, t in trainer.c[k].state_dict().items()}
     tmp = out / f"{args.arm}.safetensors.tmp"  # never a half-written weights file under the final name
-    save_file(weights, str(tmp), metadata={"arm": args.arm, "steps": str(trainer.step)})
+    save_file(weights, str(tmp), metadata={"arm": args.arm, "steps": str(trainer.step),
+                                           "unet_block_out_channels": json.dumps(list(spec.block_out_channels))})
     tmp.replace(out / f"{args.arm}.safetensors")
     t0 = time.monotonic()
     with torch.no_grad():
