@@ -118,7 +118,8 @@ def ema_pipeline(trainer: Pretrainer):
 def export_arm(weights: Path, record: dict, base: Path, out: Path) -> Path:
     """A whole pipeline folder: `base` (the model the arm started from) with the arm's UNet and text
     encoders, fp16, its recipe.json extended by how the arm trained (`record`: its --arm result or the
-    same keys), and fresh checksums. For an arm of the embedded model's shape (--latent 4x)."""
+    same keys), and fresh checksums. For an arm of the embedded model's latent (--latent 4x); a UNet of
+    other widths (--unet-width) is rebuilt at the widths its weights file names."""
     import shutil
 
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
