@@ -17,6 +17,12 @@ EMA weights are written in fp16 (UNet and both text encoders: with the VAE a who
     python benchmarks/gpu_pretrain.py --arm 4x-finetune --start model --lr 2e-4 --warmup 100 --minutes 4 --out OUT
     python benchmarks/gpu_pretrain.py --arm 4x-finetune --export OUT/4x-finetune.safetensors --record R.json --out MODEL_DIR
     python benchmarks/gpu_pretrain.py --arm wide --start vae --unet-width 48 96 192 --minutes 8 --out OUT  # capacity
+    python benchmarks/gpu_pretrain.py --arm wide --export OUT/wide-part*.safetensors --out MODEL_DIR
+
+Weights over --shard-mb are written in parts (ARM-partK.safetensors): the device tool brings files of
+at most 16 MB back. --pool-only builds the latent pool in --workdir and stops, so that arms run side
+by side can share one pool (a link to it in each arm's workdir) instead of each rendering its own.
+benchmarks/gpu_session.sh is the prepared device script that does both.
 
 --unet-width trains a UNet of other channel widths from scratch (with --start vae): the lever left for
 the pattern families (README, "Three more recipe changes"); (48, 96, 192) is ~2.3x the parameters and
@@ -50,19 +56,20 @@ def start_tensors(init_files: list[str], start: str) -> tuple[dict[str, torch.Te
     """Weights an arm starts from, as "<module>.<name>" tensors, and the latent scaling factor: from
     --init files (an arm's output, or weights taken from a training checkpoint; the VAE's file carries
     the scaling factor in its metadata), else the embedded model's VAE, plus its UNet and text
-    encoders with start="model"."""
-    if init_files:
-        tensors, scaling = {}, None
-        for path in init_files:
-            with safe_open(path, framework="pt") as f:
-                tensors.update({k: f.get_tensor(k) for k in f.keys()})
-                scaling = float((f.metadata() or {}).get("scaling_factor", scaling or "nan"))
+    encoders with start="model". Init files without a VAE (an arm's own weights: it trained on the
+    embedded VAE) get the embedded model's VAE and scaling factor."""
+    tensors, scaling = {}, float("nan")
+    for path in init_files:
+        with safe_open(path, framework="pt") as f:
+            tensors.update({k: f.get_tensor(k) for k in f.keys()})
+            scaling = float((f.metadata() or {}).get("scaling_factor", scaling))
+    if any(k.startswith("vae.") for k in tensors):
         return tensors, scaling
     from diffusers import StableDiffusionXLPipeline
 
     pipe = StableDiffusionXLPipeline.from_pretrained(str(EMBEDDED_MODEL))
-    keys = ("vae",) + (MODULES if start == "model" else ())
-    tensors = {f"{k}.{n}": t for k in keys for n, t in getattr(pipe, k).state_dict().items()}
+    keys = ("vae",) + (MODULES if start == "model" and not init_files else ())
+    tensors |= {f"{k}.{n}": t for k in keys for n, t in getattr(pipe, k).state_dict().items()}
     return tensors, pipe.vae.config.scaling_factor
 
 
@@ -115,11 +122,45 @@ def ema_pipeline(trainer: Pretrainer):
     return pipe
 
 
-def export_arm(weights: Path, record: dict, base: Path, out: Path) -> Path:
+def save_weights(weights: dict[str, torch.Tensor], out: Path, arm: str, metadata: dict[str, str],
+                 shard_mb: float) -> list[Path]:
+    """Write the arm's weights as OUT/ARM.safetensors, or in parts of at most `shard_mb` (in key order)
+    as OUT/ARM-partK.safetensors, each with the same metadata; every file goes through a temporary
+    name, so no half-written weights file ever has a final name."""
+    shards, size = [{}], 0
+    for name in sorted(weights):
+        nbytes = weights[name].numel() * weights[name].element_size()
+        if shards[-1] and size + nbytes > shard_mb * 1e6:
+            shards.append({})
+            size = 0
+        shards[-1][name] = weights[name]
+        size += nbytes
+    names = [f"{arm}.safetensors"] if len(shards) == 1 else [f"{arm}-part{k + 1}.safetensors" for k in range(len(shards))]
+    paths = []
+    for name, shard in zip(names, shards):
+        tmp = out / (name + ".tmp")
+        save_file(shard, str(tmp), metadata=metadata)
+        paths.append(tmp.replace(out / name))
+    return paths
+
+
+def load_weights(paths: list[Path]) -> tuple[dict[str, torch.Tensor], list[int] | None]:
+    """An arm's weights from its file or parts, and the UNet widths their metadata names (None: the
+    embedded model's)."""
+    tensors, widths = {}, None
+    for path in paths:
+        with safe_open(str(path), framework="pt") as f:
+            tensors.update({k: f.get_tensor(k) for k in f.keys()})
+            widths = json.loads((f.metadata() or {}).get("unet_block_out_channels", "null")) or widths
+    return tensors, widths
+
+
+def export_arm(weights: Path | list[Path], record: dict, base: Path, out: Path) -> Path:
     """A whole pipeline folder: `base` (the model the arm started from) with the arm's UNet and text
     encoders, fp16, its recipe.json extended by how the arm trained (`record`: its --arm result or the
     same keys), and fresh checksums. For an arm of the embedded model's latent (--latent 4x); a UNet of
-    other widths (--unet-width) is rebuilt at the widths its weights file names."""
+    other widths (--unet-width) is rebuilt at the widths its weights file names. `weights`: the arm's
+    file, or its parts."""
     import shutil
 
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
@@ -127,9 +168,7 @@ def export_arm(weights: Path, record: dict, base: Path, out: Path) -> Path:
     from unziplora.toyworld.model_files import RECIPE_FILE, write_checksums
 
     pipe = StableDiffusionXLPipeline.from_pretrained(str(base))
-    with safe_open(str(weights), framework="pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-        widths = json.loads((f.metadata() or {}).get("unet_block_out_channels", "null"))
+    tensors, widths = load_weights([weights] if isinstance(weights, (str, Path)) else list(weights))
     if widths and list(widths) != list(pipe.unet.config.block_out_channels):  # a --unet-width arm
         pipe.register_modules(unet=UNet2DConditionModel.from_config({**pipe.unet.config, "block_out_channels": widths}))
     for key in MODULES:
@@ -161,7 +200,8 @@ def main() -> None:
     parser.add_argument("--init", nargs="+", default=[], help="safetensors files of start weights (see start_tensors)")
     parser.add_argument("--latent", choices=("4x", "2x"), default="4x", help="the model shape (2x: BASE_SPEC_2X)")
     parser.add_argument("--unet-width", type=int, nargs=3, metavar=("C1", "C2", "C3"),
-                        help="the UNet's channel widths (the embedded model's: 32 64 128); needs --start vae")
+                        help="the UNet's channel widths (the embedded model's: 32 64 128); needs --start vae; "
+                        "with --init, the widths of that arm")
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=4e-4)
     parser.add_argument("--warmup", type=int, default=300)
@@ -174,17 +214,19 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--judge-per-combo", type=int, default=4)
     parser.add_argument("--judge-steps", type=int, default=30)
-    parser.add_argument("--export", metavar="WEIGHTS", help="instead of training: write the embedded model with "
-                        "an arm's weights (ARM.safetensors) as a pipeline folder OUT")
+    parser.add_argument("--export", metavar="WEIGHTS", nargs="+", help="instead of training: write the embedded "
+                        "model with an arm's weights (ARM.safetensors, or all its parts) as a pipeline folder OUT")
+    parser.add_argument("--shard-mb", type=float, default=15.0, help="weights over this are written in parts")
+    parser.add_argument("--pool-only", action="store_true", help="build the latent pool in --workdir, then stop")
     parser.add_argument("--record", help="with --export: a JSON of how the arm trained, kept in recipe.json")
     args = parser.parse_args()
     if args.export:
         record = json.loads(Path(args.record).read_text()) if args.record else {"arm": args.arm}
-        print(export_arm(Path(args.export), record, EMBEDDED_MODEL, Path(args.out)))
+        print(export_arm([Path(p) for p in args.export], record, EMBEDDED_MODEL, Path(args.out)))
         return
 
-    if args.unet_width and (args.start != "vae" or args.init):
-        parser.error("--unet-width trains a new UNet: use it with --start vae and no --init")
+    if args.unet_width and args.start != "vae":
+        parser.error("--unet-width trains a UNet of other widths: use it with --start vae (and --init to go on from such an arm)")
     spec = BASE_SPEC_2X if args.latent == "2x" else BASE_SPEC
     if args.unet_width:
         spec = dataclasses.replace(spec, block_out_channels=tuple(args.unet_width))
@@ -209,16 +251,18 @@ def main() -> None:
         trainer.workers = None
     result["pool_s"] = round(time.monotonic() - t0, 1)
     print(f"pool of {args.pool_size} in {result['pool_s']} s", flush=True)
+    if args.pool_only:
+        return
     result["training"] = train(trainer, 60 * args.minutes)
     print(json.dumps(result["training"]), flush=True)
 
     pipe = ema_pipeline(trainer)
     weights = {f"{k}.{n}": t.detach().to("cpu", torch.float16).contiguous()
                for k in MODULES for n, t in trainer.c[k].state_dict().items()}
-    tmp = out / f"{args.arm}.safetensors.tmp"  # never a half-written weights file under the final name
-    save_file(weights, str(tmp), metadata={"arm": args.arm, "steps": str(trainer.step),
-                                           "unet_block_out_channels": json.dumps(list(spec.block_out_channels))})
-    tmp.replace(out / f"{args.arm}.safetensors")
+    files = save_weights(weights, out, args.arm, shard_mb=args.shard_mb,
+                         metadata={"arm": args.arm, "steps": str(trainer.step),
+                                   "unet_block_out_channels": json.dumps(list(spec.block_out_channels))})
+    result["weights"] = [f.name for f in files]
     t0 = time.monotonic()
     with torch.no_grad():
         for name, combos in (("seen", SEEN_COMBOS), ("heldout", HELDOUT_COMBOS)):
