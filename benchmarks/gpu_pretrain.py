@@ -45,7 +45,7 @@ from safetensors.torch import save_file
 
 from unziplora.demo import EMBEDDED_MODEL
 from unziplora.toyworld import HELDOUT_COMBOS, SEEN_COMBOS
-from unziplora.toyworld.pretrain import BASE_SPEC, BASE_SPEC_2X, PretrainConfig, Pretrainer
+from unziplora.toyworld.pretrain import LATENT_SPECS, PretrainConfig, Pretrainer
 
 HERE = Path(__file__).resolve().parent
 judge = runpy.run_path(str(HERE / "base_model_quality.py"))["judge"]
@@ -198,7 +198,8 @@ def main() -> None:
     parser.add_argument("--start", choices=("vae", "model"), default="vae",
                         help="without --init: the embedded model's VAE, or its whole model")
     parser.add_argument("--init", nargs="+", default=[], help="safetensors files of start weights (see start_tensors)")
-    parser.add_argument("--latent", choices=("4x", "2x"), default="4x", help="the model shape (2x: BASE_SPEC_2X)")
+    parser.add_argument("--latent", choices=tuple(LATENT_SPECS), default="4x",
+                        help="the model shape (pretrain.LATENT_SPECS); other than 4x: --init with that VAE's file")
     parser.add_argument("--unet-width", type=int, nargs=3, metavar=("C1", "C2", "C3"),
                         help="the UNet's channel widths (the embedded model's: 32 64 128); needs --start vae; "
                         "with --init, the widths of that arm")
@@ -225,9 +226,11 @@ def main() -> None:
         print(export_arm([Path(p) for p in args.export], record, EMBEDDED_MODEL, Path(args.out)))
         return
 
+    if args.latent != "4x" and not args.init:
+        parser.error(f"--latent {args.latent} needs --init with that latent's VAE (train_base_model.py --export-vae)")
     if args.unet_width and args.start != "vae":
         parser.error("--unet-width trains a UNet of other widths: use it with --start vae (and --init to go on from such an arm)")
-    spec = BASE_SPEC_2X if args.latent == "2x" else BASE_SPEC
+    spec = LATENT_SPECS[args.latent]
     if args.unet_width:
         spec = dataclasses.replace(spec, block_out_channels=tuple(args.unet_width))
     out = Path(args.out)

@@ -3,6 +3,8 @@
 
     python scripts/train_base_model.py --workdir build/basemodel --budget-min 80   # resumable
     python scripts/train_base_model.py --workdir build/basemodel --export src/unziplora/assets/toyworld-sdxl
+    python scripts/train_base_model.py --workdir build/vae2x8 --latent 2x8 --vae-only   # a VAE for GPU UNet runs
+    python scripts/train_base_model.py --workdir build/vae2x8 --latent 2x8 --export-vae VAE.safetensors
 """
 
 import argparse
@@ -11,7 +13,7 @@ import sys
 from pathlib import Path
 
 from unziplora.errors import UnZipLoRAError
-from unziplora.toyworld.pretrain import BASE_SPEC, BASE_SPEC_2X, PretrainConfig, Pretrainer
+from unziplora.toyworld.pretrain import LATENT_SPECS, PretrainConfig, Pretrainer
 
 
 def main() -> int:
@@ -22,11 +24,14 @@ def main() -> int:
     parser.add_argument("--vae-steps", type=int)
     parser.add_argument("--unet-steps", type=int)
     parser.add_argument("--threads", type=int, help="torch threads (1 is robust when other jobs share the cores)")
-    parser.add_argument("--latent", choices=("4x", "2x"), default="4x",
-                        help="VAE downsampling: 4x into 8 channels (the committed model) or 2x into 4 (BASE_SPEC_2X)")
+    parser.add_argument("--latent", choices=tuple(LATENT_SPECS), default="4x",
+                        help="VAE downsampling x latent channels: 4x into 8 (the committed model), 2x into 4 "
+                        "(BASE_SPEC_2X) or 2x into 8 (2x8)")
+    parser.add_argument("--vae-only", action="store_true", help="stop when the VAE phase is done")
+    parser.add_argument("--export-vae", metavar="FILE", help="write the trained VAE alone (fp16 safetensors) and exit")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
-    config = PretrainConfig(spec=BASE_SPEC_2X if args.latent == "2x" else BASE_SPEC)
+    config = PretrainConfig(spec=LATENT_SPECS[args.latent])
     if args.vae_steps is not None:
         config.vae_steps = args.vae_steps
     if args.unet_steps is not None:
@@ -38,11 +43,16 @@ def main() -> int:
     except UnZipLoRAError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.export:
-        path = trainer.export(Path(args.export))
+    if args.export or args.export_vae:
+        try:
+            path = trainer.export(Path(args.export)) if args.export else trainer.export_vae(Path(args.export_vae))
+        except UnZipLoRAError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         print(json.dumps({"exported": str(path), "phase": trainer.phase, "step": trainer.step}))
         return 0
-    done = trainer.run(args.budget_min * 60 if args.budget_min else None, progress=not args.quiet)
+    done = trainer.run(args.budget_min * 60 if args.budget_min else None, progress=not args.quiet,
+                       vae_only=args.vae_only)
     print(json.dumps({"done": done, "phase": trainer.phase, "step": trainer.step}))
     return 0
 

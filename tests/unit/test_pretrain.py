@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from unziplora.errors import UnZipLoRAError
 from unziplora.tiny import TinySDXLSpec
 from unziplora.toyworld import WORLD_WORDS
 from unziplora.toyworld.pretrain import PretrainConfig, Pretrainer
@@ -131,10 +132,29 @@ def test_v_prediction_trains_on_velocity_and_exports_a_matching_scheduler(tmp_pa
 
 
 def test_resuming_with_another_model_shape_is_one_clear_error(tmp_path):
-    from unziplora.errors import UnZipLoRAError
 
     Pretrainer(dataclasses.replace(SMALL, vae_steps=1, unet_steps=1), tmp_path / "w").run(progress=False)
     other = dataclasses.replace(SMALL.spec, latent_channels=8)
     with pytest.raises(UnZipLoRAError, match="another model shape \\(latent_channels\\).*--latent"):
         Pretrainer(dataclasses.replace(SMALL, spec=other), tmp_path / "w")
     assert Pretrainer(dataclasses.replace(SMALL, vae_steps=1, unet_steps=1), tmp_path / "w").phase == "unet"
+
+
+def test_a_vae_only_run_stops_after_the_vae_and_exports_it_for_other_unet_runs(tmp_path):
+    from safetensors import safe_open
+
+    trainer = Pretrainer(SMALL, tmp_path / "w")
+    with pytest.raises(UnZipLoRAError, match="VAE phase .* is not finished"):
+        trainer.export_vae(tmp_path / "vae.safetensors")
+    assert trainer.run(progress=False, vae_only=True)
+    assert (trainer.phase, trainer.step) == ("unet", 0)  # the VAE is done, no UNet step taken
+    assert not (tmp_path / "w" / "latent_pool.safetensors").exists()  # nor the UNet's pool encoded
+    path = trainer.export_vae(tmp_path / "vae.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta, keys = f.metadata(), set(f.keys())
+        assert f.get_tensor("vae.encoder.conv_in.weight").dtype == torch.float16
+    assert keys == {f"vae.{n}" for n in trainer.c["vae"].state_dict()}
+    assert float(meta["scaling_factor"]) == pytest.approx(trainer.c["vae"].config.scaling_factor)
+    assert int(meta["latent_channels"]) == SMALL.spec.latent_channels
+    resumed = Pretrainer(SMALL, tmp_path / "w")  # the checkpoint says the VAE is done: a full run goes on with the UNet
+    assert (resumed.phase, resumed.step) == ("unet", 0)

@@ -57,6 +57,10 @@ BASE_SPEC = TinySDXLSpec(
 # downsamples 2x into SDXL's 4 latent channels (64 px -> 32x32x4), which reconstructs the pattern
 # families far better than BASE_SPEC's 4x VAE (88 % against 77 % right family); the UNet step costs 2.6x.
 BASE_SPEC_2X = dataclasses.replace(BASE_SPEC, vae_block_out_channels=(32, 64), latent_channels=4)
+# The same 2x VAE into 8 channels: what the 4x VAE's 8 channels did for colours and patterns, at 2x.
+BASE_SPEC_2X8 = dataclasses.replace(BASE_SPEC_2X, latent_channels=8)
+# The model shapes the scripts name (--latent): latent downsampling x channels.
+LATENT_SPECS = {"4x": BASE_SPEC, "2x": BASE_SPEC_2X, "2x8": BASE_SPEC_2X8}
 
 
 @dataclass
@@ -271,23 +275,24 @@ class Pretrainer:
         self._build_optimizer()
 
     # ----- the loop --------------------------------------------------------------------------------
-    def run(self, budget_s: float | None = None, progress: bool = True) -> bool:
-        """Train until both phases are done (True) or the time budget is spent (False)."""
+    def run(self, budget_s: float | None = None, progress: bool = True, vae_only: bool = False) -> bool:
+        """Train until both phases are done (True) or the time budget is spent (False); with
+        `vae_only`, done when the VAE phase is (a VAE for other UNet runs: vae_weights)."""
         try:
-            return self._run(budget_s, progress)
+            return self._run(budget_s, progress, vae_only)
         finally:
             if self.workers is not None:
                 self.workers.terminate()
                 self.workers = None
 
-    def _run(self, budget_s: float | None, progress: bool) -> bool:
+    def _run(self, budget_s: float | None, progress: bool, vae_only: bool = False) -> bool:
         start = last_save = time.monotonic()
         for key in ("vae_steps", "unet_steps"):
             before = (self.saved_config or {}).get(key, getattr(self.config, key))
             if before != getattr(self.config, key):
                 self.schedule.append({"resumed_at": [self.phase, self.step], key: [before, getattr(self.config, key)]})
         self.saved_config = None
-        while True:
+        while not (vae_only and self.phase == "unet"):
             total = self.config.vae_steps if self.phase == "vae" else self.config.unet_steps
             bar = tqdm(total=total, initial=self.step, desc=f"pretrain {self.phase}", disable=not progress)
             while self.step < total:
@@ -309,6 +314,7 @@ class Pretrainer:
                 return True
             self._finish_vae()
             self.save()
+        return True
 
     # ----- checkpoints (safetensors + JSON) -------------------------------------------------------
     def save(self) -> None:
@@ -378,3 +384,21 @@ class Pretrainer:
         pipe.save_pretrained(directory, safe_serialization=True)
         write_recipe(Path(directory), self)
         return Path(directory)
+
+    def export_vae(self, path: Path) -> Path:
+        """The trained VAE alone, fp16, as "vae.<name>" tensors with its scaling factor and shape in
+        the metadata: the --init file that starts UNet runs on this latent elsewhere
+        (benchmarks/gpu_pretrain.py --latent ... --init FILE)."""
+        if self.phase != "unet":
+            raise UnZipLoRAError(f"the VAE phase in {self.workdir} is not finished (step {self.step} of "
+                                 f"{self.config.vae_steps}): train on (--vae-only), then export the VAE")
+        spec = self.config.spec
+        tensors = {f"vae.{n}": t.detach().to("cpu", torch.float16).contiguous()
+                   for n, t in self.c["vae"].state_dict().items()}
+        metadata = {"scaling_factor": repr(float(self.c["vae"].config.scaling_factor)),
+                    "latent_channels": str(spec.latent_channels),
+                    "vae_block_out_channels": json.dumps(list(spec.vae_block_out_channels)),
+                    "vae_steps": str(self.config.vae_steps), "seed": str(self.config.seed)}
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata=metadata)
+        return tmp.replace(path)
