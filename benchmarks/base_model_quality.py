@@ -3,11 +3,12 @@
 
 For every (class, family) combo, seen in pretraining or held out, generate images with
 "A {class} in {family} style" and count how often the content oracle names the right class
-and the style oracle the right family. A first row scores the VAE's reconstructions of fresh
-renders (encode, decode): samples cannot be better than what the VAE can draw. Prints a
-table, writes JSON.
+and the style oracle the right family. Two first rows score the fresh renders themselves (what
+the oracles get right of perfect images) and the VAE's reconstructions of them (encode,
+decode): samples cannot be better than what the VAE can draw. Prints a table, writes JSON.
 
     python benchmarks/base_model_quality.py [--per-combo 4] [--steps 30] [--json FILE] [--diagnose]
+    python benchmarks/base_model_quality.py --vae VAE.safetensors   # a VAE file's ceiling (renders, reconstructions)
 
 --diagnose adds rows that locate the weakness: the VAE's reconstructions with noise added to
 the latents (is the decoder fragile?), samples of the seen combos started from the training
@@ -24,6 +25,7 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -90,16 +92,50 @@ def encode(vae, arrays: np.ndarray) -> torch.Tensor:
     return vae.encode(pixels.to(vae.dtype)).latent_dist.mean * vae.config.scaling_factor
 
 
-@torch.no_grad()
-def judge_vae(pipe, n: int, seed: int, latent_noise: float = 0.0) -> dict:
-    """Oracle accuracy on VAE reconstructions of n renders from the pretraining distribution,
-    optionally with Gaussian noise of std `latent_noise` added to the scaled latents."""
+def load_vae_file(path: str):
+    """A VAE written by train_base_model.py --export-vae, built at the shape its metadata names."""
+    from safetensors import safe_open
+
+    from unziplora.tiny import tiny_sdxl_components
+    from unziplora.toyworld.pretrain import LATENT_SPECS
+
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata() or {}
+        tensors = {k[len("vae."):]: f.get_tensor(k).float() for k in f.keys() if k.startswith("vae.")}
+    shape = (int(meta.get("latent_channels", -1)), json.loads(meta.get("vae_block_out_channels", "[]")))
+    specs = [s for s in LATENT_SPECS.values() if (s.latent_channels, list(s.vae_block_out_channels)) == shape]
+    if not specs or not tensors:
+        raise SystemExit(f"error: {path} holds no VAE of a known shape {shape}; write one with "
+                         "scripts/train_base_model.py --export-vae")
+    vae = tiny_sdxl_components(specs[0])["vae"]
+    vae.load_state_dict(tensors)
+    vae.register_to_config(scaling_factor=float(meta["scaling_factor"]))
+    return vae.eval()
+
+
+def pretraining_renders(n: int, seed: int) -> tuple[list, np.ndarray]:
+    """n draws from the pretraining distribution and their renders."""
     from unziplora.toyworld.split import pretraining_sample
 
     rng = np.random.default_rng(seed)
     samples = [pretraining_sample(rng) for _ in range(n)]
+    return samples, renders(samples)
+
+
+def judge_renders(n: int, seed: int) -> dict:
+    """Oracle accuracy on the renders themselves (the same draws as judge_vae's): what the oracles
+    get right of perfect images, the ceiling above the VAE's."""
+    samples, arrays = pretraining_renders(n, seed)
+    return tally([(a, s.subject.cls, s.style.family, s.style.spacing) for s, a in zip(samples, arrays)])
+
+
+@torch.no_grad()
+def judge_vae(pipe, n: int, seed: int, latent_noise: float = 0.0) -> dict:
+    """Oracle accuracy on VAE reconstructions of n renders from the pretraining distribution,
+    optionally with Gaussian noise of std `latent_noise` added to the scaled latents."""
+    samples, arrays = pretraining_renders(n, seed)
     vae = pipe.vae
-    latents = encode(vae, renders(samples))
+    latents = encode(vae, arrays)
     latents = latents + latent_noise * torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
     recon = vae.decode(latents / vae.config.scaling_factor).sample.float()
     arrays = ((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
@@ -271,19 +307,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default="benchmarks/results/base_model_quality.json")
+    parser.add_argument("--json", help="default: benchmarks/results/base_model_quality.json, "
+                        "base_model_family_response.json with --family-response, vae_ceiling.json with --vae")
     parser.add_argument("--diagnose", action="store_true", help="add the decoder-noise and leaky-start rows and the per-timestep caption table")
+    parser.add_argument("--vae", metavar="FILE", help="only the renders and VAE rows, for a VAE file "
+                        "(train_base_model.py --export-vae) instead of a model: its ceiling for samples")
     parser.add_argument("--family-response", action="store_true",
                         help="only the table of how far each family word moves the UNet's prediction (a minute)")
     args = parser.parse_args(argv)
+    if args.vae and (args.diagnose or args.family_response):
+        parser.error("--vae judges a VAE alone: drop --diagnose / --family-response (they need a whole model)")
+    name = "vae_ceiling" if args.vae else "base_model_family_response" if args.family_response else "base_model_quality"
+    args.json = args.json or f"benchmarks/results/{name}.json"  # one file per kind of result, none overwrites another
     np.random.seed(0)  # in main, so that a caller's run is seeded as the command's
-    pipe = load_pipeline(args.model)
+    pipe = SimpleNamespace(vae=load_vae_file(args.vae)) if args.vae else load_pipeline(args.model)
     if args.family_response:
         return print_family_response(family_response(pipe, 8, args.seed, args.steps, args.guidance), args)
     t0 = time.perf_counter()
-    results = {"VAE reconstructions": judge_vae(pipe, 128, args.seed)}
-    results |= {name: judge(pipe, combos, args.per_combo, args.steps, args.guidance, args.seed)
-               for name, combos in (("seen combos", SEEN_COMBOS), ("held-out combos", HELDOUT_COMBOS))}
+    results = {"renders themselves (the oracles' own accuracy)": judge_renders(128, args.seed),
+               "VAE reconstructions": judge_vae(pipe, 128, args.seed)}
+    if not args.vae:
+        results |= {name: judge(pipe, combos, args.per_combo, args.steps, args.guidance, args.seed)
+                    for name, combos in (("seen combos", SEEN_COMBOS), ("held-out combos", HELDOUT_COMBOS))}
     if args.diagnose:
         results |= {f"VAE reconstructions, latent noise {s}": judge_vae(pipe, 128, args.seed, s) for s in (0.1, 0.2, 0.4)}
         results["seen combos, leaky start"] = judge_leaky_start(pipe, args.per_combo, args.steps, args.guidance, args.seed)
@@ -334,7 +379,7 @@ def write_json(args, **payload) -> None:
     """The command's JSON at --json: the model, the settings and what was measured."""
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": args.model, "settings": vars(args), **payload}, indent=2))
+    out.write_text(json.dumps({"model": args.vae or args.model, "settings": vars(args), **payload}, indent=2))
 
 
 if __name__ == "__main__":

@@ -144,33 +144,41 @@ def save_weights(weights: dict[str, torch.Tensor], out: Path, arm: str, metadata
     return paths
 
 
-def load_weights(paths: list[Path]) -> tuple[dict[str, torch.Tensor], list[int] | None]:
-    """An arm's weights from its file or parts, and the UNet widths their metadata names (None: the
-    embedded model's)."""
-    tensors, widths = {}, None
+def load_weights(paths: list[Path]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """An arm's weights from its file or parts, and their metadata (unet_block_out_channels, latent)."""
+    tensors, meta = {}, {}
     for path in paths:
         with safe_open(str(path), framework="pt") as f:
             tensors.update({k: f.get_tensor(k) for k in f.keys()})
-            widths = json.loads((f.metadata() or {}).get("unet_block_out_channels", "null")) or widths
-    return tensors, widths
+            meta.update(f.metadata() or {})
+    return tensors, meta
 
 
 def export_arm(weights: Path | list[Path], record: dict, base: Path, out: Path) -> Path:
     """A whole pipeline folder: `base` (the model the arm started from) with the arm's UNet and text
     encoders, fp16, its recipe.json extended by how the arm trained (`record`: its --arm result or the
-    same keys), and fresh checksums. For an arm of the embedded model's latent (--latent 4x); a UNet of
-    other widths (--unet-width) is rebuilt at the widths its weights file names. `weights`: the arm's
-    file, or its parts."""
+    same keys), and fresh checksums. A UNet of other widths (--unet-width) is rebuilt at the widths
+    the weights' metadata names; an arm on another latent (--latent) carries its VAE in its weights
+    and gets it, with a UNet sized for that latent. `weights`: the arm's file, or its parts."""
     import shutil
 
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 
+    from unziplora.tiny import tiny_sdxl_components
     from unziplora.toyworld.model_files import RECIPE_FILE, write_checksums
 
     pipe = StableDiffusionXLPipeline.from_pretrained(str(base))
-    tensors, widths = load_weights([weights] if isinstance(weights, (str, Path)) else list(weights))
-    if widths and list(widths) != list(pipe.unet.config.block_out_channels):  # a --unet-width arm
-        pipe.register_modules(unet=UNet2DConditionModel.from_config({**pipe.unet.config, "block_out_channels": widths}))
+    tensors, meta = load_weights([weights] if isinstance(weights, (str, Path)) else list(weights))
+    widths = json.loads(meta.get("unet_block_out_channels", "null")) or list(pipe.unet.config.block_out_channels)
+    latent = meta.get("latent", "4x")
+    if latent != "4x":  # the arm's own VAE, and the UNet's sample size in its latent pixels
+        pipe.register_modules(vae=tiny_sdxl_components(LATENT_SPECS[latent])["vae"])
+        pipe.vae.load_state_dict({n[len("vae."):]: t for n, t in tensors.items() if n.startswith("vae.")})
+        pipe.vae.register_to_config(scaling_factor=float(meta["scaling_factor"]))
+    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    unet_config = {**pipe.unet.config, "block_out_channels": widths, "sample_size": LATENT_SPECS[latent].sample_size // factor}
+    if any(unet_config[k] != pipe.unet.config[k] for k in ("block_out_channels", "sample_size")):
+        pipe.register_modules(unet=UNet2DConditionModel.from_config(unet_config))
     for key in MODULES:
         getattr(pipe, key).load_state_dict({n[len(key) + 1:]: t for n, t in tensors.items() if n.startswith(key + ".")})
     tmp = out.with_name(out.name + ".partial")
@@ -260,10 +268,12 @@ def main() -> None:
     print(json.dumps(result["training"]), flush=True)
 
     pipe = ema_pipeline(trainer)
+    kept = MODULES + (("vae",) if args.latent != "4x" else ())  # another latent: its VAE travels with the arm
     weights = {f"{k}.{n}": t.detach().to("cpu", torch.float16).contiguous()
-               for k in MODULES for n, t in trainer.c[k].state_dict().items()}
+               for k in kept for n, t in trainer.c[k].state_dict().items()}
     files = save_weights(weights, out, args.arm, shard_mb=args.shard_mb,
-                         metadata={"arm": args.arm, "steps": str(trainer.step),
+                         metadata={"arm": args.arm, "steps": str(trainer.step), "latent": args.latent,
+                                   "scaling_factor": repr(float(trainer.c["vae"].config.scaling_factor)),
                                    "unet_block_out_channels": json.dumps(list(spec.block_out_channels))})
     result["weights"] = [f.name for f in files]
     t0 = time.monotonic()

@@ -6,10 +6,14 @@
 #
 #   BUDGET_S=540 bash benchmarks/gpu_session.sh "wide=--unet-width 48 96 192" "scratch="
 #
-# Each argument is NAME=FLAGS (extra gpu_pretrain.py flags; every arm starts from the embedded VAE).
+# Each argument is NAME=FLAGS (extra gpu_pretrain.py flags). The arms share one latent: the embedded
+# VAE's, or the one POOL_FLAGS names, which every arm's flags then name too, e.g.
+#   POOL_FLAGS="--latent 2x8 --init VAE.safetensors" bash benchmarks/gpu_session.sh \
+#     "2x8=--latent 2x8 --init VAE.safetensors"
+# (VAE.safetensors: scripts/train_base_model.py --latent 2x8 --vae-only, then --export-vae).
 # Environment: OUT (required), BUDGET_S (540), JUDGE_S (seconds kept for saving and judging, 120),
 # DEVICE (cuda), BATCH (1024), POOL_SIZE (64000), WORKERS (14), JUDGE_PER_COMBO (4), WHEELS (.whl),
-# PYTHON (python3), WORK (/tmp/gpu_session: the pool and the arms' workdirs, kept out of $OUT).
+# POOL_FLAGS (none), PYTHON (python3), WORK (/tmp/gpu_session: the pool and the arms' workdirs, kept out of $OUT).
 # Wheels in .whl/ (see the device tool's README) are installed first when present.
 set -u
 : "${OUT:?set OUT to the folder the results go to}"
@@ -30,8 +34,9 @@ mkdir -p "$WORK"
 common=(--device "$DEVICE" --batch "$BATCH" --pool-size "$POOL_SIZE" --judge-per-combo "$JUDGE_PER_COMBO")
 
 # One pool for all arms: it depends on the seed, its size and the VAE only (Pretrainer._pool_key).
+# shellcheck disable=SC2086  # POOL_FLAGS are words on purpose
 $PY benchmarks/gpu_pretrain.py --arm pool --pool-only --workers "$WORKERS" --workdir "$WORK/pool" \
-  --out "$WORK/pool_out" "${common[@]}" > "$WORK/pool.log" 2>&1 || { tail -20 "$WORK/pool.log"; exit 1; }
+  --out "$WORK/pool_out" "${common[@]}" ${POOL_FLAGS:-} > "$WORK/pool.log" 2>&1 || { tail -20 "$WORK/pool.log"; exit 1; }
 grep -a -o "pool of.*" "$WORK/pool.log"
 
 minutes=$(awk -v left=$((BUDGET_S - JUDGE_S - ($(date +%s) - start))) 'BEGIN { printf "%.2f", (left - 30) / 60 }')
