@@ -6,14 +6,12 @@
 #
 #   BUDGET_S=540 bash benchmarks/gpu_session.sh "wide=--unet-width 48 96 192" "scratch="
 #
-# Each argument is NAME=FLAGS (extra gpu_pretrain.py flags). The arms share one latent: the embedded
-# VAE's, or the one POOL_FLAGS names, which every arm's flags then name too, e.g.
-#   POOL_FLAGS="--latent 2x8 --init VAE.safetensors" bash benchmarks/gpu_session.sh \
-#     "2x8=--latent 2x8 --init VAE.safetensors"
-# (VAE.safetensors: scripts/train_base_model.py --latent 2x8 --vae-only, then --export-vae).
+# Each argument is NAME=FLAGS (extra gpu_pretrain.py flags). An arm on another latent names it and
+# its VAE (--latent 2x8 --init VAE.safetensors: scripts/train_base_model.py --vae-only, then
+# --export-vae); arms on one latent share one pool, so they must name the same VAE.
 # Environment: OUT (required), BUDGET_S (540), JUDGE_S (seconds kept for saving and judging, 120),
 # DEVICE (cuda), BATCH (1024), POOL_SIZE (64000), WORKERS (14), JUDGE_PER_COMBO (4), WHEELS (.whl),
-# POOL_FLAGS (none), PYTHON (python3), WORK (/tmp/gpu_session: the pool and the arms' workdirs, kept out of $OUT).
+# PYTHON (python3), WORK (/tmp/gpu_session: the pool and the arms' workdirs, kept out of $OUT).
 # Wheels in .whl/ (see the device tool's README) are installed first when present.
 set -u
 : "${OUT:?set OUT to the folder the results go to}"
@@ -33,18 +31,32 @@ WORK=${WORK:-/tmp/gpu_session}
 mkdir -p "$WORK"
 common=(--device "$DEVICE" --batch "$BATCH" --pool-size "$POOL_SIZE" --judge-per-combo "$JUDGE_PER_COMBO")
 
-# One pool for all arms: it depends on the seed, its size and the VAE only (Pretrainer._pool_key).
-# shellcheck disable=SC2086  # POOL_FLAGS are words on purpose
-$PY benchmarks/gpu_pretrain.py --arm pool --pool-only --workers "$WORKERS" --workdir "$WORK/pool" \
-  --out "$WORK/pool_out" "${common[@]}" ${POOL_FLAGS:-} > "$WORK/pool.log" 2>&1 || { tail -20 "$WORK/pool.log"; exit 1; }
-grep -a -o "pool of.*" "$WORK/pool.log"
+# One pool per latent (an arm's --latent, 4x without it), shared by the arms on it: a pool depends on
+# the seed, its size and the VAE only (Pretrainer._pool_key), so arms on one latent must name one VAE.
+latent_of() { local l; l=$(grep -o -- "--latent [^ ]*" <<< "$1" | cut -d' ' -f2); echo "${l:-4x}"; }
+declare -A pool_flags=()
+for spec in "$@"; do
+  latent=$(latent_of "${spec#*=}")
+  [ -n "${pool_flags[$latent]:-}" ] || pool_flags[$latent]=" ${spec#*=}"
+done
+for latent in "${!pool_flags[@]}"; do
+  # shellcheck disable=SC2086  # flags are words on purpose
+  $PY benchmarks/gpu_pretrain.py --arm "pool-$latent" --pool-only --workers $((WORKERS / ${#pool_flags[@]})) \
+    --workdir "$WORK/pool-$latent" --out "$WORK/pool_out" "${common[@]}" ${pool_flags[$latent]} \
+    > "$WORK/pool-$latent.log" 2>&1 &
+done
+wait
+for latent in "${!pool_flags[@]}"; do
+  [ -f "$WORK/pool-$latent/latent_pool.safetensors" ] || { echo "error: the $latent pool failed:"; tail -20 "$WORK/pool-$latent.log"; exit 1; }
+  echo "$latent: $(grep -a -o "pool of.*" "$WORK/pool-$latent.log")"
+done
 
 minutes=$(awk -v left=$((BUDGET_S - JUDGE_S - ($(date +%s) - start))) 'BEGIN { printf "%.2f", (left - 30) / 60 }')
 echo "training budget per arm: $minutes min (arms side by side)"
 for spec in "$@"; do
   name=${spec%%=*} flags=${spec#*=}
   mkdir -p "$WORK/$name"
-  ln -sf "$WORK/pool/latent_pool.safetensors" "$WORK/$name/latent_pool.safetensors"
+  ln -sf "$WORK/pool-$(latent_of "$flags")/latent_pool.safetensors" "$WORK/$name/latent_pool.safetensors"
   # shellcheck disable=SC2086  # flags are words on purpose
   $PY benchmarks/gpu_pretrain.py --arm "$name" --start vae --workers 0 --workdir "$WORK/$name" --out "$OUT" \
     --minutes "$minutes" "${common[@]}" $flags > "$WORK/$name.log" 2>&1 &
