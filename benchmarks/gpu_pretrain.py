@@ -116,7 +116,8 @@ def ema_pipeline(trainer: Pretrainer):
 
     with torch.no_grad():
         for name, p in trainer.trainable().items():
-            p.copy_(trainer.ema[name])
+            if name in trainer.ema:  # (the EMA starts at the first step)
+                p.copy_(trainer.ema[name])
     pipe = StableDiffusionXLPipeline(**trainer.c)
     pipe.set_progress_bar_config(disable=True)
     return pipe

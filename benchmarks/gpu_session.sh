@@ -52,6 +52,7 @@ for latent in "${!pool_flags[@]}"; do
 done
 
 minutes=$(awk -v left=$((BUDGET_S - JUDGE_S - ($(date +%s) - start))) 'BEGIN { printf "%.2f", (left - 30) / 60 }')
+awk -v m="$minutes" 'BEGIN { exit !(m < 0.5) }' && { echo "error: the pools left $minutes min of BUDGET_S=$BUDGET_S to train: raise BUDGET_S or lower JUDGE_S" >&2; exit 1; }
 echo "training budget per arm: $minutes min (arms side by side)"
 for spec in "$@"; do
   name=${spec%%=*} flags=${spec#*=}
