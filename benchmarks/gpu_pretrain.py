@@ -176,9 +176,10 @@ def export_arm(weights: Path | list[Path], record: dict, base: Path, out: Path) 
         pipe.register_modules(vae=tiny_sdxl_components(LATENT_SPECS[latent])["vae"])
         pipe.vae.load_state_dict({n[len("vae."):]: t for n, t in tensors.items() if n.startswith("vae.")})
         pipe.vae.register_to_config(scaling_factor=float(meta["scaling_factor"]))
-    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    unet_config = {**pipe.unet.config, "block_out_channels": widths, "sample_size": LATENT_SPECS[latent].sample_size // factor}
-    if any(unet_config[k] != pipe.unet.config[k] for k in ("block_out_channels", "sample_size")):
+    factor, channels = 2 ** (len(pipe.vae.config.block_out_channels) - 1), pipe.vae.config.latent_channels
+    unet_config = {**pipe.unet.config, "block_out_channels": widths, "in_channels": channels, "out_channels": channels,
+                   "sample_size": LATENT_SPECS[latent].sample_size // factor}
+    if any(unet_config[k] != pipe.unet.config[k] for k in ("block_out_channels", "in_channels", "sample_size")):
         pipe.register_modules(unet=UNet2DConditionModel.from_config(unet_config))
     for key in MODULES:
         getattr(pipe, key).load_state_dict({n[len(key) + 1:]: t for n, t in tensors.items() if n.startswith(key + ".")})

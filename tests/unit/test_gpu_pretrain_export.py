@@ -69,23 +69,26 @@ def test_weights_over_the_shard_size_travel_in_parts_that_export_and_start_an_ar
     assert scaling == pipe.vae.config.scaling_factor
 
 
-def test_an_arm_on_another_latent_exports_with_its_own_vae_and_a_unet_sized_for_it(tmp_path):
+@pytest.mark.parametrize("latent", ["2x", "2x8"])  # SDXL's 4 latent channels, and the embedded model's 8
+def test_an_arm_on_another_latent_exports_with_its_own_vae_and_a_unet_sized_for_it(tmp_path, latent):
     from diffusers import StableDiffusionXLPipeline
 
     from unziplora.models import load_pipeline
     from unziplora.tiny import tiny_sdxl_components
-    from unziplora.toyworld.pretrain import BASE_SPEC_2X8
+    from unziplora.toyworld.pretrain import LATENT_SPECS
 
     base = StableDiffusionXLPipeline.from_pretrained(str(EMBEDDED_MODEL))
-    arm = tiny_sdxl_components(BASE_SPEC_2X8, seed=3)
+    spec = LATENT_SPECS[latent]
+    arm = tiny_sdxl_components(spec, seed=3)
     weights = {f"{k}.{n}": t.half().contiguous() for k in ("unet", "vae") for n, t in arm[k].state_dict().items()}
     for key in ("text_encoder", "text_encoder_2"):
         weights |= {f"{key}.{n}": t.half().contiguous() for n, t in getattr(base, key).state_dict().items()}
-    parts = save_weights(weights, tmp_path, "2x8", {"latent": "2x8", "scaling_factor": "0.75",
-                                                    "unet_block_out_channels": "[32, 64, 128]"}, shard_mb=1e4)
+    parts = save_weights(weights, tmp_path, latent, {"latent": latent, "scaling_factor": "0.75",
+                                                     "unet_block_out_channels": "[32, 64, 128]"}, shard_mb=1e4)
 
-    pipe = load_pipeline(str(export_arm(parts, {"arm": "2x8"}, EMBEDDED_MODEL, tmp_path / "model")))
-    assert list(pipe.vae.config.block_out_channels) == [32, 64] and pipe.vae.config.latent_channels == 8
+    pipe = load_pipeline(str(export_arm(parts, {"arm": latent}, EMBEDDED_MODEL, tmp_path / "model")))
+    assert list(pipe.vae.config.block_out_channels) == [32, 64]
+    assert pipe.vae.config.latent_channels == pipe.unet.config.in_channels == spec.latent_channels
     assert pipe.vae.config.scaling_factor == 0.75
     assert pipe.unet.config.sample_size == 32  # 64 px through a 2x VAE: the pipeline's default size stays 64 px
     probe = "decoder.conv_out.weight"
