@@ -12,7 +12,9 @@
 # Environment: OUT (required), BUDGET_S (540), JUDGE_S (seconds kept for saving and judging, 120),
 # DEVICE (cuda), BATCH (1024), POOL_SIZE (64000), WORKERS (14), JUDGE_PER_COMBO (4), WHEELS (.whl),
 # PYTHON (python3), WORK (/tmp/gpu_session: the pool and the arms' workdirs, kept out of $OUT).
-# Wheels in .whl/ (see the device tool's README) are installed first when present.
+# Wheels in .whl/ (see the device tool's README) are installed first when present. What the H100
+# image lacked on 2026-11-27 (Python 3.12; it has torch, accelerate, peft, tokenizers 0.23.2 and
+# huggingface_hub 1.33): diffusers==0.42.1 transformers==5.24.0 regex importlib_metadata, 21 MB.
 set -u
 : "${OUT:?set OUT to the folder the results go to}"
 BUDGET_S=${BUDGET_S:-540} JUDGE_S=${JUDGE_S:-120} DEVICE=${DEVICE:-cuda} BATCH=${BATCH:-1024}
