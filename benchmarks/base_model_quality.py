@@ -32,8 +32,10 @@ import torch
 
 from unziplora.data import sdxl_time_ids
 from unziplora.demo import EMBEDDED_MODEL
+from unziplora.errors import UnZipLoRAError
 from unziplora.models import load_pipeline
 from unziplora.toyworld import HELDOUT_COMBOS, SEEN_COMBOS, classify_content, classify_style
+from unziplora.toyworld.model_files import read_vae_file
 
 
 def spacing_bins(n: int = 3) -> list[tuple[float, float]]:
@@ -90,27 +92,6 @@ def encode(vae, arrays: np.ndarray) -> torch.Tensor:
     """Scaled latents (the UNet's space) of uint8 HWC renders."""
     pixels = torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return vae.encode(pixels.to(vae.dtype)).latent_dist.mean * vae.config.scaling_factor
-
-
-def load_vae_file(path: str):
-    """A VAE written by train_base_model.py --export-vae, built at the shape its metadata names."""
-    from safetensors import safe_open
-
-    from unziplora.tiny import tiny_sdxl_components
-    from unziplora.toyworld.pretrain import LATENT_SPECS
-
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata() or {}
-        tensors = {k[len("vae."):]: f.get_tensor(k).float() for k in f.keys() if k.startswith("vae.")}
-    shape = (int(meta.get("latent_channels", -1)), json.loads(meta.get("vae_block_out_channels", "[]")))
-    specs = [s for s in LATENT_SPECS.values() if (s.latent_channels, list(s.vae_block_out_channels)) == shape]
-    if not specs or not tensors:
-        raise SystemExit(f"error: {path} holds no VAE of a known shape {shape}; write one with "
-                         "scripts/train_base_model.py --export-vae")
-    vae = tiny_sdxl_components(specs[0])["vae"]
-    vae.load_state_dict(tensors)
-    vae.register_to_config(scaling_factor=float(meta["scaling_factor"]))
-    return vae.eval()
 
 
 def pretraining_renders(n: int, seed: int) -> tuple[list, np.ndarray]:
@@ -320,7 +301,10 @@ def main(argv: list[str] | None = None) -> None:
     name = "vae_ceiling" if args.vae else "base_model_family_response" if args.family_response else "base_model_quality"
     args.json = args.json or f"benchmarks/results/{name}.json"  # one file per kind of result, none overwrites another
     np.random.seed(0)  # in main, so that a caller's run is seeded as the command's
-    pipe = SimpleNamespace(vae=load_vae_file(args.vae)) if args.vae else load_pipeline(args.model)
+    try:
+        pipe = SimpleNamespace(vae=read_vae_file(args.vae)) if args.vae else load_pipeline(args.model)
+    except UnZipLoRAError as error:
+        parser.error(str(error))
     if args.family_response:
         return print_family_response(family_response(pipe, 8, args.seed, args.steps, args.guidance), args)
     t0 = time.perf_counter()

@@ -165,17 +165,14 @@ def export_arm(weights: Path | list[Path], record: dict, base: Path, out: Path) 
 
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 
-    from unziplora.tiny import tiny_sdxl_components
-    from unziplora.toyworld.model_files import RECIPE_FILE, write_checksums
+    from unziplora.toyworld.model_files import RECIPE_FILE, vae_at, write_checksums
 
     pipe = StableDiffusionXLPipeline.from_pretrained(str(base))
     tensors, meta = load_weights([weights] if isinstance(weights, (str, Path)) else list(weights))
     widths = json.loads(meta.get("unet_block_out_channels", "null")) or list(pipe.unet.config.block_out_channels)
     latent = meta.get("latent", "4x")
     if latent != "4x":  # the arm's own VAE, and the UNet's sample size in its latent pixels
-        pipe.register_modules(vae=tiny_sdxl_components(LATENT_SPECS[latent])["vae"])
-        pipe.vae.load_state_dict({n[len("vae."):]: t for n, t in tensors.items() if n.startswith("vae.")})
-        pipe.vae.register_to_config(scaling_factor=float(meta["scaling_factor"]))
+        pipe.register_modules(vae=vae_at(latent, tensors, float(meta["scaling_factor"])))
     factor, channels = 2 ** (len(pipe.vae.config.block_out_channels) - 1), pipe.vae.config.latent_channels
     unet_config = {**pipe.unet.config, "block_out_channels": widths, "in_channels": channels, "out_channels": channels,
                    "sample_size": LATENT_SPECS[latent].sample_size // factor}

@@ -39,6 +39,7 @@ latent_of() { local l; l=$(grep -o -- "--latent [^ ]*" <<< "$1" | cut -d' ' -f2)
 declare -A pool_flags=()
 for spec in "$@"; do
   latent=$(latent_of "${spec#*=}")
+  # the first arm on a latent gives its pool's flags (the leading space marks even empty flags as set)
   [ -n "${pool_flags[$latent]:-}" ] || pool_flags[$latent]=" ${spec#*=}"
 done
 for latent in "${!pool_flags[@]}"; do

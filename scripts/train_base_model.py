@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from unziplora.errors import UnZipLoRAError
+from unziplora.toyworld.model_files import write_vae_file
 from unziplora.toyworld.pretrain import LATENT_SPECS, PretrainConfig, Pretrainer
 
 
@@ -45,7 +46,7 @@ def main() -> int:
         return 2
     if args.export or args.export_vae:
         try:
-            path = trainer.export(Path(args.export)) if args.export else trainer.export_vae(Path(args.export_vae))
+            path = trainer.export(Path(args.export)) if args.export else write_vae_file(trainer, Path(args.export_vae))
         except UnZipLoRAError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

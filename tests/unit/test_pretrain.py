@@ -143,13 +143,15 @@ def test_resuming_with_another_model_shape_is_one_clear_error(tmp_path):
 def test_a_vae_only_run_stops_after_the_vae_and_exports_it_for_other_unet_runs(tmp_path):
     from safetensors import safe_open
 
+    from unziplora.toyworld.model_files import write_vae_file
+
     trainer = Pretrainer(SMALL, tmp_path / "w")
     with pytest.raises(UnZipLoRAError, match="VAE phase .* is not finished"):
-        trainer.export_vae(tmp_path / "vae.safetensors")
+        write_vae_file(trainer, tmp_path / "vae.safetensors")
     assert trainer.run(progress=False, vae_only=True)
     assert (trainer.phase, trainer.step) == ("unet", 0)  # the VAE is done, no UNet step taken
     assert not (tmp_path / "w" / "latent_pool.safetensors").exists()  # nor the UNet's pool encoded
-    path = trainer.export_vae(tmp_path / "vae.safetensors")
+    path = write_vae_file(trainer, tmp_path / "vae.safetensors")
     with safe_open(str(path), framework="pt") as f:
         meta, keys = f.metadata(), set(f.keys())
         assert f.get_tensor("vae.encoder.conv_in.weight").dtype == torch.float16

@@ -277,7 +277,7 @@ class Pretrainer:
     # ----- the loop --------------------------------------------------------------------------------
     def run(self, budget_s: float | None = None, progress: bool = True, vae_only: bool = False) -> bool:
         """Train until both phases are done (True) or the time budget is spent (False); with
-        `vae_only`, done when the VAE phase is (a VAE for other UNet runs: vae_weights)."""
+        `vae_only`, done when the VAE phase is (a VAE for UNet runs elsewhere: model_files.write_vae_file)."""
         try:
             return self._run(budget_s, progress, vae_only)
         finally:
@@ -384,21 +384,3 @@ class Pretrainer:
         pipe.save_pretrained(directory, safe_serialization=True)
         write_recipe(Path(directory), self)
         return Path(directory)
-
-    def export_vae(self, path: Path) -> Path:
-        """The trained VAE alone, fp16, as "vae.<name>" tensors with its scaling factor and shape in
-        the metadata: the --init file that starts UNet runs on this latent elsewhere
-        (benchmarks/gpu_pretrain.py --latent ... --init FILE)."""
-        if self.phase != "unet":
-            raise UnZipLoRAError(f"the VAE phase in {self.workdir} is not finished (step {self.step} of "
-                                 f"{self.config.vae_steps}): train on (--vae-only), then export the VAE")
-        spec = self.config.spec
-        tensors = {f"vae.{n}": t.detach().to("cpu", torch.float16).contiguous()
-                   for n, t in self.c["vae"].state_dict().items()}
-        metadata = {"scaling_factor": repr(float(self.c["vae"].config.scaling_factor)),
-                    "latent_channels": str(spec.latent_channels),
-                    "vae_block_out_channels": json.dumps(list(spec.vae_block_out_channels)),
-                    "vae_steps": str(self.config.vae_steps), "seed": str(self.config.seed)}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=metadata)
-        return tmp.replace(path)
