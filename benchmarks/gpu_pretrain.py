@@ -58,13 +58,9 @@ def start_tensors(init_files: list[str], start: str) -> tuple[dict[str, torch.Te
     the scaling factor in its metadata), else the embedded model's VAE, plus its UNet and text
     encoders with start="model". Init files without a VAE (an arm's own weights: it trained on the
     embedded VAE) get the embedded model's VAE and scaling factor."""
-    tensors, scaling = {}, float("nan")
-    for path in init_files:
-        with safe_open(path, framework="pt") as f:
-            tensors.update({k: f.get_tensor(k) for k in f.keys()})
-            scaling = float((f.metadata() or {}).get("scaling_factor", scaling))
+    tensors, meta = load_weights(init_files)
     if any(k.startswith("vae.") for k in tensors):
-        return tensors, scaling
+        return tensors, float(meta.get("scaling_factor", "nan"))
     from diffusers import StableDiffusionXLPipeline
 
     pipe = StableDiffusionXLPipeline.from_pretrained(str(EMBEDDED_MODEL))

@@ -3,8 +3,8 @@
 
     python scripts/train_base_model.py --workdir build/basemodel --budget-min 80   # resumable
     python scripts/train_base_model.py --workdir build/basemodel --export src/unziplora/assets/toyworld-sdxl
-    python scripts/train_base_model.py --workdir build/vae2x8 --latent 2x8 --vae-only   # a VAE for GPU UNet runs
-    python scripts/train_base_model.py --workdir build/vae2x8 --latent 2x8 --export-vae VAE.safetensors
+    python scripts/train_base_model.py --workdir build/vae2x --latent 2x --vae-only   # a VAE for GPU UNet runs
+    python scripts/train_base_model.py --workdir build/vae2x --latent 2x --export-vae benchmarks/assets/vae-2x.safetensors
 """
 
 import argparse
