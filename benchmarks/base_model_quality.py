@@ -3,7 +3,8 @@
 
 For every (class, family) combo, seen in pretraining or held out, generate images with
 "A {class} in {family} style" and count how often the content oracle names the right class
-and the style oracle the right family. Two first rows score the fresh renders themselves (what
+and the learned family judge (toyworld/family_judge.py) the right family; the analytic
+classify_style's verdict is kept beside it, as the ruler the earlier numbers used. Two first rows score the fresh renders themselves (what
 the oracles get right of perfect images) and the VAE's reconstructions of them (encode,
 decode): samples cannot be better than what the VAE can draw. Prints a table, writes JSON.
 
@@ -16,7 +17,7 @@ distribution at the first timestep instead of pure noise (a render's latent leak
 sqrt(alpha_bar_T) = 0.068 in training; does the gap to pure noise at inference matter? arXiv
 2305.08891, Sec. 3), and a table of the UNet's training loss per timestep with the right
 caption, a wrong family word, a wrong class word and no caption (at which noise levels does the
-UNet use which word?), what the style oracle named each family instead, and whether the text
+UNet use which word?), what the family judge named each family instead, and whether the text
 encoders tell the family words apart at all.
 """
 
@@ -35,6 +36,7 @@ from unziplora.demo import EMBEDDED_MODEL
 from unziplora.errors import UnZipLoRAError
 from unziplora.models import load_pipeline
 from unziplora.toyworld import HELDOUT_COMBOS, SEEN_COMBOS, classify_content, classify_style
+from unziplora.toyworld.family_judge import judge_families
 from unziplora.toyworld.model_files import read_vae_file
 
 
@@ -49,14 +51,14 @@ def spacing_bins(n: int = 3) -> list[tuple[float, float]]:
 
 def tally(labelled) -> dict:
     """Oracle accuracy over (image, true class, true family[, true pattern spacing]) tuples, with the
-    family accuracy per family, what the style oracle called each family instead, and, where the
-    spacing is known (renders), the accuracy per spacing bin."""
-    right_class = right_family = both = 0
+    family accuracy per family, what the family judge called each family instead, where the spacing
+    is known (renders) the accuracy per spacing bin, and the analytic classify_style's family accuracy."""
+    right_class = right_family = both = right_analytic = 0
     judged_as, by_spacing, bins = {}, {}, spacing_bins()
-    for image, cls, fam, *spacing in labelled:
-        named = classify_style(image)
+    for (image, cls, fam, *spacing), named in zip(labelled, judge_families(image for image, *_ in labelled)):
         c, f = classify_content(image) == cls, named == fam
         right_class, right_family, both = right_class + c, right_family + f, both + (c and f)
+        right_analytic += classify_style(image) == fam
         judged_as.setdefault(fam, Counter())[named] += 1
         for low, high in bins if spacing else ():
             if low <= spacing[0] <= high:
@@ -64,6 +66,7 @@ def tally(labelled) -> dict:
                 break
     n = len(labelled)
     result = {"images": n, "class_acc": right_class / n, "family_acc": right_family / n, "both_acc": both / n,
+              "family_acc_analytic": right_analytic / n,
               "family_acc_by_family": {k: v[k] / v.total() for k, v in sorted(judged_as.items())},
               "family_judged_as": {k: dict(v.most_common()) for k, v in sorted(judged_as.items())}}
     if by_spacing:
@@ -320,9 +323,11 @@ def main(argv: list[str] | None = None) -> None:
             pipe, s, args.per_combo, args.steps, args.guidance, args.seed) for s in (0.2, 0.4, 0.6, 0.8)}
     reliance = caption_reliance(pipe, 64, args.seed) if args.diagnose else None
     distinct = word_distinctness(pipe) if args.diagnose else None
-    print("| combos | images | right class | right family | both |\n|---|---|---|---|---|")
+    print("| combos | images | right class | right family | both | right family, analytic oracle |\n"
+          "|---|---|---|---|---|---|")
     for name, r in results.items():
-        print(f"| {name} | {r['images']} | {r['class_acc']:.1%} | {r['family_acc']:.1%} | {r['both_acc']:.1%} |")
+        print(f"| {name} | {r['images']} | {r['class_acc']:.1%} | {r['family_acc']:.1%} | {r['both_acc']:.1%} "
+              f"| {r['family_acc_analytic']:.1%} |")
     families = sorted({f for r in results.values() for f in r["family_acc_by_family"]})
     print("\nright family, per family:\n| combos | " + " | ".join(families) + " |\n" + "|---" * (len(families) + 1) + "|")
     for name, r in results.items():
@@ -333,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"- {name}: " + ", ".join(f"{k}: {v:.0%}" for k, v in r["family_acc_by_spacing"].items()))
     if args.diagnose:  # where the wrong family verdicts go: blotches called "noise"? flat fills "solid"?
         for name in ("seen combos", "held-out combos"):
-            print(f"\n{name}, what the style oracle named each family (count):")
+            print(f"\n{name}, what the family judge named each family (count):")
             for fam, counts in results[name]["family_judged_as"].items():
                 print(f"- {fam}: " + ", ".join(f"{named} {n}" for named, n in counts.items()))
     if distinct:
