@@ -4,9 +4,10 @@
 For every (class, family) combo, seen in pretraining or held out, generate images with
 "A {class} in {family} style" and count how often the content oracle names the right class
 and the learned family judge (toyworld/family_judge.py) the right family; the analytic
-classify_style's verdict is kept beside it, as the ruler the earlier numbers used. Two first rows score the fresh renders themselves (what
-the oracles get right of perfect images) and the VAE's reconstructions of them (encode,
-decode): samples cannot be better than what the VAE can draw. Prints a table, writes JSON.
+classify_style's verdict is kept beside it, as the ruler the earlier numbers used. Two first
+rows score the fresh renders themselves (what the oracles get right of perfect images) and the
+VAE's reconstructions of them (encode, decode): samples cannot be better than what the VAE can
+draw. Prints a table, writes JSON.
 
     python benchmarks/base_model_quality.py [--per-combo 4] [--steps 30] [--json FILE] [--diagnose]
     python benchmarks/base_model_quality.py --vae VAE.safetensors   # a VAE file's ceiling (renders, reconstructions)
