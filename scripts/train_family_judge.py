@@ -6,7 +6,7 @@
 Trains on renders only (never on generated images), then prints how often it names the family
 of renders it never saw -- clean, blurred like a decoder's output, and held-out style instances
 -- next to the analytic classify_style, and writes the table to benchmarks/results/family_judge.json.
-About 30 minutes on 2 CPU cores; the shipped file records its recipe in its metadata.
+About 26 minutes on 2 CPU cores; the shipped file records its recipe in its metadata.
 """
 
 import argparse

@@ -9,8 +9,8 @@ palette, the pattern's angle, period, phase and width all random, and with the d
 decoder brings (blur, lower contrast, pixel noise) as augmentation. It never sees a generated
 image: what it learns is the world's definition of a family, not a model's habits.
 
-The weights ship as ``assets/family_judge.safetensors`` (fp16, ~0.1 M parameters) with their
-recipe in the file's metadata; ``scripts/train_family_judge.py`` retrains them (about 10 minutes
+The weights ship as ``assets/family_judge.safetensors`` (fp16, 0.21 M parameters) with their
+recipe in the file's metadata; ``scripts/train_family_judge.py`` retrains them (about 26 minutes
 on 2 CPU cores) and prints the validation table.
 """
 
