@@ -22,10 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers.training_utils import EMAModel
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from unziplora.toyworld import CLASSES, FAMILIES, SEEN_COMBOS, classify_content, pretraining_sample, render_array
+from unziplora.toyworld import CLASSES, FAMILIES, SEEN_COMBOS, caption, classify_content, pretraining_sample, render_array
+from unziplora.toyworld.pretrain_data import render_batch
 from unziplora.toyworld.family_judge import judge_families
 
 SIZE = 32
@@ -37,11 +39,10 @@ def label(cls: str, fam: str) -> int:
 
 
 def pool(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    rng = np.random.default_rng(seed)
-    samples = [pretraining_sample(rng) for _ in range(n)]
-    images = np.stack([render_array(s.subject, s.style, SIZE, s.seed) for s in samples])
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return x, torch.tensor([label(s.subject.cls, s.style.family) for s in samples])
+    """n pretraining renders at 32 px in [-1, 1] (the base model's draws) and their captions' labels."""
+    pixels, captions = render_batch(np.random.default_rng(seed), n, SIZE)
+    labels = {caption(c, f): label(c, f) for c in CLASSES for f in FAMILIES}
+    return pixels, torch.tensor([labels[text] for text in captions])
 
 
 def model() -> UNet2DModel:
@@ -56,7 +57,7 @@ def train(net, minutes: float, batch: int, seed: int, pool_size: int):
     torch.manual_seed(seed)
     x_all, y_all = pool(pool_size, seed)
     sched = DDPMScheduler(num_train_timesteps=1000)
-    ema = [p.detach().clone() for p in net.parameters()]
+    ema = EMAModel(net.parameters(), decay=0.999)  # warm start: min(0.999, (1 + step) / (10 + step))
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.0)
     step, t0, losses = 0, time.perf_counter(), []
     bar = tqdm(desc="pixel probe", unit="step")
@@ -71,18 +72,14 @@ def train(net, minutes: float, batch: int, seed: int, pool_size: int):
         for g in opt.param_groups:  # 200 warm-up steps
             g["lr"] = 1e-3 * min(1.0, (step + 1) / 200)
         opt.step()
-        with torch.no_grad():
-            for e, p in zip(ema, net.parameters()):
-                e.lerp_(p, 1 - min(0.999, (1 + step) / (10 + step)))
+        ema.step(net.parameters())
         step += 1
         losses.append(loss.item())
         bar.update()
         if step % 100 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
     bar.close()
-    with torch.no_grad():
-        for e, p in zip(ema, net.parameters()):
-            p.copy_(e)
+    ema.copy_to(net.parameters())
     return {"steps": step, "samples": step * batch, "minutes": minutes, "final_loss_100": float(np.mean(losses[-100:]))}
 
 
