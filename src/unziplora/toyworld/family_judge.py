@@ -118,7 +118,7 @@ def train(steps: int = 2400, batch: int = 128, pool: int = 32000, lr: float = 3e
     net.train()
     for step in range(1, steps + 1):
         idx = torch.randint(0, pool, (batch,), generator=generator)
-        loss = F.cross_entropy(net(augment(x_all[idx].clone(), generator)), y_all[idx])
+        loss = F.cross_entropy(net(augment(x_all[idx], generator)), y_all[idx])  # indexing copies
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -174,7 +174,7 @@ def _shipped_judge() -> FamilyJudgeNet:
 @torch.no_grad()
 def judge_families(images, net: FamilyJudgeNet | None = None, batch: int = 256) -> list[str]:
     """The family each image shows, by the shipped judge (or `net`)."""
-    net = net or _shipped_judge()
+    net = net if net is not None else _shipped_judge()
     images = list(images)
     names = []
     for i in range(0, len(images), batch):
