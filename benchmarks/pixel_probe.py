@@ -33,12 +33,13 @@ from diffusers.training_utils import EMAModel
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from unziplora.toyworld import CLASSES, FAMILIES, SEEN_COMBOS, caption, classify_content, pretraining_sample, render_array
+from unziplora.toyworld import CLASSES, FAMILIES, SEEN_COMBOS, caption, pretraining_sample, render_array
 from unziplora.toyworld.pretrain_data import render_batch
-from unziplora.toyworld.family_judge import judge_families
 
 SIZE = 32
 N_LABELS = len(CLASSES) * len(FAMILIES)  # label N_LABELS is "no caption", for guidance
+# The base model's judging: class by the content oracle, family by the learned judge, per family.
+tally = runpy.run_path(str(Path(__file__).with_name("base_model_quality.py")))["tally"]
 
 
 def label(cls: str, fam: str) -> int:
@@ -103,15 +104,6 @@ def sample(net, labels: torch.Tensor, steps: int, guidance: float, seed: int) ->
     return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
 
-def score(images, truth) -> dict:
-    families = judge_families(images)
-    per = {f: float(np.mean([n == f for n, (_, t) in zip(families, truth) if t == f])) for f in FAMILIES
-           if any(t == f for _, t in truth)}
-    return {"images": len(images),
-            "class_acc": float(np.mean([classify_content(img) == c for img, (c, _) in zip(images, truth)])),
-            "family_acc": float(np.mean([n == f for n, (_, f) in zip(families, truth)])), "family_acc_by_family": per}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=30.0)
@@ -144,8 +136,8 @@ def main() -> None:
         renders.append((render_array(s.subject, s.style, SIZE, s.seed), (s.subject.cls, s.style.family)))
     net.eval()
     samples = sample(net, torch.tensor([label(*c) for c in truth]), args.steps, args.guidance, args.seed)
-    results = {"32 px renders of seen combos (the ceiling)": score([r for r, _ in renders], [t for _, t in renders]),
-               "samples, seen combos": score(list(samples), truth)}
+    results = {"32 px renders of seen combos (the ceiling)": tally([(r, *t) for r, t in renders]),
+               "samples, seen combos": tally([(img, *t) for img, t in zip(samples, truth)])}
     print(f"{params / 1e6:.2f} M parameters, {training['steps']} steps of batch {args.batch} in {args.minutes} min")
     print("| what | images | right class | right family |\n|---|---|---|---|")
     for name, r in results.items():
