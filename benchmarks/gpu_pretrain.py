@@ -24,6 +24,10 @@ at most 16 MB back. --pool-only builds the latent pool in --workdir and stops, s
 by side can share one pool (a link to it in each arm's workdir) instead of each rendering its own.
 benchmarks/gpu_session.sh is the prepared device script that does both.
 
+--fixed-angle, --anchor-phase and --periods train on a narrower world (in this process only, so with
+--workers 0; the judge's oracles are the world's): does taking the random angle and phase out let the
+UNet draw the periodic families? Two such arms fit 2 CPU cores at --threads 1 each.
+
 --unet-width trains a UNet of other channel widths from scratch (with --start vae): the lever left for
 the pattern families (README, "Three more recipe changes"); (48, 96, 192) is ~2.3x the parameters and
 keeps the whole model under the 40 MB the embedded one may weigh. --export rebuilds the UNet at the
@@ -49,6 +53,7 @@ from unziplora.toyworld.pretrain import LATENT_SPECS, PretrainConfig, Pretrainer
 
 HERE = Path(__file__).resolve().parent
 judge = runpy.run_path(str(HERE / "base_model_quality.py"))["judge"]
+recipe_experiment = runpy.run_path(str(HERE / "recipe_experiment.py"))  # the world's overrides
 MODULES = ("unet", "text_encoder", "text_encoder_2")
 
 
@@ -216,6 +221,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=4.0, help="training budget")
     parser.add_argument("--max-steps", type=int, default=100000)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (two 1-thread arms share 2 cores)")
+    recipe_experiment["add_world_arguments"](parser)
     parser.add_argument("--judge-per-combo", type=int, default=4)
     parser.add_argument("--judge-steps", type=int, default=30)
     parser.add_argument("--export", metavar="WEIGHTS", nargs="+", help="instead of training: write the embedded "
@@ -233,6 +240,8 @@ def main() -> None:
         parser.error(f"--latent {args.latent} needs --init with that latent's VAE (train_base_model.py --export-vae)")
     if args.unet_width and args.start != "vae":
         parser.error("--unet-width trains a UNet of other widths: use it with --start vae (and --init to go on from such an arm)")
+    if recipe_experiment["override_world"](args) and args.workers:
+        parser.error("--periods/--fixed-angle/--anchor-phase live in this process only: use them with --workers 0")
     spec = LATENT_SPECS[args.latent]
     if args.unet_width:
         spec = dataclasses.replace(spec, block_out_channels=tuple(args.unet_width))
@@ -244,7 +253,7 @@ def main() -> None:
     config = PretrainConfig(device=args.device, render_workers=args.workers, batch=args.batch, lr=args.lr,
                             warmup=args.warmup, snr_gamma=args.snr_gamma, ema_decay=args.ema_decay,
                             pool_size=args.pool_size, unet_steps=args.max_steps, checkpoint_every_s=1e9,
-                            spec=spec)
+                            threads=args.threads, spec=spec)
     trainer = Pretrainer(config, workdir)
     tensors, scaling = start_tensors(args.init, args.start)
     result = {"arm": args.arm, "args": vars(args), "scaling_factor": scaling,

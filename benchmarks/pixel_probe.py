@@ -115,16 +115,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default="benchmarks/results/pixel_probe.json")
-    parser.add_argument("--fixed-angle", type=float, help="every pattern at this angle (degrees)")
-    parser.add_argument("--anchor-phase", action="store_true", help="every pattern's phase anchored at the canvas centre")
+    recipe_experiment = runpy.run_path(str(Path(__file__).with_name("recipe_experiment.py")))
+    recipe_experiment["add_world_arguments"](parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.fixed_angle is not None:
-        from unziplora.toyworld import world
-
-        world.ANGLE_RANGE = (args.fixed_angle, args.fixed_angle)  # read at call time by Style.sample
-    if args.anchor_phase:
-        runpy.run_path(str(Path(__file__).with_name("recipe_experiment.py")))["anchor_pattern_phase"]()
+    recipe_experiment["override_world"](args)
     net = model()
     params = sum(p.numel() for p in net.parameters())
     training = train(net, args.minutes, args.batch, args.seed, args.pool_size) | {"parameters": params}

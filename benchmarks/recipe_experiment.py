@@ -56,6 +56,27 @@ def anchor_pattern_phase() -> None:
     render_module._pattern_field = lambda style, n, rng, mask: field(style, n, _AnchoredPhase(rng), mask)
 
 
+def add_world_arguments(parser: argparse.ArgumentParser) -> None:
+    """The world's overrides as command-line options (see override_world)."""
+    parser.add_argument("--periods", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="pattern period range, fraction of the canvas side (the world's: 0.10 0.22)")
+    parser.add_argument("--fixed-angle", type=float, help="every pattern at this angle (degrees)")
+    parser.add_argument("--anchor-phase", action="store_true", help="every pattern's phase anchored at the canvas centre")
+
+
+def override_world(args: argparse.Namespace) -> bool:
+    """Apply --periods, --fixed-angle, --anchor-phase in this process only (render processes started
+    with "spawn" do not see them). The world's ranges are read at call time by Style.sample and the
+    oracles' prototypes. Returns whether anything was overridden."""
+    if args.periods:
+        world.SPACING_RANGE = tuple(args.periods)
+    if args.fixed_angle is not None:
+        world.ANGLE_RANGE = (args.fixed_angle, args.fixed_angle)
+    if args.anchor_phase:
+        anchor_pattern_phase()
+    return bool(args.periods or args.fixed_angle is not None or args.anchor_phase)
+
+
 @torch.no_grad()
 def film_unet(trainer):
     """The trainer's UNet rebuilt with resnet_time_scale_shift="scale_shift": the time embedding (which
@@ -115,9 +136,7 @@ def start_from_model(trainer, folder: str, steps: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arm", required=True, help="a name: the run goes to WORKDIR/ARM")
-    parser.add_argument("--periods", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                        help="pattern period range, fraction of the canvas side (the world's: 0.10 0.22)")
-    parser.add_argument("--anchor-phase", action="store_true", help="every pattern's phase anchored at the canvas centre")
+    add_world_arguments(parser)
     parser.add_argument("--snr-gamma", type=float, help="Min-SNR-gamma loss weights (arXiv 2303.09556)")
     parser.add_argument("--v-prediction", action="store_true", help="v-prediction on zero-terminal-SNR betas")
     parser.add_argument("--film", action="store_true", help="resnets scaled and shifted by the time + pooled-text embedding")
@@ -128,10 +147,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--per-combo", default="4", help="images per combo for the judge")
     args = parser.parse_args()
-    if args.periods:
-        world.SPACING_RANGE = tuple(args.periods)  # read at call time by Style.sample and the oracles' prototypes
-    if args.anchor_phase:
-        anchor_pattern_phase()
+    override_world(args)
     from unziplora.toyworld.pretrain import PretrainConfig, Pretrainer
 
     config = PretrainConfig(threads=args.threads, unet_steps=16000, pool_size=8192, ema_decay=0.99,
