@@ -28,8 +28,8 @@ benchmarks/gpu_session.sh is the prepared device script that does both.
 --workers 0; the judge's oracles are the world's): does taking the random angle and phase out let the
 UNet draw the periodic families? Two such arms fit 2 CPU cores at --threads 1 each.
 
---unet-width trains a UNet of other channel widths from scratch (with --start vae): the lever left for
-the pattern families (README, "Three more recipe changes"); (48, 96, 192) is ~2.3x the parameters and
+--unet-width trains a UNet of other channel widths from scratch (with --start vae): the capacity lever
+for the pattern families (tried: README, "More samples, on a GPU"); (48, 96, 192) is ~2.3x the parameters and
 keeps the whole model under the 40 MB the embedded one may weigh. --export rebuilds the UNet at the
 arm's widths (they travel in the weights file's metadata).
 
