@@ -117,7 +117,37 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--steps", type=int, default=600)
     demo.add_argument("--force", action="store_true", help="replace an existing demo folder")
+    probe = sub.add_parser("probe", help="measure a base model's block roles (B-LoRA's probe) and write its profile")
+    probe.add_argument("--base-model", help="hub id or local folder (default: the embedded toy-world model)")
+    probe.add_argument("--out", required=True, help="folder for unziplora_profile.yaml and block_roles.md")
+    probe.add_argument("--images", nargs="+", help="images to probe with (default: 4 held-out toy-world images)")
+    probe.add_argument("--dino", help="DINO ViT-S/16 folder: scores the subject (needed with --images)")
+    probe.add_argument("--csd", help="CSD folder: scores the style (or give --clip)")
+    probe.add_argument("--clip", help="CLIP folder: scores the style with CLIP-I when no --csd is given")
+    probe.add_argument("--steps", type=int, default=300, help="LoRA steps per image (default 300)")
+    probe.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
+    probe.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate (default 1e-3)")
+    probe.add_argument("--resolution", type=int, help="training and sampling size (default: 64 on the toy world, else 1024)")
     return parser
+
+
+def run_probe(args) -> None:
+    from .data import load_image
+    from .demo import EMBEDDED_MODEL
+    from .probe import metric_scorer, probe_block_roles
+
+    scorer = None
+    if args.dino or args.csd or args.clip:
+        from .metrics import models
+
+        if not args.dino or not (args.csd or args.clip):
+            raise UnZipLoRAError("scoring with metrics needs --dino FOLDER and one of --csd FOLDER or --clip FOLDER")
+        style = models.CsdEncoder(args.csd) if args.csd else models.ClipEncoder(args.clip)
+        scorer = metric_scorer(models.DinoEncoder(args.dino), style)
+    images = [load_image(p) for p in args.images] if args.images else None
+    _, table = probe_block_roles(args.base_model or str(EMBEDDED_MODEL), args.out, images, scorer, steps=args.steps,
+                                 rank=args.rank, lr=args.lr, resolution=args.resolution)
+    print(table)
 
 
 def run_decompose(args) -> None:
@@ -271,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import run_demo
 
             run_demo(args.out, args.steps, args.force)
+        elif args.command == "probe":
+            run_probe(args)
         elif args.command == "info":
             from .runfolder import RunFolder
 

@@ -43,7 +43,7 @@ def run_demo(out_dir: str | Path = "runs/demo", steps: int = 600, force: bool = 
     if not (EMBEDDED_MODEL / "model_index.json").is_file():
         raise UnZipLoRAError(
             f"the embedded base model is missing at {EMBEDDED_MODEL}; "
-            "reinstall unziplora or rebuild it with scripts/train_base_model.py"
+            "reinstall unziplora or rebuild it with python -m recipes.toyworld_model (in the repository)"
         )
     subject, style, image = demo_image()
     other_class = next(c for c in ("star", "heart", "arrow", "cross") if c != subject.cls)

@@ -94,3 +94,16 @@ def pick_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
     if mixed_precision in ("fp16", "bf16") and device.type == "cpu":
         raise UnZipLoRAError(f"mixed precision {mixed_precision} needs a GPU; use --mixed-precision no on CPU")
     return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
+
+
+CHECKSUM_FILE = "SHA256SUMS"
+
+
+def write_checksums(directory: Path) -> None:
+    """SHA256SUMS over every file of a model folder (write it again after adding files to it)."""
+    import hashlib
+
+    lines = []
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != CHECKSUM_FILE):
+        lines.append(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.relative_to(directory).as_posix()}")
+    (directory / CHECKSUM_FILE).write_text("\n".join(lines) + "\n")

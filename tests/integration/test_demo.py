@@ -25,4 +25,4 @@ def test_missing_embedded_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
     with pytest.raises(UnZipLoRAError, match="embedded base model is missing"):
         demo.run_demo(tmp_path / "out")
     assert main(["demo", "--out", str(tmp_path / "out")]) == 2
-    assert "scripts/train_base_model.py" in capsys.readouterr().err
+    assert "python -m recipes.toyworld_model" in capsys.readouterr().err

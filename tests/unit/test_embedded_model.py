@@ -5,7 +5,7 @@ import hashlib
 import pytest
 
 from unziplora.demo import EMBEDDED_MODEL
-from unziplora.toyworld.model_files import CHECKSUM_FILE
+from unziplora.models import CHECKSUM_FILE
 
 pytestmark = pytest.mark.skipif(not (EMBEDDED_MODEL / "model_index.json").is_file(), reason="no embedded model")
 

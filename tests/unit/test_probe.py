@@ -2,7 +2,7 @@
 
 from unziplora.profiles import profile_from_dict
 from unziplora.tiny import tiny_sdxl_components
-from unziplora.toyworld.probe import GroupScore, assign_roles, average, module_groups, profile_dict
+from unziplora.probe import GroupScore, assign_roles, average, module_groups, profile_dict
 
 
 def test_module_groups_of_an_sdxl_shaped_unet():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .render import render_array
-from .split import pretraining_sample
+from unziplora.toyworld.render import render_array
+from unziplora.toyworld.split import pretraining_sample
 
 
 def render_batch(rng: np.random.Generator, n: int, size: int, workers=None) -> tuple[torch.Tensor, list[str]]:

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from unziplora.errors import UnZipLoRAError
 from unziplora.tiny import TinySDXLSpec
 from unziplora.toyworld import WORLD_WORDS
-from unziplora.toyworld.pretrain import PretrainConfig, Pretrainer
+from recipes.toyworld_model.pretrain import PretrainConfig, Pretrainer
 
 SMALL = PretrainConfig(
     vae_steps=2, vae_batch=2, unet_steps=3, batch=2, pool_size=8, warmup=1, threads=1,
@@ -135,28 +135,13 @@ def test_resuming_with_another_model_shape_is_one_clear_error(tmp_path):
 
     Pretrainer(dataclasses.replace(SMALL, vae_steps=1, unet_steps=1), tmp_path / "w").run(progress=False)
     other = dataclasses.replace(SMALL.spec, latent_channels=8)
-    with pytest.raises(UnZipLoRAError, match="another model shape \\(latent_channels\\).*--latent"):
+    with pytest.raises(UnZipLoRAError, match="another model shape \\(latent_channels\\)"):
         Pretrainer(dataclasses.replace(SMALL, spec=other), tmp_path / "w")
     assert Pretrainer(dataclasses.replace(SMALL, vae_steps=1, unet_steps=1), tmp_path / "w").phase == "unet"
 
 
-def test_a_vae_only_run_stops_after_the_vae_and_exports_it_for_other_unet_runs(tmp_path):
-    from safetensors import safe_open
-
-    from unziplora.toyworld.model_files import write_vae_file
-
+def test_a_vae_only_run_stops_after_the_vae(tmp_path):
     trainer = Pretrainer(SMALL, tmp_path / "w")
-    with pytest.raises(UnZipLoRAError, match="VAE phase .* is not finished"):
-        write_vae_file(trainer, tmp_path / "vae.safetensors")
     assert trainer.run(progress=False, vae_only=True)
     assert (trainer.phase, trainer.step) == ("unet", 0)  # the VAE is done, no UNet step taken
     assert not (tmp_path / "w" / "latent_pool.safetensors").exists()  # nor the UNet's pool encoded
-    path = write_vae_file(trainer, tmp_path / "vae.safetensors")
-    with safe_open(str(path), framework="pt") as f:
-        meta, keys = f.metadata(), set(f.keys())
-        assert f.get_tensor("vae.encoder.conv_in.weight").dtype == torch.float16
-    assert keys == {f"vae.{n}" for n in trainer.c["vae"].state_dict()}
-    assert float(meta["scaling_factor"]) == pytest.approx(trainer.c["vae"].config.scaling_factor)
-    assert int(meta["latent_channels"]) == SMALL.spec.latent_channels
-    resumed = Pretrainer(SMALL, tmp_path / "w")  # the checkpoint says the VAE is done: a full run goes on with the UNet
-    assert (resumed.phase, resumed.step) == ("unet", 0)

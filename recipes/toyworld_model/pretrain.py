@@ -29,12 +29,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..data import sdxl_time_ids
-from ..errors import UnZipLoRAError
-from ..tiny import TinySDXLSpec, tiny_sdxl_components
-from .model_files import write_recipe
-from .pretrain_data import encode_text, render_batch
-from .world import WORLD_WORDS
+from unziplora.data import sdxl_time_ids
+from unziplora.errors import UnZipLoRAError
+from unziplora.tiny import TinySDXLSpec, tiny_sdxl_components
+from unziplora.toyworld.world import WORLD_WORDS
+
+from .data import encode_text, render_batch
+from .files import write_recipe
 
 BASE_SPEC = TinySDXLSpec(
     block_out_channels=(32, 64, 128),
@@ -53,16 +54,6 @@ BASE_SPEC = TinySDXLSpec(
     words=tuple(WORLD_WORDS),
 )
 
-# The candidate next recipe (benchmarks/latent_pilot.py; `train_base_model.py --latent 2x`): a VAE that
-# downsamples 2x into SDXL's 4 latent channels (64 px -> 32x32x4), which reconstructs the pattern
-# families far better than BASE_SPEC's 4x VAE (88 % against 77 % right family); the UNet step costs 2.6x.
-BASE_SPEC_2X = dataclasses.replace(BASE_SPEC, vae_block_out_channels=(32, 64), latent_channels=4)
-# The same 2x VAE into 8 channels: what the 4x VAE's 8 channels did for colours and patterns, at 2x.
-BASE_SPEC_2X8 = dataclasses.replace(BASE_SPEC_2X, latent_channels=8)
-# The model shapes the scripts name (--latent): latent downsampling x channels.
-LATENT_SPECS = {"4x": BASE_SPEC, "2x": BASE_SPEC_2X, "2x8": BASE_SPEC_2X8}
-
-
 @dataclass
 class PretrainConfig:
     seed: int = 0
@@ -79,7 +70,7 @@ class PretrainConfig:
     ema_decay: float = 0.999
     cfg_dropout: float = 0.1
     pool_size: int = 24000  # renders encoded once after the VAE phase, then sampled (saves ~40 % per step)
-    # Experiment knobs, off in the committed recipe (benchmarks/recipe_experiment.py tries them):
+    # Knobs off in the committed recipe (research/toyworld_v1 tried them):
     snr_gamma: float | None = None  # Min-SNR-gamma loss weights (arXiv 2303.09556, Sec. 3.4)
     v_prediction: bool = False  # v-prediction on zero-terminal-SNR betas (arXiv 2305.08891, Sec. 3.1-3.2)
     checkpoint_every_s: float = 300.0
@@ -277,7 +268,7 @@ class Pretrainer:
     # ----- the loop --------------------------------------------------------------------------------
     def run(self, budget_s: float | None = None, progress: bool = True, vae_only: bool = False) -> bool:
         """Train until both phases are done (True) or the time budget is spent (False); with
-        `vae_only`, done when the VAE phase is (a VAE for UNet runs elsewhere: model_files.write_vae_file)."""
+        `vae_only`, done when the VAE phase is."""
         try:
             return self._run(budget_s, progress, vae_only)
         finally:
@@ -347,7 +338,7 @@ class Pretrainer:
         if changed:  # fields added to the spec later are not a change
             raise UnZipLoRAError(f"the checkpoint in {self.workdir} was trained with another model shape "
                                  f"({', '.join(changed)}); resume it with the spec it was started with "
-                                 "(train_base_model.py --latent) or use a new --workdir")
+                                 "or use a new --workdir")
         tensors = load_file(str(self.workdir / "checkpoint.safetensors"))
         for k in ("vae", "unet", "text_encoder", "text_encoder_2"):
             prefix = f"model.{k}."

@@ -1,0 +1,47 @@
+"""Train (or resume) the embedded toy-world base model, then export it.
+
+    python -m recipes.toyworld_model --workdir build/basemodel --budget-min 80   # resumable at any point
+    python -m recipes.toyworld_model --workdir build/basemodel --export src/unziplora/assets/toyworld-sdxl
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from unziplora.errors import UnZipLoRAError
+
+from .pretrain import PretrainConfig, Pretrainer
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m recipes.toyworld_model", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="build/basemodel", help="checkpoints live here (resumes if present)")
+    parser.add_argument("--budget-min", type=float, help="stop (with a checkpoint) after this many minutes")
+    parser.add_argument("--export", help="write the EMA weights as an fp16 pipeline folder here and exit")
+    parser.add_argument("--vae-steps", type=int)
+    parser.add_argument("--unet-steps", type=int)
+    parser.add_argument("--threads", type=int, help="torch threads (1 is robust when other jobs share the cores)")
+    parser.add_argument("--vae-only", action="store_true", help="stop when the VAE phase is done")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    overrides = {k: v for k, v in (("vae_steps", args.vae_steps), ("unet_steps", args.unet_steps),
+                                   ("threads", args.threads)) if v is not None}
+    try:
+        trainer = Pretrainer(PretrainConfig(**overrides), Path(args.workdir))
+        if args.export:
+            path = trainer.export(Path(args.export))
+            print(json.dumps({"exported": str(path), "phase": trainer.phase, "step": trainer.step}))
+            return 0
+    except UnZipLoRAError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    done = trainer.run(args.budget_min * 60 if args.budget_min else None, progress=not args.quiet,
+                       vae_only=args.vae_only)
+    print(json.dumps({"done": done, "phase": trainer.phase, "step": trainer.step}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
