@@ -23,11 +23,15 @@ def main() -> int:
     parser.add_argument("--vae-steps", type=int)
     parser.add_argument("--unet-steps", type=int)
     parser.add_argument("--threads", type=int, help="torch threads (1 is robust when other jobs share the cores)")
+    parser.add_argument("--from-model", help="start from this pipeline folder (its VAE, UNet, text encoders)")
+    parser.add_argument("--lr", type=float, help="peak learning rate of the UNet phase")
+    parser.add_argument("--warmup", type=int, help="warm-up steps of the UNet phase")
     parser.add_argument("--vae-only", action="store_true", help="stop when the VAE phase is done")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     overrides = {k: v for k, v in (("vae_steps", args.vae_steps), ("unet_steps", args.unet_steps),
-                                   ("threads", args.threads)) if v is not None}
+                                   ("threads", args.threads), ("from_model", args.from_model),
+                                   ("lr", args.lr), ("warmup", args.warmup)) if v is not None}
     try:
         trainer = Pretrainer(PretrainConfig(**overrides), Path(args.workdir))
         if args.export:

@@ -72,7 +72,9 @@ class PretrainConfig:
     pool_size: int = 24000  # renders encoded once after the VAE phase, then sampled (saves ~40 % per step)
     # Knobs off in the committed recipe (research/toyworld_v1 tried them):
     snr_gamma: float | None = None  # Min-SNR-gamma loss weights (arXiv 2303.09556, Sec. 3.4)
-    v_prediction: bool = False  # v-prediction on zero-terminal-SNR betas (arXiv 2305.08891, Sec. 3.1-3.2)
+    # v-prediction on zero-terminal-SNR betas (arXiv 2305.08891, Sec. 3.1-3.2): the last timestep is pure
+    # noise, so the model learns to set a sample's global colour instead of inheriting the noise's.
+    v_prediction: bool = True
     checkpoint_every_s: float = 300.0
     threads: int = 2
     # Where the models train ("cuda" on a GPU machine) and how many processes draw the renders: the
@@ -80,6 +82,9 @@ class PretrainConfig:
     device: str = "cpu"
     render_workers: int = 0
     spec: TinySDXLSpec = field(default_factory=lambda: BASE_SPEC)
+    # Start from a trained pipeline folder instead of from scratch: its VAE (frozen, so the VAE phase
+    # is skipped), UNet and text encoders; tokens both vocabularies share keep their embeddings.
+    from_model: str | None = None
 
 
 class Pretrainer:
@@ -113,6 +118,35 @@ class Pretrainer:
         self.saved_config: dict | None = None
         if (self.workdir / "checkpoint.safetensors").is_file():
             self.load()
+        elif config.from_model:
+            self.start_from_model(Path(config.from_model))
+
+    @torch.no_grad()
+    def start_from_model(self, folder: Path) -> None:
+        """Take the VAE, UNet and text encoders of an exported pipeline and go straight to the UNet
+        phase. The tokenizers are this world's: an embedding row is copied where the old vocabulary
+        has the same token, new words keep their fresh rows (a fine-tune learns them)."""
+        from diffusers import StableDiffusionXLPipeline
+
+        if not (folder / "model_index.json").is_file():
+            raise UnZipLoRAError(f"--from-model {folder} is not a diffusers pipeline folder")
+        old = StableDiffusionXLPipeline.from_pretrained(str(folder), torch_dtype=torch.float32)
+        for key in ("vae", "unet"):
+            self.c[key].load_state_dict(getattr(old, key).state_dict())
+        for encoder, tokenizer in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")):
+            state = getattr(old, encoder).state_dict()
+            rows = next(k for k in state if k.endswith("embeddings.token_embedding.weight"))
+            table = self.c[encoder].state_dict()[rows].clone()
+            old_ids = getattr(old, tokenizer).get_vocab()
+            for token, i in self.c[tokenizer].get_vocab().items():
+                if token in old_ids:
+                    table[i] = state[rows][old_ids[token]]
+            state[rows] = table
+            self.c[encoder].load_state_dict(state)
+        self.c["vae"].register_to_config(scaling_factor=old.vae.config.scaling_factor)
+        self.c["vae"].requires_grad_(False)
+        self.phase, self.step = "unet", 0
+        self._build_optimizer()
 
     # ----- parameters ---------------------------------------------------------------------------
     def trainable(self) -> dict[str, torch.nn.Parameter]:

@@ -102,7 +102,7 @@ def test_exporting_with_another_config_does_not_rewrite_the_recipe(tmp_path):
 
 
 def test_min_snr_weights_damp_only_the_low_noise_timesteps(tmp_path):
-    trainer = Pretrainer(dataclasses.replace(SMALL, snr_gamma=5.0), tmp_path / "w")
+    trainer = Pretrainer(dataclasses.replace(SMALL, snr_gamma=5.0, v_prediction=False), tmp_path / "w")
     t = torch.arange(0, 1000, 10)
     alpha_bar = trainer.noise_scheduler.alphas_cumprod[t]
     snr = alpha_bar / (1 - alpha_bar)
@@ -110,7 +110,8 @@ def test_min_snr_weights_damp_only_the_low_noise_timesteps(tmp_path):
     assert torch.allclose(weights[snr <= 5], torch.ones(int((snr <= 5).sum())))
     assert (weights[snr > 5] < 1).all() and (snr > 5).any() and (snr <= 5).any()
     assert torch.allclose(weights[snr > 5], 5 / snr[snr > 5])
-    assert torch.equal(Pretrainer(SMALL, tmp_path / "plain").loss_weights(t), torch.ones(len(t)))
+    assert torch.equal(Pretrainer(dataclasses.replace(SMALL, v_prediction=False), tmp_path / "plain").loss_weights(t),
+                       torch.ones(len(t)))
 
 
 def test_v_prediction_trains_on_velocity_and_exports_a_matching_scheduler(tmp_path):
@@ -127,7 +128,7 @@ def test_v_prediction_trains_on_velocity_and_exports_a_matching_scheduler(tmp_pa
     scheduler = StableDiffusionXLPipeline.from_pretrained(str(out)).scheduler.config
     assert (scheduler.prediction_type, scheduler.rescale_betas_zero_snr, scheduler.timestep_spacing) == (
         "v_prediction", True, "trailing")
-    eps = Pretrainer(dataclasses.replace(SMALL, vae_steps=1, unet_steps=1), tmp_path / "eps")
+    eps = Pretrainer(dataclasses.replace(SMALL, vae_steps=1, unet_steps=1, v_prediction=False), tmp_path / "eps")
     assert eps.noise_scheduler.alphas_cumprod[-1] > 1e-3 and eps.c["scheduler"].config.prediction_type == "epsilon"
 
 
@@ -145,3 +146,27 @@ def test_a_vae_only_run_stops_after_the_vae(tmp_path):
     assert trainer.run(progress=False, vae_only=True)
     assert (trainer.phase, trainer.step) == ("unet", 0)  # the VAE is done, no UNet step taken
     assert not (tmp_path / "w" / "latent_pool.safetensors").exists()  # nor the UNet's pool encoded
+
+
+def test_starting_from_a_model_keeps_its_weights_and_the_shared_tokens_rows(tmp_path):
+    first = Pretrainer(dataclasses.replace(SMALL, vae_steps=1, unet_steps=1), tmp_path / "w")
+    first.run(progress=False)
+    model = first.export(tmp_path / "model")
+    words = tuple(WORLD_WORDS[:-1]) + ("newword",)  # another vocabulary: one word replaced
+    config = dataclasses.replace(SMALL, from_model=str(model), spec=dataclasses.replace(SMALL.spec, words=words))
+    second = Pretrainer(config, tmp_path / "w2")
+    assert (second.phase, second.step) == ("unet", 0)  # the VAE phase is skipped
+    from diffusers import StableDiffusionXLPipeline
+
+    old = StableDiffusionXLPipeline.from_pretrained(str(model), torch_dtype=torch.float32)
+    assert torch.equal(second.c["unet"].conv_in.weight, old.unet.conv_in.weight)
+    rows = second.c["text_encoder"].get_input_embeddings().weight
+    old_rows = old.text_encoder.get_input_embeddings().weight
+    new_vocab, old_vocab = second.c["tokenizer"].get_vocab(), old.tokenizer.get_vocab()
+    shared = WORLD_WORDS[0] + "</w>"
+    assert torch.equal(rows[new_vocab[shared]], old_rows[old_vocab[shared]])
+    assert "newword</w>" in new_vocab and "newword</w>" not in old_vocab
+    assert not second.c["vae"].encoder.conv_in.weight.requires_grad
+    assert second.run(progress=False) and second.step == SMALL.unet_steps
+    with pytest.raises(UnZipLoRAError, match="not a diffusers pipeline folder"):
+        Pretrainer(dataclasses.replace(SMALL, from_model=str(tmp_path)), tmp_path / "w3")
