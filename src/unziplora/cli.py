@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from .errors import UnZipLoRAError
+from .bench import BENCHES
+from .metrics import DEFAULTS, METRICS
 
 
 def _add_decompose(sub) -> None:
@@ -81,33 +83,35 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--out", required=True, help="folder for pytorch_lora_weights.safetensors")
     merge.add_argument("--force", action="store_true")
     bench = sub.add_parser("bench", help="benchmarks: ratios against a baseline measured in the same run")
-    bench.add_argument("which", choices=["speed", "quality", "memory"],
-                       help="memory: the full-size SDXL UNet (random weights) on CPU, needs ~14 GB RAM "
-                            "(--device cuda: on a GPU, fp16, 1024 px)")
-    bench.add_argument("--images", type=int, default=12, help="quality: held-out images")
-    bench.add_argument("--seeds", type=int, default=2, help="quality: seeds per image")
-    bench.add_argument("--train-steps", type=int, default=600, help="quality: steps per method")
-    bench.add_argument("--workdir", default="runs/bench", help="quality: where the runs go")
+    bench.add_argument("which", choices=BENCHES,
+                       help="speed, quality: on the embedded toy-world model; memory: the full-size SDXL UNet "
+                            "(random weights) on CPU, needs ~14 GB RAM (--device cuda: on a GPU, fp16, 1024 px)")
+    bench.add_argument("--json", help="write the results here (and a Markdown table beside it)")
+    bench.add_argument("--base-model", help="speed, quality: the base model (default: the embedded toy-world model)")
+    bench.add_argument("--images", type=int, help="quality: held-out images (default 12)")
+    bench.add_argument("--seeds", type=int, help="quality: sampling seeds per image (default 2)")
+    bench.add_argument("--train-steps", type=int, help="quality: training steps per method (default 600)")
+    bench.add_argument("--workdir", help="quality: where its runs go (default runs/bench)")
     bench.add_argument("--resume", action="store_true",
                        help="quality: reuse the runs and scores an earlier invocation finished with the same settings")
-    bench.add_argument("--json", help="write the results here")
-    bench.add_argument("--base-model", help="default: the embedded toy-world model")
-    bench.add_argument("--repeats", type=int, default=5)
-    bench.add_argument("--steps", type=int, default=20, help="denoising steps per generation")
-    bench.add_argument("--rank", type=int, help="LoRA rank (speed/quality: 16; memory: 64, the paper's)")
-    bench.add_argument("--resolutions", type=int, nargs="+", help="memory: image sizes in px (CPU: 256 512; cuda: 1024)")
+    bench.add_argument("--repeats", type=int, help="speed: timed repeats (default 5); memory: steps (default 2, at most 3)")
+    bench.add_argument("--steps", type=int, help="speed (default 20), quality (default 30): denoising steps per image")
+    bench.add_argument("--rank", type=int, help="LoRA rank (default: speed and quality 16; memory 64, the paper's)")
+    bench.add_argument("--resolutions", type=int, nargs="+",
+                       help="memory: image sizes in px (default: CPU 256 512; cuda 1024)")
     bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="memory: where the SDXL UNet runs")
-    bench.add_argument("--threads", type=int, default=1, help="memory: torch threads per measurement")
-    bench.add_argument("--rounds", type=int, default=3,
-                       help="memory: turns of (ours, PEFT, PEFT default AdamW) processes for the step-time ratio")
+    bench.add_argument("--threads", type=int, help="memory: torch threads per measurement (default 1)")
+    bench.add_argument("--rounds", type=int,
+                       help="memory: turns of (ours, PEFT, PEFT default AdamW) processes for the step ratio (default 3)")
     ev = sub.add_parser("eval", help="CLIP-I/CLIP-T, DINO and CSD scores of generated images against a reference")
     ev.add_argument("generated", help="folder of generated PNG/JPEG images (e.g. RUN/samples/content)")
     ev.add_argument("--reference", required=True, nargs="+", help="reference image(s), e.g. the input")
     ev.add_argument("--prompt", help="the generation prompt, for CLIP-T")
-    ev.add_argument("--metrics", default="clip,dino,csd", help="comma-separated subset of clip,dino,csd")
-    ev.add_argument("--clip", default="openai/clip-vit-base-patch32", help="CLIP model: local folder or hub id")
-    ev.add_argument("--dino", default="facebook/dino-vits16", help="DINO ViT-S/16: local folder or hub id")
-    ev.add_argument("--csd", default="./models/csd-vit-l14", help="CSD folder (CLIPVisionModel + csd_heads.safetensors)")
+    ev.add_argument("--metrics", default=",".join(METRICS), help=f"comma-separated subset of {','.join(METRICS)}")
+    ev.add_argument("--clip", default=DEFAULTS["clip"], help="CLIP model: local folder or hub id (default %(default)s)")
+    ev.add_argument("--dino", default=DEFAULTS["dino"], help="DINO ViT-S/16: local folder or hub id (default %(default)s)")
+    ev.add_argument("--csd", default=DEFAULTS["csd"],
+                    help="CSD folder: CLIPVisionModel + csd_heads.safetensors (default %(default)s)")
     ev.add_argument("--json", help="write the scores here")
     export = sub.add_parser("export", help="write a run's LoRAs in diffusers or kohya/webui (ComfyUI, A1111) format")
     export.add_argument("run")
@@ -208,34 +212,13 @@ def run_generate(args) -> None:
 
 
 def run_eval(args) -> None:
-    import json
+    from .metrics.evaluate import evaluate_folder
 
-    from .data import load_image
-    from .metrics import models
-    from .metrics.scores import evaluate
-
-    folder = Path(args.generated)
-    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")
-                   and p.name != "grid.png") if folder.is_dir() else []
-    if not files:
-        raise UnZipLoRAError(f"no generated images in {folder}; give the folder unziplora generate wrote")
-    chosen = {m.strip() for m in args.metrics.split(",") if m.strip()}
-    unknown = chosen - {"clip", "dino", "csd"}
-    if unknown:
-        raise UnZipLoRAError(f"unknown metric {sorted(unknown)[0]!r}; choose from clip, dino, csd")
-    encoders = {
-        "clip": models.ClipEncoder(args.clip) if "clip" in chosen else None,
-        "dino": models.DinoEncoder(args.dino) if "dino" in chosen else None,
-        "csd": models.CsdEncoder(args.csd) if "csd" in chosen else None,
-    }
-    generated = [load_image(p) for p in files]
-    references = [load_image(p) for p in args.reference]
-    prompts = [args.prompt] if args.prompt else None
-    scores = evaluate(generated, references, prompts, **encoders)
+    chosen = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    scores = evaluate_folder(args.generated, args.reference, args.prompt, chosen,
+                             {"clip": args.clip, "dino": args.dino, "csd": args.csd}, args.json)
     for name, value in scores.items():
         print(f"{name:12s} {value:.4f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"images": len(files), "scores": scores}, indent=2))
 
 
 def _quiet_libraries() -> None:
@@ -269,27 +252,12 @@ def main(argv: list[str] | None = None) -> int:
             print(merge(args.content, args.style, args.out, args.method, args.force, args.base_model,
                         (args.content_prompt, args.style_prompt), args.steps))
         elif args.command == "bench":
-            from .demo import EMBEDDED_MODEL, demo_image
+            from .bench import run_bench
 
-            base = args.base_model or str(EMBEDDED_MODEL)
-            if args.which == "memory" and args.device == "cuda":
-                from .bench.cuda import run_cuda
-
-                run_cuda(args.json, args.resolutions or [1024], args.rank or 64, repeats=args.repeats)
-            elif args.which == "memory":
-                from .bench.memory import run_memory
-
-                run_memory(args.json, args.resolutions or [256, 512], args.rank or 64, repeats=min(args.repeats, 3),
-                           threads=args.threads, rounds=args.rounds)
-            elif args.which == "speed":
-                from .bench.speed import run_speed
-
-                run_speed(args.json, base, demo_image()[2], args.rank or 16, steps=args.steps, repeats=args.repeats)
-            else:
-                from .bench.quality import run_quality
-
-                run_quality(args.json, base, Path(args.workdir), args.images, args.seeds, args.train_steps,
-                            args.rank or 16, sample_steps=args.steps, resume=args.resume)
+            run_bench(args.which, args.json, args.base_model, args.device, images=args.images, seeds=args.seeds,
+                      train_steps=args.train_steps, workdir=args.workdir, resume=args.resume or None,
+                      repeats=args.repeats, steps=args.steps, rank=args.rank, resolutions=args.resolutions,
+                      threads=args.threads, rounds=args.rounds)
         elif args.command == "eval":
             run_eval(args)
         elif args.command == "export":

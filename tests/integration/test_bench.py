@@ -19,3 +19,15 @@ def test_speed_benchmark_reports_ratios(tiny_base, tiny_image, tmp_path):
     for name, phases in saved["train_step_phases_s"].items():
         assert set(phases) == {"forward", "backward", "update"} and min(phases.values()) > 0
         assert sum(phases.values()) <= saved["timings_s"][steps[name]]["median"]
+
+
+def test_bench_entry_point_names_what_it_does_not_know():
+    import pytest
+
+    from unziplora.bench import run_bench
+    from unziplora.errors import UnZipLoRAError
+
+    with pytest.raises(UnZipLoRAError, match="unknown benchmark 'nope'; choose from speed, quality, memory"):
+        run_bench("nope")
+    with pytest.raises(TypeError, match="unknown options \\['iamges'\\]"):
+        run_bench("speed", iamges=3)

@@ -1,16 +1,21 @@
-"""Benchmarks that print tables and write JSON (ratios against a baseline in the same run)."""
+"""Benchmarks that print tables and write JSON (ratios against a baseline in the same run).
+
+`run_bench` is the entry point of `unziplora bench`: every option left as None takes the
+benchmark's own default (its function's signature), so the defaults live in one place.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from ..runfolder import write_text_atomic
 
 
 def write_report(json_path: str | Path | None, report: dict, table: str | None = None) -> None:
     """The report as JSON at `json_path`, written atomically, and, given a table, the same table
     as Markdown beside it (FILE.md)."""
+    from ..runfolder import write_text_atomic
+
     if not json_path:
         return
     path = Path(json_path)
@@ -18,3 +23,50 @@ def write_report(json_path: str | Path | None, report: dict, table: str | None =
     write_text_atomic(path, json.dumps(report, indent=2))
     if table is not None:
         write_text_atomic(path.with_suffix(".md"), table + "\n")
+
+
+BENCHES = ("speed", "quality", "memory")
+
+
+def run_bench(which: str, json_path: str | Path | None = None, base_model: str | None = None, device: str = "cpu",
+              **options) -> dict:
+    """Run one benchmark. `base_model` defaults to the embedded toy-world model (speed, quality);
+    memory measures the full-size SDXL UNet with random weights, on the CPU or, with
+    device="cuda", on a GPU. Options: images, seeds, train_steps, workdir, resume (quality);
+    repeats, steps (speed, quality); rank; resolutions, threads, rounds (memory)."""
+    from ..errors import UnZipLoRAError
+
+    if which not in BENCHES:
+        raise UnZipLoRAError(f"unknown benchmark {which!r}; choose from {', '.join(BENCHES)}")
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = set(given) - {"images", "seeds", "train_steps", "workdir", "resume", "repeats", "steps", "rank",
+                            "resolutions", "threads", "rounds"}
+    if unknown:
+        raise TypeError(f"run_bench: unknown options {sorted(unknown)}")
+
+    def pick(*names: str) -> dict:
+        return {n: given[n] for n in names if n in given}
+
+    if which == "memory" and device == "cuda":
+        from .cuda import run_cuda
+
+        return run_cuda(json_path, **pick("resolutions", "rank", "repeats"))
+    if which == "memory":
+        from .memory import run_memory
+
+        chosen = pick("resolutions", "rank", "repeats", "threads", "rounds")
+        chosen["repeats"] = min(chosen.get("repeats", 2), 3)  # each repeat is a full SDXL step on the CPU
+        return run_memory(json_path, **chosen)
+    from ..demo import EMBEDDED_MODEL, demo_image
+
+    base = base_model or str(EMBEDDED_MODEL)
+    if which == "speed":
+        from .speed import run_speed
+
+        return run_speed(json_path, base, demo_image()[2], **pick("rank", "steps", "repeats"))
+    from .quality import run_quality
+
+    chosen = pick("rank", "resume")
+    chosen.update({k: given[n] for k, n in (("n_images", "images"), ("seeds", "seeds"), ("steps", "train_steps"),
+                                             ("sample_steps", "steps")) if n in given})
+    return run_quality(json_path, base, Path(given.get("workdir", "runs/bench")), **chosen)

@@ -20,8 +20,8 @@ from torch import nn
 
 from ..errors import UnZipLoRAError
 from ..runfolder import load_safetensors
+from . import DEFAULTS
 
-DEFAULTS = {"clip": "openai/clip-vit-base-patch32", "dino": "facebook/dino-vits16", "csd": "./models/csd-vit-l14"}
 CSD_HEADS = "csd_heads.safetensors"
 
 
