@@ -1,4 +1,7 @@
-"""Command line: argument parsing only; every command calls the Python API."""
+"""unziplora: split one image into a content LoRA and a style LoRA (UnZipLoRA, arXiv 2412.04465).
+
+Each command parses its arguments and calls the Python API of the same name.
+"""
 
 from __future__ import annotations
 
@@ -64,7 +67,15 @@ def _add_generate(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unziplora", description=__doc__)
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="unziplora",
+        description="Split one image into a content LoRA (the subject) and a style LoRA (the look) for SDXL "
+                    "(UnZipLoRA, arXiv 2412.04465).",
+        epilog="Start with: unziplora demo   (a CPU-sized example on the embedded toy-world model). "
+               "Help for a command: unziplora COMMAND --help")
+    parser.add_argument("--version", action="version", version=f"unziplora {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_decompose(sub)
@@ -221,26 +232,20 @@ def run_eval(args) -> None:
         print(f"{name:12s} {value:.4f}")
 
 
-def _quiet_libraries() -> None:
-    """Library warnings (cache look-ups, deprecations) would bury our one-line errors."""
-    import warnings
-
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()  # "Loading weights" bars would precede an error line
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning)
-
-
 def main(argv: list[str] | None = None) -> int:
+    import contextlib
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        return _run(args, stack)
+
+
+def _run(args, stack) -> int:
     if not args.debug:
-        _quiet_libraries()
+        from .models import quiet_libraries
+
+        stack.enter_context(quiet_libraries())  # library logs would bury our one-line errors
     try:
         if args.command == "decompose":
             run_decompose(args)

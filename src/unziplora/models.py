@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -47,10 +49,47 @@ def check_pipeline_folder(path: Path) -> None:
             )
 
 
+LIBRARIES_WARNING_MODULES = r"(diffusers|transformers|peft|accelerate|huggingface_hub)(\.|$)"
+
+
+@contextlib.contextmanager
+def quiet_libraries():
+    """Inside: diffusers' and transformers' info/warning logs, their progress bars and the warnings
+    those libraries issue are hidden (a missing-torchvision fallback, deprecations, "loaded in fp16 on
+    CPU"), so the API prints as little as the CLI. Our own warnings and errors still show; the
+    libraries' settings are restored on exit. `UNZIPLORA_VERBOSE=1` keeps everything."""
+    import os
+
+    if os.environ.get("UNZIPLORA_VERBOSE"):
+        yield
+        return
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    before = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    bars = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    # "Loading pipeline components" / "Loading weights" bars would precede an error line
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=LIBRARIES_WARNING_MODULES)
+            yield
+    finally:
+        diffusers_logging.set_verbosity(before[0])
+        transformers_logging.set_verbosity(before[1])
+        for enabled, library in zip(bars, (diffusers_logging, transformers_logging)):
+            if enabled:
+                library.enable_progress_bar()
+
+
 def load_pipeline(base_model: str, revision: str | None = None, dtype: torch.dtype = torch.float32):
     """StableDiffusionXLPipeline.from_pretrained on a hub id or local folder, safetensors only.
 
-    The VAE is kept in fp32 (SDXL's VAE overflows in fp16; METHOD §2.5).
+    The VAE is kept in fp32 (SDXL's VAE overflows in fp16; SDXL, arXiv 2307.01952, and the
+    authors' script). Library logs are hidden while loading (`quiet_libraries`).
     """
     from diffusers import StableDiffusionXLPipeline
 
@@ -61,14 +100,15 @@ def load_pipeline(base_model: str, revision: str | None = None, dtype: torch.dty
     else:
         source = base_model
     try:
-        pipe = StableDiffusionXLPipeline.from_pretrained(
-            source, revision=revision, dtype=dtype, use_safetensors=True
-        )
+        with quiet_libraries():
+            pipe = StableDiffusionXLPipeline.from_pretrained(
+                source, revision=revision, dtype=dtype, use_safetensors=True
+            )
     except (OSError, ValueError, EnvironmentError) as exc:
         if source is base_model:
             raise UnZipLoRAError(
                 f"could not load {base_model!r} from the Hugging Face hub (offline, no network, or no such "
-                "repository); download it once where there is network (huggingface-cli download "
+                "repository); download it once where there is network (hf download "
                 f"{base_model} --local-dir ./sdxl) and pass the folder: --base-model ./sdxl"
             ) from None
         raise UnZipLoRAError(f"could not load the pipeline in {source}: {str(exc).splitlines()[0][:200]}") from None
@@ -88,7 +128,7 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def pick_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
-    """Weight dtype of the frozen UNet: fp16 on CUDA (auto), fp32 on CPU (METHOD §2.5)."""
+    """Weight dtype of the frozen UNet: fp16 on CUDA (auto, the authors' mixed precision), fp32 on CPU."""
     if mixed_precision == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     if mixed_precision in ("fp16", "bf16") and device.type == "cpu":

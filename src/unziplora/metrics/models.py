@@ -26,8 +26,11 @@ CSD_HEADS = "csd_heads.safetensors"
 
 
 def _load(loader, source: str, what: str):
+    from ..models import quiet_libraries
+
     try:
-        return loader(source)
+        with quiet_libraries():
+            return loader(source)
     except (OSError, ValueError) as exc:
         raise UnZipLoRAError(
             f"could not load the {what} model from {source!r} ({str(exc).splitlines()[0][:100]}); "
