@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-exec .venv/bin/unziplora demo --out runs/demo --force "$@"
+exec .venv/bin/unziplora demo --out runs/demo "$@"  # a rerun writes runs/demo-2, ...; nothing is replaced

@@ -129,9 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["diffusers", "kohya"], default="kohya")
     export.add_argument("--out", help="output folder (default RUN/export/FORMAT)")
     demo = sub.add_parser("demo", help="decompose a held-out toy-world image with the embedded base model (CPU)")
-    demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--steps", type=int, default=600)
-    demo.add_argument("--force", action="store_true", help="replace an existing demo folder")
+    demo.add_argument("--out", default="runs/demo",
+                      help="run folder (default runs/demo; if it exists, the next free runs/demo-N)")
+    demo.add_argument("--steps", type=int, default=600, help="training steps (default 600)")
+    demo.add_argument("--force", action="store_true", help="replace --out instead of writing beside it")
     probe = sub.add_parser("probe", help="measure a base model's block roles (B-LoRA's probe) and write its profile")
     probe.add_argument("--base-model", help="hub id or local folder (default: the embedded toy-world model)")
     probe.add_argument("--out", required=True, help="folder for unziplora_profile.yaml and block_roles.md")

@@ -39,7 +39,20 @@ def demo_image(index: int = DEMO_INDEX):
     return heldout_images(index + 1, 64)[index]  # deterministic: the same image on every machine
 
 
+def free_folder(path: Path) -> Path:
+    """`path` if nothing is there yet, else the first free `path-2`, `path-3`, ... beside it."""
+    candidate, n = path, 1
+    while candidate.exists() or candidate.with_name(candidate.name + ".partial").exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
 def run_demo(out_dir: str | Path = "runs/demo", steps: int = 600, force: bool = False, progress: bool = True) -> Path:
+    """Decompose the demo image into `out_dir`; where that folder exists already (an earlier demo,
+    with whatever the user generated or exported into it), into the next free `out_dir-N` instead,
+    unless `force` replaces it."""
+    out_dir = Path(out_dir) if force else free_folder(Path(out_dir))
     if not (EMBEDDED_MODEL / "model_index.json").is_file():
         raise UnZipLoRAError(
             f"the embedded base model is missing at {EMBEDDED_MODEL}; "
