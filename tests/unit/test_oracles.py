@@ -166,9 +166,9 @@ def _shade(img, amplitude: float, seed: int) -> np.ndarray:
 def test_a_shaded_flat_fill_is_still_solid_but_a_shaded_pattern_is_not(heldout):
     subjects, styles = heldout
     solids = [t for t in styles if t.family == "solid"]
-    patterned = [t for t in styles if t.family in ("stripes", "checker", "dots")]
+    patterned = [t for t in styles if t.family in ("split", "bands", "quadrants")]
     for k, s in enumerate(subjects[:8]):
-        # Up to +-20 colour units of shading: more than FLAT_CONTRAST, far less than fg-to-pattern.
+        # Up to +-20 colour units of shading: more than FLAT_CONTRAST, far less than primary-to-secondary.
         shaded = _shade(render(s, solids[k % len(solids)], 64, seed=k), 20.0, k)
         assert classify_style(shaded) == "solid"
         shaded = _shade(render(s, patterned[k % len(patterned)], 64, seed=k), 20.0, k)

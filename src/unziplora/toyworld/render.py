@@ -7,43 +7,29 @@ Pipeline (all vectorised; no per-pixel Python loops):
    scale, rotation drawn from the render seed). Pillow rasterises the polygons at
    4x supersampling and box-downsamples them to a soft coverage mask, so even 32 px
    renders keep antialiased, recognisable outlines.
-2. The style's pattern is an analytic field in *image* coordinates (so it does not
-   rotate with the subject: pose is content, orientation of stripes is style),
-   evaluated at 2x supersampling and box-downsampled; it gives the weight of the
-   pattern colour against the foreground colour. The pattern phase (and the noise
-   field) comes from the render seed, so two renders of one style differ the way
-   two paintings in one style do.
-3. Composite over a *plain* background of the style's ``bg`` colour. A plain
+2. The style's fill (fills.py) is computed at 2x supersampling from the silhouette's
+   own frame (centroid, radius, area quantiles along the style's image-frame
+   direction) and box-downsampled: the weight of the secondary colour against the
+   primary at each pixel. It depends on the subject's shape only through that
+   frame, so a style looks the same on every subject and pose.
+3. Composite over a *plain* background of the style's ``background`` colour. A plain
    background is a deliberate choice: it keeps the ground truth unambiguous (the
    subject is exactly the non-background region) and lets the oracles segment by
-   distance from the border colour.
-
-Per-family meaning of the style parameters (unused ones are ignored):
-
-=========  ========================================================================
-solid      fill with ``fg`` only
-stripes    angle, spacing = period, width = duty cycle of ``pattern``
-dots       angle of the lattice, spacing = lattice step, width = dot area (10-30 %)
-checker    angle, cell side = 0.6 * spacing, width = cell aspect
-gradient   angle of the ramp, ramp length = 3 * spacing, width = ramp centre
-outline    ``pattern`` band of thickness ~ spacing * width along the edge
-zigzag     angle, spacing = period, width = duty cycle; teeth 2 * spacing long
-noise      spacing = blob size, width = pattern fraction (field from seed)
-=========  ========================================================================
+   distance from the border colour; the palette guarantees that distance.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
-
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 
+from .fills import fill_field
+from .spec import WORLD_SPEC, WorldSpec
 from .world import Style, Subject
 
 SHAPE_SS = 4  # supersampling for silhouettes (cheap: Pillow rasterises in C)
-PATTERN_SS = 2  # supersampling for pattern fields (numpy)
+FILL_SS = 2  # supersampling for fill fields (numpy)
 BASE_RADIUS = 0.33  # subject radius as a fraction of the canvas at scale 1
 
 Polygon = np.ndarray  # (N, 2) float, object frame
@@ -60,10 +46,10 @@ class Pose:
     rotation: float = 0.0
 
     @classmethod
-    def sample(cls, rng: np.random.Generator) -> "Pose":
-        # Ranges keep every subject inside the canvas with a margin of >= 1 px at 64 px.
-        dx, dy = rng.uniform(-0.07, 0.07, size=2)
-        return cls(float(dx), float(dy), float(rng.uniform(0.85, 1.1)), float(rng.uniform(-30, 30)))
+    def sample(cls, rng: np.random.Generator, spec: WorldSpec = WORLD_SPEC) -> "Pose":
+        dx, dy = rng.uniform(-spec.shift, spec.shift, size=2)
+        return cls(float(dx), float(dy), float(rng.uniform(*spec.scale_range)),
+                   float(rng.uniform(-spec.rotation, spec.rotation)))
 
 
 # ----------------------------------------------------------------------- geometry
@@ -182,90 +168,34 @@ def _silhouette(subject: Subject, pose: Pose, size: int) -> tuple[np.ndarray, Im
     return cover, canvas
 
 
-# ----------------------------------------------------------------------- patterns
-@lru_cache(maxsize=8)
-def _grid(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel-centre coordinates of an n x n grid in canvas units, centred on 0."""
-    c = (np.arange(n, dtype=np.float32) + 0.5) / n - 0.5
-    return np.meshgrid(c, c)  # (x, y) with y pointing down the rows
-
-
-def _rotated(style: Style, n: int) -> tuple[np.ndarray, np.ndarray]:
-    x, y = _grid(n)
-    th = np.deg2rad(style.angle)
-    return x * np.cos(th) + y * np.sin(th), -x * np.sin(th) + y * np.cos(th)
-
-
-def _frac(x: np.ndarray) -> np.ndarray:
-    return x - np.floor(x)
-
-
-def _pattern_field(style: Style, n: int, rng: np.random.Generator, mask: Image.Image) -> np.ndarray:
-    """Weight of the pattern colour (n x n, in {0, 1} or [0, 1] for gradients)."""
-    fam, s, w = style.family, style.spacing, style.width
-    ph_u, ph_v = rng.uniform(0.0, 1.0, size=2)  # random phase: translation is not style
-    if fam == "solid":
-        return np.zeros((n, n), np.float32)
-    if fam == "outline":
-        m = mask.resize((n, n), Image.BOX)
-        radius = max(1, int(round(0.5 * s * w * n)))
-        interior = np.asarray(m.filter(ImageFilter.BoxBlur(radius))) >= 250
-        return (~interior).astype(np.float32)
-    if fam == "noise":
-        k = int(np.ceil(1.0 / s)) + 3
-        coarse = Image.fromarray(rng.uniform(0.0, 1.0, (k, k)).astype(np.float32))
-        field = np.asarray(coarse.resize((n, n), Image.BICUBIC))
-        return (field < w).astype(np.float32)
-    u, v = _rotated(style, n)
-    if fam == "stripes":
-        return (_frac(u / s + ph_u) < w).astype(np.float32)
-    if fam == "zigzag":
-        # Triangle wave in [-.5, .5] of period 2s and peak-to-peak s/2: segments at
-        # +-27 deg, well apart from a checkerboard's two perpendicular edge directions.
-        tri = np.abs(2 * _frac(v / (2 * s) + ph_v) - 1) - 0.5
-        return (_frac(u / s + 0.5 * tri + ph_u) < w).astype(np.float32)
-    if fam == "dots":
-        fu, fv = _frac(u / s + ph_u) - 0.5, _frac(v / s + ph_v) - 0.5
-        # dot area 10-30 % of a cell: sparse polka dots, never a checkerboard look-alike
-        return (fu * fu + fv * fv < (0.1 + 0.5 * (w - 0.3)) / np.pi).astype(np.float32)
-    if fam == "checker":
-        cells = np.floor(u / (0.6 * s) + ph_u) + np.floor(v / (0.6 * s * (0.6 + w)) + ph_v)
-        return (cells % 2).astype(np.float32)
-    if fam == "gradient":
-        return np.clip(0.5 + (u - (w - 0.5) * 0.5) / (3 * s), 0.0, 1.0).astype(np.float32)
-    raise ValueError(f"no pattern for family {fam!r}")
-
-
 def _downsample(x: np.ndarray, f: int) -> np.ndarray:
     n = x.shape[0] // f
     return x.reshape(n, f, n, f).mean(axis=(1, 3))
 
 
 # ------------------------------------------------------------------------- render
-def render_array(
-    subject: Subject, style: Style, size: int = 64, seed: int = 0, pose: Pose | None = None
-) -> np.ndarray:
+def render_array(subject: Subject, style: Style, size: int = 64, seed: int = 0, pose: Pose | None = None,
+                 spec: WorldSpec = WORLD_SPEC) -> np.ndarray:
     """Like :func:`render` but returns an ``(size, size, 3)`` uint8 array."""
     rng = np.random.default_rng([int(seed), 0x70F])
-    pose_rng, pattern_rng = rng.spawn(2)  # pose and pattern streams stay independent
     if pose is None:
-        pose = Pose.sample(pose_rng)
+        pose = Pose.sample(rng.spawn(1)[0], spec)
     cover, hi_mask = _silhouette(subject, pose, size)
-    field = _pattern_field(style, size * PATTERN_SS, pattern_rng, hi_mask)
-    p = _downsample(field, PATTERN_SS)[..., None]
-    fg, pat, bg = (np.asarray(c, np.float32) for c in (style.fg, style.pattern, style.bg))
-    fill = fg + p * (pat - fg)
+    n = size * FILL_SS
+    fine = np.asarray(hi_mask.resize((n, n), Image.BOX), dtype=np.float64) / 255.0
+    t = _downsample(fill_field(style.family, style.angle, style.offset, fine, spec), FILL_SS)[..., None]
+    bg, primary, secondary = (np.asarray(c, np.float64) for c in style.palette)
+    fill = primary + t * (secondary - primary)
     img = bg + cover[..., None] * (fill - bg)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def render(
-    subject: Subject, style: Style, size: int = 64, seed: int = 0, pose: Pose | None = None
-) -> Image.Image:
+def render(subject: Subject, style: Style, size: int = 64, seed: int = 0, pose: Pose | None = None,
+           spec: WorldSpec = WORLD_SPEC) -> Image.Image:
     """Render ``subject`` in ``style`` as a ``size`` x ``size`` RGB image.
 
-    Deterministic in ``(subject, style, size, seed)``. The seed draws the pose
-    (unless ``pose`` is given, e.g. ``Pose()`` for the canonical placement) and the
-    pattern phase / noise field; the same seed gives the same pose for any subject.
+    Deterministic in ``(subject, style, size, seed)``. The seed draws the pose (unless
+    ``pose`` is given, e.g. ``Pose()`` for the canonical placement) from the spec's ranges;
+    the same seed gives the same pose for any subject and style.
     """
-    return Image.fromarray(render_array(subject, style, size, seed, pose))
+    return Image.fromarray(render_array(subject, style, size, seed, pose, spec))

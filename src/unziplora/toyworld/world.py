@@ -1,11 +1,13 @@
 """The toy world's factors: subjects (content) and styles, plus its caption vocabulary.
 
 A *subject* is a shape class plus instance parameters that make one subject distinct
-inside its class (the toy analogue of "this particular dog"). A *style* is a pattern
-family plus instance parameters and a palette (the analogue of "this particular
-watercolour"). Both are frozen, hashable, JSON-serialisable dataclasses with a
-stable short ``id``; everything random is drawn from a caller-supplied
-``numpy.random.Generator`` so the world is deterministic by seed.
+inside its class (the toy analogue of "this particular dog"). A *style* is a palette
+(background, primary and secondary colours) plus a fill family with its instance
+parameters (the analogue of "this particular watercolour"). Every fill's structure is at
+the scale of the subject (see FAMILY_FILLS), so a small latent can hold it. Both are
+frozen, hashable, JSON-serialisable dataclasses with a stable short ``id``; everything
+random is drawn from a caller-supplied ``numpy.random.Generator`` so the world is
+deterministic by seed, and every range comes from a ``WorldSpec`` (spec.py).
 
 Pose (position, scale, rotation) is deliberately *not* part of a subject: it is
 nuisance variation drawn at render time from the render seed (see ``render.py``).
@@ -20,11 +22,13 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from .spec import WORLD_SPEC, WorldSpec
+
 CLASSES: tuple[str, ...] = (
     "circle", "square", "triangle", "star", "heart", "cross", "crescent", "arrow",
 )
 FAMILIES: tuple[str, ...] = (
-    "solid", "stripes", "dots", "checker", "gradient", "outline", "zigzag", "noise",
+    "solid", "gradient", "radial", "split", "rim", "bands", "bullseye", "quadrants",
 )
 
 # What the class-specific instance parameters ``a`` and ``b`` (both in [0, 1]) mean;
@@ -39,10 +43,19 @@ SUBJECT_PARAMS: dict[str, tuple[str, str]] = {
     "crescent": ("bite offset (thin -> thick)", "bite radius"),
     "arrow": ("head width", "shaft thickness"),
 }
-ASPECT_RANGE = (0.6, 1.0)  # y-squash of the subject in its own frame
-ANGLE_RANGE = (0.0, 180.0)  # pattern orientation in degrees (image frame)
-SPACING_RANGE = (0.10, 0.22)  # pattern period as a fraction of the canvas side
-WIDTH_RANGE = (0.30, 0.70)  # duty cycle / dot size / band thickness
+# How each family lays the primary and secondary colours over the silhouette (fills.py draws
+# them). Directions are in the image frame (the fill does not turn with the subject: pose is
+# content); cuts follow the subject's own area and extent, so every part shows on any shape.
+FAMILY_FILLS: dict[str, str] = {
+    "solid": "primary only",
+    "gradient": "linear ramp primary -> secondary across the subject along `angle`",
+    "radial": "ramp from a primary centre (moved by `offset` towards `angle`) to a secondary edge",
+    "split": "two halves of equal area, primary | secondary, cut across `angle`",
+    "rim": "a primary rim (~30 % of the subject's RMS radius) around a secondary interior",
+    "bands": "three bands of equal width across `angle`: primary, secondary, primary",
+    "bullseye": "three rings around the centroid: primary disc, secondary ring, primary ring",
+    "quadrants": "four cells cut by two perpendicular lines at `angle`, alternating colours",
+}
 
 RARE_TOKENS: tuple[str, ...] = ("monadikos", "sks", "zwx", "ohwx", "vkd", "tyq")
 _CAPTION_WORDS = ("a", "in", "style")
@@ -112,16 +125,16 @@ class Subject(_Serialisable):
         self._plain_floats("a", "b", "aspect")
         _check_unit("a", self.a)
         _check_unit("b", self.b)
-        _check_unit("aspect", self.aspect, *ASPECT_RANGE)
+        _check_unit("aspect", self.aspect, 0.05, 1.0)
 
     @classmethod
-    def sample(klass, rng: np.random.Generator, cls: str | None = None) -> "Subject":
+    def sample(klass, rng: np.random.Generator, cls: str | None = None, spec: WorldSpec = WORLD_SPEC) -> "Subject":
         """A random instance over the *full* parameter ranges (split.py restricts them)."""
         # The class is always drawn (even when given) so that fixing ``cls`` does not
         # shift the random stream of the remaining parameters.
         drawn = CLASSES[rng.integers(len(CLASSES))]
         a, b = rng.uniform(0.0, 1.0, size=2)
-        aspect = rng.uniform(*ASPECT_RANGE)
+        aspect = rng.uniform(*spec.aspect_range)
         return klass(cls if cls is not None else drawn, _r4(a), _r4(b), _r4(aspect))
 
 
@@ -140,74 +153,95 @@ def _dist(p: RGB, q: RGB) -> float:
     return float(np.linalg.norm(np.subtract(p, q, dtype=float)))
 
 
-def sample_palette(rng: np.random.Generator, fg_hue: float | None = None) -> tuple[RGB, RGB, RGB]:
-    """(foreground, pattern, background) colours with guaranteed contrasts.
+def mix_distance(background: RGB, primary: RGB, secondary: RGB) -> float:
+    """Distance from ``background`` to the nearest mix of primary and secondary (the segment
+    between them in RGB): every colour a fill can show, gradients and soft edges included."""
+    p, q, x = (np.asarray(c, float) for c in (primary, secondary, background))
+    d = q - p
+    t = np.clip((x - p) @ d / max(d @ d, 1e-9), 0.0, 1.0)
+    return float(np.linalg.norm(p + t * d - x))
 
-    The background must stand apart from both fill colours *and* from their mix
-    (gradients, antialiased pattern edges), because the oracles segment the subject
-    by distance from the border colour; fg and pattern must differ so the pattern
-    is visible. Rejection sampling keeps it simple and still deterministic.
+
+def _background(rng: np.random.Generator, spec: WorldSpec) -> RGB:
+    """Light (paper), dark or coloured, with the spec's probabilities; the same draws each time."""
+    kind = rng.choice(3, p=np.asarray(spec.background_weights) / sum(spec.background_weights))
+    h, s, v = rng.uniform(0.0, 360.0), rng.uniform(), rng.uniform()
+    if kind == 0:
+        return _hsv(h, 0.25 * s, 0.85 + 0.15 * v)
+    if kind == 1:
+        return _hsv(h, 0.5 * s, 0.04 + 0.18 * v)
+    return _hsv(h, 0.4 + 0.5 * s, 0.35 + 0.5 * v)
+
+
+def sample_palette(rng: np.random.Generator, primary_hue: float | None = None,
+                   spec: WorldSpec = WORLD_SPEC) -> tuple[RGB, RGB, RGB]:
+    """(background, primary, secondary) with the spec's guaranteed contrasts.
+
+    The background stays ``min_background_contrast`` from every mix of the two fill colours
+    (the oracles segment the subject by distance from the border colour, and a gradient shows
+    every mix); primary and secondary stay ``min_fill_contrast`` apart so each family's structure
+    is visible. The secondary may be any colour, greys, white and black included. Rejection
+    sampling keeps it simple and deterministic; ``primary_hue`` pins the primary's hue.
     """
     for _ in range(1000):
-        h = rng.uniform(0.0, 360.0) if fg_hue is None else fg_hue
-        fg = _hsv(h, rng.uniform(0.55, 1.0), rng.uniform(0.5, 0.9))
-        pat = _hsv(h + rng.uniform(60.0, 300.0), rng.uniform(0.3, 1.0), rng.uniform(0.3, 0.95))
-        if rng.random() < 0.7:  # light paper-like background
-            bg = _hsv(rng.uniform(0, 360), rng.uniform(0.0, 0.2), rng.uniform(0.88, 1.0))
-        else:  # dark background
-            bg = _hsv(rng.uniform(0, 360), rng.uniform(0.0, 0.4), rng.uniform(0.05, 0.18))
-        mid = tuple((x + y) / 2 for x, y in zip(fg, pat))
-        if min(_dist(fg, bg), _dist(pat, bg), _dist(mid, bg)) >= 110 and _dist(fg, pat) >= 90:
-            return fg, pat, bg
-    raise RuntimeError("palette sampling failed; fg_hue may be unsatisfiable")
+        background = _background(rng, spec)
+        h = rng.uniform(0.0, 360.0)
+        primary = _hsv(h if primary_hue is None else primary_hue,
+                       rng.uniform(*spec.primary_saturation), rng.uniform(*spec.primary_value))
+        secondary = _hsv(rng.uniform(0.0, 360.0), rng.uniform(0.0, 1.0), rng.uniform(0.1, 1.0))
+        if (_dist(primary, secondary) >= spec.min_fill_contrast
+                and mix_distance(background, primary, secondary) >= spec.min_background_contrast):
+            return background, primary, secondary
+    raise RuntimeError("palette sampling failed; primary_hue or the spec's contrasts may be unsatisfiable")
 
 
 @dataclass(frozen=True)
 class Style(_Serialisable):
-    """One style: a pattern family, its instance parameters and a palette.
+    """One style: a fill family, its instance parameters and a palette.
 
-    ``angle`` (degrees, image frame), ``spacing`` (pattern period, fraction of the
-    canvas) and ``width`` (duty cycle / dot size / band thickness) are interpreted
-    per family in render.py; ``fg`` fills the silhouette, ``pattern`` draws the
-    pattern on top of it, ``bg`` is the plain background.
+    ``angle`` (degrees, image frame, counter-clockwise from +x) orients the directional
+    families, ``offset`` (0-1) moves the radial family's centre; each family ignores what it
+    does not use (see FAMILY_FILLS). ``background`` is the plain canvas, ``primary`` and
+    ``secondary`` are the fill's two colours.
     """
 
     family: str
-    angle: float = 45.0
-    spacing: float = 0.13  # defaults lie in the seen (pretraining) ranges
-    width: float = 0.5
-    fg: RGB = (200, 60, 60)
-    pattern: RGB = (40, 40, 160)
-    bg: RGB = (245, 245, 240)
+    angle: float = 30.0
+    offset: float = 0.5
+    background: RGB = (245, 245, 240)
+    primary: RGB = (200, 60, 60)  # defaults lie in the seen (pretraining) palette region
+    secondary: RGB = (40, 40, 160)
 
     _ID_PREFIX = "s"
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"unknown family {self.family!r}; expected one of {FAMILIES}")
-        self._plain_floats("angle", "spacing", "width")
-        _check_unit("angle", self.angle, *ANGLE_RANGE)
-        _check_unit("spacing", self.spacing, *SPACING_RANGE)
-        _check_unit("width", self.width, *WIDTH_RANGE)
-        for name in ("fg", "pattern", "bg"):
+        self._plain_floats("angle", "offset")
+        if not 0.0 <= self.angle < 360.0:
+            raise ValueError(f"angle={self.angle} outside [0, 360)")
+        _check_unit("offset", self.offset)
+        for name in ("background", "primary", "secondary"):
             col = tuple(int(c) for c in getattr(self, name))
             if len(col) != 3 or any(not 0 <= c <= 255 for c in col):
                 raise ValueError(f"{name}={col} is not an RGB triple")
             # Plain int tuples whatever came in (lists, numpy): hashable and JSON-safe.
             object.__setattr__(self, name, col)
 
+    @property
+    def palette(self) -> tuple[RGB, RGB, RGB]:
+        """(background, primary, secondary)."""
+        return self.background, self.primary, self.secondary
+
     @classmethod
-    def sample(
-        cls, rng: np.random.Generator, family: str | None = None, fg_hue: float | None = None
-    ) -> "Style":
-        """A random instance over the full ranges; ``fg_hue`` pins the foreground hue."""
+    def sample(cls, rng: np.random.Generator, family: str | None = None, primary_hue: float | None = None,
+               spec: WorldSpec = WORLD_SPEC) -> "Style":
+        """A random instance over the full ranges; ``primary_hue`` pins the primary's hue."""
         drawn = FAMILIES[rng.integers(len(FAMILIES))]  # always drawn: stable stream
         fam = family if family is not None else drawn
-        angle = rng.uniform(*ANGLE_RANGE) % 180.0
-        spacing = rng.uniform(*SPACING_RANGE)
-        width = rng.uniform(*WIDTH_RANGE)
-        fg, pat, bg = sample_palette(rng, fg_hue)
-        return cls(fam, _r4(angle) % 180.0, _r4(spacing), _r4(width), fg, pat, bg)
+        angle, offset = rng.uniform(0.0, 360.0), rng.uniform(0.0, 1.0)
+        background, primary, secondary = sample_palette(rng, primary_hue, spec)
+        return cls(fam, _r4(angle) % 360.0, _r4(offset), background, primary, secondary)
 
 
 def _name(x, attr: str) -> str:
@@ -221,7 +255,7 @@ def _join(*words: str) -> str:
 def caption(subject: Subject | str, style: Style | str, *, content_token: str = "",
             style_token: str = "") -> str:
     """``"A {class} in {family} style"``; optional identifier tokens go before the names
-    (``"A sks star in zwx stripes style"``), as in DreamBooth / UnZipLoRA prompts."""
+    (``"A sks star in zwx bands style"``), as in DreamBooth / UnZipLoRA prompts."""
     cls_words = _join(content_token, _name(subject, "cls"))
     fam_words = _join(style_token, _name(style, "family"))
     return f"A {cls_words} in {fam_words} style"
