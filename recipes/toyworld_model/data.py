@@ -6,14 +6,17 @@ import numpy as np
 import torch
 
 from unziplora.toyworld.render import render_array
+from unziplora.toyworld.spec import WORLD_SPEC, WorldSpec
 from unziplora.toyworld.split import pretraining_sample
 
 
-def render_batch(rng: np.random.Generator, n: int, size: int, workers=None) -> tuple[torch.Tensor, list[str]]:
-    """n pretraining renders as (n, 3, size, size) in [-1, 1], and their captions. The samples are
-    drawn here in order; `workers` (a process pool) only draws the pixels, so the result is the same."""
-    samples = [pretraining_sample(rng) for _ in range(n)]
-    jobs = [(s.subject, s.style, size, s.seed) for s in samples]
+def render_batch(rng: np.random.Generator, n: int, size: int, workers=None,
+                 spec: WorldSpec = WORLD_SPEC) -> tuple[torch.Tensor, list[str]]:
+    """n pretraining renders of the world `spec` as (n, 3, size, size) in [-1, 1], and their captions.
+    The samples are drawn here in order; `workers` (a process pool) only draws the pixels, so the
+    result is the same."""
+    samples = [pretraining_sample(rng, spec) for _ in range(n)]
+    jobs = [(s.subject, s.style, size, s.seed, None, spec) for s in samples]
     arrays = np.stack(workers.starmap(render_array, jobs) if workers else [render_array(*job) for job in jobs])
     pixels = torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return pixels, [s.caption for s in samples]

@@ -1,11 +1,12 @@
 """Train the learned family judge (src/unziplora/toyworld/family_judge.py) and validate it.
 
-    python -m recipes.toyworld_model.family_judge [--out src/unziplora/assets/family_judge.safetensors] [--steps 2400]
+    python -m recipes.toyworld_model.family_judge [--out src/unziplora/assets/family_judge.safetensors] [--steps 1200]
 
 Trains on renders only (never on generated images), then prints how often it names the family
 of renders it never saw -- clean, blurred like a decoder's output, and held-out style instances
--- next to the analytic classify_style, and writes the table to research/toyworld_v1/results/family_judge.json.
-About 26 minutes on 2 CPU cores; the shipped file records its recipe in its metadata.
+-- next to the analytic classify_style, and writes the table to
+research/toyworld_v2_pilot/results/family_judge.json. About 15 minutes on 2 CPU cores; the
+shipped file records its recipe in its metadata.
 """
 
 import argparse
@@ -69,7 +70,7 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return x + noise * torch.randn(x.shape, generator=generator)
 
 
-def train(steps: int = 2400, batch: int = 128, pool: int = 32000, lr: float = 3e-3, seed: int = 0,
+def train(steps: int = 1200, batch: int = 128, pool: int = 24000, lr: float = 3e-3, seed: int = 0,
           progress=None) -> tuple[FamilyJudgeNet, dict]:
     """Train a judge on `pool` renders, each batch freshly augmented; AdamW with a one-cycle
     schedule. `progress(step, loss)` is called every 50 steps. Returns (net in eval mode, recipe)."""
@@ -106,7 +107,6 @@ def save(net: FamilyJudgeNet, recipe: dict, path: Path) -> None:
     tmp.replace(path)
 
 
-
 def validation_sets(n: int, seed: int) -> dict[str, tuple[list[np.ndarray], list[str]]]:
     """Renders the judge never saw: pretraining draws at each blur, and held-out instances."""
     rng = np.random.default_rng([seed, 0x7A1])
@@ -135,16 +135,24 @@ def accuracy_table(net, n: int, seed: int) -> dict:
     return table
 
 
+def _shown(path: str) -> str:
+    """`path` relative to the working directory when it lies below it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(family_judge.JUDGE_FILE))
-    parser.add_argument("--steps", type=int, default=2400)
-    parser.add_argument("--pool", type=int, default=32000, help="renders to train on (2 ms each)")
+    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--pool", type=int, default=24000, help="renders to train on (2 ms each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--validate", type=int, default=512, help="images per validation set")
     parser.add_argument("--only-validate", action="store_true", help="judge the file at --out, train nothing")
-    parser.add_argument("--json", default="research/toyworld_v1/results/family_judge.json")
+    parser.add_argument("--json", default="research/toyworld_v2_pilot/results/family_judge.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -160,14 +168,19 @@ def main() -> None:
         net, recipe = train(steps=args.steps, pool=args.pool, seed=args.seed, progress=progress)
         bar.close()
         save(net, recipe, Path(args.out))
-        print(f"wrote {args.out} ({time.perf_counter() - t0:.0f} s)")
+        seconds = time.perf_counter() - t0
+        print(f"wrote {args.out} ({seconds:.0f} s)")
     table = accuracy_table(net, args.validate, args.seed + 1)
     print("| renders | images | learned judge | analytic classify_style |\n|---|---|---|---|")
     for name, row in table.items():
         print(f"| {name} | {row['images']} | {row['learned']:.1%} | {row['analytic']:.1%} |")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"judge": args.out, "settings": vars(args), "validation": table}, indent=2))
+    settings = {**vars(args), "out": _shown(args.out)}  # no machine's absolute paths in a results file
+    record = {"judge": _shown(args.out), "settings": settings, "validation": table}
+    if not args.only_validate:
+        record["training_seconds"] = round(seconds)
+    out.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

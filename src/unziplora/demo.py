@@ -29,7 +29,7 @@ DEMO_OVERRIDES = {
 }
 
 
-DEMO_INDEX = 2  # held-out combo: a triangle in dots style (a pattern shows the split better than a solid fill)
+DEMO_INDEX = 10  # held-out combo: a triangle in bands style (teal and lime bands on magenta: palette and structure at a glance)
 
 
 def demo_image(index: int = DEMO_INDEX):

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not family_judge.JUDGE_FILE.is_file(), reason="n
 
 @pytest.fixture(scope="module")
 def heldout():
-    """Held-out style instances (periods, hues the pretraining never drew), every family equally."""
+    """Held-out style instances (primary hues the pretraining never drew), every family equally."""
     triples = heldout_images(128)
     return [np.asarray(img) for _, _, img in triples], [t.family for _, t, _ in triples]
 

@@ -3,10 +3,12 @@
 Each oracle must (i) separate same from different (ROC AUC >= 0.95, with
 same-class / same-family instances among the negatives) while the other factor
 varies, (ii) ignore the other factor (AUC <= 0.6 when only it differs), and
-(iii) classify clean renders >= 90 % right.
+(iii) classify clean renders >= 90 % right. The palette estimate must recover a
+render's colours and tell palettes apart whatever the subject.
 """
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ import pytest
 from unziplora.toyworld import (
     CLASSES,
     FAMILIES,
+    Palette,
     classify_content,
     classify_style,
     content_embedding,
@@ -21,6 +24,8 @@ from unziplora.toyworld import (
     foreground_mask,
     heldout_styles,
     heldout_subjects,
+    palette_distance,
+    palette_of,
     render,
     render_array,
     style_embedding,
@@ -173,3 +178,50 @@ def test_a_shaded_flat_fill_is_still_solid_but_a_shaded_pattern_is_not(heldout):
         assert classify_style(shaded) == "solid"
         shaded = _shade(render(s, patterned[k % len(patterned)], 64, seed=k), 20.0, k)
         assert classify_style(shaded) != "solid"
+
+
+def _true_palette(t) -> Palette:
+    return Palette(t.background, (t.primary,) if t.family == "solid" else (t.primary, t.secondary))
+
+
+def test_palette_of_recovers_a_renders_colours(heldout):
+    subjects, styles = heldout
+    errors = {f: [] for f in FAMILIES}
+    for k in range(64):
+        s, t = subjects[(5 * k) % N], styles[k % N]
+        errors[t.family].append(palette_distance(render(s, t, 64, seed=k), _true_palette(t)))
+    for family, e in errors.items():
+        # Hard-edged fills give their exact colours; a ramp's ends are averaged over a few pixels.
+        assert max(e) <= (20.0 if family in ("gradient", "radial") else 2.0), (family, e)
+    p = palette_of(render(subjects[0], styles[3], 64, seed=1))
+    assert p.background == tuple(float(c) for c in styles[3].background) and len(p.fill) == 2
+
+
+def test_palette_distance_is_small_for_one_palette_and_large_for_another(heldout):
+    subjects, styles = heldout
+    rng = np.random.default_rng(5)
+    same, other = [], []
+    for k in range(96):
+        t, s, s2 = styles[k % N], subjects[rng.integers(N)], subjects[rng.integers(N)]
+        img = render(s, t, 64, seed=k)
+        same.append(palette_distance(img, render(s2, t, 64, seed=k + 1000)))  # other subject and pose
+        t2 = styles[(k + 1 + rng.integers(N - 1)) % N]
+        other.append(palette_distance(img, render(s2, t2, 64, seed=k + 1000)))
+    assert np.percentile(same, 90) <= 5.0 and max(same) <= 25.0, sorted(same)[-5:]
+    assert np.percentile(other, 5) >= 40.0 and min(other) >= 25.0, sorted(other)[:5]
+    assert palette_distance(Palette((0, 0, 0), ((100, 0, 0), (0, 100, 0))),
+                            Palette((0, 0, 30), ((0, 100, 0), (100, 0, 0)))) == pytest.approx(30.0)
+
+
+def test_style_similarity_sees_each_colour_and_the_family(heldout):
+    subjects, styles = heldout
+    for k, t in enumerate(t for t in styles[:16] if t.family != "solid"):
+        ref = render(subjects[k], t, 64, seed=k)
+        same = style_similarity(ref, render(subjects[k + 3], t, 64, seed=k + 1))
+        assert same >= 0.8, t
+        for name in ("background", "primary", "secondary"):
+            moved = tuple(int(c) for c in np.clip(np.array(getattr(t, name)) + (90, -90, 60), 0, 255))
+            changed = style_similarity(ref, render(subjects[k + 3], replace(t, **{name: moved}), 64, seed=k + 1))
+            assert changed <= 0.5 * same, (t, name)
+        other = next(f for f in FAMILIES[1:] if f != t.family)
+        assert style_similarity(ref, render(subjects[k + 3], replace(t, family=other), 64, seed=k + 1)) <= 0.3

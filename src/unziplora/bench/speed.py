@@ -62,7 +62,7 @@ class Timing:
 
 def _trainer(base: str, image, rank: int, resolution: int) -> Trainer:
     config = RunConfig().with_overrides({
-        "model.base_model": base, "prompts.subject": "star", "prompts.style": "dots",
+        "model.base_model": base, "prompts.subject": "star", "prompts.style": "bands",
         "lora.rank": rank, "train.resolution": resolution, "train.steps": 10**6, "masks.refresh_every": 10**6,
     })
     pipe = load_pipeline(base)

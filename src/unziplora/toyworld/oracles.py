@@ -46,7 +46,7 @@ def _as_array(img) -> np.ndarray:
         img = Image.fromarray(np.clip(arr[..., :3], 0, 255).astype(np.uint8))
     img = img.convert("RGB")
     if img.size != (SIZE, SIZE):
-        # BOX averages when shrinking (no aliasing of fine patterns).
+        # BOX averages when shrinking (no aliasing of hard edges).
         shrink = min(img.size) >= SIZE
         img = img.resize((SIZE, SIZE), Image.BOX if shrink else Image.BILINEAR)
     return np.asarray(img, dtype=np.float32)

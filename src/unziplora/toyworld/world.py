@@ -50,11 +50,11 @@ FAMILY_FILLS: dict[str, str] = {
     "solid": "primary only",
     "gradient": "linear ramp primary -> secondary across the subject along `angle`",
     "radial": "ramp from a primary centre (moved by `offset` towards `angle`) to a secondary edge",
-    "split": "two halves of equal area, primary | secondary, cut across `angle`",
+    "split": "two halves of equal area along `angle`: primary, then secondary (a hard cut)",
     "rim": "a primary rim (~30 % of the subject's RMS radius) around a secondary interior",
-    "bands": "three bands of equal width across `angle`: primary, secondary, primary",
+    "bands": "three bands of equal width along `angle`: primary, secondary, primary",
     "bullseye": "three rings around the centroid: primary disc, secondary ring, primary ring",
-    "quadrants": "four cells cut by two perpendicular lines at `angle`, alternating colours",
+    "quadrants": "four cells of two perpendicular equal-area cuts (one along `angle`), alternating colours",
 }
 
 RARE_TOKENS: tuple[str, ...] = ("monadikos", "sks", "zwx", "ohwx", "vkd", "tyq")
