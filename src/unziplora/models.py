@@ -50,7 +50,7 @@ def check_pipeline_folder(path: Path) -> None:
 def load_pipeline(base_model: str, revision: str | None = None, dtype: torch.dtype = torch.float32):
     """StableDiffusionXLPipeline.from_pretrained on a hub id or local folder, safetensors only.
 
-    The VAE is kept in fp32 (SDXL's VAE overflows in fp16; METHOD §2.5).
+    The VAE is kept in fp32 (SDXL's VAE overflows in fp16; docs/method.md §6).
     """
     from diffusers import StableDiffusionXLPipeline
 
@@ -88,7 +88,7 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def pick_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
-    """Weight dtype of the frozen UNet: fp16 on CUDA (auto), fp32 on CPU (METHOD §2.5)."""
+    """Weight dtype of the frozen UNet: fp16 on CUDA (auto), fp32 on CPU (docs/method.md §6)."""
     if mixed_precision == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     if mixed_precision in ("fp16", "bf16") and device.type == "cpu":

@@ -97,9 +97,9 @@ def peft_baseline_step(unet, latents, embeds: dict, rank: int, noise_scheduler, 
 
     def step():
         t0 = time.perf_counter()
-        latent, crop = latents.sample(generator)
+        latent, _ = latents.sample(generator)
         kwargs = {"encoder_hidden_states": states, "added_cond_kwargs": {
-            "text_embeds": pooled, "time_ids": latents.time_ids(crop).to(device, dtype)}}
+            "text_embeds": pooled, "time_ids": latents.time_ids().to(device, dtype)}}
         loss = diffusion_mse(unet, noise_scheduler, latent.to(device), generator, dtype, kwargs)
         optimizer.zero_grad(set_to_none=True)
         t1 = time.perf_counter()
