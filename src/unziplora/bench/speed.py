@@ -27,12 +27,12 @@ from peft import LoraConfig
 
 from ..branch import Branch
 from ..config import RunConfig, SampleConfig
-from ..generate import INFERENCE_PROFILE, Conditioning, sample_images, step_batch
+from ..generate import Conditioning, sample_images, step_batch
 from ..fuse import fuse_for_generation
 from ..lora.inject import inject_two_branch_lora
 from ..methods.single_lora import target_modules
 from ..models import load_pipeline
-from ..profiles import resolve_profile
+from ..profiles import INFERENCE_PROFILE, resolve_profile
 from ..prompts import training_prompts
 from ..train import Trainer, adamw, diffusion_mse
 from . import write_report
