@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .errors import UnZipLoRAError
 from .bench import BENCHES
+from .methods import method_names
 from .metrics import DEFAULTS, METRICS
 
 
@@ -40,10 +41,10 @@ def _add_decompose(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--prior-images", type=int,
                    help="dreambooth-lora: class images for prior preservation (default 0 = off)")
-    p.add_argument("--method", default="unziplora",
-                   choices=["unziplora", "unziplora-m1", "unziplora-m2", "dreambooth-lora", "b-lora"],
+    p.add_argument("--method", default="unziplora", choices=method_names(),
                    help="unziplora (full, M3); ablations m1 (prompt separation only), m2 (+ column "
-                        "separation, no block roles); baselines dreambooth-lora, b-lora")
+                        "separation, no block roles); baselines dreambooth-lora, b-lora (its reference "
+                        "settings: rank 64, lr 5e-5, 1000 steps, unless train.reference_settings is false)")
 
 
 def _add_generate(sub) -> None:
@@ -167,7 +168,7 @@ def run_probe(args) -> None:
 
 
 def run_decompose(args) -> None:
-    from .config import ABLATIONS, RunConfig, load_config
+    from .config import RunConfig, load_config
     from .decompose import decompose
 
     config = load_config(args.config) if args.config else RunConfig()
@@ -183,16 +184,8 @@ def run_decompose(args) -> None:
             "train.prior_images": args.prior_images,
         }
     )
-    config = config.with_overrides(ABLATIONS.get(args.method, {}))
-    if args.method in ("dreambooth-lora", "b-lora"):
-        from .methods.baselines import decompose_baseline
-
-        if args.resume:
-            raise UnZipLoRAError(f"--resume is not available for --method {args.method}; rerun with --force")
-        run = decompose_baseline(args.image, args.out, config, args.method, args.force, not args.quiet)
-    else:
-        run = decompose(args.image, args.out, config, force=args.force, progress=not args.quiet,
-                        resume=args.resume)
+    run = decompose(args.image, args.out, config, method=args.method, force=args.force, progress=not args.quiet,
+                    resume=args.resume)
     print(run.summary())
 
 

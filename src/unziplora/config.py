@@ -1,7 +1,7 @@
 """Run configuration: plain dataclasses with the paper's defaults, YAML in and out.
 
-Defaults follow METHOD §2.5 and the authors' training script (arXiv 2412.04465, Sec. 4 and
-their public code). Unknown keys and bad values are rejected with one line naming the key.
+Defaults follow the authors' training script (arXiv 2412.04465, Sec. 4 and their public code;
+docs/method.md §6). Unknown keys and bad values are rejected with one line naming the key.
 """
 
 from __future__ import annotations
@@ -19,10 +19,6 @@ import yaml
 from .errors import UnZipLoRAError
 
 DEFAULT_BASE_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
-# The paper's ablations (arXiv 2412.04465, ablation study; docs/method.md §9) as config overrides
-# per method name: M1 prompt separation only, M2 plus column separation (M3, the full method,
-# adds block separation).
-ABLATIONS = {"unziplora-m1": {"masks.enabled": False}, "unziplora-m2": {"model.block_separation": False}}
 
 
 def _check(condition: bool, message: str) -> None:
@@ -55,7 +51,7 @@ class MaskConfig:
     enabled: bool = True  # column separation; False: both branches train all columns (ablation M1)
     refresh_every: int = 200  # steps between mask refreshes (3 refreshes in 600 steps)
     fraction: float = 0.10  # columns each masked branch gains per refresh, per layer
-    cone_threshold: float = 1e-5  # |dW * G| above this counts as an important entry
+    cone_threshold: float = 1e-5  # |dW * G| above this counts as an important entry (G at the fp16 loss scale)
     orth_weight: float = 0.5  # lambda of the orthogonality loss
 
     def __post_init__(self):
@@ -105,6 +101,9 @@ class TrainConfig:
     # (arXiv 2208.12242, Eq. 2); 0 = off.
     prior_images: int = 0
     prior_weight: float = 1.0
+    # b-lora baseline only: train with its reference code's rank 64, lr 5e-5 and 1000 steps
+    # (yardenfren1996/B-LoRA); false: with this config's lora.rank, lora.lr and train.steps.
+    reference_settings: bool = True
 
     def __post_init__(self):
         _check(self.prior_images >= 0, f"train.prior_images must be >= 0 (0 = off), got {self.prior_images}")

@@ -1,8 +1,10 @@
 """The one training image: loading, resize-and-crop, SDXL time ids, cached latents.
 
-Crop policy (METHOD §2.5, the authors' script): resize so the SHORTER side equals the
-resolution, then take a random square crop of the longer side each step. SDXL's micro-
-conditioning receives (original size, crop top-left, target size) (arXiv 2307.01952, Sec. 2.2).
+Crop policy (the UnZipLoRA authors' script, arXiv 2412.04465): resize so the SHORTER side equals
+the resolution, then take a random square crop of the longer side each step. SDXL's micro-
+conditioning (original size, crop top-left, target size; arXiv 2307.01952, Sec. 2.2) gets the
+fixed ids generation uses, (res, res, 0, 0, res, res), whatever the input's size and crop, as
+the authors (and B-LoRA's and ZipLoRA's reference scripts) train.
 """
 
 from __future__ import annotations
@@ -124,7 +126,6 @@ class CroppedLatents:
     """
 
     def __init__(self, image: Image.Image, resolution: int, vae, device: torch.device):
-        self.original_size = (image.size[1], image.size[0])  # (height, width) as SDXL expects
         self.resolution = resolution
         self.pixels = to_tensor(resize_shorter_side(image, resolution))
         self.vae = vae
@@ -155,9 +156,11 @@ class CroppedLatents:
         shift = getattr(config, "shift_factor", None) or 0.0
         return (latent - shift) * config.scaling_factor, (top, left)
 
-    def time_ids(self, crop: tuple[int, int]) -> torch.Tensor:
-        """SDXL add_time_ids: original size, crop coordinates, target size (arXiv 2307.01952, Sec. 2.2)."""
-        return sdxl_time_ids(self.resolution, crop, self.original_size)
+    def time_ids(self) -> torch.Tensor:
+        """SDXL add_time_ids (1, 6) for every crop: (res, res, 0, 0, res, res), the ids a stock
+        SDXL pipeline passes when it generates at this resolution, so training conditions the
+        UNet as generation will (the authors' `compute_time_ids`)."""
+        return sdxl_time_ids(self.resolution)
 
     @property
     def cached_crops(self) -> int:

@@ -1,6 +1,8 @@
 """`decompose`: one image in, a run folder with a content LoRA and a style LoRA out.
 
-This is the Python API behind `unziplora decompose`; the CLI only parses arguments.
+This is the Python API behind `unziplora decompose`; the CLI only parses arguments. One entry
+point for every method (`methods.Method`): UnZipLoRA and its ablations train here, the
+baselines in `methods/baselines.py`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .data import load_image
 from .errors import TrainingInterrupted, UnZipLoRAError
 from .generate import Conditioning, sample_images
 from .lora.inject import PROJECTIONS
+from .methods import Method
 from .modelcard import write_model_card
 from .models import load_pipeline, pick_device, pick_dtype
 from .profiles import resolve_profile
@@ -59,16 +62,31 @@ def decompose(
     image,
     out_dir: str | Path,
     config: RunConfig,
+    method: Method | str = Method.UNZIPLORA,
+    *,
     force: bool = False,
     progress: bool = True,
     resume: bool = False,
 ) -> RunFolder:
-    """Train the content and style LoRAs of one image (arXiv 2412.04465) and write the run folder.
+    """Train the content and style LoRAs of one image with `method` and write the run folder.
 
-    `image` is a path or a PIL image. Inputs are checked before the model loads. The run is
+    `image` is a path or a PIL image. `method` is UnZipLoRA (arXiv 2412.04465; the default),
+    one of its ablations (their config overrides are applied here) or a baseline
+    (`methods/baselines.py`). Inputs are checked before the model loads. An UnZipLoRA run is
     written to OUT.partial/ with a checkpoint every train.checkpoint_every steps and renamed to
     OUT when complete; `resume` continues an interrupted OUT.partial/ (same inputs only).
     """
+    try:
+        method = Method(method)
+    except ValueError:
+        raise UnZipLoRAError(f"unknown method {method!r}; use one of {', '.join(m.value for m in Method)}") from None
+    if method.is_baseline:
+        from .methods.baselines import decompose_baseline
+
+        if resume:
+            raise UnZipLoRAError(f"--resume is not available for --method {method.value}; rerun with --force")
+        return decompose_baseline(image, out_dir, config, method, force=force, progress=progress)
+    config = config.with_overrides(method.config_overrides)
     t_start = time.perf_counter()
     prompts = training_prompts(config.prompts)
     picture = load_image(image)
@@ -106,7 +124,7 @@ def decompose(
         timings["total_s"] = time.perf_counter() - t_start
         manifest = base_manifest(config, profile, prompts, picture)
         manifest.update({
-            "method": "unziplora",
+            "method": method.value,
             "steps": trainer.step,
             "final_loss": trainer.history[-1].loss,
             "mask_fraction": branch_fractions(trainer.lora),
@@ -124,7 +142,10 @@ def decompose(
 
 
 def base_manifest(config: RunConfig, profile, prompts, picture) -> dict:
-    """The manifest fields every method writes: format, base model, prompts, input, config, versions."""
+    """The manifest fields every method writes: format, base model, prompts, input, config, versions.
+
+    `prompts["style_words"]` is what `<s>` stands for when generating, `identifier` what `<c>` does.
+    """
     return {
         "format_version": RUN_FORMAT_VERSION,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -172,7 +193,8 @@ def _print_prompt_notes(pipe, prompts) -> None:
 
 
 def _write_weights(trainer: Trainer, folder: Path) -> None:
-    """The full state for combined use, and each branch as an ordinary diffusers LoRA."""
+    """The full state for combined use (A, B, m, M of both branches), and each branch alone as an
+    ordinary diffusers LoRA, M (.) B A without the mergers, as the authors export it."""
     from diffusers import StableDiffusionXLPipeline
 
     lora = trainer.lora
@@ -181,7 +203,7 @@ def _write_weights(trainer: Trainer, folder: Path) -> None:
     for branch in (Branch.CONTENT, Branch.STYLE):
         StableDiffusionXLPipeline.save_lora_weights(
             folder / f"{branch.value}_lora",
-            unet_lora_layers=lora.folded_lora(branch),
+            unet_lora_layers=lora.ordinary_lora(branch),
             weight_name=LORA_WEIGHT_NAME,
             safe_serialization=True,
             # alpha = r: the update is applied at scale 1, as trained.

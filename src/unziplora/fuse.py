@@ -1,6 +1,6 @@
 """Fast inference: fold what the branches share into W, and compute separated K/V once.
 
-At generation time (METHOD §2.6) the only inputs that differ between branches are the text
+At generation time (docs/method.md §7) the only inputs that differ between branches are the text
 embeddings seen by cross-attention K and V (arXiv 2412.04465, Sec. 3, "Prompt separation").
 So:
 - every projection whose branches see one input (self-attention, queries, outputs) becomes
@@ -16,7 +16,6 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from .attention import SeparatedAttnProcessor
-from .branch import Branch
 from .lora.inject import PROJECTIONS, _get, _set, attention_modules
 from .lora.layer import TwoBranchLoraLinear
 
@@ -32,16 +31,6 @@ class CachedKVProcessor(SeparatedAttnProcessor):
             raise ValueError("cached K/V were computed for another batch; fuse again for this generation")
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb,
                                 cached_key=self.key, cached_value=self.value)
-
-
-@torch.no_grad()
-def fold_into_base(layer: TwoBranchLoraLinear) -> torch.nn.Linear:
-    """The base Linear with the active branches' dense updates added to its weight."""
-    base = layer.base
-    delta = sum(layer.get_delta_weight(b) for b in (Branch.CONTENT, Branch.STYLE) if b in layer.active)
-    if isinstance(delta, torch.Tensor):
-        base.weight += delta.to(base.weight.dtype)
-    return base
 
 
 @torch.no_grad()
@@ -63,4 +52,4 @@ def fuse_for_generation(unet, combined: torch.Tensor, content: torch.Tensor | No
         for projection in PROJECTIONS:
             layer = _get(attn, projection)
             if isinstance(layer, TwoBranchLoraLinear):
-                _set(attn, projection, fold_into_base(layer))
+                _set(attn, projection, layer.merge_into_base())

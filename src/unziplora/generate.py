@@ -1,10 +1,14 @@
-"""Generation with a decomposition: content alone, style alone, both, or across runs (METHOD §2.6).
+"""Generation with a decomposition: content alone, style alone, both, or across runs (docs/method.md §7).
 
 - content / style: the branch as an ordinary LoRA in a stock StableDiffusionXLPipeline
   (`load_lora_weights`), prompted with one ordinary prompt.
-- both: the two-branch layers with prompt separation: the user's prompt gives p, p_c and p_s
-  (arXiv 2412.04465, Sec. 3, "Prompt separation", used at inference as in the authors' code).
+- both: the two-branch layers with their mergers and prompt separation: the user's prompt gives
+  p, p_c and p_s (arXiv 2412.04465, Sec. 3, "Prompt separation", used at inference as in the
+  authors' code).
 - cross: run A's content branch with run B's style branch, prompted the same way.
+Baselines generate as their references do: a DreamBooth-LoRA run's "both" is its one LoRA once;
+B-LoRA's "both" and "cross" load the content part and the style part together under one
+ordinary prompt (arXiv 2403.14572; yardenfren1996/B-LoRA's inference.py).
 """
 
 from __future__ import annotations
@@ -17,20 +21,18 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .branch import Branch, Role
+from .attention import CONTENT_KWARG, STYLE_KWARG
+from .branch import Branch
 from .config import SampleConfig
 from .errors import UnZipLoRAError
 from .fuse import fuse_for_generation
 from .lora.inject import inject_two_branch_lora
+from .methods import Method
 from .models import load_pipeline, pick_device
-from .profiles import uniform_profile
+from .profiles import INFERENCE_PROFILE
 from .prompts import CONTENT_TAG, STYLE_TAG, check_length, encode_prompts, expand_tags, split_prompt
 from .runfolder import atomic_output_dir, save_grid
 from .sources import BranchSource
-
-# At inference every layer just applies its saved (effective) masks.
-INFERENCE_PROFILE = uniform_profile(Role.MASKED, Role.MASKED, "inference")
-
 
 class Mode(str, enum.Enum):
     CONTENT = "content"
@@ -60,7 +62,7 @@ def sample_images(pipe, cond: Conditioning, sample: SampleConfig, resolution: in
     device = pipe.unet.device
     dtype = pipe.unet.dtype
     extra = {}
-    for key, branch_embeds in (("content_encoder_hidden_states", cond.content), ("style_encoder_hidden_states", cond.style)):
+    for key, branch_embeds in ((CONTENT_KWARG, cond.content), (STYLE_KWARG, cond.style)):
         if branch_embeds is not None:
             extra[key] = step_batch(branch_embeds, num_images, sample.guidance_scale).to(device, dtype)
     images = []
@@ -156,10 +158,13 @@ def generate(
 
     # A DreamBooth-LoRA run cannot split: its content and style LoRAs are one LoRA, so "both"
     # is that LoRA once, with the whole prompt (summing the two branches would apply it twice).
-    one_lora = mode is Mode.BOTH and content.run is not None and content.run.manifest.get("method") == "dreambooth-lora"
-    if mode in (Mode.CONTENT, Mode.STYLE) or one_lora:
+    one_lora = mode is Mode.BOTH and content.method is Method.DREAMBOOTH_LORA
+    # B-LoRA combines by loading both parts (disjoint modules) under one prompt.
+    both_parts = mode in (Mode.BOTH, Mode.CROSS) and content.method is style.method is Method.B_LORA
+    if mode in (Mode.CONTENT, Mode.STYLE) or one_lora or both_parts:
         source = style if mode is Mode.STYLE else content
-        pipe.load_lora_weights(source.stock_lora(), adapter_name=mode.value)
+        weights = {**content.stock_lora(), **style.stock_lora()} if both_parts else source.stock_lora()
+        pipe.load_lora_weights(weights, adapter_name=mode.value)
         if fused:  # diffusers' own fusion: W + B A, then drop the adapter layers
             pipe.fuse_lora(adapter_names=[mode.value])
             pipe.unload_lora_weights()

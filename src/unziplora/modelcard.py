@@ -6,6 +6,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from .methods import Method
+
 CARD = """---
 base_model: {base_model}
 library_name: diffusers
@@ -15,15 +17,17 @@ tags: [lora, unziplora, stable-diffusion-xl, text-to-image]
 
 ![input](thumbnail.png) ![preview](preview.png)
 
-Decomposed by [unziplora](https://arxiv.org/abs/2412.04465) (UnZipLoRA) from one image of a
-**{subject}** in **{style}** style: {steps} steps, rank {rank}, seed {seed}.
+Decomposed by [unziplora](https://arxiv.org/abs/2412.04465) with **{method}** from one image of a
+**{subject}** in **{style_phrase}** style: {steps} steps, rank {rank}, seed {seed}.
+
+{export}
 
 | LoRA | file | trigger | example prompt |
 |---|---|---|---|
 | content (the subject, without its look) | `content_lora/pytorch_lora_weights.safetensors` | `{identifier} {subject}` | `A {identifier} {subject} on the beach` |
 | style (the look, without the subject) | `style_lora/pytorch_lora_weights.safetensors` | `in {style} style` | `A truck in {style} style` |
 
-Both together with prompt separation (three prompts, exactly as trained):
+{together}
 
     unziplora generate {name} --mode both --prompt "A <c> {subject} in <s> style in a boat"
 
@@ -47,9 +51,32 @@ Export kohya-format files first: `unziplora export {name} --format kohya` writes
   `A {identifier} {subject} on the beach <lora:{name}_content:1>` or
   `A truck in {style} style <lora:{name}_style:1>`.
 
-Files: `unziplora.safetensors` (both branches, mergers, masks), `manifest.json` (prompts,
-config, versions, timings), `loss.csv` / `loss.png`, `config.yaml` (reusable with `--config`).
+Files: {files}`manifest.json` (prompts, config, versions, timings), `config.yaml` (reusable
+with `--config`).
 """
+
+# What each LoRA file holds and how "both" combines them, per kind of method.
+EXPORTS = {
+    Method.UNZIPLORA: (
+        "Each LoRA alone is its branch's update with the branch's hard column mask folded in and the "
+        "merger vectors left out (M (.) B A), as the authors export it. The mergers weigh the two branches "
+        "against each other and act only when both run together, from `unziplora.safetensors`.",
+        "Both together with prompt separation (three prompts, the mergers on, exactly as trained):",
+        "`unziplora.safetensors` (both branches, mergers, masks), `loss.csv` / `loss.png`, ",
+    ),
+    Method.B_LORA: (
+        "B-LoRA (arXiv 2403.14572): one LoRA trained on two attention modules, split into the content "
+        "module's part and the style module's part. `<c>` and `<s>` both stand for its training token.",
+        "Both together as B-LoRA does it (both parts loaded, one ordinary prompt):",
+        "",
+    ),
+    Method.DREAMBOOTH_LORA: (
+        "DreamBooth-LoRA: one LoRA that cannot split; the content and style files are the same LoRA.",
+        "Both together (the one LoRA, once, with the whole prompt):",
+        "",
+    ),
+}
+
 
 
 def write_model_card(folder: Path, manifest: dict, thumbnail: Image.Image, name: str) -> Path:
@@ -61,9 +88,12 @@ def write_model_card(folder: Path, manifest: dict, thumbnail: Image.Image, name:
     thumb.thumbnail((256, 256))
     thumb.save(folder / "thumbnail.png")
     p, cfg = manifest["prompts"], manifest["config"]
+    method = Method(manifest.get("method", Method.UNZIPLORA.value))
+    export, together, files = EXPORTS[method if method.is_baseline else Method.UNZIPLORA]
     card = CARD.format(
-        name=name,
+        name=name, method=method.value, export=export, together=together, files=files,
         base_model=manifest["base_model"], subject=p["subject"], style=p["style_words"],
+        style_phrase=cfg["prompts"]["style"] or p["style_words"],
         identifier=p["identifier"], steps=manifest["steps"], rank=cfg["lora"]["rank"], seed=manifest["seed"],
     )
     path = folder / "README.md"

@@ -88,8 +88,8 @@ def quiet_libraries():
 def load_pipeline(base_model: str, revision: str | None = None, dtype: torch.dtype = torch.float32):
     """StableDiffusionXLPipeline.from_pretrained on a hub id or local folder, safetensors only.
 
-    The VAE is kept in fp32 (SDXL's VAE overflows in fp16; SDXL, arXiv 2307.01952, and the
-    authors' script). Library logs are hidden while loading (`quiet_libraries`).
+    The VAE is kept in fp32 (SDXL's VAE overflows in fp16; docs/method.md §6). Library logs are
+    hidden while loading (`quiet_libraries`).
     """
     from diffusers import StableDiffusionXLPipeline
 
@@ -128,7 +128,7 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def pick_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
-    """Weight dtype of the frozen UNet: fp16 on CUDA (auto, the authors' mixed precision), fp32 on CPU."""
+    """Weight dtype of the frozen UNet: fp16 on CUDA (auto), fp32 on CPU (docs/method.md §6)."""
     if mixed_precision == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     if mixed_precision in ("fp16", "bf16") and device.type == "cpu":

@@ -116,16 +116,28 @@ def assign_roles(mean_scores: list[GroupScore], margin: float = 0.25, min_gain: 
     return roles
 
 
-def profile_dict(name: str, roles: dict[str, str], description: str) -> dict:
-    """A profile (profiles/ format) from probe roles: the owner branch trains all columns there."""
+def profile_dict(name: str, roles: dict[str, str], description: str,
+                 scores: list[GroupScore] | None = None) -> dict:
+    """A profile (profiles/ format) from probe roles: the owner branch trains all columns there.
+
+    Its `b_lora` entry names, per kind, the group of that role with the largest gain (the first
+    one without `scores`), or null where no group has that role: B-LoRA then cannot run here.
+    """
     modules = []
     for group, role in roles.items():
         if role == "content":
             modules.append({"prefix": group, "content": "all", "style": "masked"})
         elif role == "style":
             modules.append({"prefix": group, "content": "masked", "style": "all"})
+    gains = {s.group: (s.content_gain, s.style_gain) for s in scores or []}
+
+    def best(role: str, index: int) -> str | None:
+        groups = [g for g, r in roles.items() if r == role]
+        return max(groups, key=lambda g: gains.get(g, (0.0, 0.0))[index]) if groups else None
+
     return {"name": name, "description": description,
-            "default": {"content": "masked", "style": "masked"}, "modules": modules}
+            "default": {"content": "masked", "style": "masked"}, "modules": modules,
+            "b_lora": {"content": best("content", 0), "style": best("style", 1)}}
 
 
 def average(per_image: list[list[GroupScore]]) -> list[GroupScore]:
@@ -184,7 +196,7 @@ def probe_block_roles(base_model: str, out_dir: str | Path, images: list | None 
     roles = assign_roles(mean)
     table = markdown_table(mean, roles)
     name = name or Path(base_model).name
-    profile = profile_dict(name, roles, f"block roles of {name}, measured by unziplora probe")
+    profile = profile_dict(name, roles, f"block roles of {name}, measured by unziplora probe", mean)
     settings = (f"{len(images)} images, LoRA rank {rank}, {steps} steps, lr {lr}, prompt 'A sks', "
                 f"{len(sample.seeds)} seeds x {sample.steps} steps, CFG {sample.guidance_scale}")
     out = Path(out_dir)

@@ -56,7 +56,7 @@ def expand_tags(prompt: str, identifier: str, style: str) -> str:
 
 
 def split_prompt(prompt: str, identifier: str, style: str) -> PromptTriple:
-    """Derive (p, p_c, p_s) from one user prompt for combined generation (METHOD §2.6).
+    """Derive (p, p_c, p_s) from one user prompt for combined generation (arXiv 2412.04465, Sec. 3, "Prompt separation"; docs/method.md §7).
 
     p: both tags expanded. p_c: the style clause ("in <s> style", or a bare <s>) removed and <c>
     expanded. p_s: <c> removed and <s> expanded. "A <c> cat in <s> style in a boat" gives

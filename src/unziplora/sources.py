@@ -17,6 +17,7 @@ from .branch import Branch
 from .errors import UnZipLoRAError
 from .export import load_lora_any
 from .lora.inject import TwoBranchLoRA
+from .methods import Method
 from .runfolder import MANIFEST_FILE, RunFolder
 
 
@@ -46,6 +47,11 @@ class BranchSource:
         if self.plain is None:
             return int(self.run.manifest["config"]["lora"]["rank"])
         return max(v.shape[0] for k, v in self.plain.items() if k.endswith(".lora_A.weight"))
+
+    @property
+    def method(self) -> Method | None:
+        """The method of the run this branch comes from (None for a plain LoRA file)."""
+        return None if self.run is None else Method(self.run.manifest.get("method", Method.UNZIPLORA.value))
 
     def manifest_value(self, *keys: str):
         """A value from the run's manifest, or None for a plain LoRA."""

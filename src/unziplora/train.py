@@ -1,4 +1,4 @@
-"""The UnZipLoRA training loop (arXiv 2412.04465, Sec. 3; defaults in METHOD §2.5).
+"""The UnZipLoRA training loop (arXiv 2412.04465, Sec. 3; defaults in docs/method.md §6).
 
 Read top to bottom: prepare (encode prompts once, cache latents, inject the two-branch
 layers), then `steps` optimiser steps. Every `refresh_every` steps one step runs unmasked
@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,10 +21,12 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
+from .attention import CONTENT_KWARG, STYLE_KWARG
 from .branch import Branch, Role
 from .config import RunConfig
 from .data import CroppedLatents
 from .errors import UnZipLoRAError
+from .lora.columns import CONE_LOSS_SCALE
 from .lora.inject import TwoBranchLoRA, inject_two_branch_lora
 from .profiles import Profile, uniform_profile
 from .prompts import PromptTriple, encode_prompts
@@ -86,6 +89,8 @@ class Trainer:
 
         pipe.vae.to(device)
         latents = CroppedLatents(image, config.train.resolution, pipe.vae, device)
+        noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        prediction_type(noise_scheduler)  # an unsupported objective fails here, before the loop
         unet = pipe.unet
         unet.requires_grad_(False)
         unet.to(device, dtype)
@@ -100,7 +105,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(config.train.seed)
         trainer = cls(
             config, pipe, lora, latents, {k: v.to(device) for k, v in named.items()}, device, dtype,
-            optimizer, DDPMScheduler.from_config(pipe.scheduler.config), generator,
+            optimizer, noise_scheduler, generator,
             # fp16 gradients of small LoRA updates underflow without loss scaling.
             torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
         )
@@ -112,20 +117,26 @@ class Trainer:
         masks = self.config.masks
         return masks.enabled and step % masks.refresh_every == 0
 
-    def unet_kwargs(self, crops: list[tuple[int, int]]) -> dict:
-        e, batch = self.embeds, len(crops)
-        time_ids = torch.cat([self.latents.time_ids(crop) for crop in crops])
+    def unet_kwargs(self, batch: int) -> dict:
+        """The UNet's conditioning for a batch: p for the base, p_c and p_s for the branches, and
+        SDXL's time ids as generation uses them (`CroppedLatents.time_ids`)."""
+        e = self.embeds
         return {
             "encoder_hidden_states": e["combined"].expand(batch, -1, -1).to(self.dtype),
             "added_cond_kwargs": {
                 "text_embeds": e["combined_pooled"].expand(batch, -1).to(self.dtype),
-                "time_ids": time_ids.to(self.device, self.dtype),
+                "time_ids": self.latents.time_ids().expand(batch, -1).to(self.device, self.dtype),
             },
             "cross_attention_kwargs": {
-                "content_encoder_hidden_states": e["content"].expand(batch, -1, -1).to(self.dtype),
-                "style_encoder_hidden_states": e["style"].expand(batch, -1, -1).to(self.dtype),
+                CONTENT_KWARG: e["content"].expand(batch, -1, -1).to(self.dtype),
+                STYLE_KWARG: e["style"].expand(batch, -1, -1).to(self.dtype),
             },
         }
+
+    def cone_grad_scale(self) -> float:
+        """The loss scale the cone scores are computed at (`columns.CONE_LOSS_SCALE`): the
+        GradScaler's scale of this step under fp16, as in the authors' fp16 run, else 2^16."""
+        return float(self.scaler.get_scale()) if self.scaler.is_enabled() else CONE_LOSS_SCALE
 
     def train_step(self) -> StepLog:
         """One optimiser step; a refresh step also grows the masks (arXiv 2412.04465, Sec. 3)."""
@@ -137,7 +148,7 @@ class Trainer:
 
         samples = [self.latents.sample(self.generator) for _ in range(cfg.train.batch_size)]
         latents = torch.cat([s[0] for s in samples]).to(self.device)
-        kwargs = self.unet_kwargs([crop for _, crop in samples])
+        kwargs = self.unet_kwargs(len(samples))
         mse = diffusion_mse(self.pipe.unet, self.noise_scheduler, latents, self.generator, self.dtype, kwargs)
         use_orth = cfg.masks.enabled and not refresh and cfg.masks.orth_weight > 0
         orth = self.lora.orthogonality_loss() if use_orth else torch.zeros((), device=self.device)
@@ -149,12 +160,14 @@ class Trainer:
         t1 = time.perf_counter()
         self.scaler.scale(loss).backward()
         t2 = time.perf_counter()
-        self.scaler.unscale_(self.optimizer)  # cone scores and clipping need true gradients
+        self.scaler.unscale_(self.optimizer)  # clipping needs true gradients; cone scores rescale them
         if refresh:
-            grads = [p.grad for p in self.lora.parameters("lora") if p.grad is not None]
+            grads = [p.grad for p in self.lora.lora_parameters() if p.grad is not None]
             self.refresh_pending = not all(torch.isfinite(g).all() for g in grads)
             if not self.refresh_pending:  # the scaler skips this step too; score again next step
-                self.lora.refresh_masks(cfg.masks.fraction, cfg.masks.cone_threshold)
+                # Scored before clipping, at the loss scale, as the authors do (cone_grad_scale).
+                tied = self.lora.refresh_masks(cfg.masks.fraction, cfg.masks.cone_threshold, self.cone_grad_scale())
+                warn_ties(step, tied, cfg.masks.cone_threshold)
         else:
             self.lora.restrict_merger_grads()
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
@@ -212,8 +225,38 @@ def _interrupt_between_steps():
         signal.signal(signal.SIGINT, previous)
 
 
-def diffusion_mse(unet, noise_scheduler, latents, generator, dtype, unet_kwargs: dict) -> torch.Tensor:
-    """Epsilon-prediction MSE at a uniform random timestep (DDPM, arXiv 2006.11239, Eq. 14; METHOD §2.5).
+def warn_ties(step: int, tied: list[str], threshold: float, shown: int = 5) -> None:
+    """One warning line per layer whose cone scores all tied at this refresh (at most `shown`
+    lines, then a count): there the threshold told no column apart."""
+    if not tied:
+        return
+    from tqdm.auto import tqdm
+
+    reason = (f"every column has the same cone score at masks.cone_threshold {threshold:g}; its columns are "
+              "picked by the cone's magnitude alone (by index where that ties too)")
+    for name in tied[:shown]:
+        tqdm.write(f"warning: step {step}: {name}: {reason}", file=sys.stderr)
+    if len(tied) > shown:
+        tqdm.write(f"warning: step {step}: {len(tied) - shown} more layers tie the same way", file=sys.stderr)
+
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def prediction_type(noise_scheduler) -> str:
+    """What the base model's UNet predicts, from its scheduler config: "epsilon" (SDXL) or
+    "v_prediction"; anything else is one clear error."""
+    kind = noise_scheduler.config.get("prediction_type", "epsilon")
+    if kind not in PREDICTION_TYPES:
+        raise UnZipLoRAError(
+            f"the base model's scheduler predicts {kind!r}; training supports {' and '.join(PREDICTION_TYPES)} "
+            "(set prediction_type in its scheduler/scheduler_config.json if that is wrong)"
+        )
+    return kind
+
+
+def add_training_noise(noise_scheduler, latents, generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(noisy latents, noise, timesteps) at uniform random timesteps (DDPM, arXiv 2006.11239, Alg. 1).
 
     Noise and timesteps come from the CPU generator, so runs are reproducible on any device.
     """
@@ -221,18 +264,30 @@ def diffusion_mse(unet, noise_scheduler, latents, generator, dtype, unet_kwargs:
     noise = torch.randn(latents.shape, generator=generator).to(device)
     num_train = noise_scheduler.config.num_train_timesteps
     timesteps = torch.randint(0, num_train, (latents.shape[0],), generator=generator).to(device)
-    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+    return noise_scheduler.add_noise(latents, noise, timesteps), noise, timesteps
+
+
+def diffusion_mse(unet, noise_scheduler, latents, generator, dtype, unet_kwargs: dict) -> torch.Tensor:
+    """The denoising MSE at a uniform random timestep (DDPM, arXiv 2006.11239, Eq. 14).
+
+    The target follows the base model's scheduler (`prediction_type`): the noise for epsilon
+    prediction, the velocity sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0 for v-prediction
+    (arXiv 2202.00512, Sec. 4; diffusers' `get_velocity`).
+    """
+    kind = prediction_type(noise_scheduler)
+    noisy, noise, timesteps = add_training_noise(noise_scheduler, latents, generator)
+    target = noise if kind == "epsilon" else noise_scheduler.get_velocity(latents, noise, timesteps)
+    with torch.autocast(latents.device.type, dtype=dtype, enabled=dtype != torch.float32):
         pred = unet(noisy.to(dtype), timesteps, **unet_kwargs).sample
-    return F.mse_loss(pred.float(), noise.float())
+    return F.mse_loss(pred.float(), target.float())
 
 
 def build_optimizer(config: RunConfig, lora: TwoBranchLoRA) -> torch.optim.Optimizer:
-    """AdamW with two learning rates: LoRA matrices 5e-5, mergers 5e-3 (METHOD §2.5)."""
+    """AdamW with two learning rates: LoRA matrices 5e-5, mergers 5e-3 (the authors' train.sh)."""
     t = config.train
     groups = [
-        {"params": lora.parameters("lora"), "lr": config.lora.lr},
-        {"params": lora.parameters("merger"), "lr": config.lora.merger_lr},
+        {"params": lora.lora_parameters(), "lr": config.lora.lr},
+        {"params": lora.merger_parameters(), "lr": config.lora.merger_lr},
     ]
     kwargs = {"betas": t.adam_betas, "eps": t.adam_eps, "weight_decay": t.weight_decay}
     if not t.use_8bit_adam:

@@ -1,10 +1,13 @@
 """Baselines and ablations produce run folders that generate like UnZipLoRA runs."""
 
+import json
+
 import pytest
 from safetensors import safe_open
 
 from unziplora.cli import main
 from unziplora.config import SampleConfig
+from unziplora.decompose import decompose
 from unziplora.generate import generate
 from unziplora.methods.baselines import decompose_baseline
 from unziplora.runfolder import RunFolder
@@ -17,15 +20,78 @@ def lora_keys(run, branch):
         return set(fh.keys())
 
 
-def test_b_lora_splits_by_the_profile(tiny_base, tiny_image, tmp_path):
-    run = decompose_baseline(tiny_image, tmp_path / "b", tiny_config(tiny_base), "b-lora", progress=False)
+def test_b_lora_trains_the_two_modules_of_the_profile(tiny_base, tiny_image, tmp_path):
+    """B-LoRA's reference: content = up_blocks.0.attentions.0, style = up_blocks.0.attentions.1 on
+    SDXL, nothing else. (Was: the six modules the UnZipLoRA profile gives a branch all columns of.)"""
+    config = tiny_config(tiny_base, **{"train.reference_settings": False})
+    run = decompose_baseline(tiny_image, tmp_path / "b", config, "b-lora", progress=False)
     content, style = lora_keys(run, "content"), lora_keys(run, "style")
     assert content and style and not content & style
-    assert all(k.startswith(("unet.up_blocks.0.attentions.0.", "unet.up_blocks.0.attentions.2.")) for k in content)
-    assert all(k.startswith(("unet.up_blocks.0.attentions.1.", "unet.up_blocks.1.")) for k in style)
+    assert all(k.startswith("unet.up_blocks.0.attentions.0.") for k in content)
+    assert all(k.startswith("unet.up_blocks.0.attentions.1.") for k in style)
+    assert len(content) == len(style) == 2 * 4 * 2  # the tiny UNet's 2 transformer blocks x attn1/attn2
     assert run.manifest["method"] == "b-lora" and run.manifest["training_prompt"] == "A monadikos"
-    paths = generate("A <c> cat in <s> style", tmp_path / "g", "both", run=run.path, sample=SampleConfig(steps=2, seeds=[0]))
+    assert run.manifest["trained_modules"] == ["up_blocks.0.attentions.0", "up_blocks.0.attentions.1"]
+    assert run.manifest["reference_settings"] is None and run.manifest["steps"] == 5
+    # its reference prompts: <c> and <s> both stand for the training token
+    assert run.manifest["prompts"]["identifier"] == run.manifest["prompts"]["style_words"] == "monadikos"
+    sample = SampleConfig(steps=2, seeds=[0])
+    paths = generate("A <c> cat in <s> style", tmp_path / "g", "both", run=run.path, sample=sample)
     assert paths[0].is_file()
+    record = json.loads((tmp_path / "g" / "generation.json").read_text())
+    assert record["prompts"] == {"prompt": "A monadikos cat in monadikos style"}  # one ordinary prompt
+
+
+def test_b_lora_both_loads_the_two_parts_under_one_prompt(tiny_base, tiny_image, tmp_path):
+    """B-LoRA's `--mode both` (and its style transfer across runs) = both parts loaded together."""
+    import numpy as np
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from PIL import Image
+    from safetensors.torch import load_file, save_file
+
+    config = tiny_config(tiny_base, **{"train.reference_settings": False, "train.steps": 1})
+    run = decompose_baseline(tiny_image, tmp_path / "b", config, "b-lora", progress=False)
+    torch.manual_seed(0)  # one step barely moves B from 0: make the parts visible in the image
+    for branch in ("content", "style"):
+        file = run.path / f"{branch}_lora" / "pytorch_lora_weights.safetensors"
+        save_file({k: torch.randn_like(v) * 0.3 if "lora_B" in k else v for k, v in load_file(file).items()}, file)
+    sample = SampleConfig(steps=2, seeds=[0])
+    both = generate("A <c> cat in <s> style", tmp_path / "both", "both", run=run.path, sample=sample)
+    cross = generate("A <c> cat in <s> style", tmp_path / "cross", "cross", content_run=run.path, style_run=run.path,
+                     sample=sample)
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny_base))
+    pipe.set_progress_bar_config(disable=True)
+    for branch in ("content", "style"):
+        pipe.load_lora_weights(str(run.path / f"{branch}_lora"), adapter_name=branch)
+    pipe.set_adapters(["content", "style"], [1.0, 1.0])
+    expected = pipe(prompt_embeds=None, prompt="A monadikos cat in monadikos style", negative_prompt_embeds=None,
+                    num_inference_steps=2, guidance_scale=5.0, height=32, width=32,
+                    generator=torch.Generator().manual_seed(0)).images[0]
+    expected = np.asarray(expected, dtype=np.int16)
+    for paths in (both, cross):
+        assert np.abs(np.asarray(Image.open(paths[0]), dtype=np.int16) - expected).max() <= 2
+
+
+def test_b_lora_uses_its_reference_settings_and_records_them(tiny_base, tiny_image, tmp_path, monkeypatch, capsys):
+    import dataclasses
+
+    import unziplora.methods.baselines as baselines
+
+    specs, real = [], baselines.train_single_lora
+
+    def fake_training(pipe, image, spec, device, progress, prior_images=()):
+        specs.append(spec)  # what would be trained; train one step of rank 2 instead
+        return real(pipe, image, dataclasses.replace(spec, steps=1, rank=2), device, progress, prior_images)
+
+    monkeypatch.setattr(baselines, "train_single_lora", fake_training)
+    run = decompose(tiny_image, tmp_path / "b", tiny_config(tiny_base), method="b-lora", progress=False)
+    assert (specs[0].rank, specs[0].lr, specs[0].steps) == (64, 5e-5, 1000)
+    assert specs[0].prompt == "A monadikos"
+    assert run.manifest["reference_settings"] == {"source": "yardenfren1996/B-LoRA (arXiv 2403.14572)",
+                                                  "rank": 64, "lr": 5e-5, "steps": 1000}
+    assert run.manifest["config"]["train"]["steps"] == 1000 and run.manifest["config"]["lora"]["rank"] == 64
+    assert "trains with the settings of yardenfren1996/B-LoRA" in capsys.readouterr().out
 
 
 def test_dreambooth_lora_cannot_split(tiny_base, tiny_image, tmp_path):
@@ -54,7 +120,8 @@ def test_dreambooth_prior_preservation_draws_class_images_and_changes_training(t
     prior = decompose_baseline(tiny_image, tmp_path / "prior", config.with_overrides({"train.prior_images": 2}),
                                "dreambooth-lora", progress=False)
     assert sorted(p.name for p in (prior.path / "class_images").iterdir()) == ["000.png", "001.png"]
-    assert prior.manifest["prior_preservation"] == {"images": 2, "prompt": "A cat in sketch style", "weight": 1.0}
+    # DreamBooth's class prompt (arXiv 2208.12242, Sec. 4.2). (Was: "A cat in sketch style".)
+    assert prior.manifest["prior_preservation"] == {"images": 2, "prompt": "A cat", "weight": 1.0}
     assert plain.manifest["prior_preservation"] is None
     with safe_open(str(plain.path / "content_lora" / "pytorch_lora_weights.safetensors"), "pt") as a, \
             safe_open(str(prior.path / "content_lora" / "pytorch_lora_weights.safetensors"), "pt") as b:

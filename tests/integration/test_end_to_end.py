@@ -35,15 +35,20 @@ def test_run_folder_has_every_promised_file(tiny_run):
 
 
 def test_masks_after_three_refreshes(tiny_run):
+    """Each masked branch holds 3 x k columns (k = 10 %); where both are masked their masks may
+    overlap (content may take style's columns), and the mergers learn there. (Was: masks kept
+    disjoint, at most 30 %.)"""
     state = load_file(str(tiny_run.state_path))
     masked_both = [k[: -len(".content.mask")] for k in state if k.endswith(".content.mask")
                    and k.startswith(("down_blocks", "mid_block"))]
     assert masked_both
+    overlaps = 0
     for name in masked_both:
         content, style = state[f"{name}.content.mask"].bool(), state[f"{name}.style.mask"].bool()
-        assert not (content & style).any(), name
-        assert content.float().mean() <= 0.30 + 1e-9
-        assert content.any() and style.any()
+        k = int(content.numel() * 0.1)
+        assert int(content.sum()) == int(style.sum()) == 3 * k, name
+        overlaps += int((content & style).sum())
+    assert overlaps > 0
     # content trains all columns of up_blocks.0.attentions.0 (SDXL profile): its saved mask is all ones
     key = "up_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.content.mask"
     assert state[key].bool().all()
@@ -70,9 +75,9 @@ def test_content_lora_loads_in_stock_pipeline_and_changes_output(tiny_base, tiny
 
 
 def test_stock_lora_equals_our_content_branch(tiny_base, tiny_run):
-    """The exported content LoRA computes exactly what the content branch computes (folded masks/mergers)."""
-    from unziplora.generate import INFERENCE_PROFILE
+    """The exported content LoRA computes exactly what the content branch alone computes (M (.) B A)."""
     from unziplora.lora.inject import inject_two_branch_lora
+    from unziplora.profiles import INFERENCE_PROFILE
 
     ours = StableDiffusionXLPipeline.from_pretrained(str(tiny_base)).unet
     holder = StableDiffusionXLPipeline.from_pretrained(str(tiny_base))

@@ -57,12 +57,13 @@ def test_ziplora_learns_mergers_and_writes_an_ordinary_lora(tiny_base, tiny_run,
     from unziplora.runfolder import load_safetensors
 
     direct = load_safetensors(merge(tiny_run.path, tiny_run.path, tmp_path / "d") / "pytorch_lora_weights.safetensors")
-    zipped_dir = merge(tiny_run.path, tiny_run.path, tmp_path / "zip", method="ziplora", steps=4)
+    zipped_dir = merge(tiny_run.path, tiny_run.path, tmp_path / "zip", method="ziplora", steps=4, device="cpu")
     zipped = load_safetensors(zipped_dir / "pytorch_lora_weights.safetensors")
     assert zipped.keys() == direct.keys()
-    a_keys = [k for k in zipped if "lora_A" in k]
-    assert all(torch.equal(zipped[k], direct[k]) for k in a_keys)  # only the mergers (in B) change
-    assert any(not torch.allclose(zipped[k], direct[k]) for k in zipped if "lora_B" in k)
+    # Mergers per INPUT feature (mkshing/ziplora-pytorch): they scale A's columns; B is untouched.
+    # (Was: per output feature, folded into B.)
+    assert all(torch.equal(zipped[k], direct[k]) for k in zipped if "lora_B" in k)
+    assert any(not torch.allclose(zipped[k], direct[k]) for k in zipped if "lora_A" in k)
     pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny_base))
     pipe.load_lora_weights(str(zipped_dir), adapter_name="zip")
     with pytest.raises(UnZipLoRAError, match="--base-model"):
@@ -70,3 +71,27 @@ def test_ziplora_learns_mergers_and_writes_an_ordinary_lora(tiny_base, tiny_run,
 
         kohya = export_run(tiny_run.path, "kohya", tmp_path / "k")
         merge(kohya[0], kohya[1], tmp_path / "z2", method="ziplora", steps=1)
+
+
+def test_ziplora_layer_and_loss_follow_the_reference():
+    from torch import nn
+
+    from unziplora.methods.ziplora import ZipLoraLinear, merged_lora
+
+    torch.manual_seed(0)
+    base = nn.Linear(5, 4)
+    lora_c = (torch.randn(2, 5), torch.randn(4, 2))
+    lora_s = (torch.randn(3, 5), torch.randn(4, 3))
+    layer = ZipLoraLinear(base, lora_c, lora_s)
+    assert layer.mergers.shape == (2, 5)  # one coefficient per input feature, per LoRA
+    with torch.no_grad():
+        layer.mergers.uniform_(0, 2)
+    x = torch.randn(3, 5)
+    w_c, w_s = lora_c[1] @ lora_c[0], lora_s[1] @ lora_s[0]
+    merged_weight = w_c * layer.mergers[0] + w_s * layer.mergers[1]  # the reference's get_ziplora_weight
+    assert torch.allclose(layer(x), base(x) + x @ merged_weight.T, atol=1e-5)
+    layer.mode = "style"
+    assert torch.allclose(layer(x), base(x) + x @ w_s.T, atol=1e-5)  # one LoRA alone, no merger
+    assert torch.allclose(layer.merger_overlap(), (layer.mergers[0] * layer.mergers[1]).abs().mean())
+    state = merged_lora({"m": layer})
+    assert torch.allclose(state["m.lora_B.weight"] @ state["m.lora_A.weight"], merged_weight, atol=1e-5)

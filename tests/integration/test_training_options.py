@@ -79,14 +79,101 @@ def test_ablation_without_column_separation_trains_all_columns(tiny_base, tiny_i
     assert not any(log.refresh for log in logs)
     for layer in trainer.lora.layers.values():
         assert all(layer.effective_mask(branch).all() for branch in Branch)
-    for merger in trainer.lora.parameters("merger"):
+    for merger in trainer.lora.merger_parameters():
         assert torch.equal(merger, torch.ones_like(merger))  # mergers stay at 1 without column separation
 
 
-def test_batches_carry_each_crops_own_time_ids(tiny_base, tiny_image):
+def test_training_time_ids_are_the_ones_generation_uses(tiny_base, tiny_image):
+    """(res, res, 0, 0, res, res) for every crop of a 40x52 input, as the authors train and as
+    SDXL's pipeline generates. (Was: the input's real size and each crop's offsets.)"""
     trainer = prepared_trainer(tiny_base, tiny_image, **{"train.batch_size": 3})
-    kwargs = trainer.unet_kwargs([(0, 0), (0, 5), (0, 9)])
+    kwargs = trainer.unet_kwargs(3)
     time_ids = kwargs["added_cond_kwargs"]["time_ids"]
-    assert time_ids.shape == (3, 6) and time_ids[:, 3].tolist() == [0.0, 5.0, 9.0]
+    assert time_ids.tolist() == [[32.0, 32.0, 0.0, 0.0, 32.0, 32.0]] * 3
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny_base))
+    generation = pipe._get_add_time_ids((32, 32), (0, 0), (32, 32), torch.float32,
+                                        text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
+    assert generation.tolist() == time_ids[:1].tolist()
     assert kwargs["cross_attention_kwargs"]["content_encoder_hidden_states"].shape[0] == 3
     assert torch.isfinite(torch.tensor(trainer.train_step().loss))
+
+
+def test_cone_scores_use_the_loss_scale_and_ties_are_named(tiny_base, tiny_image, capsys, monkeypatch):
+    """fp32 runs score at 2^16 (the authors' fp16 loss scale); a tie is one warning line per layer."""
+    trainer = prepared_trainer(tiny_base, tiny_image, **{"train.steps": 1})
+    assert trainer.cone_grad_scale() == 2.0**16
+    seen = []
+    real = trainer.lora.refresh_masks
+    monkeypatch.setattr(trainer.lora, "refresh_masks", lambda f, t, scale: seen.append(scale) or real(f, t, scale))
+    trainer.train_step()
+    assert seen == [2.0**16]
+    with torch.no_grad():  # B = 0: no update, every cone score 0, every choice an index split
+        for layer in trainer.lora.layers.values():
+            layer.up_weight.zero_()
+            layer.masks.zero_()
+    trainer.step = 0
+    capsys.readouterr()
+    trainer.train_step()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 6 and all(line.startswith("warning: step 0: ") for line in lines)
+    assert "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q (content)" in lines[0]
+    assert "same cone score" in lines[0] and "more layers tie" in lines[-1]
+
+
+@pytest.fixture(scope="module")
+def v_prediction_base(tmp_path_factory):
+    """The tiny pipeline with a scheduler that says v_prediction."""
+    import json
+
+    from unziplora.tiny import save_tiny_sdxl_pipeline
+
+    path = save_tiny_sdxl_pipeline(tmp_path_factory.mktemp("v-pred") / "base")
+    config_file = path / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "prediction_type": "v_prediction"}))
+    return path
+
+
+def test_v_prediction_trains_against_the_velocity(v_prediction_base):
+    from diffusers import DDPMScheduler
+
+    from unziplora.train import diffusion_mse
+
+    pipe = load_pipeline(str(v_prediction_base))
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    assert scheduler.config.prediction_type == "v_prediction"
+    latents = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(3))
+
+    class Constant(torch.nn.Module):  # predicts zeros: the loss is then the target's mean square
+        def forward(self, x, t, **_):
+            return type("Out", (), {"sample": torch.zeros_like(x)})()
+
+    loss = diffusion_mse(Constant(), scheduler, latents, torch.Generator().manual_seed(0), torch.float32, {})
+    g = torch.Generator().manual_seed(0)  # the same draws: noise, then the timestep
+    noise = torch.randn(latents.shape, generator=g)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (1,), generator=g)
+    velocity = scheduler.get_velocity(latents, noise, t)
+    assert torch.allclose(loss, velocity.pow(2).mean()) and not torch.allclose(loss, noise.pow(2).mean())
+
+
+def test_decompose_and_baselines_run_on_a_v_prediction_model(v_prediction_base, tiny_image, tmp_path):
+    run = decompose(tiny_image, tmp_path / "v", tiny_config(v_prediction_base, **{"train.steps": 2}), progress=False)
+    assert run.manifest["steps"] == 2
+    dreambooth = decompose(tiny_image, tmp_path / "d", tiny_config(v_prediction_base, **{"train.steps": 2}),
+                           method="dreambooth-lora", progress=False)
+    assert dreambooth.manifest["method"] == "dreambooth-lora"
+
+
+def test_an_unknown_prediction_type_is_one_clear_error(v_prediction_base, tiny_image, tmp_path):
+    import json
+    import shutil
+
+    base = tmp_path / "sample-pred"
+    shutil.copytree(v_prediction_base, base)
+    config_file = base / "scheduler" / "scheduler_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "prediction_type": "sample"}))
+    with pytest.raises(UnZipLoRAError, match="predicts 'sample'; training supports epsilon and v_prediction"):
+        decompose(tiny_image, tmp_path / "x", tiny_config(base), progress=False)
+    assert not (tmp_path / "x").exists()

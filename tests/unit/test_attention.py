@@ -1,4 +1,4 @@
-"""Prompt separation against stock diffusers attention (METHOD §2.2)."""
+"""Prompt separation against stock diffusers attention (arXiv 2412.04465, Sec. 3, "Prompt separation")."""
 
 import copy
 

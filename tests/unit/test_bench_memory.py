@@ -15,13 +15,13 @@ def test_sdxl_trainer_runs_real_steps_and_counts_parameters():
     base = sum(p.numel() for p in unet.parameters())
     trainer = sdxl_trainer(unet, resolution=32, rank=4, checkpointing=True)
     trainer.train_step()  # refresh step
-    before = [p.detach().clone() for p in trainer.lora.parameters("lora")]
+    before = [p.detach().clone() for p in trainer.lora.lora_parameters()]
     log = trainer.train_step()
     assert torch.isfinite(torch.tensor(log.loss))
-    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.lora.parameters("lora")))
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.lora.lora_parameters()))
 
     counts = parameter_counts(trainer)
-    lora = sum(p.numel() for p in trainer.lora.parameters("lora"))
+    lora = sum(p.numel() for p in trainer.lora.lora_parameters())
     assert counts["unet_base"] == base
     assert counts["content_branch"] + counts["style_branch"] == lora
     assert counts["content_branch"] == counts["style_branch"]  # same rank, same targets
@@ -32,7 +32,7 @@ def test_random_latents_have_sdxl_shapes():
     latents = RandomLatents(256)
     sample, crop = latents.sample(torch.Generator().manual_seed(0))
     assert sample.shape == (1, 4, 32, 32)
-    assert latents.time_ids(crop).tolist() == [[256, 256, 0, 0, 256, 256]]
+    assert latents.time_ids().tolist() == [[256, 256, 0, 0, 256, 256]]
 
 
 def test_peft_baseline_step_trains_only_lora():

@@ -5,9 +5,11 @@ import torch
 
 from unziplora.lora.columns import (
     columns_per_refresh,
+    cone_ranking,
     cone_score,
     grow_masks,
     orthogonality_loss,
+    scores_tie,
     top_k_columns,
 )
 
@@ -50,22 +52,73 @@ def test_columns_per_refresh_floors_like_the_authors():
     assert columns_per_refresh(9, 0.1) == 0
 
 
-def test_grow_masks_disjoint_only_grow_and_k_each():
+def test_grow_masks_only_grow_by_k_new_columns_and_style_avoids_content():
+    """The authors' overlap rule: content picks first among the columns it does not hold (it may
+    take style's); style picks among those content does not hold. (Was: masks kept disjoint both
+    ways, which left no column for the mergers to learn on in both-masked layers.)"""
     torch.manual_seed(0)
     n, k = 50, 5
     content = torch.zeros(n, dtype=torch.bool)
     style = torch.zeros(n, dtype=torch.bool)
+    overlapped = False
     for refresh in range(3):
-        # same scores for both branches: the hardest case for disjointness
-        scores = torch.rand(n)
-        new_content, new_style = grow_masks(scores, scores.clone(), content, style, k)
+        scores_c, scores_s = torch.rand(n), torch.rand(n)
+        new_content, new_style = grow_masks(scores_c, scores_s, content, style, k)
         assert (new_content & content).sum() == content.sum(), "content mask shrank"
         assert (new_style & style).sum() == style.sum(), "style mask shrank"
-        assert not (new_content & new_style).any(), "masks overlap"
-        assert int(new_content.sum()) - int(content.sum()) <= k
+        picked_c, picked_s = new_content & ~content, new_style & ~style
+        assert int(picked_c.sum()) == k and int(picked_s.sum()) == k  # k NEW columns each
+        assert not (picked_s & new_content).any(), "style picked a column content holds"
+        # content's pick is its top k among the columns it did not hold, style's or not
+        assert picked_c.equal(top_k_columns(scores_c, k, ~content))
+        overlapped |= bool((picked_c & style).any())
         content, style = new_content, new_style
-    assert content.sum() <= 3 * k and style.sum() <= 3 * k
-    assert content.float().mean() <= 0.30
+    assert content.float().mean() == style.float().mean() == pytest.approx(0.30)  # 10 / 20 / 30 %
+    assert overlapped, "content never took a style column: the test did not exercise the overlap"
+
+
+def test_content_takes_a_style_column_it_scores_highest():
+    style = torch.tensor([False, False, True, False])
+    content, new_style = grow_masks(torch.tensor([0.0, 0.1, 0.9, 0.2]), torch.tensor([0.0, 0.5, 0.9, 0.1]),
+                                    torch.zeros(4, dtype=torch.bool), style, 1)
+    assert content.tolist() == [False, False, True, False]  # style's column: the overlap
+    assert new_style.tolist() == [False, True, True, False]  # style's next best that content lacks
+
+
+def test_planted_importance_is_what_gets_selected():
+    """Columns whose update and gradient are large score high; they are the ones chosen, not [0, k)."""
+    out, inp, k = 40, 16, 4
+    planted = torch.tensor([33, 7, 21, 38])
+    delta_weight = torch.full((out, inp), 1e-4)
+    delta_grad = torch.full((out, inp), 1e-4)  # |cone| = 1e-8: below the threshold
+    delta_weight[planted] = 0.05
+    delta_grad[planted] = 0.01
+    scores = cone_score(delta_weight, delta_grad)
+    chosen = top_k_columns(scores, k)
+    assert chosen.nonzero().flatten().tolist() == sorted(planted.tolist())
+    assert not chosen[:k].all()
+
+
+def test_tied_scores_are_ranked_by_the_cone_magnitude():
+    """Saturated columns (every entry above the threshold) tie at score 1: the cone's mean
+    magnitude picks among them, not the column index."""
+    delta_weight = torch.ones(6, 4)
+    delta_grad = torch.tensor([1.0, 2.0, 3.0, 9.0, 8.0, 1e-9])[:, None].expand(6, 4)
+    ranking = cone_ranking(delta_weight, delta_grad)
+    assert ranking[:5, 0].eq(1).all() and ranking[5, 0] == 0
+    assert top_k_columns(ranking, 2).tolist() == [False, False, False, True, True, False]
+    assert top_k_columns(ranking[:, 0], 2).tolist() == [True, True, False, False, False, False]  # index alone
+    assert top_k_columns(ranking, 2, eligible=torch.tensor([True] * 3 + [False] * 3)).tolist() == \
+        [False, True, True, False, False, False]
+
+
+def test_ties_are_reported_once_per_branch():
+    ties = []
+    empty = torch.zeros(10, dtype=torch.bool)
+    grow_masks(torch.zeros(10), torch.rand(10), empty, empty, 2, on_tie=ties.append)
+    assert ties == ["content"]
+    assert scores_tie(torch.zeros(5), 2) and not scores_tie(torch.tensor([0.0, 1, 0, 0, 0]), 2)
+    assert not scores_tie(torch.zeros(5), 2, torch.tensor([True, True, False, False, False]))  # no choice left
 
 
 def test_grow_masks_selects_exactly_k_of_its_own_scores():

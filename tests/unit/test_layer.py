@@ -6,6 +6,7 @@ from torch import nn
 
 from unziplora.branch import Branch, Role
 from unziplora.lora.inject import TwoBranchLoRA
+from unziplora.lora.columns import top_k_columns
 from unziplora.lora.layer import TwoBranchLoraLinear
 
 MASKED = {Branch.CONTENT: Role.MASKED, Branch.STYLE: Role.MASKED}
@@ -138,29 +139,72 @@ def test_cone_scores_match_hand_built_gradient():
     assert torch.allclose(layer.cone_scores(Branch.CONTENT), expected)
 
 
-def test_refresh_masks_grows_disjoint_masks_of_k_columns():
+def test_refresh_masks_grows_each_masked_branch_by_k_new_columns():
+    """Three refreshes: 10 / 20 / 30 % of the columns each; style never picks content's columns.
+    (Was: masks disjoint both ways and a pick could repeat a held column, 2 to 6 columns.)"""
     layer = make_layer(out_features=20)
-    for _ in range(3):
+    for refresh in range(3):
         layer.masking = False
         layer.zero_grad()
         layer(torch.randn(4, 5)).pow(2).sum().backward()
-        before = layer.mask(Branch.CONTENT).clone()
+        before = layer.mask(Branch.CONTENT).clone(), layer.mask(Branch.STYLE).clone()
         layer.refresh_masks(fraction=0.1)
-        assert (layer.mask(Branch.CONTENT) & before).equal(before)
-    assert not (layer.mask(Branch.CONTENT) & layer.mask(Branch.STYLE)).any()
-    assert 2 <= int(layer.mask(Branch.CONTENT).sum()) <= 6  # k = 2 per refresh, at most 30 %
-    assert 2 <= int(layer.mask(Branch.STYLE).sum()) <= 6
+        assert (layer.mask(Branch.CONTENT) & before[0]).equal(before[0])
+        new_style = layer.mask(Branch.STYLE) & ~before[1]
+        assert not (new_style & layer.mask(Branch.CONTENT)).any()
+        assert int(layer.mask(Branch.CONTENT).sum()) == int(layer.mask(Branch.STYLE).sum()) == 2 * (refresh + 1)
 
 
-def test_folded_up_is_an_ordinary_lora():
+def test_cone_scores_at_the_loss_scale_select_by_importance_not_index():
+    """True gradients of a small update sit below the 1e-5 threshold: every score 0, a tie the
+    layer reports. At the fp16 loss scale the authors score at, the scores rank the columns."""
+    layer = make_layer(out_features=40, in_features=16, rank=4)
+    with torch.no_grad():
+        layer.up_weight.mul_(0.1)
+        layer.down_weight.mul_(0.1)
+    layer.masking = False
+    x = torch.randn(8, 16, generator=torch.Generator().manual_seed(1))
+    (layer(x) - layer.base(x)).pow(2).mean().backward()
+    true = layer.cone_scores(Branch.CONTENT)
+    scaled = layer.cone_scores(Branch.CONTENT, grad_scale=2.0**16)
+    assert true.max() == 0 and scaled.max() > 0 and len(set(scaled.tolist())) > 1
+    assert layer.refresh_masks(0.1) == [Branch.CONTENT, Branch.STYLE]  # both tie on true gradients
+    layer.mask(Branch.CONTENT).zero_()
+    layer.mask(Branch.STYLE).zero_()
+    assert layer.refresh_masks(0.1, grad_scale=2.0**16) == []
+    ranking = layer.cone_ranking(Branch.CONTENT, grad_scale=2.0**16)
+    assert torch.equal(ranking[:, 0], scaled)
+    assert torch.equal(layer.mask(Branch.CONTENT), top_k_columns(ranking, 4))
+    assert not layer.mask(Branch.CONTENT)[:4].all()
+    # the chosen columns hold the highest scores
+    assert scaled[layer.mask(Branch.CONTENT)].min() >= scaled[~layer.mask(Branch.CONTENT)].max()
+
+
+def test_masked_up_is_an_ordinary_lora_of_the_branch_alone():
+    """One branch alone is M (.) B A: the mergers act only beside the other branch (the authors'
+    single-branch forward and export). (Was: the merger folded in as well.)"""
     layer = make_layer()
     layer.mask(Branch.CONTENT)[:5] = True
     with torch.no_grad():
         layer.merger(Branch.CONTENT).fill_(0.25)
     x = torch.randn(2, 5)
     layer.active = {Branch.CONTENT}
-    plain = layer.base(x) + (x @ layer.down(Branch.CONTENT).T) @ layer.folded_up(Branch.CONTENT).T
+    plain = layer.base(x) + (x @ layer.down(Branch.CONTENT).T) @ layer.masked_up(Branch.CONTENT).T
     assert torch.allclose(layer(x), plain, atol=1e-6)
+    mask = layer.mask(Branch.CONTENT).float()[:, None]
+    assert torch.allclose(layer.masked_up(Branch.CONTENT), mask * layer.up(Branch.CONTENT))
+    layer.active = {Branch.CONTENT, Branch.STYLE}  # together, the merger scales content's columns
+    assert torch.allclose(layer.get_delta_weight(Branch.CONTENT), 0.25 * mask * layer.up(Branch.CONTENT) @ layer.down(Branch.CONTENT))
+
+
+def test_merge_into_base_adds_the_active_updates():
+    layer = make_layer()
+    layer.mask(Branch.CONTENT)[:3] = True
+    layer.mask(Branch.STYLE)[2:6] = True
+    x = torch.randn(3, 5)
+    expected = layer(x)
+    merged = layer.merge_into_base()
+    assert merged is layer.base and torch.allclose(merged(x), expected, atol=1e-6)
 
 
 def test_rank_must_be_positive():
@@ -182,8 +226,8 @@ def test_unet_wide_merger_ops_equal_the_per_layer_definitions():
 
     batched = lora.orthogonality_loss()
     batched.backward()
-    batched_grads = [p.grad.clone() for p in lora.parameters("merger")]
-    for p in lora.parameters("merger"):
+    batched_grads = [p.grad.clone() for p in lora.merger_parameters()]
+    for p in lora.merger_parameters():
         p.grad = None
     # The paper's form: mean over layers of mean_j |m_c M_c * m_s M_s|.
     per_layer = torch.stack([(layer.column_scale(Branch.CONTENT) * layer.column_scale(Branch.STYLE)).abs().mean()
@@ -191,7 +235,7 @@ def test_unet_wide_merger_ops_equal_the_per_layer_definitions():
     per_layer.backward()
     assert batched.item() > 0
     torch.testing.assert_close(batched, per_layer)
-    for a, p in zip(batched_grads, lora.parameters("merger")):
+    for a, p in zip(batched_grads, lora.merger_parameters()):
         torch.testing.assert_close(a, p.grad)
 
     expected = []
@@ -199,10 +243,10 @@ def test_unet_wide_merger_ops_equal_the_per_layer_definitions():
         shared = layer.effective_mask(Branch.CONTENT) & layer.effective_mask(Branch.STYLE)
         expected.append(layer.mergers.grad * shared)
     lora.restrict_merger_grads()
-    assert all(torch.equal(e, p.grad) for e, p in zip(expected, lora.parameters("merger")))
+    assert all(torch.equal(e, p.grad) for e, p in zip(expected, lora.merger_parameters()))
 
     lora.clamp_mergers()
-    values = torch.cat([p.detach().flatten() for p in lora.parameters("merger")])
+    values = torch.cat([p.detach().flatten() for p in lora.merger_parameters()])
     assert values.min() == 0.0 and values.max() == 1.0
 
 
@@ -231,3 +275,19 @@ def test_mask_derived_values_follow_every_mask_change():
     lora.set_masking(False)  # the refresh step: every column counts
     torch.testing.assert_close(lora.orthogonality_loss(), torch.tensor(1.0))
     assert all(g.all() for g in restricted())
+
+
+def test_exported_branch_is_mask_times_update_without_mergers():
+    """The authors' export: content alone = M_c (.) B_c A_c, whatever the mergers learned."""
+    roles = {Branch.CONTENT: Role.MASKED, Branch.STYLE: Role.ALL}
+    layer = make_layer(roles)
+    layer.mask(Branch.CONTENT)[[1, 4]] = True
+    with torch.no_grad():
+        layer.mergers.fill_(0.3)
+    lora = TwoBranchLoRA({"m": layer}, rank=3)
+    content, style = lora.ordinary_lora(Branch.CONTENT), lora.ordinary_lora(Branch.STYLE)
+    mask = layer.mask(Branch.CONTENT).float()[:, None]
+    assert torch.allclose(content["m.lora_B.weight"] @ content["m.lora_A.weight"],
+                          mask * (layer.up(Branch.CONTENT) @ layer.down(Branch.CONTENT)))
+    assert torch.allclose(style["m.lora_B.weight"], layer.up(Branch.STYLE))  # all columns, merger not folded
+    assert torch.equal(lora.state_dict()["m.content.merger"], torch.full((8,), 0.3))  # the full state keeps m

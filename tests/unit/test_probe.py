@@ -18,6 +18,14 @@ def test_roles_follow_normalised_gains():
     assert roles == {"a": "content", "b": "style", "c": "both", "d": "both"}
     profile = profile_from_dict(profile_dict("m", roles, "test"))
     assert [m.prefix for m in profile.modules] == ["a", "b"]
+    assert (profile.b_lora.content, profile.b_lora.style) == ("a", "b")
+
+
+def test_b_lora_modules_are_the_strongest_group_of_each_role_or_none():
+    scores = [GroupScore("a", 0.10, 0.0), GroupScore("b", 0.30, 0.01), GroupScore("c", 0.0, 0.0)]
+    roles = {"a": "content", "b": "content", "c": "both"}
+    b_lora = profile_dict("m", roles, "test", scores)["b_lora"]
+    assert b_lora == {"content": "b", "style": None}
 
 
 def test_noise_level_gains_of_one_kind_are_not_stretched_into_roles():

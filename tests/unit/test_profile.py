@@ -25,7 +25,7 @@ def test_sdxl_profile_names_real_modules_and_counts_match(sdxl_unet):
     profile.check_against(names)  # raises if a prefix names nothing
     lora = inject_two_branch_lora(sdxl_unet, profile, rank=64)
     assert len(lora.layers) == 560
-    # METHOD §2.4: 3 modules x 10 blocks x 2 attn x 4 proj with content ALL (up_blocks.0.attentions.0/.2 = 20 blocks)
+    # docs/method.md §5: 3 modules x 10 blocks x 2 attn x 4 proj with content ALL (up_blocks.0.attentions.0/.2 = 20 blocks)
     content_all = [n for n, l in lora.layers.items() if l.roles[Branch.CONTENT] is Role.ALL]
     style_all = [n for n, l in lora.layers.items() if l.roles[Branch.STYLE] is Role.ALL]
     assert len(content_all) == 20 * 2 * 4
@@ -34,7 +34,7 @@ def test_sdxl_profile_names_real_modules_and_counts_match(sdxl_unet):
     assert not set(content_all) & set(style_all)
     # LoRA parameters: two branches of rank 64 on every projection
     expected = sum(2 * 64 * (l.in_features + l.out_features) for l in lora.layers.values())
-    assert sum(p.numel() for p in lora.parameters("lora")) == expected
+    assert sum(p.numel() for p in lora.lora_parameters()) == expected
 
 
 def test_roles_by_longest_prefix():
@@ -70,3 +70,31 @@ def test_bad_profiles_give_clear_errors(tmp_path):
 def test_profile_round_trips_through_dict():
     profile = load_profile("sdxl")
     assert profile_from_dict(profile.to_dict()) == profile
+
+
+def test_b_lora_modules_come_from_the_profile():
+    assert load_profile("sdxl").b_lora_modules() == ("up_blocks.0.attentions.0", "up_blocks.0.attentions.1")
+    data = {"name": "x", "default": {"content": "masked", "style": "masked"}, "modules": []}
+    with pytest.raises(UnZipLoRAError, match="b_lora must be a mapping"):
+        profile_from_dict({**data, "b_lora": ["up_blocks.0"]})
+    with pytest.raises(UnZipLoRAError, match="b_lora.style must be"):
+        profile_from_dict({**data, "b_lora": {"content": "up_blocks.0", "style": 3}})
+    with pytest.raises(UnZipLoRAError, match="for both content and style"):
+        profile_from_dict({**data, "b_lora": {"content": "up_blocks.0", "style": "up_blocks.0"}})
+    with pytest.raises(UnZipLoRAError, match="no content or no style modules.*b_lora.style.*--profile sdxl"):
+        profile_from_dict({**data, "b_lora": {"content": "up_blocks.0.attentions.0", "style": None}}).b_lora_modules()
+    with pytest.raises(UnZipLoRAError, match="does not have"):  # a b_lora module this UNet lacks
+        profile_from_dict({**data, "b_lora": {"content": "up_blocks.9", "style": None}}).check_against(
+            ["up_blocks.0.attentions.0.transformer_blocks.0.attn1"])
+
+
+def test_embedded_model_names_its_probed_b_lora_modules():
+    from unziplora.demo import EMBEDDED_MODEL
+
+    if not (EMBEDDED_MODEL / "unziplora_profile.yaml").is_file():
+        pytest.skip("no embedded model")
+    profile = resolve_profile("auto", EMBEDDED_MODEL)
+    # its probe (block_roles.md) found one content module and no style module
+    assert profile.b_lora.content == "down_blocks.2.attentions.0" and profile.b_lora.style is None
+    with pytest.raises(UnZipLoRAError, match="no content or no style modules"):
+        profile.b_lora_modules()

@@ -4,7 +4,7 @@ Step time and peak CUDA memory of one UnZipLoRA training step at the paper's 102
 frozen UNet in fp16 (LoRA and mergers in fp32, loss scaling) and gradient checkpointing on and
 off, against one plain PEFT LoRA step of the same rank on the same targets in the same process
 (`train_step_ratio_sdxl_cuda`), and what the paper's 600 steps (arXiv 2412.04465, Sec. 4;
-METHOD §2.5) take at the median step time. Random weights change neither memory nor time.
+docs/method.md §6) take at the median step time. Random weights change neither memory nor time.
 The goals (issue: <= 12 GB, 600 steps <= 5 minutes on an H100) are printed beside the numbers.
 """
 

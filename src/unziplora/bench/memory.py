@@ -64,9 +64,9 @@ class RandomLatents:
         side = self.resolution // 8
         return torch.randn(1, 4, side, side, generator=generator), (0, 0)
 
-    def time_ids(self, crop) -> torch.Tensor:
+    def time_ids(self) -> torch.Tensor:
         r = self.resolution
-        return torch.tensor([[r, r, crop[0], crop[1], r, r]], dtype=torch.float32)
+        return torch.tensor([[r, r, 0, 0, r, r]], dtype=torch.float32)
 
 
 def sdxl_unet():
@@ -96,7 +96,7 @@ def _random_embeds(unet, generator: torch.Generator) -> dict[str, torch.Tensor]:
 
 def sdxl_trainer(unet, resolution: int, rank: int, checkpointing: bool, profile=None,
                  device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32):
-    """A `Trainer` over `unet` with the built-in SDXL profile (METHOD §2.4) unless another is given;
+    """A `Trainer` over `unet` with the built-in SDXL profile (profiles/sdxl.yaml) unless another is given;
     on a GPU the frozen UNet in `dtype` (fp16: loss scaling, LoRA in fp32, as `Trainer.prepare`)."""
     from ..config import RunConfig
     from ..lora.inject import inject_two_branch_lora
@@ -132,8 +132,8 @@ def parameter_counts(trainer) -> dict[str, int]:
     lora = trainer.lora
     branch = {b.value: sum(layer.down(b).numel() + layer.up(b).numel() for layer in lora.layers.values())
               for b in BRANCHES}
-    mergers = sum(p.numel() for p in lora.parameters("merger"))
-    ours = {id(p) for p in lora.parameters("lora") + lora.parameters("merger")}
+    mergers = sum(p.numel() for p in lora.merger_parameters())
+    ours = {id(p) for p in lora.lora_parameters() + lora.merger_parameters()}
     base = sum(p.numel() for p in trainer.pipe.unet.parameters() if id(p) not in ours)
     return {"unet_base": base, "content_branch": branch["content"], "style_branch": branch["style"],
             "mergers": mergers, "optimizer_state": 2 * (branch["content"] + branch["style"] + mergers)}

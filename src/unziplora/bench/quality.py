@@ -1,6 +1,7 @@
 """`unziplora bench quality`: every method on held-out images of the toy world, scored by its oracles.
 
-Per method (same steps, rank, learning rate and generation settings for all), over images and
+Per method (same steps, rank, learning rate and generation settings for all, B-LoRA too:
+`train.reference_settings` off), over images and
 seeds (mean and std):
 - subject_alignment: content-alone outputs vs the true subject (content oracle);
 - style_alignment:   style-alone outputs (another class, in <s> style) vs the true style;
@@ -26,19 +27,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..config import ABLATIONS, RunConfig, SampleConfig
+from ..config import RunConfig, SampleConfig
 from ..errors import UnZipLoRAError
 from ..generate import generate
+from ..methods import Method
 from ..runfolder import save_grid, write_text_atomic
 from .memory import reset_peak_rss, rss_mb
 from ..toyworld import CLASSES, content_similarity, heldout_images, render, style_similarity
 from . import write_report
 
-METHODS = ("unziplora", "unziplora-m1", "unziplora-m2", "b-lora", "b-lora-sdxl-blocks", "dreambooth-lora")
-# Bench rows that are another method with other settings. B-LoRA needs content and style blocks;
-# where the base model's own profile names none (the embedded model's probe found no style
-# block), this row runs it on the blocks SDXL's profile names (METHOD §2.4), as B-LoRA does on SDXL.
-VARIANTS = {"b-lora-sdxl-blocks": ("b-lora", {"model.profile": "sdxl"})}
+# Bench rows that are another method with other settings. B-LoRA needs a content and a style
+# module; where the base model's own profile names none (the embedded model's probe found no
+# style module), this row runs it on the two modules SDXL's profile names (profiles/sdxl.yaml, `b_lora`).
+VARIANTS = {"b-lora-sdxl-blocks": (Method.B_LORA, {"model.profile": "sdxl"})}
+METHODS = (Method.UNZIPLORA.value, Method.UNZIPLORA_M1.value, Method.UNZIPLORA_M2.value, Method.B_LORA.value,
+           "b-lora-sdxl-blocks", Method.DREAMBOOTH_LORA.value)
 METRICS = ("subject_alignment", "style_alignment", "style_leakage", "subject_leakage", "combined", "cross")
 
 
@@ -46,15 +49,11 @@ def _images(folder: Path) -> list[Image.Image]:
     return [Image.open(p).convert("RGB") for p in sorted(folder.glob("seed*.png"))]
 
 
-def _train(method: str, image, config: RunConfig, out: Path):
+def _train(row: str, image, config: RunConfig, out: Path):
     from ..decompose import decompose
-    from ..methods.baselines import BASELINES, decompose_baseline
 
-    method, overrides = VARIANTS.get(method, (method, {}))
-    config = config.with_overrides(overrides)
-    if method in BASELINES:
-        return decompose_baseline(image, out, config, method, force=True, progress=False)
-    return decompose(image, out, config.with_overrides(ABLATIONS.get(method, {})), force=True, progress=False)
+    method, overrides = VARIANTS[row] if row in VARIANTS else (Method(row), {})
+    return decompose(image, out, config.with_overrides(overrides), method=method, force=True, progress=False)
 
 
 def _key(*parts) -> str:
@@ -142,6 +141,8 @@ def run_quality(json_path, base: str, workdir: Path, n_images: int = 12, seeds: 
                     "model.base_model": base, "prompts.subject": subject.cls, "prompts.style": style.family,
                     "train.steps": steps, "train.resolution": 64, "lora.rank": rank, "lora.lr": lr,
                     "sample.steps": sample_steps, "sample.seeds": [0], "train.checkpoint_every": 0,
+                    # every method on the same budget (B-LoRA's reference rank 64 is full rank here)
+                    "train.reference_settings": False,
                 })
                 path, record = _train_or_reuse(method, image, config, workdir / method / f"img{i:02d}", resume,
                                                model_key)

@@ -27,12 +27,12 @@ from peft import LoraConfig
 
 from ..branch import Branch
 from ..config import RunConfig, SampleConfig
-from ..generate import INFERENCE_PROFILE, Conditioning, sample_images, step_batch
+from ..generate import Conditioning, sample_images, step_batch
 from ..fuse import fuse_for_generation
 from ..lora.inject import inject_two_branch_lora
 from ..methods.single_lora import target_modules
 from ..models import load_pipeline
-from ..profiles import resolve_profile
+from ..profiles import INFERENCE_PROFILE, resolve_profile
 from ..prompts import training_prompts
 from ..train import Trainer, adamw, diffusion_mse
 from . import write_report
@@ -97,9 +97,9 @@ def peft_baseline_step(unet, latents, embeds: dict, rank: int, noise_scheduler, 
 
     def step():
         t0 = time.perf_counter()
-        latent, crop = latents.sample(generator)
+        latent, _ = latents.sample(generator)
         kwargs = {"encoder_hidden_states": states, "added_cond_kwargs": {
-            "text_embeds": pooled, "time_ids": latents.time_ids(crop).to(device, dtype)}}
+            "text_embeds": pooled, "time_ids": latents.time_ids().to(device, dtype)}}
         loss = diffusion_mse(unet, noise_scheduler, latent.to(device), generator, dtype, kwargs)
         optimizer.zero_grad(set_to_none=True)
         t1 = time.perf_counter()

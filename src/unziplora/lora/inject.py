@@ -1,7 +1,7 @@
 """Putting two-branch LoRA layers into a diffusers UNet, and taking their state out again.
 
 Every attention projection (to_q, to_k, to_v, to_out.0 of attn1 and attn2) of every
-transformer block gets a TwoBranchLoraLinear (METHOD §2.1); every such attention module gets
+transformer block gets a TwoBranchLoraLinear (arXiv 2412.04465, Sec. 3; docs/method.md §2); every such attention module gets
 the prompt-separated processor (attention.py). The UNet's own code is not touched: both hooks
 are public diffusers extension points (module attributes and Attention.set_processor).
 """
@@ -23,7 +23,6 @@ from .columns import orthogonality_loss
 from .layer import BRANCHES, TwoBranchLoraLinear
 
 PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
-STATE_FORMAT_VERSION = 1
 
 
 def attention_modules(unet: nn.Module) -> Iterator[tuple[str, Attention]]:
@@ -62,20 +61,16 @@ class TwoBranchLoRA:
         for layer in self.layers.values():
             layer.active = set(branches)
 
-    def parameters(self, kind: str) -> list[nn.Parameter]:
-        """'lora' (A and B of both branches) or 'merger' (m_c, m_s)."""
-        params = []
-        for layer in self.layers.values():
-            if kind == "lora":
-                params += [layer.down_weight, layer.up_weight]
-            elif kind == "merger":
-                params.append(layer.mergers)
-            else:
-                raise ValueError(kind)
-        return params
+    def lora_parameters(self) -> list[nn.Parameter]:
+        """A and B of both branches, every layer (one tensor per kind and layer)."""
+        return [p for layer in self.layers.values() for p in (layer.down_weight, layer.up_weight)]
+
+    def merger_parameters(self) -> list[nn.Parameter]:
+        """m_c and m_s of every layer (one (2, out) tensor per layer)."""
+        return [layer.mergers for layer in self.layers.values()]
 
     def set_mergers_trainable(self, on: bool) -> None:
-        for p in self.parameters("merger"):
+        for p in self.merger_parameters():
             p.requires_grad_(on)
 
     def orthogonality_loss(self) -> torch.Tensor:
@@ -102,14 +97,21 @@ class TwoBranchLoRA:
     def _widths(self) -> list[int]:
         return [layer.out_features for layer in self.layers.values()]
 
-    def refresh_masks(self, fraction: float, threshold: float) -> None:
-        for layer in self.layers.values():
-            layer.refresh_masks(fraction, threshold)
+    def refresh_masks(self, fraction: float, threshold: float, grad_scale: float = 1.0) -> list[str]:
+        """Grow every layer's masks from the last backward pass (`TwoBranchLoraLinear.refresh_masks`).
+
+        Returns "<layer> (<branch>)" for each branch whose scores all tied, so its columns were
+        picked by index instead of importance: the caller warns about those."""
+        tied = []
+        for name, layer in self.layers.items():
+            tied += [f"{name} ({branch.value})" for branch in layer.refresh_masks(fraction, threshold, grad_scale)]
+        return tied
 
     @torch.no_grad()
     def restrict_merger_grads(self) -> None:
-        """Mergers learn only on columns both branches use (METHOD §2.3, the authors' code); all
-        layers at once, one multiply per layer."""
+        """Mergers learn only on columns both effective masks hold (arXiv 2412.04465, Sec. 3; the
+        authors' `set_gradient_mask`): in a block-separated layer the masked branch's columns,
+        in a layer where both are masked their overlap. All layers at once, one multiply each."""
         def per_layer_keep():
             content, style = self._flat("mask")
             dtype = next(iter(self.layers.values())).mergers.dtype
@@ -125,7 +127,7 @@ class TwoBranchLoRA:
     def clamp_mergers(self) -> None:
         """Keep m in [0, 1] after every optimiser step (arXiv 2412.04465, Sec. 3, "Column
         separation"); all layers at once, two kernels in all."""
-        mergers = self.parameters("merger")
+        mergers = self.merger_parameters()
         torch._foreach_clamp_min_(mergers, 0.0)
         torch._foreach_clamp_max_(mergers, 1.0)
 
@@ -184,13 +186,19 @@ class TwoBranchLoRA:
                 layer.merger(branch).copy_(tensors["merger"])
                 layer.mask(branch).copy_(tensors["mask"].bool())
 
-    def folded_lora(self, branch: Branch) -> dict[str, torch.Tensor]:
-        """One branch as an ordinary LoRA (PEFT key names, mask and merger folded into B)."""
+    def ordinary_lora(self, branch: Branch) -> dict[str, torch.Tensor]:
+        """One branch alone as an ordinary LoRA (PEFT key names): A and M (.) B per layer.
+
+        As the authors export it: the hard mask is folded into B, the mergers are not (they
+        weigh the branches against each other and act only in combined and cross-run inference,
+        from the full state). Where L_orth has driven m_c and m_s down on shared columns,
+        folding them in would erase those columns from each single LoRA.
+        """
         state = {}
         for name, layer in self.layers.items():
             with torch.no_grad():
                 state[f"{name}.lora_A.weight"] = _saved(layer.down(branch))
-                state[f"{name}.lora_B.weight"] = _saved(layer.folded_up(branch))
+                state[f"{name}.lora_B.weight"] = _saved(layer.masked_up(branch))
         return state
 
 
@@ -208,7 +216,7 @@ def inject_two_branch_lora(
 ) -> TwoBranchLoRA:
     """Wrap every attention projection of the UNet and install the separated processor.
 
-    Roles per attention module come from the base model's profile (METHOD §2.4). LoRA
+    Roles per attention module come from the base model's profile (profiles/). LoRA
     weights are fp32 and live on the UNet's device; the frozen base stays as it is.
     """
     modules = list(attention_modules(unet))

@@ -5,6 +5,8 @@ each scaled per output column by a learned merger vector m and a hard column mas
 
     y = W x + (m_c * M_c) (.) B_c A_c x_c + (m_s * M_s) (.) B_s A_s x_s
 
+The mergers act only while both branches run (training, combined and cross-run inference);
+one branch alone is M (.) B A, as the authors' single-branch forward and export compute it.
 x_c and x_s default to x; the prompt-separated cross-attention processor feeds K/V
 projections the content and style prompt embeddings instead (Sec. 3, "Prompt separation").
 
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..branch import Branch, Role
-from .columns import CONE_THRESHOLD, columns_per_refresh, cone_score, grow_masks
+from .columns import CONE_THRESHOLD, columns_per_refresh, cone_ranking, grow_masks
 
 BRANCHES = (Branch.CONTENT, Branch.STYLE)
 INDEX = {Branch.CONTENT: 0, Branch.STYLE: 1}
@@ -133,7 +135,10 @@ class TwoBranchLoraLinear(nn.Module):
         return self.effective_masks()[INDEX[branch]]
 
     def column_scales(self) -> torch.Tensor:
-        """m * M of both branches, (2, out): the per-column factors."""
+        """The per-column factors of both branches, (2, out): m * M while both branches run,
+        M alone while one runs by itself (the mergers only weigh the two against each other)."""
+        if len(self.active) < 2:
+            return self.effective_masks().to(self.mergers.dtype)
         if all(self.unmasked(b) for b in BRANCHES):
             return self.mergers  # M is all ones: skip building and multiplying it
         return self.mergers * self.effective_masks()
@@ -143,16 +148,27 @@ class TwoBranchLoraLinear(nn.Module):
 
     # ----- the update math -----------------------------------------------------------------
     def folded_ups(self) -> torch.Tensor:
-        """[B_c | B_s] with m * M folded into their rows, (out, 2, r)."""
+        """[B_c | B_s] with their column factors folded into the rows, (out, 2, r)."""
         return self.up_weight * self.column_scales().t().unsqueeze(-1)
 
-    def folded_up(self, branch: Branch) -> torch.Tensor:
-        """B with mask and merger folded into its rows: the up matrix of an ordinary LoRA."""
-        return self.column_scale(branch)[:, None] * self.up(branch)
+    def masked_up(self, branch: Branch) -> torch.Tensor:
+        """M (.) B: the up matrix of the branch alone as an ordinary LoRA (no merger, as the
+        authors export it, arXiv 2412.04465 public code `get_unziplora_weight`)."""
+        return self.effective_mask(branch).to(self.up_weight.dtype)[:, None] * self.up(branch)
 
     def get_delta_weight(self, branch: Branch) -> torch.Tensor:
-        """The dense update (m * M)[:, None] * (B A), shape (out, in)."""
-        return self.folded_up(branch) @ self.down(branch)
+        """The dense update of one branch as the layer applies it now, (out, in):
+        (m * M)[:, None] * (B A) beside the other branch, M[:, None] * (B A) alone."""
+        return (self.column_scale(branch)[:, None] * self.up(branch)) @ self.down(branch)
+
+    @torch.no_grad()
+    def merge_into_base(self) -> nn.Linear:
+        """Add the active branches' dense updates to the frozen base weight and return the base
+        Linear, to put in this layer's place (PEFT's `merge` followed by unloading)."""
+        active = [b for b in BRANCHES if b in self.active]
+        if active:
+            self.base.weight += sum(self.get_delta_weight(b) for b in active).to(self.base.weight.dtype)
+        return self.base
 
     def forward(
         self,
@@ -187,12 +203,21 @@ class TwoBranchLoraLinear(nn.Module):
 
     # ----- column selection -----------------------------------------------------------------
     @torch.no_grad()
-    def cone_scores(self, branch: Branch, threshold: float = CONE_THRESHOLD) -> torch.Tensor:
-        """Column scores from the last backward pass (arXiv 2412.04465, Sec. 3, "Column separation").
+    def cone_scores(self, branch: Branch, threshold: float = CONE_THRESHOLD, grad_scale: float = 1.0) -> torch.Tensor:
+        """Column scores from the last backward pass (arXiv 2412.04465, Sec. 3, "Column separation"):
+        the first key of `cone_ranking`, shape (out,)."""
+        return self.cone_ranking(branch, threshold, grad_scale)[:, 0]
+
+    @torch.no_grad()
+    def cone_ranking(self, branch: Branch, threshold: float = CONE_THRESHOLD, grad_scale: float = 1.0) -> torch.Tensor:
+        """(out, 2): the cone score of every column and its tie-break (`columns.cone_ranking`).
 
         dW = B A (unscaled) and G = (dB A + B dA) * m per column, from the current .grad
-        fields, as in the authors' code. dB already carries one factor m (the forward multiplies
-        by m), so G carries m twice; at the first refresh m = 1 and the two readings agree.
+        fields, as in the authors' code (`get_unziplora_cone`). dB already carries one factor m
+        (the forward multiplies by m), so G carries m twice; at the first refresh m = 1 and the
+        two readings agree. `grad_scale` multiplies G: the authors score gradients at their fp16
+        loss scale (columns.CONE_LOSS_SCALE); the threshold means what it means there only at
+        that scale (on true gradients every score is 0 and the choice becomes an index split).
         """
         down, up = self.down(branch).float(), self.up(branch).float()
         down_grad, up_grad, _ = self.grads(branch)
@@ -200,24 +225,28 @@ class TwoBranchLoraLinear(nn.Module):
             raise RuntimeError("cone_scores needs gradients: call it right after backward()")
         merger = self.merger(branch).float()[:, None]
         delta_weight = up @ down
-        delta_grad = (up_grad.float() @ down + up @ down_grad.float()) * merger
-        return cone_score(delta_weight, delta_grad, threshold)
+        delta_grad = (up_grad.float() @ down + up @ down_grad.float()) * (merger * grad_scale)
+        return cone_ranking(delta_weight, delta_grad, threshold)
 
     @torch.no_grad()
-    def refresh_masks(self, fraction: float, threshold: float = CONE_THRESHOLD) -> None:
-        """Grow the hard masks of the masked branches by the top `fraction` of columns each."""
+    def refresh_masks(self, fraction: float, threshold: float = CONE_THRESHOLD, grad_scale: float = 1.0) -> list[Branch]:
+        """Grow the hard masks of the masked branches by `fraction` of the columns each
+        (`columns.grow_masks`); returns the branches whose cone scores all tied (`scores_tie`)."""
         scores = {
-            b: self.cone_scores(b, threshold) if self.roles[b] is Role.MASKED else None for b in BRANCHES
+            b: self.cone_ranking(b, threshold, grad_scale) if self.roles[b] is Role.MASKED else None for b in BRANCHES
         }
+        tied: list[Branch] = []
         content, style = grow_masks(
             scores[Branch.CONTENT],
             scores[Branch.STYLE],
             self.mask(Branch.CONTENT),
             self.mask(Branch.STYLE),
             columns_per_refresh(self.out_features, fraction),
+            on_tie=lambda name: tied.append(Branch(name)),
         )
         self.mask(Branch.CONTENT).copy_(content)
         self.mask(Branch.STYLE).copy_(style)
+        return tied
 
     def extra_repr(self) -> str:
         roles = ", ".join(f"{b.value}={self.roles[b].value}" for b in BRANCHES)

@@ -1,41 +1,58 @@
-"""The systems UnZipLoRA is compared with, as run folders users can generate from (METHOD §3).
+"""The systems UnZipLoRA is compared with, as run folders users can generate from.
 
 - DreamBooth-LoRA (arXiv 2208.12242 with LoRA, arXiv 2106.09685): one LoRA on every attention
-  projection, trained on the combined prompt. It cannot split: its content and style LoRAs
-  are the same file. With `train.prior_images` N > 0, the base model first draws N images of
-  the class prompt p_s (p without the identifier) and every step adds DreamBooth's
-  prior-preservation term on one of them (arXiv 2208.12242, Eq. 2, weight train.prior_weight).
-- B-LoRA (arXiv 2403.14572): one LoRA on the profile's content and style modules only
-  (SDXL: up_blocks.0.attentions.0/.2 and up_blocks.0.attentions.1 / up_blocks.1), trained on
-  "A <identifier>", split afterwards: the content modules' part is the content LoRA, the style
-  modules' part the style LoRA.
-Both use the run's rank, steps, learning rate, resolution and seed, and the same data path and
-loss as UnZipLoRA (methods/single_lora.py).
+  projection, trained on the combined prompt p with the run's rank, steps and learning rate. It
+  cannot split: its content and style LoRAs are the same file. With `train.prior_images` N > 0,
+  the base model first draws N images of the class prompt "A {subject}" and every step adds
+  DreamBooth's prior-preservation term on one of them (arXiv 2208.12242, Eq. 2, weight
+  train.prior_weight).
+- B-LoRA (arXiv 2403.14572, Sec. 4; reference code yardenfren1996/B-LoRA): one LoRA on the two
+  attention modules the base model's profile names (`Profile.b_lora`; SDXL:
+  up_blocks.0.attentions.0 for content, up_blocks.0.attentions.1 for style), trained on
+  "A <identifier>" (the paper's "A [v]") with the reference's rank 64, lr 5e-5 and 1000 steps
+  (`train.reference_settings: false`: the run's), then split: the content module's part is the
+  content LoRA, the style module's part the style LoRA. At inference `<c>` and `<s>` both stand
+  for the identifier, and "both" loads the two parts together under one prompt (generate.py).
+Both use the same data path and loss as UnZipLoRA (methods/single_lora.py).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..branch import Branch, Role
+from ..branch import Branch
 from ..config import RunConfig
 from ..data import load_image
 from ..errors import UnZipLoRAError
+from ..lora.inject import attention_modules
 from ..modelcard import write_model_card
 from ..models import load_pipeline, pick_device
-from ..profiles import Profile, resolve_profile
+from ..profiles import resolve_profile
 from ..prompts import training_prompts
 from ..runfolder import LORA_WEIGHT_NAME, MANIFEST_FILE, RunFolder, atomic_output_dir
+from . import Method
 from .single_lora import SingleLoraSpec, keep_modules, train_single_lora
 
-BASELINES = ("dreambooth-lora", "b-lora")
+
+@dataclass(frozen=True)
+class ReferenceSettings:
+    """The training settings of a baseline's reference code, recorded in the run's manifest."""
+
+    source: str
+    rank: int
+    lr: float
+    steps: int
+
+    def overrides(self) -> dict[str, object]:
+        return {"lora.rank": self.rank, "lora.lr": self.lr, "train.steps": self.steps}
 
 
-def owned_modules(profile: Profile, branch: Branch) -> tuple[str, ...]:
-    """The module prefixes where the profile gives `branch` all columns (B-LoRA's blocks)."""
-    return tuple(m.prefix for m in profile.modules if m.as_dict()[branch] is Role.ALL)
+# yardenfren1996/B-LoRA's README command (the paper's settings): --rank=64 --learning_rate=5e-5
+# --max_train_steps=1000, batch 1, constant LR.
+B_LORA_REFERENCE = ReferenceSettings("yardenfren1996/B-LoRA (arXiv 2403.14572)", rank=64, lr=5e-5, steps=1000)
 
 
 def class_images(pipe, prompt: str, n: int, config: RunConfig, device, folder: Path) -> list:
@@ -55,11 +72,19 @@ def class_images(pipe, prompt: str, n: int, config: RunConfig, device, folder: P
     return images
 
 
-def decompose_baseline(image, out_dir: str | Path, config: RunConfig, method: str, force: bool = False,
+def decompose_baseline(image, out_dir: str | Path, config: RunConfig, method: Method | str, force: bool = False,
                        progress: bool = True) -> RunFolder:
-    """Train a baseline on one image and write a run folder with content_lora/ and style_lora/."""
-    if method not in BASELINES:
-        raise UnZipLoRAError(f"unknown method {method!r}; use unziplora or one of {', '.join(BASELINES)}")
+    """Train a baseline on one image and write a run folder with content_lora/ and style_lora/.
+
+    `decompose.decompose(..., method=...)` is the entry point users call; this is its baseline half.
+    """
+    try:
+        method = Method(method)
+    except ValueError:
+        method = None
+    if method is None or not method.is_baseline:
+        names = ", ".join(m.value for m in Method if m.is_baseline)
+        raise UnZipLoRAError(f"not a baseline method; use one of {names} (or decompose() for UnZipLoRA)")
     from diffusers import StableDiffusionXLPipeline
 
     from ..decompose import base_manifest
@@ -69,26 +94,30 @@ def decompose_baseline(image, out_dir: str | Path, config: RunConfig, method: st
     picture = load_image(image)
     base_dir = Path(config.model.base_model).expanduser()
     profile = resolve_profile(config.model.profile, base_dir if base_dir.is_dir() else None)
-    if method == "b-lora":
-        prefixes = {b: owned_modules(profile, b) for b in (Branch.CONTENT, Branch.STYLE)}
-        if not all(prefixes.values()):
-            raise UnZipLoRAError(f"profile {profile.name!r} names no content or no style modules; B-LoRA needs both")
-        prompt, modules = f"A {config.prompts.identifier}", prefixes[Branch.CONTENT] + prefixes[Branch.STYLE]
+    reference = None
+    if method is Method.B_LORA:
+        parts = dict(zip((Branch.CONTENT, Branch.STYLE), ((m,) for m in profile.b_lora_modules())))
+        prompt, modules = f"A {config.prompts.identifier}", parts[Branch.CONTENT] + parts[Branch.STYLE]
+        if config.train.reference_settings:
+            reference = B_LORA_REFERENCE
+            config = _with_reference(config, reference, method)
     else:
         prompt, modules = prompts.combined, ()
     t = config.train
-    n_prior = t.prior_images if method == "dreambooth-lora" else 0
+    n_prior = t.prior_images if method is Method.DREAMBOOTH_LORA else 0
+    class_prompt = f"A {config.prompts.subject}"  # DreamBooth's class prompt (arXiv 2208.12242, Sec. 4.2)
     spec = SingleLoraSpec(prompt, config.lora.rank, t.steps, config.lora.lr, t.resolution, t.seed, modules,
-                          prior_prompt=prompts.style if n_prior else "", prior_weight=t.prior_weight)
+                          prior_prompt=class_prompt if n_prior else "", prior_weight=t.prior_weight)
     with atomic_output_dir(out_dir, force) as tmp:
         pipe = load_pipeline(config.model.base_model, config.model.revision)
+        profile.check_against([name for name, _ in attention_modules(pipe.unet)])
         device = pick_device(t.device)
         priors = class_images(pipe, spec.prior_prompt, n_prior, config, device, tmp / "class_images") if n_prior else []
         t0 = time.perf_counter()
         state = train_single_lora(pipe, picture, spec, device, progress, prior_images=priors)
         train_s = time.perf_counter() - t0
         for branch in (Branch.CONTENT, Branch.STYLE):
-            part = state if method == "dreambooth-lora" else keep_modules(state, prefixes[branch])
+            part = state if method is Method.DREAMBOOTH_LORA else keep_modules(state, parts[branch])
             StableDiffusionXLPipeline.save_lora_weights(
                 tmp / f"{branch.value}_lora", unet_lora_layers=part, weight_name=LORA_WEIGHT_NAME,
                 safe_serialization=True,
@@ -96,8 +125,12 @@ def decompose_baseline(image, out_dir: str | Path, config: RunConfig, method: st
         picture.save(tmp / "input.png")
         (tmp / "config.yaml").write_text(config.to_yaml())
         manifest = base_manifest(config, profile, prompts, picture)
+        if method is Method.B_LORA:  # B-LoRA learns no style words: <s> stands for its token too
+            manifest["prompts"]["style_words"] = config.prompts.identifier
         manifest.update({
-            "method": method, "training_prompt": prompt, "trained_modules": list(modules) or "all",
+            "method": method.value, "training_prompt": prompt, "trained_modules": list(modules) or "all",
+            "reference_settings": {"source": reference.source, "rank": reference.rank, "lr": reference.lr,
+                                   "steps": reference.steps} if reference else None,
             "prior_preservation": {"images": n_prior, "prompt": spec.prior_prompt, "weight": t.prior_weight}
             if n_prior else None,
             "steps": t.steps,
@@ -108,3 +141,12 @@ def decompose_baseline(image, out_dir: str | Path, config: RunConfig, method: st
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         write_model_card(tmp, manifest, picture, Path(out_dir).name)
     return RunFolder.open(out_dir)
+
+
+def _with_reference(config: RunConfig, reference: ReferenceSettings, method: Method) -> RunConfig:
+    """The config with the reference's settings; a note when they replace other values."""
+    replaced = config.with_overrides(reference.overrides())
+    if replaced.to_dict() != config.to_dict():
+        print(f"note: {method.value} trains with the settings of {reference.source}: rank {reference.rank}, "
+              f"lr {reference.lr:g}, {reference.steps} steps (train.reference_settings: false uses the run's)")
+    return replaced

@@ -1,7 +1,6 @@
 """Merging a content LoRA with a style LoRA into one ordinary LoRA (direct, or ZipLoRA: ziplora.py).
 
-Direct merge (METHOD §3; ZipLoRA, arXiv 2311.13600, Sec. 3, the "direct arithmetic merge"
-baseline): dW = B_c A_c + B_s A_s. It is stored exactly, without an SVD, as one LoRA of rank
+Direct merge (ZipLoRA, arXiv 2311.13600, Sec. 3, the "direct arithmetic merge" baseline): dW = B_c A_c + B_s A_s. It is stored exactly, without an SVD, as one LoRA of rank
 r_c + r_s: A = [A_c; A_s], B = [B_c, B_s], so B A = B_c A_c + B_s A_s. Inputs can be run
 folders (their content / style LoRA) or LoRA files in any format `export.load_lora_any` reads.
 """
@@ -45,11 +44,13 @@ def direct_merge(content: dict[str, torch.Tensor], style: dict[str, torch.Tensor
 
 
 def merge(content: str | Path, style: str | Path, out_dir: str | Path, method: str = "direct", force: bool = False,
-          base_model: str | None = None, prompts: tuple[str | None, str | None] = (None, None), steps: int = 100) -> Path:
+          base_model: str | None = None, prompts: tuple[str | None, str | None] = (None, None), steps: int = 100,
+          device: str = "auto") -> Path:
     """Write the merged LoRA as out_dir/pytorch_lora_weights.safetensors (diffusers format).
 
     ziplora needs the base model and the two LoRAs' prompts; run folders supply them (p_c of
-    the content run, p_s of the style run), plain files need `base_model` and `prompts`.
+    the content run, p_s of the style run), plain files need `base_model` and `prompts`. It
+    trains on `device` (auto: CUDA when there is one).
     """
     if method not in METHODS:
         raise UnZipLoRAError(f"merge method {method!r} is not available; use one of {', '.join(METHODS)}")
@@ -68,7 +69,7 @@ def merge(content: str | Path, style: str | Path, out_dir: str | Path, method: s
             raise UnZipLoRAError("ziplora merging of plain LoRA files needs --base-model, --content-prompt and --style-prompt")
         config = next((s.manifest_value("config") for s in sources if s.run is not None), None)
         resolution = config["train"]["resolution"] if config else 1024
-        merged = ziplora_merge(sources[0], sources[1], base, (prompt_c, prompt_s), resolution, steps)
+        merged = ziplora_merge(sources[0], sources[1], base, (prompt_c, prompt_s), resolution, steps, device=device)
     with atomic_output_dir(out_dir, force) as tmp:
         # Ranks differ per module, so no single alpha: diffusers then uses alpha = rank (scale 1).
         StableDiffusionXLPipeline.save_lora_weights(

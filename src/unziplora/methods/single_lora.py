@@ -1,7 +1,7 @@
 """One ordinary PEFT LoRA trained on one image: the building block of the baselines.
 
 DreamBooth-LoRA (arXiv 2208.12242 + 2106.09685) trains it on every attention projection;
-B-LoRA (arXiv 2403.14572) on two SDXL blocks and splits it afterwards; the block-role probe
+B-LoRA (arXiv 2403.14572) on the two modules its profile names and splits it afterwards; the block-role probe
 of a new base model trains it everywhere and keeps one block at a time. The LoRA is injected
 with diffusers' own `unet.add_adapter` (PEFT), so nothing here re-implements LoRA.
 """
@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ..data import CroppedLatents
 from ..lora.inject import PROJECTIONS, attention_modules
 from ..prompts import encode_prompts
-from ..train import adamw, diffusion_mse
+from ..train import adamw, diffusion_mse, prediction_type
 
 
 @dataclass
@@ -50,11 +50,14 @@ def train_single_lora(pipe, image, spec: SingleLoraSpec, device: torch.device, p
                       prior_images=()) -> dict[str, torch.Tensor]:
     """Train one LoRA (alpha = rank, scale 1) and return its PEFT state dict (keys without 'unet.').
 
-    Uses the same data path (crops, latent cache, time ids) and loss as UnZipLoRA training,
-    so comparisons differ only in the adapter. With `prior_images` (the base model's own
+    Uses the same data path (crops, latent cache, time ids) and loss (epsilon or v-prediction,
+    as the base model's scheduler says) as UnZipLoRA training, so comparisons differ only in
+    the adapter. With `prior_images` (the base model's own
     samples of `spec.prior_prompt`), each step adds DreamBooth's prior-preservation term,
     prior_weight * ||eps - eps_theta(x'_t, c_pr)||^2 on one of them (arXiv 2208.12242, Eq. 2).
     """
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    prediction_type(scheduler)  # an unsupported objective fails before any work
     torch.manual_seed(spec.seed)
     generator = torch.Generator().manual_seed(spec.seed)
     pipe.text_encoder.to(device)
@@ -71,12 +74,11 @@ def train_single_lora(pipe, image, spec: SingleLoraSpec, device: torch.device, p
     optimizer = adamw(params, lr=spec.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4)
     latents = CroppedLatents(image, spec.resolution, pipe.vae.to(device), device)
     priors = [CroppedLatents(picture, spec.resolution, pipe.vae, device) for picture in prior_images]
-    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
 
     def mse(data: CroppedLatents, states, pooled_states) -> torch.Tensor:
-        latent, crop = data.sample(generator)
+        latent, _ = data.sample(generator)
         kwargs = {"encoder_hidden_states": states,
-                  "added_cond_kwargs": {"text_embeds": pooled_states, "time_ids": data.time_ids(crop).to(device)}}
+                  "added_cond_kwargs": {"text_embeds": pooled_states, "time_ids": data.time_ids().to(device)}}
         return diffusion_mse(unet, scheduler, latent.to(device), generator, torch.float32, kwargs)
 
     for _ in tqdm(range(spec.steps), desc="single LoRA", disable=not progress):

@@ -1,87 +1,162 @@
 """ZipLoRA (arXiv 2311.13600, Sec. 3): merge a content LoRA and a style LoRA with learned mergers.
 
-Each column of each layer gets merger coefficients m_c, m_s (init 1). Only they train, so that
-the merged model with the content prompt reproduces the content LoRA's prediction, with the
-style prompt the style LoRA's prediction, while the two merger vectors of a layer stay
-orthogonal:
+The paper's code is not public; this follows the public reference, mkshing/ziplora-pytorch
+(`ZipLoRALinearLayer`, `train_dreambooth_ziplora_sdxl.py`). Each layer's two updates
+dW_c = B_c A_c and dW_s = B_s A_s (out x in) get one merger coefficient per column of the
+(out x in) matrix, i.e. per INPUT feature: m_c, m_s of shape (in,), initialised to 1, not clamped:
+
+    dW = dW_c diag(m_c) + dW_s diag(m_s)
+
+Only the mergers train. Every step draws fresh noise and one timestep, noises a latent of each
+LoRA's image with them, and asks the merged model to predict what each LoRA alone predicts with
+its own prompt:
+
     L = ||D_merged(x_c, p_c) - D_Lc(x_c, p_c)||^2 + ||D_merged(x_s, p_s) - D_Ls(x_s, p_s)||^2
-        + lambda * sum_layers |cos(m_c, m_s)|
-Targets D_Lc, D_Ls are the single-LoRA predictions, computed once before training (the merged
-model with mergers at 1 and one branch on is exactly that LoRA). Noisy latents come from the
-runs' input images when the sources are run folders, else from N(0, 1) (data-free; a deviation:
-ZipLoRA noises the LoRAs' training images).
+        + lambda * sum over layers of mean_i |m_c[i] m_s[i]|
+
+with the reference's defaults: AdamW, lr 5e-5, weight decay 1e-4, gradient clip 1.0, lambda 0.01,
+100 steps. The latents come from the runs' input images when the sources are run folders; plain
+LoRA files bring none, so they get N(0, 1) latents (a deviation: ZipLoRA noises the LoRAs'
+training images). The result is stored exactly as one ordinary LoRA: dW_c diag(m_c) = B_c (A_c
+diag(m_c)), so the mergers scale A's columns and the two LoRAs are rank-concatenated.
 """
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
+from torch import nn
 
-from ..branch import Branch
 from ..data import CroppedLatents, load_image, sdxl_time_ids
 from ..errors import UnZipLoRAError
-from ..generate import INFERENCE_PROFILE
-from ..lora.inject import inject_two_branch_lora
-from ..models import load_pipeline
+from ..models import load_pipeline, pick_device
 from ..prompts import encode_prompts
 from ..sources import BranchSource
+from ..train import adamw, add_training_noise
+
+DEFAULTS = {"steps": 100, "lr": 5e-5, "weight": 0.01}  # mkshing/ziplora-pytorch README command
 
 
-def merger_cosine(lora) -> torch.Tensor:
-    """sum over layers of |cos(m_c, m_s)| (ZipLoRA's orthogonality term)."""
-    terms = [F.cosine_similarity(l.merger(Branch.CONTENT), l.merger(Branch.STYLE), dim=0).abs() for l in lora.layers.values()]
-    return torch.stack(terms).sum()
+class ZipLoraLinear(nn.Module):
+    """A frozen Linear plus two fixed LoRA updates, each scaled per input feature by a merger.
+
+    `mode` "merged" applies both with their mergers; "content" / "style" one LoRA alone, as
+    trained (the reference's forward types "merge", "weight_1", "weight_2").
+    """
+
+    def __init__(self, base: nn.Linear, content: tuple | None, style: tuple | None):
+        super().__init__()
+        self.base = base
+        self.loras = {"content": content, "style": style}  # (A (r, in), B (out, r)) or None
+        self.mergers = nn.Parameter(torch.ones(2, base.in_features, device=base.weight.device))
+        self.mode = "merged"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        for i, name in enumerate(("content", "style")):
+            lora = self.loras[name]
+            if lora is None or self.mode not in ("merged", name):
+                continue
+            a, b = lora
+            scaled = x * self.mergers[i] if self.mode == "merged" else x
+            out = out + F.linear(F.linear(scaled, a), b)
+        return out
+
+    def merger_overlap(self) -> torch.Tensor:
+        """mean_i |m_c[i] m_s[i]|: this layer's term of the reference's similarity loss."""
+        return (self.mergers[0] * self.mergers[1]).abs().mean()
 
 
-def _latents(source: BranchSource, pipe, resolution: int, generator: torch.Generator, n: int) -> list[tuple]:
-    """(latent, time_ids) samples: crops of the run's input image, or Gaussian latents."""
+def merged_lora(layers: dict[str, ZipLoraLinear]) -> dict[str, torch.Tensor]:
+    """The merged update of every layer as one ordinary LoRA (PEFT keys), exact."""
+    from .merge import direct_merge
+
+    parts = {"content": {}, "style": {}}
+    for name, layer in layers.items():
+        for i, kind in enumerate(parts):
+            if layer.loras[kind] is not None:
+                a, b = layer.loras[kind]
+                parts[kind][f"{name}.lora_A.weight"] = (a * layer.mergers[i].detach()).cpu().contiguous()
+                parts[kind][f"{name}.lora_B.weight"] = b.cpu().contiguous()
+    return direct_merge(parts["content"], parts["style"])
+
+
+def inject_ziplora(unet: nn.Module, content: dict[str, torch.Tensor], style: dict[str, torch.Tensor]) -> dict[str, ZipLoraLinear]:
+    """Put a ZipLoraLinear on every projection either LoRA (PEFT keys) updates."""
+    device = next(unet.parameters()).device
+    modules = sorted({k[: -len(".lora_A.weight")] for k in (*content, *style) if k.endswith(".lora_A.weight")})
+    layers = {}
+    for name in modules:
+        parent_name, _, child = name.rpartition(".")
+        try:
+            parent, base = unet.get_submodule(parent_name), unet.get_submodule(name)
+        except AttributeError:
+            raise UnZipLoRAError(f"the LoRAs update {name}, which this base model does not have; "
+                                 "give the base model they were trained on") from None
+
+        def pair(state):
+            if f"{name}.lora_A.weight" not in state:
+                return None
+            return tuple(state[f"{name}.lora_{x}.weight"].float().to(device) for x in ("A", "B"))
+
+        layers[name] = ZipLoraLinear(base, pair(content), pair(style))
+        setattr(parent, child, layers[name])
+    return layers
+
+
+def _latent_sampler(source: BranchSource, pipe, resolution: int, generator: torch.Generator):
+    """A function drawing one latent (1, C, h, w): a crop of the run's input image, or N(0, 1)."""
+    device = pipe.unet.device
     if source.run is not None and (source.run.path / "input.png").is_file():
-        data = CroppedLatents(load_image(source.run.path / "input.png"), resolution, pipe.vae, pipe.unet.device)
-        return [(lat, data.time_ids(crop)) for lat, crop in (data.sample(generator) for _ in range(n))]
+        data = CroppedLatents(load_image(source.run.path / "input.png"), resolution, pipe.vae, device)
+        return lambda: data.sample(generator)[0].to(device)
     size = resolution // pipe.vae_scale_factor
-    time_ids = sdxl_time_ids(resolution)
-    channels = pipe.unet.config.in_channels
-    return [(torch.randn(1, channels, size, size, generator=generator), time_ids) for _ in range(n)]
+    shape = (1, pipe.unet.config.in_channels, size, size)
+    return lambda: torch.randn(shape, generator=generator).to(device)
 
 
 def ziplora_merge(content: BranchSource, style: BranchSource, base_model: str, prompts: tuple[str, str],
-                  resolution: int, steps: int = 100, lr: float = 0.01, weight: float = 0.01, samples: int = 8,
-                  seed: int = 0) -> dict[str, torch.Tensor]:
-    """Learn the mergers; return one ordinary LoRA (PEFT keys) with them folded into B."""
-    from .merge import direct_merge
-
+                  resolution: int, steps: int = DEFAULTS["steps"], lr: float = DEFAULTS["lr"],
+                  weight: float = DEFAULTS["weight"], seed: int = 0, device: str = "auto") -> dict[str, torch.Tensor]:
+    """Learn the per-input-feature mergers on `device`; return the merged LoRA (PEFT keys)."""
     if steps <= 0:
         raise UnZipLoRAError(f"ZipLoRA steps must be positive, got {steps}")
+    if content.plain is None or style.plain is None:
+        raise UnZipLoRAError("ZipLoRA merges two ordinary LoRAs: give each source as its exported LoRA")
+    torch_device = pick_device(device)
     generator = torch.Generator().manual_seed(seed)
     pipe = load_pipeline(base_model)
-    embeds, pooled = encode_prompts(pipe, list(prompts), pipe.unet.device)
+    pipe.to(torch_device)
+    embeds, pooled = encode_prompts(pipe, list(prompts), torch_device)
     unet = pipe.unet.requires_grad_(False)
-    lora = inject_two_branch_lora(unet, INFERENCE_PROFILE, max(content.rank, style.rank))
-    # Sources are taken as exported ordinary LoRAs (folded), so the mergers start at 1.
-    lora.load_branch(content.branch_state(lora), Branch.CONTENT, str(content.path))
-    lora.load_branch(style.branch_state(lora), Branch.STYLE, str(style.path))
-    for p in lora.parameters("lora"):  # only the mergers train
-        p.requires_grad_(False)
+    layers = inject_ziplora(unet, content.plain, style.plain)
+    if not layers:
+        raise UnZipLoRAError("the two LoRAs update no module of this base model; nothing to merge")
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    plan = []  # (branch, prompt index, noisy latent, timestep, time ids, target)
-    for i, (branch, source) in enumerate(((Branch.CONTENT, content), (Branch.STYLE, style))):
-        lora.set_active({branch})
-        for latent, time_ids in _latents(source, pipe, resolution, generator, samples):
-            noise = torch.randn(latent.shape, generator=generator)
-            t = torch.randint(0, scheduler.config.num_train_timesteps, (1,), generator=generator)
-            noisy = scheduler.add_noise(latent, noise, t)
-            with torch.no_grad():
-                target = unet(noisy, t, embeds[i : i + 1], added_cond_kwargs={"text_embeds": pooled[i : i + 1], "time_ids": time_ids}).sample
-            plan.append((i, noisy, t, time_ids, target))
-    lora.set_active({Branch.CONTENT, Branch.STYLE})
-    optimizer = torch.optim.Adam(lora.parameters("merger"), lr=lr)
-    for step in range(steps):
-        i, noisy, t, time_ids, target = plan[step % len(plan)]
-        pred = unet(noisy, t, embeds[i : i + 1], added_cond_kwargs={"text_embeds": pooled[i : i + 1], "time_ids": time_ids}).sample
-        loss = F.mse_loss(pred, target) + weight * merger_cosine(lora)
+    samplers = [_latent_sampler(s, pipe, resolution, generator) for s in (content, style)]
+    time_ids = sdxl_time_ids(resolution).to(torch_device)
+    mergers = [layer.mergers for layer in layers.values()]
+    shared = [layer for layer in layers.values() if all(layer.loras.values())]
+    optimizer = adamw(mergers, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4)
+
+    def predict(mode: str, noisy, t, i: int) -> torch.Tensor:
+        for layer in layers.values():
+            layer.mode = mode
+        cond = {"text_embeds": pooled[i : i + 1], "time_ids": time_ids}
+        return unet(noisy, t, embeds[i : i + 1], added_cond_kwargs=cond).sample
+
+    for _ in range(steps):
+        # One noise and one timestep for both latents, as the reference draws them.
+        noisy_content, noise, t = add_training_noise(scheduler, samplers[0](), generator)
+        noisy = (noisy_content, scheduler.add_noise(samplers[1](), noise, t))
+        with torch.no_grad():
+            targets = [predict(kind, noisy[i], t, i) for i, kind in enumerate(("content", "style"))]
+        loss = sum(F.mse_loss(predict("merged", noisy[i], t, i).float(), targets[i].float()) for i in range(2))
+        if shared:
+            loss = loss + weight * torch.stack([layer.merger_overlap() for layer in shared]).sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(mergers, 1.0)
         optimizer.step()
-    return direct_merge(lora.folded_lora(Branch.CONTENT), lora.folded_lora(Branch.STYLE))
+    return merged_lora(layers)

@@ -1,4 +1,4 @@
-"""Feature extractors of the paper's metrics (METHOD §4), each loaded from a local path or hub id.
+"""Feature extractors of the paper's metrics (arXiv 2412.04465, Sec. 4, "Evaluation"), each loaded from a local path or hub id.
 
 - CLIP (ViT-B/32 by default): image embeddings for CLIP-I, text embeddings for CLIP-T.
 - DINO (ViT-S/16): the CLS token of the last layer.

@@ -1,4 +1,4 @@
-"""Scores as pure functions over features (METHOD §4): mean cosine over all pairs."""
+"""Scores as pure functions over features (arXiv 2412.04465, Sec. 4, "Evaluation"): mean cosine over all pairs."""
 
 from __future__ import annotations
 
