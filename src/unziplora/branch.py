@@ -25,3 +25,12 @@ class Role(str, enum.Enum):
 
     MASKED = "masked"
     ALL = "all"
+
+
+class Mode(str, enum.Enum):
+    """What a generation uses: one branch alone, both of one run, or A's content with B's style."""
+
+    CONTENT = "content"
+    STYLE = "style"
+    BOTH = "both"
+    CROSS = "cross"

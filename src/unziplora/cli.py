@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .errors import UnZipLoRAError
 from .bench import BENCHES
+from .branch import Mode
 from .methods import method_names
 from .metrics import DEFAULTS, METRICS
 
@@ -43,28 +44,31 @@ def _add_decompose(sub) -> None:
                    help="dreambooth-lora: class images for prior preservation (default 0 = off)")
     p.add_argument("--method", default="unziplora", choices=method_names(),
                    help="unziplora (full, M3); ablations m1 (prompt separation only), m2 (+ column "
-                        "separation, no block roles); baselines dreambooth-lora, b-lora (its reference "
-                        "settings: rank 64, lr 5e-5, 1000 steps, unless train.reference_settings is false)")
+                        "separation, no block roles); baselines dreambooth-lora, b-lora (by default with its "
+                        "reference settings: rank 64, lr 5e-5, 1000 steps)")
 
 
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate with a run's LoRAs (content, style, both, or across runs)")
     p.add_argument("run", nargs="?", help="run folder, or a LoRA file (diffusers, kohya, B-LoRA) for content|style")
-    p.add_argument("--mode", choices=["content", "style", "both", "cross"], default="both")
+    p.add_argument("--mode", choices=[m.value for m in Mode], default=Mode.BOTH.value,
+                   help="content alone, style alone, both (the default), or cross (with --content and --style)")
     p.add_argument("--content", help="run folder or LoRA file for the content branch (cross-run)")
     p.add_argument("--style", help="run folder or LoRA file for the style branch (cross-run)")
     p.add_argument("--prompt", required=True, help='e.g. "A <c> cat in <s> style on a boat"')
-    p.add_argument("--out", help="output folder (default RUN/samples/<mode>)")
-    p.add_argument("--seeds", type=int, nargs="+", help="default: the authors' 0 1000 111 1234")
-    p.add_argument("--steps", type=int, help="denoising steps (default 50)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 5.0)")
-    p.add_argument("--num-images", type=int, default=1, help="images per seed")
-    p.add_argument("--resolution", type=int)
+    p.add_argument("--out", help="output folder (default: a new RUN/samples/MODE-NNN)")
+    p.add_argument("--seeds", type=int, nargs="+", help="sampling seeds (default: the run's)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the run's)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the run's)")
+    p.add_argument("--guidance-rescale", type=float, help="CFG rescale in [0, 1] (default: the run's)")
+    p.add_argument("--num-images", type=int, default=1, help="images per seed (default 1)")
+    p.add_argument("--resolution", type=int, help="image size in px (default: the run's training size)")
     p.add_argument("--base-model", help="override the run's base model (hub id or folder)")
     p.add_argument("--identifier", help="what <c> stands for, when the content LoRA is a plain file")
     p.add_argument("--style-words", help="what <s> stands for, when the style LoRA is a plain file")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (the default), cpu or cuda")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,11 +172,10 @@ def run_probe(args) -> None:
 
 
 def run_decompose(args) -> None:
-    from .config import RunConfig, load_config
     from .decompose import decompose
+    from .defaults import resolve_config
 
-    config = load_config(args.config) if args.config else RunConfig()
-    config = config.with_overrides(
+    resolved = resolve_config(
         {
             "prompts.subject": args.subject, "prompts.style": args.style, "prompts.identifier": args.identifier,
             "model.base_model": args.base_model, "model.profile": args.profile,
@@ -182,38 +185,25 @@ def run_decompose(args) -> None:
             "train.preview_every": args.preview_every, "sample.steps": args.sample_steps,
             "train.device": args.device, "train.checkpoint_every": args.checkpoint_every,
             "train.prior_images": args.prior_images,
-        }
+        },
+        args.config, args.method,
     )
-    run = decompose(args.image, args.out, config, method=args.method, force=args.force, progress=not args.quiet,
-                    resume=args.resume)
+    run = decompose(args.image, args.out, resolved.config, method=args.method, force=args.force,
+                    progress=not args.quiet, resume=args.resume, sources=resolved.sources)
     print(run.summary())
 
 
 def run_generate(args) -> None:
-    from .config import SampleConfig
     from .generate import generate
-    from .runfolder import MANIFEST_FILE, RunFolder
 
-    source = args.run or args.content
-    if source is None:
-        raise UnZipLoRAError("give a run folder (unziplora generate RUN ...) or --content RUN --style RUN")
-    runs = [p for p in (args.run, args.content, args.style) if p and (Path(p) / MANIFEST_FILE).is_file()]
-    defaults = RunFolder.open(runs[0]).manifest["config"]["sample"] if runs else vars(SampleConfig())
-    sample = SampleConfig(
-        steps=args.steps or defaults["steps"],
-        guidance_scale=args.guidance if args.guidance is not None else defaults["guidance_scale"],
-        seeds=args.seeds or defaults["seeds"],
-        resolution=args.resolution or defaults["resolution"],
-    )
-    mode = "cross" if (args.content and args.style) else args.mode
-    home = Path(runs[0]) if runs else Path("samples")
-    out = args.out or str(home / "samples" / mode)
     paths = generate(
-        args.prompt, out, mode, run=args.run, content_run=args.content, style_run=args.style, sample=sample,
+        args.prompt, args.out, args.mode, run=args.run, content_run=args.content, style_run=args.style,
         num_images=args.num_images, base_model=args.base_model, device=args.device, force=args.force,
-        identifier=args.identifier, style_words=args.style_words,
+        identifier=args.identifier, style_words=args.style_words, progress=not args.quiet, steps=args.steps,
+        guidance_scale=args.guidance, seeds=args.seeds, resolution=args.resolution,
+        guidance_rescale=args.guidance_rescale,
     )
-    print(f"wrote {len(paths)} image(s) and grid.png to {out}")
+    print(f"wrote {len(paths)} image(s) and grid.png to {paths[0].parent if paths else args.out}")
 
 
 def run_eval(args) -> None:

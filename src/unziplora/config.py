@@ -7,6 +7,7 @@ docs/method.md §6). Unknown keys and bad values are rejected with one line nami
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -101,9 +102,6 @@ class TrainConfig:
     # (arXiv 2208.12242, Eq. 2); 0 = off.
     prior_images: int = 0
     prior_weight: float = 1.0
-    # b-lora baseline only: train with its reference code's rank 64, lr 5e-5 and 1000 steps
-    # (yardenfren1996/B-LoRA); false: with this config's lora.rank, lora.lr and train.steps.
-    reference_settings: bool = True
 
     def __post_init__(self):
         _check(self.prior_images >= 0, f"train.prior_images must be >= 0 (0 = off), got {self.prior_images}")
@@ -125,10 +123,20 @@ class SampleConfig:
     guidance_scale: float = 5.0
     seeds: list[int] = field(default_factory=lambda: [0, 1000, 111, 1234])
     resolution: int | None = None  # None: the training resolution
+    # CFG rescale (arXiv 2305.08891, Sec. 3.4): 0 for SDXL; models with zero-terminal-SNR schedules
+    # declare ~0.7 in their unziplora_defaults.yaml to avoid over-exposed samples.
+    guidance_rescale: float = 0.0
 
     def __post_init__(self):
-        _check(self.steps > 0, f"sample.steps must be > 0, got {self.steps}")
+        _check(self.steps > 0, f"sample.steps (--steps) must be > 0, got {self.steps}")
         _check(len(self.seeds) > 0, "sample.seeds must hold at least one seed")
+        bad = [s for s in self.seeds if not 0 <= s < 2**63]
+        _check(not bad, f"sample.seeds (--seeds) must lie in [0, 2**63), got {bad[0] if bad else ''}")
+        _check(math.isfinite(self.guidance_scale) and self.guidance_scale >= 0,
+               f"sample.guidance_scale (--guidance) must be a finite number >= 0, got {self.guidance_scale}")
+        _check(self.resolution is None or (self.resolution >= 8 and self.resolution % 8 == 0),
+               f"sample.resolution (--resolution) must be a positive multiple of 8, got {self.resolution}")
+        _check(0.0 <= self.guidance_rescale <= 1.0, f"sample.guidance_rescale must be in [0, 1], got {self.guidance_rescale}")
 
 
 @dataclass

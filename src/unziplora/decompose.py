@@ -67,6 +67,7 @@ def decompose(
     force: bool = False,
     progress: bool = True,
     resume: bool = False,
+    sources: dict[str, str] | None = None,
 ) -> RunFolder:
     """Train the content and style LoRAs of one image with `method` and write the run folder.
 
@@ -75,6 +76,8 @@ def decompose(
     (`methods/baselines.py`). Inputs are checked before the model loads. An UnZipLoRA run is
     written to OUT.partial/ with a checkpoint every train.checkpoint_every steps and renamed to
     OUT when complete; `resume` continues an interrupted OUT.partial/ (same inputs only).
+    `sources` (from `defaults.resolve_config`) says where each non-default setting came from; the
+    manifest keeps it.
     """
     try:
         method = Method(method)
@@ -85,7 +88,7 @@ def decompose(
 
         if resume:
             raise UnZipLoRAError(f"--resume is not available for --method {method.value}; rerun with --force")
-        return decompose_baseline(image, out_dir, config, method, force=force, progress=progress)
+        return decompose_baseline(image, out_dir, config, method, force=force, progress=progress, sources=sources)
     config = config.with_overrides(method.config_overrides)
     t_start = time.perf_counter()
     prompts = training_prompts(config.prompts)
@@ -122,7 +125,7 @@ def decompose(
         (tmp / "config.yaml").write_text(config.to_yaml())
         timings = {"load_s": load_s, **trainer.timings, "save_s": time.perf_counter() - t0}
         timings["total_s"] = time.perf_counter() - t_start
-        manifest = base_manifest(config, profile, prompts, picture)
+        manifest = base_manifest(config, profile, prompts, picture, sources)
         manifest.update({
             "method": method.value,
             "steps": trainer.step,
@@ -135,14 +138,15 @@ def decompose(
                       "state": STATE_FILE, "preview": "preview.png", "loss": "loss.csv"},
         })
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-        write_model_card(tmp, manifest, picture, out_dir.name)
+        write_model_card(tmp, manifest, picture, out_dir)
         # Only now, with every output written: until here a failure can still resume from it.
         shutil.rmtree(checkpointer.folder, ignore_errors=True)  # the finished run needs no optimiser state
     return RunFolder.open(out_dir)
 
 
-def base_manifest(config: RunConfig, profile, prompts, picture) -> dict:
-    """The manifest fields every method writes: format, base model, prompts, input, config, versions.
+def base_manifest(config: RunConfig, profile, prompts, picture, sources: dict[str, str] | None = None) -> dict:
+    """The manifest fields every method writes: format, base model, prompts, input, config (with
+    where each non-default setting came from), versions.
 
     `prompts["style_words"]` is what `<s>` stands for when generating, `identifier` what `<c>` does.
     """
@@ -160,6 +164,7 @@ def base_manifest(config: RunConfig, profile, prompts, picture) -> dict:
         "seed": config.train.seed,
         "versions": library_versions(),
         "config": config.to_dict(),
+        "config_sources": dict(sorted((sources or {}).items())),
     }
 
 

@@ -13,7 +13,6 @@ ordinary prompt (arXiv 2403.14572; yardenfren1996/B-LoRA's inference.py).
 
 from __future__ import annotations
 
-import enum
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 from PIL import Image
 
 from .attention import CONTENT_KWARG, STYLE_KWARG
-from .branch import Branch
+from .branch import Branch, Mode
 from .config import SampleConfig
 from .errors import UnZipLoRAError
 from .fuse import fuse_for_generation
@@ -31,14 +30,8 @@ from .methods import Method
 from .models import load_pipeline, pick_device
 from .profiles import INFERENCE_PROFILE
 from .prompts import CONTENT_TAG, STYLE_TAG, check_length, encode_prompts, expand_tags, split_prompt
-from .runfolder import atomic_output_dir, save_grid
+from .runfolder import atomic_output_dir, refuse_existing, save_grid
 from .sources import BranchSource
-
-class Mode(str, enum.Enum):
-    CONTENT = "content"
-    STYLE = "style"
-    BOTH = "both"
-    CROSS = "cross"
 
 
 @dataclass
@@ -52,13 +45,25 @@ class Conditioning:
 
 
 @torch.no_grad()
-def sample_images(pipe, cond: Conditioning, sample: SampleConfig, resolution: int | None, num_images: int = 1) -> list[Image.Image]:
+def sample_images(pipe, cond: Conditioning, sample: SampleConfig, resolution: int | None, num_images: int = 1,
+                  progress: bool = False) -> list[Image.Image]:
     """Run the SDXL pipeline once per seed from precomputed embeddings.
 
     The unconditional half of classifier-free guidance uses zero embeddings, as SDXL does for
     an empty negative prompt (force_zeros_for_empty_prompt); the branch inputs get the same
-    zeros there, so unconditional K/V carry no prompt in any branch.
+    zeros there, so unconditional K/V carry no prompt in any branch. `sample.guidance_rescale`
+    is CFG rescale (arXiv 2305.08891, Sec. 3.4), which zero-terminal-SNR models need. With
+    `progress`, one bar counts the denoising steps of every seed.
     """
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(sample.seeds) * sample.steps, desc="generate", unit="step", disable=not progress,
+               dynamic_ncols=True)
+
+    def tick(pipeline, step, timestep, tensors):
+        bar.update(1)
+        return tensors
+
     device = pipe.unet.device
     dtype = pipe.unet.dtype
     extra = {}
@@ -79,10 +84,13 @@ def sample_images(pipe, cond: Conditioning, sample: SampleConfig, resolution: in
             height=resolution,
             width=resolution,
             generator=generator,
+            guidance_rescale=sample.guidance_rescale,
             cross_attention_kwargs=extra or None,
             output_type="pil",
+            callback_on_step_end=tick,
         )
         images.extend(out.images)
+    bar.close()
     return images
 
 
@@ -102,10 +110,74 @@ def _encode(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     return encode_prompts(pipe, prompts, pipe.unet.device)
 
 
+@dataclass
+class Plan:
+    """What one generation will do, settled before any model loads (so a wrong output folder or a
+    missing tag costs no loading time)."""
+
+    mode: Mode
+    content: BranchSource
+    style: BranchSource
+    base_model: str
+    sample: SampleConfig
+    resolution: int | None
+    identifier: str
+    style_words: str
+    out_dir: Path
+
+
+def default_out_dir(home: Path, mode: Mode) -> Path:
+    """A new folder per call: HOME/samples/MODE-001, -002, ... (a second prompt never collides)."""
+    n = 1
+    while (home / "samples" / f"{mode.value}-{n:03d}").exists():
+        n += 1
+    return home / "samples" / f"{mode.value}-{n:03d}"
+
+
+def plan_generation(prompt: str, out_dir: str | Path | None, mode: Mode | str, run=None, content_run=None,
+                    style_run=None, sample: SampleConfig | None = None, base_model: str | None = None,
+                    identifier: str | None = None, style_words: str | None = None, force: bool = False,
+                    **settings) -> Plan:
+    """Resolve the sources, the sampling settings (`settings`: steps, guidance_scale, seeds,
+    resolution, guidance_rescale; None = the run's, which follow its base model) and the output
+    folder, and check them."""
+    from .defaults import resolve_base_model
+
+    mode = Mode(mode)
+    if content_run and style_run:
+        mode = Mode.CROSS
+    elif mode is Mode.CROSS:
+        raise UnZipLoRAError("cross-run generation needs both --content RUN and --style RUN")
+    elif run is None:
+        raise UnZipLoRAError("give the run folder to generate from: unziplora generate RUN ...")
+    content = BranchSource.open(content_run or run, Branch.CONTENT)
+    style = BranchSource.open(style_run or run, Branch.STYLE)
+    runs = [s for s in (content, style) if s.run is not None]
+    config = runs[0].manifest_value("config") if runs else None
+    if sample is None:
+        given = {k: v for k, v in settings.items() if v is not None}
+        sample = SampleConfig(**{**(config["sample"] if config else {}), **given})
+    # A plain LoRA file says nothing of its resolution: then the base model's default size.
+    resolution = sample.resolution or (config["train"]["resolution"] if config else None)
+    bases = {s.manifest_value("base_model") for s in runs}
+    if base_model is None and len(bases) != 1:
+        raise UnZipLoRAError("pass --base-model: the sources name " + ("no base model" if not bases else "different base models"))
+    identifier = identifier or content.manifest_value("prompts", "identifier")
+    style_words = style_words or style.manifest_value("prompts", "style_words")
+    for tag, value, flag in ((CONTENT_TAG, identifier, "--identifier"), (STYLE_TAG, style_words, "--style-words")):
+        if tag in prompt and value is None:
+            raise UnZipLoRAError(f"the prompt uses {tag} but the LoRA file does not say what it stands for; pass {flag}")
+    home = runs[0].path if runs else Path(".")
+    out = Path(out_dir) if out_dir is not None else default_out_dir(home, mode)
+    refuse_existing(out, force)
+    return Plan(mode, content, style, resolve_base_model(base_model or bases.pop()), sample, resolution,
+                identifier or "", style_words or "", out)
+
+
 def generate(
     prompt: str,
-    out_dir: str | Path,
-    mode: Mode | str,
+    out_dir: str | Path | None = None,
+    mode: Mode | str = Mode.BOTH,
     run: str | Path | None = None,
     content_run: str | Path | None = None,
     style_run: str | Path | None = None,
@@ -117,45 +189,35 @@ def generate(
     identifier: str | None = None,
     style_words: str | None = None,
     fused: bool = True,
+    progress: bool = False,
+    **settings,
 ) -> list[Path]:
-    """Generate images and write them, a grid and generation.json into `out_dir`.
+    """Generate images and write them, a grid and generation.json into `out_dir` (default: a new
+    RUN/samples/MODE-NNN folder).
 
     `run`, `content_run` and `style_run` are run folders or plain LoRA files (diffusers,
     kohya, B-LoRA); for plain files pass `identifier` / `style_words` if the prompt uses <c> / <s>,
-    and `base_model`. `fused` folds the LoRAs into the weights and computes the separated
-    cross-attention K/V once (fuse.py); False runs the two-branch layers at every step.
+    and `base_model`. Sampling settings default to the run's; `settings` (steps, guidance_scale,
+    seeds, resolution, guidance_rescale) or a whole `sample` replace them. `fused` folds the LoRAs
+    into the weights and computes the separated cross-attention K/V once (fuse.py); False runs
+    the two-branch layers at every step.
     """
-    mode = Mode(mode)
-    if content_run and style_run:
-        mode = Mode.CROSS
-    elif mode is Mode.CROSS:
-        raise UnZipLoRAError("cross-run generation needs both --content RUN and --style RUN")
-    elif run is None:
-        raise UnZipLoRAError("give the run folder to generate from: unziplora generate RUN ...")
     if num_images <= 0:
         raise UnZipLoRAError(f"--num-images must be positive, got {num_images}")
-    content = BranchSource.open(content_run or run, Branch.CONTENT)
-    style = BranchSource.open(style_run or run, Branch.STYLE)
-    runs = [s for s in (content, style) if s.run is not None]
-    config = runs[0].manifest_value("config") if runs else None
-    if sample is None:
-        sample = SampleConfig(**config["sample"]) if config else SampleConfig()
-    # A plain LoRA file says nothing of its resolution: then the base model's default size.
-    resolution = sample.resolution or (config["train"]["resolution"] if config else None)
-    bases = {s.manifest_value("base_model") for s in runs}
-    if base_model is None and len(bases) != 1:
-        raise UnZipLoRAError("pass --base-model: the sources name " + ("no base model" if not bases else "different base models"))
-    base = base_model or bases.pop()
-    identifier = identifier or content.manifest_value("prompts", "identifier")
-    style_words = style_words or style.manifest_value("prompts", "style_words")
-    for tag, value, flag in ((CONTENT_TAG, identifier, "--identifier"), (STYLE_TAG, style_words, "--style-words")):
-        if tag in prompt and value is None:
-            raise UnZipLoRAError(f"the prompt uses {tag} but the LoRA file does not say what it stands for; pass {flag}")
+    plan = plan_generation(prompt, out_dir, mode, run, content_run, style_run, sample, base_model, identifier,
+                           style_words, force, **settings)
     torch_device = pick_device(device)
-    pipe = load_pipeline(base, dtype=torch.float16 if torch_device.type == "cuda" else torch.float32)
+    pipe = load_pipeline(plan.base_model, dtype=torch.float16 if torch_device.type == "cuda" else torch.float32)
     pipe.to(torch_device)
     pipe.vae.to(torch.float32)
+    cond, prompts = _conditioning(pipe, plan, prompt, num_images, fused)
+    images = sample_images(pipe, cond, plan.sample, plan.resolution, num_images, progress)
+    return _write(plan, images, prompts, num_images, force)
 
+
+def _conditioning(pipe, plan: Plan, prompt: str, num_images: int, fused: bool) -> tuple[Conditioning, dict]:
+    """Load the LoRAs into the pipeline as the mode needs and encode the prompt(s)."""
+    mode, content, style = plan.mode, plan.content, plan.style
     # A DreamBooth-LoRA run cannot split: its content and style LoRAs are one LoRA, so "both"
     # is that LoRA once, with the whole prompt (summing the two branches would apply it twice).
     one_lora = mode is Mode.BOTH and content.method is Method.DREAMBOOTH_LORA
@@ -168,38 +230,42 @@ def generate(
         if fused:  # diffusers' own fusion: W + B A, then drop the adapter layers
             pipe.fuse_lora(adapter_names=[mode.value])
             pipe.unload_lora_weights()
-        text = expand_tags(prompt, identifier or "", style_words or "")
+        text = expand_tags(prompt, plan.identifier, plan.style_words)
         embeds, pooled = _encode(pipe, [text])
-        cond = Conditioning(embeds, pooled)
-        prompts = {"prompt": text}
-    else:
-        triple = split_prompt(prompt, identifier or "", style_words or "")
-        embeds, pooled = _encode(pipe, [triple.combined, triple.content, triple.style])
-        lora = inject_two_branch_lora(pipe.unet, INFERENCE_PROFILE, max(content.rank, style.rank))
-        lora.load_branch(content.branch_state(lora), Branch.CONTENT, str(content.path))
-        lora.load_branch(style.branch_state(lora), Branch.STYLE, str(style.path))
-        lora.set_masking(True)
-        cond = Conditioning(embeds[0:1], pooled[0:1], embeds[1:2], embeds[2:3])
-        if fused:
-            batch = [step_batch(e, num_images, sample.guidance_scale).to(pipe.unet.device, pipe.unet.dtype)
-                     for e in (cond.combined, cond.content, cond.style)]
-            fuse_for_generation(pipe.unet, *batch)
-            cond = Conditioning(cond.combined, cond.pooled)  # K/V are cached in the processors now
-        prompts = {"combined": triple.combined, "content": triple.content, "style": triple.style}
-    images = sample_images(pipe, cond, sample, resolution, num_images)
+        return Conditioning(embeds, pooled), {"prompt": text}
+    if CONTENT_TAG not in prompt and STYLE_TAG not in prompt:
+        print(f"note: the prompt has no {CONTENT_TAG} or {STYLE_TAG}, so the content and style branches see the same "
+              f'prompt; write e.g. "A {CONTENT_TAG} cat in {STYLE_TAG} style" to give each its part')
+    triple = split_prompt(prompt, plan.identifier, plan.style_words)
+    embeds, pooled = _encode(pipe, [triple.combined, triple.content, triple.style])
+    lora = inject_two_branch_lora(pipe.unet, INFERENCE_PROFILE, max(content.rank, style.rank))
+    lora.load_branch(content.branch_state(lora), Branch.CONTENT, str(content.path))
+    lora.load_branch(style.branch_state(lora), Branch.STYLE, str(style.path))
+    lora.set_masking(True)
+    cond = Conditioning(embeds[0:1], pooled[0:1], embeds[1:2], embeds[2:3])
+    if fused:
+        batch = [step_batch(e, num_images, plan.sample.guidance_scale).to(pipe.unet.device, pipe.unet.dtype)
+                 for e in (cond.combined, cond.content, cond.style)]
+        fuse_for_generation(pipe.unet, *batch)
+        cond = Conditioning(cond.combined, cond.pooled)  # K/V are cached in the processors now
+    return cond, {"combined": triple.combined, "content": triple.content, "style": triple.style}
 
-    with atomic_output_dir(out_dir, force) as tmp:
+
+def _write(plan: Plan, images: list, prompts: dict, num_images: int, force: bool) -> list[Path]:
+    """The images, their grid and generation.json, all or nothing."""
+    sample = plan.sample
+    with atomic_output_dir(plan.out_dir, force) as tmp:
         paths = []
         for i, image in enumerate(images):
-            seed = sample.seeds[i // num_images]
-            name = f"seed{seed}_{i % num_images}.png"
+            name = f"seed{sample.seeds[i // num_images]}_{i % num_images}.png"
             image.save(tmp / name)
-            paths.append(Path(out_dir) / name)
+            paths.append(plan.out_dir / name)
         save_grid(images, tmp / "grid.png", columns=min(len(images), 4))
         record = {
-            "mode": mode.value, "prompts": prompts, "seeds": list(sample.seeds), "steps": sample.steps,
-            "guidance_scale": sample.guidance_scale, "resolution": resolution, "num_images": num_images,
-            "content_source": str(content.path), "style_source": str(style.path), "base_model": base,
+            "mode": plan.mode.value, "prompts": prompts, "seeds": list(sample.seeds), "steps": sample.steps,
+            "guidance_scale": sample.guidance_scale, "guidance_rescale": sample.guidance_rescale,
+            "resolution": plan.resolution, "num_images": num_images, "content_source": str(plan.content.path),
+            "style_source": str(plan.style.path), "base_model": plan.base_model,
         }
         (tmp / "generation.json").write_text(json.dumps(record, indent=2))
     return paths

@@ -29,23 +29,30 @@ Decomposed by [unziplora](https://arxiv.org/abs/2412.04465) with **{method}** fr
 
 {together}
 
-    unziplora generate {name} --mode both --prompt "A <c> {subject} in <s> style in a boat"
+    unziplora generate "{path}" --mode both --prompt "A <c> {subject} in <s> style in a boat"
 
 ## diffusers
 
 ```python
+import torch
 from diffusers import StableDiffusionXLPipeline
-pipe = StableDiffusionXLPipeline.from_pretrained("{base_model}")
-pipe.load_lora_weights("{name}/content_lora", adapter_name="content")
-image = pipe("A {identifier} {subject} on the beach").images[0]
-pipe.load_lora_weights("{name}/style_lora", adapter_name="style")   # both, by plain addition
+
+device = "cuda" if torch.cuda.is_available() else "cpu"
+pipe = StableDiffusionXLPipeline.from_pretrained(
+    "{base_model}", dtype=torch.float16 if device == "cuda" else torch.float32).to(device)
+pipe.load_lora_weights("{path}/content_lora", adapter_name="content")
+settings = dict(height={resolution}, width={resolution}, num_inference_steps={sample_steps}, guidance_scale={guidance},
+                guidance_rescale={guidance_rescale})
+image = pipe("A {identifier} {subject} on the beach", **settings).images[0]
+pipe.load_lora_weights("{path}/style_lora", adapter_name="style")  # both, by plain addition
 pipe.set_adapters(["content", "style"], adapter_weights=[1.0, 1.0])
+image = pipe("A {identifier} {subject} in {style} style", **settings).images[0]
 ```
 
 ## ComfyUI and AUTOMATIC1111
 
-Export kohya-format files first: `unziplora export {name} --format kohya` writes
-`{name}/export/kohya/{name}_content.safetensors` and `..._style.safetensors`.
+Export kohya-format files first: `unziplora export "{path}" --format kohya` writes
+`{path}/export/kohya/{name}_content.safetensors` and `..._style.safetensors`.
 - ComfyUI: copy them to `models/loras/`, add a *LoraLoader* node (strength 1.0) after the SDXL checkpoint.
 - AUTOMATIC1111 / Forge: copy them to `models/Lora/` and prompt
   `A {identifier} {subject} on the beach <lora:{name}_content:1>` or
@@ -79,10 +86,11 @@ EXPORTS = {
 
 
 
-def write_model_card(folder: Path, manifest: dict, thumbnail: Image.Image, name: str) -> Path:
+def write_model_card(folder: Path, manifest: dict, thumbnail: Image.Image, final_path: str | Path) -> Path:
     """Write folder/README.md and folder/thumbnail.png (the input, at most 256 px).
 
-    `name` is the run folder's final name (the card may be written before the rename).
+    `final_path` is where the run folder will be (the card is written before the rename); the
+    card's commands and code use it as an absolute path, so they work from any directory.
     """
     thumb = thumbnail.copy()
     thumb.thumbnail((256, 256))
@@ -90,8 +98,12 @@ def write_model_card(folder: Path, manifest: dict, thumbnail: Image.Image, name:
     p, cfg = manifest["prompts"], manifest["config"]
     method = Method(manifest.get("method", Method.UNZIPLORA.value))
     export, together, files = EXPORTS[method if method.is_baseline else Method.UNZIPLORA]
+    final_path = Path(final_path).resolve()
+    sample = cfg["sample"]
     card = CARD.format(
-        name=name, method=method.value, export=export, together=together, files=files,
+        name=final_path.name, path=final_path.as_posix(), method=method.value,
+        resolution=sample["resolution"] or cfg["train"]["resolution"], sample_steps=sample["steps"],
+        guidance=sample["guidance_scale"], guidance_rescale=sample.get("guidance_rescale", 0.0), export=export, together=together, files=files,
         base_model=manifest["base_model"], subject=p["subject"], style=p["style_words"],
         style_phrase=cfg["prompts"]["style"] or p["style_words"],
         identifier=p["identifier"], steps=manifest["steps"], rank=cfg["lora"]["rank"], seed=manifest["seed"],

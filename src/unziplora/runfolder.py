@@ -40,7 +40,8 @@ MANIFEST_FILE = "manifest.json"
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
-def _refuse_existing(out_dir: Path, force: bool) -> None:
+def refuse_existing(out_dir: Path, force: bool) -> None:
+    """One clear error when `out_dir` holds something and `force` is off (checked before any work)."""
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not force:
         raise UnZipLoRAError(f"{out_dir} already exists and is not empty; choose another --out or pass --force")
 
@@ -78,7 +79,7 @@ def atomic_output_dir(out_dir: str | Path, force: bool = False):
     folder is removed and `out_dir` is left as it was.
     """
     out_dir = Path(out_dir)
-    _refuse_existing(out_dir, force)
+    refuse_existing(out_dir, force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
@@ -103,7 +104,7 @@ def resumable_output_dir(out_dir: str | Path, force: bool, resume: bool, keep: C
     An existing OUT.partial is continued with `resume`, discarded with `force`, refused otherwise.
     """
     out_dir = Path(out_dir)
-    _refuse_existing(out_dir, force)
+    refuse_existing(out_dir, force)
     work = partial_dir(out_dir)
     if work.exists() and not resume:
         if not force:

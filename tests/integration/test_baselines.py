@@ -23,7 +23,7 @@ def lora_keys(run, branch):
 def test_b_lora_trains_the_two_modules_of_the_profile(tiny_base, tiny_image, tmp_path):
     """B-LoRA's reference: content = up_blocks.0.attentions.0, style = up_blocks.0.attentions.1 on
     SDXL, nothing else. (Was: the six modules the UnZipLoRA profile gives a branch all columns of.)"""
-    config = tiny_config(tiny_base, **{"train.reference_settings": False})
+    config = tiny_config(tiny_base)
     run = decompose_baseline(tiny_image, tmp_path / "b", config, "b-lora", progress=False)
     content, style = lora_keys(run, "content"), lora_keys(run, "style")
     assert content and style and not content & style
@@ -32,7 +32,7 @@ def test_b_lora_trains_the_two_modules_of_the_profile(tiny_base, tiny_image, tmp
     assert len(content) == len(style) == 2 * 4 * 2  # the tiny UNet's 2 transformer blocks x attn1/attn2
     assert run.manifest["method"] == "b-lora" and run.manifest["training_prompt"] == "A monadikos"
     assert run.manifest["trained_modules"] == ["up_blocks.0.attentions.0", "up_blocks.0.attentions.1"]
-    assert run.manifest["reference_settings"] is None and run.manifest["steps"] == 5
+    assert run.manifest["reference_settings"]["used"] is False and run.manifest["steps"] == 5
     # its reference prompts: <c> and <s> both stand for the training token
     assert run.manifest["prompts"]["identifier"] == run.manifest["prompts"]["style_words"] == "monadikos"
     sample = SampleConfig(steps=2, seeds=[0])
@@ -50,7 +50,7 @@ def test_b_lora_both_loads_the_two_parts_under_one_prompt(tiny_base, tiny_image,
     from PIL import Image
     from safetensors.torch import load_file, save_file
 
-    config = tiny_config(tiny_base, **{"train.reference_settings": False, "train.steps": 1})
+    config = tiny_config(tiny_base, **{"train.steps": 1})
     run = decompose_baseline(tiny_image, tmp_path / "b", config, "b-lora", progress=False)
     torch.manual_seed(0)  # one step barely moves B from 0: make the parts visible in the image
     for branch in ("content", "style"):
@@ -73,10 +73,12 @@ def test_b_lora_both_loads_the_two_parts_under_one_prompt(tiny_base, tiny_image,
         assert np.abs(np.asarray(Image.open(paths[0]), dtype=np.int16) - expected).max() <= 2
 
 
-def test_b_lora_uses_its_reference_settings_and_records_them(tiny_base, tiny_image, tmp_path, monkeypatch, capsys):
+def test_b_lora_uses_its_reference_settings_unless_the_user_sets_others(tiny_base, tiny_image, tmp_path,
+                                                                        monkeypatch):
     import dataclasses
 
     import unziplora.methods.baselines as baselines
+    from unziplora.defaults import resolve_config
 
     specs, real = [], baselines.train_single_lora
 
@@ -85,13 +87,19 @@ def test_b_lora_uses_its_reference_settings_and_records_them(tiny_base, tiny_ima
         return real(pipe, image, dataclasses.replace(spec, steps=1, rank=2), device, progress, prior_images)
 
     monkeypatch.setattr(baselines, "train_single_lora", fake_training)
-    run = decompose(tiny_image, tmp_path / "b", tiny_config(tiny_base), method="b-lora", progress=False)
+    given = {"model.base_model": str(tiny_base), "prompts.subject": "cat", "prompts.style": "sketch",
+             "train.resolution": 32, "sample.steps": 2}
+    resolved = resolve_config(given, method="b-lora")
+    run = decompose(tiny_image, tmp_path / "b", resolved.config, method="b-lora", progress=False,
+                    sources=resolved.sources)
     assert (specs[0].rank, specs[0].lr, specs[0].steps) == (64, 5e-5, 1000)
     assert specs[0].prompt == "A monadikos"
     assert run.manifest["reference_settings"] == {"source": "yardenfren1996/B-LoRA (arXiv 2403.14572)",
-                                                  "rank": 64, "lr": 5e-5, "steps": 1000}
-    assert run.manifest["config"]["train"]["steps"] == 1000 and run.manifest["config"]["lora"]["rank"] == 64
-    assert "trains with the settings of yardenfren1996/B-LoRA" in capsys.readouterr().out
+                                                  "rank": 64, "lr": 5e-5, "steps": 1000, "used": True}
+    assert run.manifest["config_sources"]["train.steps"] == "method"
+    explicit = resolve_config({**given, "train.steps": 7}, method="b-lora")  # an explicit setting wins
+    assert explicit.config.train.steps == 7 and explicit.sources["train.steps"] == "given"
+    assert explicit.config.lora.rank == 64 and "lora.rank" not in explicit.sources  # = the paper default
 
 
 def test_dreambooth_lora_cannot_split(tiny_base, tiny_image, tmp_path):

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from unziplora.branch import Branch, Role
-from unziplora.config import RunConfig
-from unziplora.demo import DEMO_OVERRIDES, EMBEDDED_MODEL, demo_image
+from unziplora.defaults import resolve_config
+from unziplora.demo import EMBEDDED_MODEL, demo_image
 from unziplora.models import load_pipeline
 from unziplora.profiles import resolve_profile
 from unziplora.prompts import training_prompts
@@ -22,10 +22,10 @@ pytestmark = pytest.mark.skipif(not (EMBEDDED_MODEL / "model_index.json").is_fil
 @pytest.fixture(scope="module")
 def demo_trainer():
     subject, style, image = demo_image()
-    config = RunConfig().with_overrides({
-        **DEMO_OVERRIDES, "model.base_model": str(EMBEDDED_MODEL), "prompts.subject": subject.cls,
+    config = resolve_config({  # the model's own defaults, as the demo trains
+        "model.base_model": str(EMBEDDED_MODEL), "prompts.subject": subject.cls,
         "prompts.style": style.family, "train.steps": 3, "masks.refresh_every": 1,
-    })
+    }).config
     pipe = load_pipeline(str(EMBEDDED_MODEL))
     return Trainer.prepare(config, pipe, image, training_prompts(config.prompts),
                            resolve_profile("auto", EMBEDDED_MODEL), torch.device("cpu"), torch.float32)

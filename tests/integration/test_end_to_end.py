@@ -140,7 +140,7 @@ def test_cli_decompose_info_generate(tiny_base, tiny_image, tmp_path, capsys):
     assert "monadikos" in capsys.readouterr().out
     assert main(["generate", str(out), "--mode", "both", "--prompt", "A <c> cat in <s> style",
                  "--steps", "2", "--seeds", "3"]) == 0
-    assert (out / "samples" / "both" / "seed3_0.png").is_file()
+    assert (out / "samples" / "both-001" / "seed3_0.png").is_file()  # a new folder per call
 
 
 @pytest.mark.parametrize(

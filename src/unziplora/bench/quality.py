@@ -1,7 +1,7 @@
 """`unziplora bench quality`: every method on held-out images of the toy world, scored by its oracles.
 
-Per method (same steps, rank, learning rate and generation settings for all, B-LoRA too:
-`train.reference_settings` off), over images and
+Per method (same steps, rank, learning rate and generation settings for all, B-LoRA too: its
+reference rank 64 would be full rank on this model), over images and
 seeds (mean and std):
 - subject_alignment: content-alone outputs vs the true subject (content oracle);
 - style_alignment:   style-alone outputs (another class, in <s> style) vs the true style;
@@ -141,8 +141,6 @@ def run_quality(json_path, base: str, workdir: Path, n_images: int = 12, seeds: 
                     "model.base_model": base, "prompts.subject": subject.cls, "prompts.style": style.family,
                     "train.steps": steps, "train.resolution": 64, "lora.rank": rank, "lora.lr": lr,
                     "sample.steps": sample_steps, "sample.seeds": [0], "train.checkpoint_every": 0,
-                    # every method on the same budget (B-LoRA's reference rank 64 is full rank here)
-                    "train.reference_settings": False,
                 })
                 path, record = _train_or_reuse(method, image, config, workdir / method / f"img{i:02d}", resume,
                                                model_key)

@@ -9,6 +9,25 @@ B-LoRA (arXiv 2403.14572). `decompose.decompose(..., method=...)` runs any of th
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ReferenceSettings:
+    """The training settings of a baseline's reference code (the method layer of `defaults.py`)."""
+
+    source: str
+    rank: int
+    lr: float
+    steps: int
+
+    def overrides(self) -> dict[str, object]:
+        return {"lora.rank": self.rank, "lora.lr": self.lr, "train.steps": self.steps}
+
+
+# yardenfren1996/B-LoRA's README command (the paper's settings): --rank=64 --learning_rate=5e-5
+# --max_train_steps=1000, batch 1, constant LR.
+B_LORA_REFERENCE = ReferenceSettings("yardenfren1996/B-LoRA (arXiv 2403.14572)", rank=64, lr=5e-5, steps=1000)
 
 
 class Method(str, enum.Enum):
@@ -22,6 +41,15 @@ class Method(str, enum.Enum):
     def is_baseline(self) -> bool:
         """True for the methods that train one ordinary LoRA instead of two branches."""
         return self in (Method.DREAMBOOTH_LORA, Method.B_LORA)
+
+    @property
+    def reference(self) -> ReferenceSettings | None:
+        """The reference code's settings a baseline trains with unless the user sets others."""
+        return B_LORA_REFERENCE if self is Method.B_LORA else None
+
+    @property
+    def reference_settings(self) -> dict[str, object]:
+        return self.reference.overrides() if self.reference else {}
 
     @property
     def config_overrides(self) -> dict[str, object]:

@@ -9,8 +9,9 @@
 - B-LoRA (arXiv 2403.14572, Sec. 4; reference code yardenfren1996/B-LoRA): one LoRA on the two
   attention modules the base model's profile names (`Profile.b_lora`; SDXL:
   up_blocks.0.attentions.0 for content, up_blocks.0.attentions.1 for style), trained on
-  "A <identifier>" (the paper's "A [v]") with the reference's rank 64, lr 5e-5 and 1000 steps
-  (`train.reference_settings: false`: the run's), then split: the content module's part is the
+  "A <identifier>" (the paper's "A [v]"), by default with the reference's rank 64, lr 5e-5 and
+  1000 steps (`Method.reference`, applied by `defaults.resolve_config` under what the base model
+  and the user set), then split: the content module's part is the
   content LoRA, the style module's part the style LoRA. At inference `<c>` and `<s>` both stand
   for the identifier, and "both" loads the two parts together under one prompt (generate.py).
 Both use the same data path and loss as UnZipLoRA (methods/single_lora.py).
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..branch import Branch
@@ -35,24 +35,6 @@ from ..prompts import training_prompts
 from ..runfolder import LORA_WEIGHT_NAME, MANIFEST_FILE, RunFolder, atomic_output_dir
 from . import Method
 from .single_lora import SingleLoraSpec, keep_modules, train_single_lora
-
-
-@dataclass(frozen=True)
-class ReferenceSettings:
-    """The training settings of a baseline's reference code, recorded in the run's manifest."""
-
-    source: str
-    rank: int
-    lr: float
-    steps: int
-
-    def overrides(self) -> dict[str, object]:
-        return {"lora.rank": self.rank, "lora.lr": self.lr, "train.steps": self.steps}
-
-
-# yardenfren1996/B-LoRA's README command (the paper's settings): --rank=64 --learning_rate=5e-5
-# --max_train_steps=1000, batch 1, constant LR.
-B_LORA_REFERENCE = ReferenceSettings("yardenfren1996/B-LoRA (arXiv 2403.14572)", rank=64, lr=5e-5, steps=1000)
 
 
 def class_images(pipe, prompt: str, n: int, config: RunConfig, device, folder: Path) -> list:
@@ -73,7 +55,7 @@ def class_images(pipe, prompt: str, n: int, config: RunConfig, device, folder: P
 
 
 def decompose_baseline(image, out_dir: str | Path, config: RunConfig, method: Method | str, force: bool = False,
-                       progress: bool = True) -> RunFolder:
+                       progress: bool = True, sources: dict[str, str] | None = None) -> RunFolder:
     """Train a baseline on one image and write a run folder with content_lora/ and style_lora/.
 
     `decompose.decompose(..., method=...)` is the entry point users call; this is its baseline half.
@@ -94,13 +76,9 @@ def decompose_baseline(image, out_dir: str | Path, config: RunConfig, method: Me
     picture = load_image(image)
     base_dir = Path(config.model.base_model).expanduser()
     profile = resolve_profile(config.model.profile, base_dir if base_dir.is_dir() else None)
-    reference = None
     if method is Method.B_LORA:
         parts = dict(zip((Branch.CONTENT, Branch.STYLE), ((m,) for m in profile.b_lora_modules())))
         prompt, modules = f"A {config.prompts.identifier}", parts[Branch.CONTENT] + parts[Branch.STYLE]
-        if config.train.reference_settings:
-            reference = B_LORA_REFERENCE
-            config = _with_reference(config, reference, method)
     else:
         prompt, modules = prompts.combined, ()
     t = config.train
@@ -124,13 +102,12 @@ def decompose_baseline(image, out_dir: str | Path, config: RunConfig, method: Me
             )
         picture.save(tmp / "input.png")
         (tmp / "config.yaml").write_text(config.to_yaml())
-        manifest = base_manifest(config, profile, prompts, picture)
+        manifest = base_manifest(config, profile, prompts, picture, sources)
         if method is Method.B_LORA:  # B-LoRA learns no style words: <s> stands for its token too
             manifest["prompts"]["style_words"] = config.prompts.identifier
         manifest.update({
             "method": method.value, "training_prompt": prompt, "trained_modules": list(modules) or "all",
-            "reference_settings": {"source": reference.source, "rank": reference.rank, "lr": reference.lr,
-                                   "steps": reference.steps} if reference else None,
+            "reference_settings": _reference_record(method, config),
             "prior_preservation": {"images": n_prior, "prompt": spec.prior_prompt, "weight": t.prior_weight}
             if n_prior else None,
             "steps": t.steps,
@@ -139,14 +116,14 @@ def decompose_baseline(image, out_dir: str | Path, config: RunConfig, method: Me
             "files": {"content_lora": f"content_lora/{LORA_WEIGHT_NAME}", "style_lora": f"style_lora/{LORA_WEIGHT_NAME}"},
         })
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-        write_model_card(tmp, manifest, picture, Path(out_dir).name)
+        write_model_card(tmp, manifest, picture, out_dir)
     return RunFolder.open(out_dir)
 
 
-def _with_reference(config: RunConfig, reference: ReferenceSettings, method: Method) -> RunConfig:
-    """The config with the reference's settings; a note when they replace other values."""
-    replaced = config.with_overrides(reference.overrides())
-    if replaced.to_dict() != config.to_dict():
-        print(f"note: {method.value} trains with the settings of {reference.source}: rank {reference.rank}, "
-              f"lr {reference.lr:g}, {reference.steps} steps (train.reference_settings: false uses the run's)")
-    return replaced
+def _reference_record(method: Method, config: RunConfig) -> dict | None:
+    """The reference code's settings and whether this run trained with them (a user may set others)."""
+    ref = method.reference
+    if ref is None:
+        return None
+    used = (config.lora.rank, config.lora.lr, config.train.steps) == (ref.rank, ref.lr, ref.steps)
+    return {"source": ref.source, "rank": ref.rank, "lr": ref.lr, "steps": ref.steps, "used": used}
