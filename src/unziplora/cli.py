@@ -12,40 +12,67 @@ from pathlib import Path
 from .errors import UnZipLoRAError
 from .bench import BENCHES
 from .branch import Mode
-from .methods import method_names
+from .formats import EXPORT_FORMATS
+from .methods import MERGE_METHODS, method_names
 from .metrics import DEFAULTS, METRICS
+
+
+# decompose's options: (flag, config key, argparse keywords). Numbers left unset take the layered
+# defaults of defaults.py (the paper's, the method's, the base model's, the config file's).
+MODEL_DEFAULT = "default: the base model's, else the paper's"
+DECOMPOSE_OPTIONS = (
+    ("--subject", "prompts.subject", {"help": "class noun of the subject, e.g. cat"}),
+    ("--style", "prompts.style", {"help": "short style phrase, e.g. watercolor"}),
+    ("--identifier", "prompts.identifier", {"help": "rare token standing for <c> (default monadikos)"}),
+    ("--base-model", "model.base_model",
+     {"help": "hub id or local diffusers SDXL folder (default stabilityai/stable-diffusion-xl-base-1.0; "
+              "the embedded toy model: src/unziplora/assets/toyworld-sdxl)"}),
+    ("--profile", "model.profile", {"help": "block roles: auto (the default: the model's own, else SDXL's), "
+                                            "sdxl, or a profile YAML"}),
+    ("--steps", "train.steps", {"type": int, "help": f"training steps ({MODEL_DEFAULT}: 600)"}),
+    ("--rank", "lora.rank", {"type": int, "help": f"LoRA rank of each branch ({MODEL_DEFAULT}: 64)"}),
+    ("--lr", "lora.lr", {"type": float, "help": f"learning rate of the LoRA matrices ({MODEL_DEFAULT}: 5e-5)"}),
+    ("--merger-lr", "lora.merger_lr", {"type": float, "help": "learning rate of the merger vectors (default 5e-3)"}),
+    ("--resolution", "train.resolution",
+     {"type": int, "help": f"training size in px, a multiple of 8 ({MODEL_DEFAULT}: 1024)"}),
+    ("--seed", "train.seed", {"type": int, "help": "random seed (default 0)"}),
+    ("--refresh-every", "masks.refresh_every", {"type": int, "help": "steps between column-mask refreshes (default 200)"}),
+    ("--orth-weight", "masks.orth_weight", {"type": float, "help": "weight of the orthogonality loss (default 0.5)"}),
+    ("--gradient-checkpointing", "train.gradient_checkpointing",
+     {"action": "store_true", "default": None, "help": "trade speed for memory (SDXL under 9 GB of GPU memory)"}),
+    ("--use-8bit-adam", "train.use_8bit_adam", {"action": "store_true", "default": None,
+                                                "help": "8-bit AdamW (needs bitsandbytes and CUDA)"}),
+    ("--mixed-precision", "train.mixed_precision",
+     {"choices": ["auto", "no", "fp16", "bf16"], "help": "auto (the default): fp16 on CUDA, fp32 on CPU"}),
+    ("--preview-every", "train.preview_every", {"type": int, "help": "write previews every N steps (default 0: off)"}),
+    ("--sample-steps", "sample.steps", {"type": int, "help": f"denoising steps of previews and generation ({MODEL_DEFAULT}: 50)"}),
+    ("--device", "train.device", {"help": "auto (the default), cpu or cuda"}),
+    ("--checkpoint-every", "train.checkpoint_every",
+     {"type": int, "help": "save a resumable checkpoint every N steps (default 100; 0: off)"}),
+    ("--prior-images", "train.prior_images",
+     {"type": int, "help": "dreambooth-lora: class images for prior preservation (default 0 = off)"}),
+)
 
 
 def _add_decompose(sub) -> None:
     p = sub.add_parser("decompose", help="train a content LoRA and a style LoRA from one image")
     p.add_argument("image", help="the input image")
-    p.add_argument("--subject", help="class noun of the subject, e.g. cat")
-    p.add_argument("--style", help="short style phrase, e.g. watercolor")
     p.add_argument("--out", required=True, help="run folder to create")
     p.add_argument("--config", help="YAML config; command-line options override it")
-    p.add_argument("--base-model", help="hub id or local diffusers SDXL folder")
-    p.add_argument("--profile", help="block roles: auto, sdxl, or a profile YAML")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--rank", type=int)
-    p.add_argument("--resolution", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--identifier", help="rare token standing for <c> (default monadikos)")
-    p.add_argument("--gradient-checkpointing", action="store_true", default=None)
-    p.add_argument("--use-8bit-adam", action="store_true", default=None)
-    p.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"])
-    p.add_argument("--preview-every", type=int, help="write previews every N steps (0: off)")
-    p.add_argument("--sample-steps", type=int, help="denoising steps of the preview images")
-    p.add_argument("--device", help="auto, cpu or cuda")
-    p.add_argument("--checkpoint-every", type=int, help="save a resumable checkpoint every N steps (0: off)")
+    for flag, _, options in DECOMPOSE_OPTIONS:
+        p.add_argument(flag, **options)
+    p.add_argument("--method", default="unziplora", choices=method_names(),
+                   help="unziplora (the default: full method, M3); ablations m1 (prompt separation only), m2 "
+                        "(+ column separation, no block roles); baselines dreambooth-lora, b-lora (by default with "
+                        "its reference settings: rank 64, lr 5e-5, 1000 steps)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in OUT.partial")
     p.add_argument("--force", action="store_true", help="replace an existing run folder (and discard OUT.partial)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--prior-images", type=int,
-                   help="dreambooth-lora: class images for prior preservation (default 0 = off)")
-    p.add_argument("--method", default="unziplora", choices=method_names(),
-                   help="unziplora (full, M3); ablations m1 (prompt separation only), m2 (+ column "
-                        "separation, no block roles); baselines dreambooth-lora, b-lora (by default with its "
-                        "reference settings: rank 64, lr 5e-5, 1000 steps)")
+
+
+def decompose_overrides(args) -> dict:
+    """The config keys the user set on the command line (None: not given)."""
+    return {key: getattr(args, flag[2:].replace("-", "_")) for flag, key, _ in DECOMPOSE_OPTIONS}
 
 
 def _add_generate(sub) -> None:
@@ -90,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge = sub.add_parser("merge", help="merge a content LoRA and a style LoRA into one ordinary LoRA")
     merge.add_argument("content", help="run folder (its content LoRA) or a LoRA file (diffusers, kohya, B-LoRA)")
     merge.add_argument("style", help="run folder (its style LoRA) or a LoRA file")
-    merge.add_argument("--method", default="direct", choices=["direct", "ziplora"],
+    merge.add_argument("--method", default=MERGE_METHODS[0], choices=MERGE_METHODS,
                        help="direct: exact sum of the two updates; ziplora: learned per-column mergers")
     merge.add_argument("--base-model", help="ziplora: the base model (default: the runs')")
     merge.add_argument("--content-prompt", help="ziplora: the content LoRA's prompt (default: the run's p_c)")
@@ -131,8 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", help="write the scores here")
     export = sub.add_parser("export", help="write a run's LoRAs in diffusers or kohya/webui (ComfyUI, A1111) format")
     export.add_argument("run")
-    export.add_argument("--format", choices=["diffusers", "kohya"], default="kohya")
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="kohya",
+                        help="kohya (the default): for ComfyUI, AUTOMATIC1111, kohya; diffusers: plain diffusers files")
     export.add_argument("--out", help="output folder (default RUN/export/FORMAT)")
+    export.add_argument("--force", action="store_true", help="replace an existing output folder")
     demo = sub.add_parser("demo", help="decompose a held-out toy-world image with the embedded base model (CPU)")
     demo.add_argument("--out", default="runs/demo",
                       help="run folder (default runs/demo; if it exists, the next free runs/demo-N)")
@@ -175,19 +204,7 @@ def run_decompose(args) -> None:
     from .decompose import decompose
     from .defaults import resolve_config
 
-    resolved = resolve_config(
-        {
-            "prompts.subject": args.subject, "prompts.style": args.style, "prompts.identifier": args.identifier,
-            "model.base_model": args.base_model, "model.profile": args.profile,
-            "train.steps": args.steps, "lora.rank": args.rank, "train.resolution": args.resolution,
-            "train.seed": args.seed, "train.gradient_checkpointing": args.gradient_checkpointing,
-            "train.use_8bit_adam": args.use_8bit_adam, "train.mixed_precision": args.mixed_precision,
-            "train.preview_every": args.preview_every, "sample.steps": args.sample_steps,
-            "train.device": args.device, "train.checkpoint_every": args.checkpoint_every,
-            "train.prior_images": args.prior_images,
-        },
-        args.config, args.method,
-    )
+    resolved = resolve_config(decompose_overrides(args), args.config, args.method)
     run = decompose(args.image, args.out, resolved.config, method=args.method, force=args.force,
                     progress=not args.quiet, resume=args.resume, sources=resolved.sources)
     print(run.summary())
@@ -238,8 +255,11 @@ def _run(args, stack) -> int:
         elif args.command == "merge":
             from .methods.merge import merge
 
-            print(merge(args.content, args.style, args.out, args.method, args.force, args.base_model,
-                        (args.content_prompt, args.style_prompt), args.steps))
+            out = merge(args.content, args.style, args.out, method=args.method, force=args.force,
+                        base_model=args.base_model, prompts=(args.content_prompt, args.style_prompt),
+                        steps=args.steps)
+            print(f"wrote {out / 'pytorch_lora_weights.safetensors'} ({args.method} merge; load it with "
+                  "pipe.load_lora_weights)")
         elif args.command == "bench":
             from .bench import run_bench
 
@@ -252,7 +272,7 @@ def _run(args, stack) -> int:
         elif args.command == "export":
             from .export import export_run
 
-            for path in export_run(args.run, args.format, args.out):
+            for path in export_run(args.run, args.format, args.out, force=args.force):
                 print(path)
         elif args.command == "demo":
             from .demo import run_demo

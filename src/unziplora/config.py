@@ -80,6 +80,8 @@ class PromptConfig:
             _check(bool(self.subject.strip()), "the subject word is empty: pass --subject, e.g. --subject cat")
             _check(bool(self.style.strip()), "the style words are empty: pass --style, e.g. --style watercolor")
         _check(bool(self.identifier.strip()), "prompts.identifier must not be empty")
+        _check(len(self.identifier.split()) == 1,
+               f"prompts.identifier (--identifier) must be one word, got {self.identifier!r}; e.g. --identifier sks")
 
 
 @dataclass

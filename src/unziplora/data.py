@@ -112,6 +112,26 @@ def resize_shorter_side(image: Image.Image, resolution: int) -> Image.Image:
     return image.resize(size, Image.Resampling.BICUBIC)
 
 
+def centre_crop(image: Image.Image, resolution: int) -> Image.Image:
+    """The middle square of what training crops from: the image resized (shorter side =
+    resolution), then a resolution x resolution window at the centre."""
+    resized = resize_shorter_side(image, resolution)
+    left, top = (resized.width - resolution) // 2, (resized.height - resolution) // 2
+    return resized.crop((left, top, left + resolution, top + resolution))
+
+
+def crop_note(image: Image.Image, resolution: int) -> str | None:
+    """One line saying how the image is fitted to the training size, or None when it is that size."""
+    width, height = image.size
+    if (width, height) == (resolution, resolution):
+        return None
+    scaled = resize_shorter_side(image, resolution).size
+    what = f"resized from {width}x{height} to {scaled[0]}x{scaled[1]}"
+    if scaled != (resolution, resolution):
+        what += f"; each step trains on a random {resolution}x{resolution} crop along the longer side"
+    return f"the image is {what} (--resolution sets the size)"
+
+
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """(3, H, W) float in [-1, 1], the VAE's input range."""
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0

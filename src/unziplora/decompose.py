@@ -24,7 +24,7 @@ from .branch import Branch
 from .callbacks import Previews, ProgressBar
 from .checkpoint import CHECKPOINT_DIR, Checkpointer, check_resumable, fingerprint, read_record, restore_checkpoint
 from .config import RunConfig
-from .data import load_image
+from .data import centre_crop, crop_note, load_image
 from .errors import TrainingInterrupted, UnZipLoRAError
 from .generate import Conditioning, sample_images
 from .lora.inject import PROJECTIONS
@@ -32,7 +32,7 @@ from .methods import Method
 from .modelcard import write_model_card
 from .models import load_pipeline, pick_device, pick_dtype
 from .profiles import resolve_profile
-from .prompts import check_length, training_prompts
+from .prompts import check_length, training_prompts, unknown_words
 from .runfolder import (
     LORA_WEIGHT_NAME,
     MANIFEST_FILE,
@@ -107,6 +107,9 @@ def decompose(
         pipe = load_pipeline(config.model.base_model, config.model.revision, dtype)
         load_s = time.perf_counter() - t0
         _print_prompt_notes(pipe, prompts)
+        note = crop_note(picture, config.train.resolution)
+        if note:
+            print(f"note: {note}")
         torch.manual_seed(config.train.seed)
         trainer = Trainer.prepare(config, pipe, picture, prompts, profile, device, dtype)
         if record is not None:
@@ -119,7 +122,7 @@ def decompose(
         t0 = time.perf_counter()
         _write_weights(trainer, tmp)
         picture.save(tmp / "input.png")
-        save_grid([picture.resize((config.train.resolution,) * 2), *render_preview(trainer)], tmp / "preview.png",
+        save_grid([centre_crop(picture, config.train.resolution), *render_preview(trainer)], tmp / "preview.png",
                   columns=4, labels=["input", "content alone", "style alone", "together"])
         _write_loss(trainer, tmp)
         (tmp / "config.yaml").write_text(config.to_yaml())
@@ -195,6 +198,11 @@ def _print_prompt_notes(pipe, prompts) -> None:
         warning = check_length(pipe.tokenizer, prompt)
         if warning:
             print(f"note: {warning}")
+    unknown = unknown_words(pipe.tokenizer, prompts.combined)
+    if unknown:
+        known = sorted(w[:-4] for w in pipe.tokenizer.get_vocab() if w.endswith("</w>") and len(w) > 5)
+        print(f"warning: the base model never learned the word(s) {', '.join(unknown)}; it knows only: "
+              f"{', '.join(known)}")
 
 
 def _write_weights(trainer: Trainer, folder: Path) -> None:

@@ -1,8 +1,8 @@
 """`unziplora demo`: the real decomposition on the embedded toy-world base model, on any CPU.
 
 The input is a held-out image of the synthetic world (a subject and a style instance the base
-model never saw). The demo grid shows: input | content alone | style alone | together |
-another subject in the learned style.
+model never saw). The demo grid shows: input | content alone (the subject without the palette
+or fill) | style alone on another subject | together | style alone on a third subject.
 """
 
 from __future__ import annotations
@@ -10,6 +10,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from PIL import Image
+
+from .data import centre_crop
 from .decompose import decompose
 from .defaults import resolve_config
 from .errors import UnZipLoRAError
@@ -53,7 +56,6 @@ def run_demo(out_dir: str | Path = "runs/demo", steps: int = 600, force: bool = 
             "reinstall unziplora or rebuild it with python -m recipes.toyworld_model (in the repository)"
         )
     subject, style, image = demo_image()
-    other_class = next(c for c in ("star", "heart", "arrow", "cross") if c != subject.cls)
     resolved = resolve_config({
         **DEMO_OVERRIDES, "train.steps": steps, "model.base_model": str(EMBEDDED_MODEL),
         "prompts.subject": subject.cls, "prompts.style": style.family,
@@ -61,14 +63,18 @@ def run_demo(out_dir: str | Path = "runs/demo", steps: int = 600, force: bool = 
     config = resolved.config
     t0 = time.perf_counter()
     run = decompose(image, out_dir, config, force=force, progress=progress, sources=resolved.sources)
-    other = generate(f"A {other_class} in <s> style", run.path / "samples" / "other-subject", Mode.STYLE,
-                     run=run.path, force=True)
-    from PIL import Image
-
-    size = config.train.resolution  # preview.png is a row of 4 tiles of this size
-    preview = Image.open(run.path / "preview.png").convert("RGB")
-    tiles = [preview.crop((i * size, 0, (i + 1) * size, size)) for i in range(4)] + [Image.open(other[0])]
-    save_grid(tiles, run.path / "demo.png", columns=5,
-              labels=["input", "content", "style", "together", f"{other_class}+style"])
+    second, third = [c for c in ("star", "heart", "arrow", "cross", "circle") if c != subject.cls][:2]
+    panels = [  # (label, mode, prompt): the split at a glance
+        ("content alone", Mode.CONTENT, f"A <c> {subject.cls}"),
+        (f"style: {second}", Mode.STYLE, f"A {second} in <s> style"),
+        ("together", Mode.BOTH, f"A <c> {subject.cls} in <s> style"),
+        (f"style: {third}", Mode.STYLE, f"A {third} in <s> style"),
+    ]
+    tiles = [centre_crop(image, config.train.resolution)]
+    for i, (label, mode, prompt) in enumerate(panels, 1):
+        paths = generate(prompt, run.path / "samples" / f"demo-{i}-{mode.value}", mode, run=run.path,
+                         force=True, seeds=config.sample.seeds[:1])
+        tiles.append(Image.open(paths[0]))
+    save_grid(tiles, run.path / "demo.png", columns=5, labels=["input"] + [label for label, _, _ in panels])
     print(f"demo: {subject.cls} in {style.family} style, {steps} steps, {time.perf_counter() - t0:.0f} s -> {run.path / 'demo.png'}")
     return run.path

@@ -8,38 +8,54 @@ and AUTOMATIC1111 map those names to their own.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
 
 from .branch import Branch
 from .errors import UnZipLoRAError
-from .runfolder import LORA_WEIGHT_NAME, RunFolder, load_safetensors, save_safetensors
+from .runfolder import LORA_WEIGHT_NAME, RunFolder, atomic_output_dir, load_safetensors, refuse_existing, save_safetensors
 
-FORMATS = ("diffusers", "kohya")
+from .formats import EXPORT_FORMATS as FORMATS
 B_LORA_PREFIX = "unet.unet."  # B-LoRA's published checkpoints double the prefix
 
 
-def export_run(run: str | Path, fmt: str, out_dir: str | Path | None = None) -> list[Path]:
-    """Write the run's content and style LoRAs in `fmt` into `out_dir` (default RUN/export/FMT)."""
+def export_run(run: str | Path, fmt: str, out_dir: str | Path | None = None, force: bool = False) -> list[Path]:
+    """Write the run's content and style LoRAs in `fmt` into `out_dir` (default RUN/export/FMT).
+
+    All or nothing: both files are written into a temporary folder that replaces `out_dir` in one
+    rename (an existing one only with `force`). What is exported is read and checked first: a
+    file that is no LoRA, or a link leading out of the run folder, is refused.
+    """
     if fmt not in FORMATS:
         raise UnZipLoRAError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     folder = RunFolder.open(run)
     out = Path(out_dir) if out_dir else folder.path / "export" / fmt
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for branch in (Branch.CONTENT, Branch.STYLE):
-        source = folder.lora_dir(branch) / LORA_WEIGHT_NAME
-        target = out / f"{folder.path.name}_{branch.value}.safetensors"
-        if fmt == "diffusers":
-            tmp = target.with_name(f".{target.name}.tmp")
-            shutil.copyfile(source, tmp)
-            tmp.replace(target)
-        else:
-            save_safetensors(to_kohya(load_safetensors(source)), target, kohya_metadata(folder, branch))
-        written.append(target)
-    return written
+    refuse_existing(out, force)  # before reading anything
+    states = {branch: _read_branch(folder, branch) for branch in (Branch.CONTENT, Branch.STYLE)}
+    names = {branch: f"{folder.path.name}_{branch.value}.safetensors" for branch in states}
+    with atomic_output_dir(out, force) as tmp:
+        for branch, (state, metadata) in states.items():
+            if fmt == "diffusers":
+                save_safetensors(state, tmp / names[branch], metadata)
+            else:
+                save_safetensors(to_kohya(state), tmp / names[branch], kohya_metadata(folder, branch, state))
+    return [out / names[branch] for branch in states]
+
+
+def _read_branch(folder: RunFolder, branch: Branch) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A branch's LoRA file, read (never copied unseen) and checked: inside the run, a LoRA."""
+    from safetensors import safe_open
+
+    source = folder.lora_dir(branch) / LORA_WEIGHT_NAME
+    if not source.resolve().is_relative_to(folder.path.resolve()):
+        raise UnZipLoRAError(f"{source} leads out of the run folder (to {source.resolve()}); refusing to export it")
+    state = load_safetensors(source)
+    if not state or not all(k.startswith("unet.") and ".lora_" in k for k in state):
+        raise UnZipLoRAError(f"{source} is not a UNet LoRA file; the run folder is damaged: decompose it again")
+    with safe_open(str(source), "pt") as fh:
+        metadata = fh.metadata() or {}
+    return state, metadata
 
 
 def to_kohya(diffusers_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -49,14 +65,22 @@ def to_kohya(diffusers_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return {k: v.contiguous() for k, v in convert_state_dict_to_kohya(diffusers_state).items()}
 
 
-def kohya_metadata(folder: RunFolder, branch: Branch) -> dict[str, str]:
+SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
+
+
+def kohya_metadata(folder: RunFolder, branch: Branch, state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """kohya's ss_* fields, true to the file: its own rank, and the base model it was trained on
+    (`sdxl_base_v1-0` only for SDXL base 1.0; another model is named, not claimed to be SDXL)."""
     m = folder.manifest
-    rank = str(m["config"]["lora"]["rank"])
+    ranks = {v.shape[0] for k, v in state.items() if k.endswith("lora_A.weight")}
+    rank = str(max(ranks))
+    base = str(m["base_model"])
     trigger = m["prompts"]["identifier"] if branch is Branch.CONTENT else m["prompts"]["style_words"]
     return {
         "ss_network_module": "networks.lora", "ss_network_dim": rank, "ss_network_alpha": rank,
-        "ss_base_model_version": "sdxl_base_v1-0", "unziplora_branch": branch.value,
-        "unziplora_trigger": trigger, "unziplora_base_model": str(m["base_model"]),
+        "ss_base_model_version": "sdxl_base_v1-0" if base.rstrip("/").endswith(SDXL_BASE) else Path(base).name,
+        "ss_sd_model_name": base, "unziplora_branch": branch.value,
+        "unziplora_trigger": trigger, "unziplora_base_model": base,
     }
 
 

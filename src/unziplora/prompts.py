@@ -30,17 +30,35 @@ class PromptTriple:
     style: str
 
 
+TEMPLATE_FIELDS = ("identifier", "subject", "style")
+
+
+def fill_template(template: str, fields: dict[str, str], key: str) -> str:
+    """`template` with {identifier}, {subject} and {style} filled in, and "A" before a vowel made
+    "An" ("An astronaut in ..."). Only those three plain fields are allowed: an attribute, index,
+    conversion or format spec (e.g. {identifier.__class__}) or an unbalanced brace is one error."""
+    import string
+
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise UnZipLoRAError(f"prompts.{key} {template!r} is not a valid template ({exc}); "
+                             "write literal braces as {{ and }}") from None
+    for _, name, spec, conversion in parsed:
+        if name is not None and (name not in TEMPLATE_FIELDS or spec or conversion):
+            raise UnZipLoRAError(f"prompts.{key} uses {{{name}{'!' + conversion if conversion else ''}"
+                                 f"{':' + spec if spec else ''}}}; use only {{identifier}}, {{subject}}, {{style}}")
+    text = _tidy(template.format(**fields))
+    return re.sub(r"\b([Aa]) (?=[aeiouAEIOU])", r"\1n ", text)
+
+
 def training_prompts(cfg: PromptConfig) -> PromptTriple:
     """p, p_c and p_s from the templates; with separation off all three are p (ablation)."""
     if not cfg.subject.strip() or not cfg.style.strip():
         raise UnZipLoRAError("subject and style words are required: pass --subject WORD --style WORDS")
     fields = {"identifier": cfg.identifier, "subject": cfg.subject.strip(), "style": cfg.style.strip()}
-    try:
-        triple = PromptTriple(
-            cfg.combined.format(**fields), cfg.content.format(**fields), cfg.style_prompt.format(**fields)
-        )
-    except (KeyError, IndexError) as exc:
-        raise UnZipLoRAError(f"a prompt template uses an unknown field {exc}; use {{identifier}}, {{subject}}, {{style}}") from None
+    triple = PromptTriple(fill_template(cfg.combined, fields, "combined"), fill_template(cfg.content, fields, "content"),
+                          fill_template(cfg.style_prompt, fields, "style_prompt"))
     if not cfg.separate:
         return PromptTriple(triple.combined, triple.combined, triple.combined)
     return triple
@@ -71,6 +89,17 @@ def split_prompt(prompt: str, identifier: str, style: str) -> PromptTriple:
         expand_tags(content, identifier, style),
         expand_tags(style_only, identifier, style),
     )
+
+
+def unknown_words(tokenizer, text: str) -> list[str]:
+    """Words of `text` a small base model never learned: where the tokenizer is a toy one (a few
+    hundred tokens, whole words for what the model saw), the words it has no token for. A real
+    tokenizer (CLIP's 49,408 BPE tokens) knows every word, so nothing is reported there."""
+    vocab = tokenizer.get_vocab()
+    if len(vocab) > 5000:
+        return []
+    words = re.findall(r"[a-z]+", text.lower())
+    return sorted({w for w in words if f"{w}</w>" not in vocab})
 
 
 def check_length(tokenizer, prompt: str) -> str | None:

@@ -46,8 +46,25 @@ def refuse_existing(out_dir: Path, force: bool) -> None:
         raise UnZipLoRAError(f"{out_dir} already exists and is not empty; choose another --out or pass --force")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: Path) -> None:
+    """Give `path` (and, for a folder, everything in it) the permissions the user's umask allows,
+    as a plain open() would: temp folders (mkdtemp, 0700) and some writers' files (0600) would
+    otherwise keep their private modes after the rename."""
+    mask = _umask()
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 def _move_into_place(tmp: Path, out_dir: Path) -> None:
     """Rename `tmp` to `out_dir`; an existing `out_dir` (allowed by --force) is swapped out first."""
+    apply_umask(tmp)
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
         out_dir.rename(old)
@@ -147,6 +164,7 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dic
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
         _fsync(tmp)
+        apply_umask(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -162,10 +180,14 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def save_grid(images: list[Image.Image], path: Path, columns: int, labels: list[str] | None = None) -> None:
-    """Tile images (same size) into one PNG, `columns` wide, with optional captions below each."""
+    """Tile images into one PNG, `columns` wide, with optional captions below each. Tiles are shown
+    at the first image's size, small ones enlarged (nearest neighbour) to 128 px so that a caption
+    fits under each."""
     if not images:
         raise ValueError("save_grid: no images")
     width, height = images[0].size
+    if labels and width < 128:
+        width, height = 128, round(height * 128 / width)
     label_h = 14 if labels else 0
     rows = math.ceil(len(images) / columns)
     grid = Image.new("RGB", (columns * width, rows * (height + label_h)), "white")
@@ -175,7 +197,7 @@ def save_grid(images: list[Image.Image], path: Path, columns: int, labels: list[
         draw = ImageDraw.Draw(grid)
     for i, image in enumerate(images):
         x, y = (i % columns) * width, (i // columns) * (height + label_h)
-        grid.paste(image.convert("RGB").resize((width, height)), (x, y))
+        grid.paste(image.convert("RGB").resize((width, height), Image.Resampling.NEAREST), (x, y))
         if labels:
             draw.text((x + 2, y + height + 1), labels[i][: max(4, width // 6)], fill="black")
     grid.save(path)
@@ -248,6 +270,13 @@ class RunFolder:
             f"method:       {m.get('method', 'unziplora')}",
             f"rank / steps: {m['config']['lora']['rank']} / {m['steps']}  (seed {m['seed']})",
         ]
+        sources = {k: v for k, v in (m.get("config_sources") or {}).items() if k != "model.base_model"}
+        if sources:  # where the settings that are not the paper's defaults came from
+            shown = []
+            for key, source in sources.items():
+                section, _, name = key.partition(".")
+                shown.append(f"{key}={m['config'][section][name]} ({source})")
+            lines.append("settings:     " + ", ".join(shown))
         if "mask_fraction" in m:  # UnZipLoRA runs only
             lines.append(f"columns held: content {m['mask_fraction']['content']:.1%}, style {m['mask_fraction']['style']:.1%}")
             lines.append(f"final loss:   {m['final_loss']:.4f}")

@@ -36,9 +36,17 @@ def test_kohya_export_loads_in_diffusers_and_matches(tiny_base, tiny_run, tmp_pa
     assert np.allclose(reference, kohya, atol=1e-5)
 
 
-def test_diffusers_export_copies_files(tiny_run, tmp_path):
+def test_diffusers_export_holds_the_same_tensors_and_metadata(tiny_run, tmp_path):
+    """Read and written again, never copied unseen (a damaged or linked file is refused instead)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
     files = export_run(tiny_run.path, "diffusers", tmp_path / "d")
-    assert files[1].read_bytes() == (tiny_run.lora_dir(Branch.STYLE) / LORA_WEIGHT_NAME).read_bytes()
+    source = tiny_run.lora_dir(Branch.STYLE) / LORA_WEIGHT_NAME
+    a, b = load_file(str(files[1])), load_file(str(source))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with safe_open(str(files[1]), "pt") as x, safe_open(str(source), "pt") as y:
+        assert x.metadata() == y.metadata()
     with pytest.raises(UnZipLoRAError, match="unknown export format"):
         export_run(tiny_run.path, "ckpt")
 
@@ -117,3 +125,19 @@ def test_cli_export(tiny_run, tmp_path, capsys):
     assert (tmp_path / "k" / "cat_content.safetensors").is_file()
     assert main(["export", str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_export_refuses_a_link_out_of_the_run_and_a_damaged_lora(tiny_run, tmp_path):
+    import shutil
+
+    run = shutil.copytree(tiny_run.path, tmp_path / "run")
+    target = run / "content_lora" / LORA_WEIGHT_NAME
+    target.unlink()
+    target.symlink_to("/etc/passwd")
+    with pytest.raises(UnZipLoRAError, match="leads out of the run folder"):
+        export_run(run, "diffusers", tmp_path / "out")
+    target.unlink()
+    target.write_bytes((tiny_run.lora_dir(Branch.CONTENT) / LORA_WEIGHT_NAME).read_bytes()[:500])  # truncated
+    with pytest.raises(UnZipLoRAError, match="corrupt"):
+        export_run(run, "diffusers", tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))  # nothing half-written

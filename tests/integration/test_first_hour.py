@@ -77,3 +77,92 @@ def test_the_model_card_works_as_written_from_another_directory(tmp_path, monkey
     assert commands and all(str(folder) in c for c in commands)
     generate_line = next(c for c in commands if c.startswith("unziplora generate"))
     assert main(shlex.split(generate_line)[1:] + ["--steps", "1", "--quiet"]) == 0
+
+
+def test_articles_and_words_the_model_never_learned(tiny_base, capsys):
+    from unziplora.config import PromptConfig
+    from unziplora.decompose import _print_prompt_notes
+    from unziplora.models import load_pipeline
+    from unziplora.prompts import training_prompts
+
+    prompts = training_prompts(PromptConfig(subject="astronaut", style="plasma"))
+    assert prompts.style == "An astronaut in plasma style" and prompts.combined.startswith("A monadikos")
+    _print_prompt_notes(load_pipeline(str(tiny_base)), prompts)  # the tiny model's words: cat, sketch, ...
+    out = capsys.readouterr().out
+    assert "never learned the word(s) astronaut, plasma" in out and "sketch" in out
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("prompts.combined", "A {identifier.__class__}", "use only {identifier}, {subject}, {style}"),
+    ("prompts.content", "A {identifier", "not a valid template"),
+    ("prompts.identifier", "my cat", "must be one word"),
+])
+def test_bad_prompt_settings_are_one_clear_error(key, value, match):
+    from unziplora.config import RunConfig
+    from unziplora.prompts import training_prompts
+
+    with pytest.raises(UnZipLoRAError, match=match):
+        training_prompts(RunConfig().with_overrides({"prompts.subject": "cat", "prompts.style": "ink", key: value}).prompts)
+
+
+def test_preview_shows_the_trained_crop_with_whole_labels(tiny_run):
+    from PIL import Image
+
+    preview = Image.open(tiny_run.path / "preview.png")
+    assert preview.width == 4 * 128  # 32 px tiles shown at 128 px so "content alone" fits under one
+    from unziplora.data import centre_crop
+
+    crop = centre_crop(Image.open(tiny_run.path / "input.png"), 32)  # the 40x52 input: not squashed
+    import numpy as np
+
+    shown = np.asarray(preview.convert("RGB").crop((0, 0, 128, 128)).resize((32, 32), Image.Resampling.NEAREST))
+    assert np.abs(shown.astype(int) - np.asarray(crop).astype(int)).mean() < 8
+
+
+def test_files_respect_the_umask_and_export_refuses_to_overwrite(tiny_run, tmp_path):
+    import os
+    import stat
+
+    from unziplora.export import export_run
+    from unziplora.methods.merge import merge
+
+    old = os.umask(0o022)
+    try:
+        files = export_run(tiny_run.path, "kohya", tmp_path / "k")
+        merged = merge(tiny_run.path, tiny_run.path, tmp_path / "m")
+    finally:
+        os.umask(old)
+    for path in [*files, merged, merged / "pytorch_lora_weights.safetensors", tmp_path / "k"]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o755 if path.is_dir() else 0o644), (path, oct(mode))
+    with pytest.raises(UnZipLoRAError, match="already exists"):
+        export_run(tiny_run.path, "kohya", tmp_path / "k")
+    assert export_run(tiny_run.path, "kohya", tmp_path / "k", force=True) == files
+
+
+def test_kohya_metadata_describes_the_real_base_model_and_rank(tiny_run, tmp_path):
+    from safetensors import safe_open
+
+    from unziplora.export import export_run
+
+    path = export_run(tiny_run.path, "kohya", tmp_path / "k")[0]
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata()
+        dim = next(fh.get_tensor(k).shape[0] for k in fh.keys() if k.endswith("lora_down.weight"))
+    assert meta["ss_base_model_version"] != "sdxl_base_v1-0"  # a tiny test model, not SDXL base 1.0
+    assert meta["ss_sd_model_name"] == tiny_run.manifest["base_model"]
+    assert meta["ss_network_dim"] == meta["ss_network_alpha"] == str(dim)
+
+
+def test_info_shows_where_the_settings_came_from(tmp_path, tiny_base, tiny_image, capsys):
+    image = tmp_path / "in.png"
+    tiny_image.save(image)
+    (tiny_base / "unziplora_defaults.yaml").write_text("lora: {rank: 2}\n")
+    try:
+        assert main(["decompose", str(image), "--subject", "cat", "--style", "sketch", "--out", str(tmp_path / "r"),
+                     "--base-model", str(tiny_base), "--steps", "2", "--resolution", "32", "--sample-steps", "1",
+                     "--quiet"]) == 0
+    finally:
+        (tiny_base / "unziplora_defaults.yaml").unlink()
+    out = capsys.readouterr().out
+    assert "lora.rank=2 (model)" in out and "train.steps=2 (given)" in out

@@ -60,6 +60,9 @@ class Method(str, enum.Enum):
         }.get(self, {})
 
 
+MERGE_METHODS = ("direct", "ziplora")  # methods/merge.py: exact sum; ZipLoRA's learned mergers
+
+
 def method_names() -> list[str]:
     """Every method's name, for command-line choices."""
     return [m.value for m in Method]

@@ -31,7 +31,7 @@ from ..lora.inject import attention_modules
 from ..modelcard import write_model_card
 from ..models import load_pipeline, pick_device
 from ..profiles import resolve_profile
-from ..prompts import training_prompts
+from ..prompts import fill_template, training_prompts
 from ..runfolder import LORA_WEIGHT_NAME, MANIFEST_FILE, RunFolder, atomic_output_dir
 from . import Method
 from .single_lora import SingleLoraSpec, keep_modules, train_single_lora
@@ -83,7 +83,8 @@ def decompose_baseline(image, out_dir: str | Path, config: RunConfig, method: Me
         prompt, modules = prompts.combined, ()
     t = config.train
     n_prior = t.prior_images if method is Method.DREAMBOOTH_LORA else 0
-    class_prompt = f"A {config.prompts.subject}"  # DreamBooth's class prompt (arXiv 2208.12242, Sec. 4.2)
+    # DreamBooth's class prompt (arXiv 2208.12242, Sec. 4.2), "An" before a vowel
+    class_prompt = fill_template("A {subject}", {"subject": config.prompts.subject.strip()}, "class prompt")
     spec = SingleLoraSpec(prompt, config.lora.rank, t.steps, config.lora.lr, t.resolution, t.seed, modules,
                           prior_prompt=class_prompt if n_prior else "", prior_weight=t.prior_weight)
     with atomic_output_dir(out_dir, force) as tmp:

@@ -17,7 +17,7 @@ from ..export import load_lora_any
 from ..runfolder import LORA_WEIGHT_NAME, MANIFEST_FILE, RunFolder, atomic_output_dir
 from ..sources import BranchSource
 
-METHODS = ("direct", "ziplora")
+from . import MERGE_METHODS as METHODS
 
 
 def _plain_source(path: str | Path, branch: Branch) -> BranchSource:
