@@ -20,15 +20,17 @@ import numpy as np
 import torch
 
 SEEDS = (0, 1000, 111, 1234)
+STEPS = {"sampling": 30}  # --sample-steps changes it (a smoke run)
 
 
-def sample(pipe, prompt: str, seeds, guidance_rescale: float, steps: int = 30, cfg: float = 5.0) -> list:
-    return [pipe(prompt, num_inference_steps=steps, guidance_scale=cfg, guidance_rescale=guidance_rescale,
+def sample(pipe, prompt: str, seeds, guidance_rescale: float, cfg: float = 5.0) -> list:
+    return [pipe(prompt, num_inference_steps=STEPS["sampling"], guidance_scale=cfg, guidance_rescale=guidance_rescale,
                  height=64, width=64, generator=torch.Generator().manual_seed(int(s))).images[0] for s in seeds]
 
 
 def judge_families_of_seen_combos(pipe, per_combo: int, guidance_rescale: float) -> tuple[dict, list]:
-    from unziplora.toyworld import SEEN_COMBOS, classify_content, judge_families
+    from unziplora.toyworld import SEEN_COMBOS, classify_content
+    from unziplora.toyworld.family_judge import judge_families
 
     labelled, shown = [], []
     for i, (cls, fam) in enumerate(SEEN_COMBOS):
@@ -85,6 +87,7 @@ def main() -> None:
     parser.add_argument("--lora-steps", type=int, default=600)
     parser.add_argument("--guidance-rescale", type=float, default=0.7)
     parser.add_argument("--skip-palette", action="store_true")
+    parser.add_argument("--sample-steps", type=int, default=30)
     parser.add_argument("--json", default="research/toyworld_v2_pilot/results/pilot.json")
     parser.add_argument("--grid", default="research/toyworld_v2_pilot/results/pilot_grid.png")
     args = parser.parse_args()
@@ -92,6 +95,7 @@ def main() -> None:
     from unziplora.runfolder import save_grid
 
     torch.manual_seed(0)
+    STEPS["sampling"] = args.sample_steps
     pipe = load_pipeline(args.model)
     families, seen = judge_families_of_seen_combos(pipe, args.per_combo, args.guidance_rescale)
     print(json.dumps(families), flush=True)

@@ -127,11 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--force", action="store_true")
     bench = sub.add_parser("bench", help="benchmarks: ratios against a baseline measured in the same run")
     bench.add_argument("which", choices=BENCHES,
-                       help="speed, quality: on the embedded toy-world model; memory: the full-size SDXL UNet "
+                       help="base-model, quality, speed: on the embedded toy-world model; memory: the full-size SDXL UNet "
                             "(random weights) on CPU, needs ~14 GB RAM (--device cuda: on a GPU, fp16, 1024 px)")
     bench.add_argument("--json", help="write the results here (and a Markdown table beside it)")
     bench.add_argument("--base-model", help="speed, quality: the base model (default: the embedded toy-world model)")
     bench.add_argument("--images", type=int, help="quality: held-out images (default 12)")
+    bench.add_argument("--per-combo", type=int, help="base-model: images per (class, family) combo (default 4)")
     bench.add_argument("--seeds", type=int, help="quality: sampling seeds per image (default 2)")
     bench.add_argument("--train-steps", type=int, help="quality: training steps per method (default 600)")
     bench.add_argument("--workdir", help="quality: where its runs go (default runs/bench)")
@@ -266,7 +267,7 @@ def _run(args, stack) -> int:
             run_bench(args.which, args.json, args.base_model, args.device, images=args.images, seeds=args.seeds,
                       train_steps=args.train_steps, workdir=args.workdir, resume=args.resume or None,
                       repeats=args.repeats, steps=args.steps, rank=args.rank, resolutions=args.resolutions,
-                      threads=args.threads, rounds=args.rounds)
+                      threads=args.threads, rounds=args.rounds, per_combo=args.per_combo)
         elif args.command == "eval":
             run_eval(args)
         elif args.command == "export":

@@ -27,7 +27,19 @@ def test_bench_entry_point_names_what_it_does_not_know():
     from unziplora.bench import run_bench
     from unziplora.errors import UnZipLoRAError
 
-    with pytest.raises(UnZipLoRAError, match="unknown benchmark 'nope'; choose from speed, quality, memory"):
+    with pytest.raises(UnZipLoRAError, match="unknown benchmark .nope.; choose from base-model, quality, speed, memory"):
         run_bench("nope")
     with pytest.raises(TypeError, match="unknown options \\['iamges'\\]"):
         run_bench("speed", iamges=3)
+
+
+def test_base_model_benchmark_rows_and_targets(tiny_base, tmp_path):
+    from unziplora.bench.base_model import run_base_model
+
+    report = run_base_model(tmp_path / "r1.json", str(tiny_base), per_combo=1, renders=16, steps=1)
+    saved = json.loads((tmp_path / "r1.json").read_text())
+    assert list(saved["rows"]) == ["renders", "vae reconstructions", "seen", "held-out"]
+    assert saved["rows"]["renders"]["family_acc"] >= 0.9  # the judge knows clean renders
+    assert saved["rows"]["seen"]["images"] == 48 and saved["rows"]["held-out"]["images"] == 16
+    assert report["passed"] == {"seen": False, "held-out": False}  # a random tiny model draws nothing
+    assert (tmp_path / "r1.md").read_text().startswith("| what | images |")

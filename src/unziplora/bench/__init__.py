@@ -25,12 +25,13 @@ def write_report(json_path: str | Path | None, report: dict, table: str | None =
         write_text_atomic(path.with_suffix(".md"), table + "\n")
 
 
-BENCHES = ("speed", "quality", "memory")
+BENCHES = ("base-model", "quality", "speed", "memory")
 
 
 def run_bench(which: str, json_path: str | Path | None = None, base_model: str | None = None, device: str = "cpu",
               **options) -> dict:
-    """Run one benchmark. `base_model` defaults to the embedded toy-world model (speed, quality);
+    """Run one benchmark. `base_model` defaults to the embedded toy-world model (base-model, speed,
+    quality);
     memory measures the full-size SDXL UNet with random weights, on the CPU or, with
     device="cuda", on a GPU. Options: images, seeds, train_steps, workdir, resume (quality);
     repeats, steps (speed, quality); rank; resolutions, threads, rounds (memory)."""
@@ -40,7 +41,7 @@ def run_bench(which: str, json_path: str | Path | None = None, base_model: str |
         raise UnZipLoRAError(f"unknown benchmark {which!r}; choose from {', '.join(BENCHES)}")
     given = {k: v for k, v in options.items() if v is not None}
     unknown = set(given) - {"images", "seeds", "train_steps", "workdir", "resume", "repeats", "steps", "rank",
-                            "resolutions", "threads", "rounds"}
+                            "resolutions", "threads", "rounds", "per_combo"}
     if unknown:
         raise TypeError(f"run_bench: unknown options {sorted(unknown)}")
 
@@ -60,6 +61,10 @@ def run_bench(which: str, json_path: str | Path | None = None, base_model: str |
     from ..demo import EMBEDDED_MODEL, demo_image
 
     base = base_model or str(EMBEDDED_MODEL)
+    if which == "base-model":
+        from .base_model import run_base_model
+
+        return run_base_model(json_path, base, **pick("per_combo"))
     if which == "speed":
         from .speed import run_speed
 
