@@ -123,3 +123,4 @@ def test_peft_baseline_in_fp16_keeps_lora_in_fp32_and_trains_it():
     assert lora and all(p.dtype == torch.float32 for p in lora.values())
     assert any(not torch.equal(before[n], p) for n, p in lora.items())
     assert all(p.dtype == torch.float16 for n, p in unet.named_parameters() if n not in lora)
+

@@ -127,8 +127,12 @@ def _summary(values: dict[str, list[float]]) -> dict[str, dict[str, float]]:
 def run_quality(json_path, base: str, workdir: Path, n_images: int = 12, seeds: int = 2, steps: int = 600,
                 rank: int = 16, lr: float = 1e-3, sample_steps: int = 30, methods=METHODS,
                 resume: bool = False) -> dict:
+    from ..defaults import resolve_config
+
     triples = heldout_images(n_images, 64)
-    sample = SampleConfig(steps=sample_steps, seeds=list(range(seeds)))
+    own = resolve_config({"model.base_model": base}).config.sample  # CFG and its rescale are the model's
+    sample = SampleConfig(steps=sample_steps, seeds=list(range(seeds)), guidance_scale=own.guidance_scale,
+                          guidance_rescale=own.guidance_rescale)
     results = {}
     examples: dict[int, list[Image.Image]] = {i: [] for i in range(len(triples))}
     model_key = _model_fingerprint(base)
@@ -137,11 +141,11 @@ def run_quality(json_path, base: str, workdir: Path, n_images: int = 12, seeds: 
         runs, records = [], []
         try:
             for i, (subject, style, image) in enumerate(triples):
-                config = RunConfig().with_overrides({
+                config = resolve_config({
                     "model.base_model": base, "prompts.subject": subject.cls, "prompts.style": style.family,
                     "train.steps": steps, "train.resolution": 64, "lora.rank": rank, "lora.lr": lr,
                     "sample.steps": sample_steps, "sample.seeds": [0], "train.checkpoint_every": 0,
-                })
+                }).config
                 path, record = _train_or_reuse(method, image, config, workdir / method / f"img{i:02d}", resume,
                                                model_key)
                 runs.append(path)
@@ -174,10 +178,14 @@ def run_quality(json_path, base: str, workdir: Path, n_images: int = 12, seeds: 
             save_grid([t.resize((64, 64)) for t in tiles], workdir / f"grid_img{i:02d}.png", columns=len(tiles) // len(ran))
     results["ceiling"] = _summary(_ceiling(triples, seeds))
     results["floor"] = _summary(_floor(base, triples, sample))
-    table = _table(results)
+    from .ladder import ladder_table, quality_rungs
+
+    rungs = quality_rungs(results, n_images * seeds)
+    table = _table(results) + "\n\n" + ladder_table(rungs)
     print(table)
-    report = {"methods": results, "images": n_images, "seeds": seeds,
-              "settings": {"steps": steps, "rank": rank, "lr": lr, "sample_steps": sample_steps, "base_model": base}}
+    report = {"methods": results, "images": n_images, "seeds": seeds, "rungs": rungs,
+              "settings": {"steps": steps, "rank": rank, "lr": lr, "sample_steps": sample_steps, "base_model": base,
+                           "guidance_scale": sample.guidance_scale, "guidance_rescale": sample.guidance_rescale}}
     write_report(json_path, report, table)
     return report
 
@@ -207,7 +215,8 @@ def _floor(base: str, triples, sample: SampleConfig) -> dict[str, list[float]]:
     values: dict[str, list[float]] = {m: [] for m in METRICS}
 
     def gen(prompt: str) -> list[Image.Image]:
-        return [pipe(prompt, num_inference_steps=sample.steps, guidance_scale=sample.guidance_scale, height=64, width=64,
+        return [pipe(prompt, num_inference_steps=sample.steps, guidance_scale=sample.guidance_scale,
+                     guidance_rescale=sample.guidance_rescale, height=64, width=64,
                      generator=torch.Generator().manual_seed(seed)).images[0] for seed in sample.seeds]
 
     for i, (subject, style, image) in enumerate(triples):
