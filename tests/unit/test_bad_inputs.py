@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import struct
 import zlib
 
@@ -159,6 +160,16 @@ def _decompose_argv(*extra):
         (_decompose_argv(), "train: {steps: .nan}", "must be an integer"),
         (_decompose_argv(), "lora: {lr: .inf}", "must be a finite number"),
         (_decompose_argv(), "- just\n- a list", "must hold a mapping"),
+        (_decompose_argv(), "train: {adam_betas: [2, -1]}", "train.adam_betas must both lie in [0, 1)"),
+        (_decompose_argv(), "train: {adam_betas: [0.9, 1.0]}", "train.adam_betas must both lie in [0, 1)"),
+        (_decompose_argv(), "train: {adam_eps: -1.0e-8}", "train.adam_eps must be >= 0"),
+        (_decompose_argv(), "train: {weight_decay: -1}", "train.weight_decay must be >= 0"),
+        (_decompose_argv("--rank", str(10**9)), None, "lora.rank must be a positive integer up to 1024"),
+        (_decompose_argv(), "sample: {resolution: 7}", "sample.resolution (--resolution) must be a positive multiple"),
+        (_decompose_argv(), "prompts: {content: 'A {identifier'}", "not a valid template"),
+        (_decompose_argv(), "prompts: {combined: 'A {identifier.__class__}'}", "use only {identifier}"),
+        (_decompose_argv("--identifier", "my cat"), None, "must be one word"),
+        (_decompose_argv(), "train: {device: tpu}", "unknown device 'tpu'"),
     ],
 )
 def test_bad_options_are_one_line_and_write_nothing(tmp_path, monkeypatch, capsys, argv, yaml_text, message):
@@ -217,3 +228,38 @@ def test_manifest_paths_outside_the_run_folder_are_refused(tmp_path, files):
     (tmp_path / "manifest.json").write_text(json.dumps({"format_version": 1, "files": files}))
     with pytest.raises(UnZipLoRAError, match="run folder"):
         RunFolder.open(tmp_path)
+
+
+# ----- sizes a base model can use (models.check_resolution) ----------------------------------------
+def _model_folder(root, vae_channels, sample_size):
+    for part, config in (("vae", {"block_out_channels": vae_channels}), ("unet", {"sample_size": sample_size})):
+        (root / part).mkdir(parents=True)
+        (root / part / "config.json").write_text(json.dumps(config))
+    return root
+
+
+@pytest.mark.parametrize("channels, sample_size, resolution, message", [
+    ([128, 256, 512, 512], 128, 1000, "use a multiple of 64 px"),  # SDXL's VAE: 8x
+    ([128, 256, 512, 512], 128, 1056, "use a multiple of 64 px"),
+    ([128, 256, 512, 512], 128, 99968, "GiB to decode an image"),
+    ([32, 64, 64], 16, 48, "use a multiple of 32 px"),  # the embedded model's VAE: 4x
+    ([32, 64, 64], 16, 99968, "this model's own is 64 px"),
+], ids=["sdxl-1000", "sdxl-1056", "sdxl-huge", "embedded-48", "embedded-huge"])
+def test_sizes_the_base_model_cannot_use_are_refused_before_loading(tmp_path, channels, sample_size, resolution,
+                                                                   message):
+    import torch
+
+    from unziplora.models import check_resolution
+
+    folder = _model_folder(tmp_path / "model", channels, sample_size)
+    with pytest.raises(UnZipLoRAError, match=re.escape(message)):
+        check_resolution(resolution, str(folder), torch.device("cpu"))
+    check_resolution(1024 if channels[0] == 128 else 64, str(folder), torch.device("cpu"))  # its own size passes
+
+
+def test_the_decode_bound_is_a_lower_bound():
+    from unziplora.models import decode_bytes
+
+    assert decode_bytes(1024, 128) == 2 * 1024 * 1024 * 128 * 4  # SDXL: 1 GiB, below what decoding really takes
+    assert decode_bytes(2048, 128, images=2) == 8 * decode_bytes(1024, 128)
+
