@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import math
 import os
 import shutil
@@ -33,10 +32,9 @@ from safetensors.torch import load_file, save_file
 
 from .branch import Branch
 from .errors import UnZipLoRAError
+from .manifest import MANIFEST_FILE, RUN_FORMAT_VERSION, read_manifest
 
-RUN_FORMAT_VERSION = 1
 STATE_FILE = "unziplora.safetensors"
-MANIFEST_FILE = "manifest.json"
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
@@ -203,20 +201,8 @@ def save_grid(images: list[Image.Image], path: Path, columns: int, labels: list[
     grid.save(path)
 
 
-def _check_manifest_files(path: Path, files) -> None:
-    """Names in a manifest must stay inside the run folder: a crafted "../x" is refused, never used."""
-    if not isinstance(files, dict):
-        raise UnZipLoRAError(f"{path / MANIFEST_FILE}: 'files' must be a mapping; the run folder is damaged")
-    for key, name in files.items():
-        ok = isinstance(name, str) and name and not Path(name).is_absolute() and ".." not in Path(name).parts
-        if not ok or "\\" in name:
-            raise UnZipLoRAError(
-                f"{path / MANIFEST_FILE} names {key!r} as {name!r}, outside the run folder; refusing to use it"
-            )
-
-
 class RunFolder:
-    """A finished run folder, checked on open."""
+    """A finished run folder; its manifest is checked whole on open (manifest.py)."""
 
     def __init__(self, path: Path, manifest: dict):
         self.path = path
@@ -225,22 +211,11 @@ class RunFolder:
     @classmethod
     def open(cls, path: str | Path) -> "RunFolder":
         path = Path(path)
-        manifest_path = path / MANIFEST_FILE
         if not path.is_dir():
             raise UnZipLoRAError(f"run folder {path} does not exist; give the --out folder of a decompose run")
-        if not manifest_path.is_file():
+        if not (path / MANIFEST_FILE).is_file():
             raise UnZipLoRAError(f"{path} is not an unziplora run folder (no {MANIFEST_FILE})")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError:
-            raise UnZipLoRAError(f"{manifest_path} is not valid JSON; the run folder is damaged") from None
-        version = manifest.get("format_version")
-        if not isinstance(version, int) or version > RUN_FORMAT_VERSION:
-            raise UnZipLoRAError(
-                f"{path} has run format {version!r}, this unziplora reads up to {RUN_FORMAT_VERSION}; upgrade unziplora"
-            )
-        _check_manifest_files(path, manifest.get("files", {}))
-        return cls(path, manifest)
+        return cls(path, read_manifest(path))
 
     @property
     def state_path(self) -> Path:

@@ -230,6 +230,94 @@ def test_manifest_paths_outside_the_run_folder_are_refused(tmp_path, files):
         RunFolder.open(tmp_path)
 
 
+# ----- manifests: checked whole on open (manifest.py) --------------------------------------------
+def _manifest() -> dict:
+    """A manifest as decompose writes it (base_manifest plus UnZipLoRA's fields), on no real model."""
+    from unziplora.config import RunConfig
+    from unziplora.decompose import base_manifest
+    from unziplora.profiles import resolve_profile
+    from unziplora.prompts import training_prompts
+
+    config = RunConfig().with_overrides({"prompts.subject": "cat", "prompts.style": "ink", "lora.rank": 4})
+    manifest = base_manifest(config, resolve_profile("sdxl", None), training_prompts(config.prompts), RGB)
+    manifest.update({"method": "unziplora", "steps": 5, "final_loss": 0.25, "device": "cpu", "dtype": "float32",
+                     "mask_fraction": {"content": 0.3, "style": 0.2}, "timings": {"train_s": 1.5},
+                     "files": {"state": "unziplora.safetensors"}})
+    return manifest
+
+
+def _edit(path: str, value):
+    """Set (or with value=KeyError, delete) a dotted field of the manifest."""
+    def edit(m):
+        *parents, last = path.split(".")
+        for key in parents:
+            m = m[key]
+        if value is KeyError:
+            del m[last]
+        else:
+            m[last] = value
+    return edit
+
+
+@pytest.mark.parametrize("damage, message", [
+    (b"null", "holds null, not a manifest"),
+    (b"[1, 2, 3]", "holds list, not a manifest"),
+    (bytes(range(256)) * 4, "is not valid JSON"),
+    (b'{"format_version": 1,', "is not valid JSON"),
+    (_edit("prompts", KeyError), "'prompts' is missing"),
+    (_edit("prompts", "a cat"), "'prompts' must be a mapping"),
+    (_edit("config", KeyError), "'config' is missing"),
+    (_edit("config", [1]), "'config' must be a mapping"),
+    (_edit("config.sample", KeyError), "'config.sample' is missing"),
+    (_edit("timings", KeyError), "'timings' is missing"),
+    (_edit("timings", "fast"), "'timings' must be a mapping of names to seconds"),
+    (_edit("timings.train_s", float("nan")), "'timings' must be a mapping of names to seconds"),
+    (_edit("final_loss", KeyError), "'final_loss' is missing"),
+    (_edit("final_loss", "low"), "'final_loss' must be a finite number"),
+    (_edit("base_model", KeyError), "'base_model' is missing"),
+    (_edit("base_model", 3), "'base_model' must be"),
+    (_edit("prompts.identifier", KeyError), "'prompts.identifier' is missing"),
+    (_edit("prompts.identifier", ["sks"]), "'prompts.identifier' must be one word"),
+    (_edit("prompts.identifier", "my cat"), "'prompts.identifier' must be one word"),
+    (_edit("config.sample.steps", "many"), "sample.steps must be an integer"),
+    (_edit("config.sample.steps", 0), "sample.steps (--steps) must be > 0"),
+    (_edit("config.sample.seeds", "0"), "sample.seeds must be a list"),
+    (_edit("config.sample.seeds", [2**70]), "sample.seeds (--seeds) must lie in [0, 2**63)"),
+    (_edit("config.lora.rank", 10**9), "lora.rank must be a positive integer up to 1024"),
+    (_edit("config_sources", {"lora.nothing": "given"}), "names 'lora.nothing'"),
+    (_edit("method", "magic"), "'method' must be a method name"),
+    (_edit("steps", -1), "'steps' must be a positive integer"),
+    (_edit("mask_fraction.style", 7), "'mask_fraction.style' must be a fraction"),
+    (_edit("input.sha256", "abc"), "'input.sha256' must be a SHA-256"),
+    (_edit("format_version", -5), "'format_version' is -5, not a run format"),
+    (_edit("format_version", "1"), "'format_version' is '1', not a run format"),
+    (_edit("format_version", 99), "has run format 99, this unziplora reads up to 1; upgrade"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_damaged_manifests_are_one_line_naming_the_field(tmp_path, capsys, damage, message):
+    manifest = _manifest()
+    if callable(damage):
+        damage(manifest)
+        data = json.dumps(manifest).encode()
+    else:
+        data = damage
+    (tmp_path / "manifest.json").write_bytes(data)
+    assert main(["info", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_a_sound_manifest_opens_and_baselines_need_no_training_fields(tmp_path, capsys):
+    manifest = _manifest()
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["info", str(tmp_path)]) == 0
+    assert "final loss:   0.2500" in capsys.readouterr().out
+    for key in ("final_loss", "mask_fraction", "device", "dtype"):
+        del manifest[key]
+    manifest["method"] = "b-lora"
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert RunFolder.open(tmp_path).manifest["method"] == "b-lora"
+
+
 # ----- sizes a base model can use (models.check_resolution) ----------------------------------------
 def _model_folder(root, vae_channels, sample_size):
     for part, config in (("vae", {"block_out_channels": vae_channels}), ("unet", {"sample_size": sample_size})):
