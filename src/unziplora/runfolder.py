@@ -10,20 +10,18 @@
       preview.png                                     input | content alone | style alone | together
       loss.csv, loss.png                              the loss curve
 
-While training, decompose writes RUN.partial/ (plus checkpoint/, see checkpoint.py) and renames
-it to RUN only when complete; an interrupted RUN.partial/ is continued with --resume.
+While training, decompose writes RUN.partial/ (plus checkpoint/, see checkpoint.py), locked by
+its process, and renames it to RUN only when complete; an interrupted RUN.partial/ is continued
+with --resume (outputs.py). The manifest is written last and checked whole when read
+(manifest.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import math
 import os
-import shutil
-import tempfile
+import re
 from pathlib import Path
-from typing import Callable
 
 import torch
 from PIL import Image
@@ -33,111 +31,21 @@ from safetensors.torch import load_file, save_file
 from .branch import Branch
 from .errors import UnZipLoRAError
 from .manifest import MANIFEST_FILE, RUN_FORMAT_VERSION, read_manifest
+from .outputs import (  # noqa: F401  (the names every writer imports from here)
+    apply_umask,
+    atomic_output_dir,
+    disk_full_error,
+    glob_escape,
+    is_disk_full,
+    partial_dir,
+    refuse_existing,
+    resumable_output_dir,
+    writing_errors,
+)
+from .runlock import pid_alive
 
 STATE_FILE = "unziplora.safetensors"
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-
-
-def refuse_existing(out_dir: Path, force: bool) -> None:
-    """One clear error when `out_dir` holds something and `force` is off (checked before any work)."""
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not force:
-        raise UnZipLoRAError(f"{out_dir} already exists and is not empty; choose another --out or pass --force")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def apply_umask(path: Path) -> None:
-    """Give `path` (and, for a folder, everything in it) the permissions the user's umask allows,
-    as a plain open() would: temp folders (mkdtemp, 0700) and some writers' files (0600) would
-    otherwise keep their private modes after the rename."""
-    mask = _umask()
-    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
-        if not p.is_symlink():
-            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
-
-
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename `tmp` to `out_dir`; an existing `out_dir` (allowed by --force) is swapped out first."""
-    apply_umask(tmp)
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-    else:
-        tmp.rename(out_dir)
-
-
-@contextlib.contextmanager
-def _disk_full_is_an_error(where: Path):
-    """ENOSPC becomes one line; the writers below leave no half-written file behind."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
-            raise
-        raise UnZipLoRAError(
-            f"the disk is full while writing {exc.filename or where}; nothing half-written was kept: "
-            "free some space and run again"
-        ) from None
-
-
-@contextlib.contextmanager
-def atomic_output_dir(out_dir: str | Path, force: bool = False):
-    """Yield a temporary folder beside `out_dir`; on success it replaces `out_dir` in one rename.
-
-    An existing non-empty `out_dir` is refused unless `force`; on any error the temporary
-    folder is removed and `out_dir` is left as it was.
-    """
-    out_dir = Path(out_dir)
-    refuse_existing(out_dir, force)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
-        with _disk_full_is_an_error(out_dir):
-            yield tmp
-            _move_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def partial_dir(out_dir: Path) -> Path:
-    """Where a run is written while it trains: OUT.partial, a stable name so it can be resumed."""
-    return out_dir.with_name(f"{out_dir.name}.partial")
-
-
-@contextlib.contextmanager
-def resumable_output_dir(out_dir: str | Path, force: bool, resume: bool, keep: Callable[[Path], bool]):
-    """Like atomic_output_dir, but the work folder is OUT.partial and survives a failure when
-    `keep(work)` says it holds something to resume from; otherwise it is removed.
-
-    An existing OUT.partial is continued with `resume`, discarded with `force`, refused otherwise.
-    """
-    out_dir = Path(out_dir)
-    refuse_existing(out_dir, force)
-    work = partial_dir(out_dir)
-    if work.exists() and not resume:
-        if not force:
-            raise UnZipLoRAError(
-                f"{work} holds an interrupted run; pass --resume to continue it or --force to start over"
-            )
-        shutil.rmtree(work)
-    elif resume and not work.is_dir():
-        raise UnZipLoRAError(f"nothing to resume: {work} does not exist; run without --resume")
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        with _disk_full_is_an_error(out_dir):
-            yield work
-            _move_into_place(work, out_dir)
-    except BaseException:
-        if not keep(work):
-            shutil.rmtree(work, ignore_errors=True)
-        raise
 
 
 def _fsync(path: Path) -> None:
@@ -145,25 +53,46 @@ def _fsync(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
+def _temp_for(path: Path) -> Path:
+    """The temp name a file is written under: hidden, beside it, with the writer's pid; a dead
+    writer's temp files of the same name are removed first (a kill leaves them behind)."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.tmp-(\d+)")
+    if path.parent.is_dir():
+        for old in path.parent.glob(f".{glob_escape(path.name)}.tmp-*"):
+            match = pattern.fullmatch(old.name)
+            if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
+                old.unlink(missing_ok=True)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a text file atomically (temp file in the same folder, flushed, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    path = Path(path)
+    tmp = _temp_for(path)
     try:
-        tmp.write_text(text)
-        _fsync(tmp)
-        os.replace(tmp, path)
+        with writing_errors(path):
+            tmp.write_text(text)
+            _fsync(tmp)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file atomically (temp file in the same folder, flushed, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    path = Path(path)
+    tmp = _temp_for(path)
     try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        _fsync(tmp)
-        apply_umask(tmp)
-        os.replace(tmp, path)
+        with writing_errors(path):
+            try:
+                save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+            except SafetensorError as exc:  # safetensors' writer names no file: name ours
+                if is_disk_full(exc):
+                    raise disk_full_error(path) from None
+                raise
+            _fsync(tmp)
+            apply_umask(tmp)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

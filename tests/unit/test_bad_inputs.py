@@ -351,3 +351,16 @@ def test_the_decode_bound_is_a_lower_bound():
     assert decode_bytes(1024, 128) == 2 * 1024 * 1024 * 128 * 4  # SDXL: 1 GiB, below what decoding really takes
     assert decode_bytes(2048, 128, images=2) == 8 * decode_bytes(1024, 128)
 
+# ----- a full disk ------------------------------------------------------------------------------
+def test_a_full_disk_is_recognised_from_python_and_from_safetensors():
+    import errno
+
+    from safetensors import SafetensorError
+
+    from unziplora.outputs import is_disk_full
+
+    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert is_disk_full(SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"))
+    assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not is_disk_full(SafetensorError("Error while serializing: I/O error: os error 280)"))
