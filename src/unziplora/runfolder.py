@@ -13,7 +13,7 @@
 While training, decompose writes RUN.partial/ (plus checkpoint/, see checkpoint.py), locked by
 its process, and renames it to RUN only when complete; an interrupted RUN.partial/ is continued
 with --resume (outputs.py). The manifest is written last and checked whole when read
-(manifest.py).
+(manifest.py); weight files are checked from their headers before they are loaded (headers.py).
 """
 
 from __future__ import annotations
@@ -97,9 +97,14 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dic
         tmp.unlink(missing_ok=True)
 
 
-def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix != ".safetensors":
-        raise UnZipLoRAError(f"{path} is not a .safetensors file; unziplora never loads pickled weights")
+def load_safetensors(path: Path, check=None) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; `check(path)` first vets its header (headers.py), so a
+    file too large or of the wrong shapes is refused before any tensor is read."""
+    from .headers import read_header
+
+    read_header(path)  # a pickle, a damaged header: one line
+    if check is not None:
+        check(path)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -147,6 +152,10 @@ class RunFolder:
         return cls(path, read_manifest(path))
 
     @property
+    def rank(self) -> int:
+        return int(self.manifest["config"]["lora"]["rank"])
+
+    @property
     def state_path(self) -> Path:
         return self.path / STATE_FILE
 
@@ -156,9 +165,16 @@ class RunFolder:
             raise UnZipLoRAError(f"{folder} has no {LORA_WEIGHT_NAME}; the run folder is incomplete")
         return folder
 
-    def load_state(self) -> dict[str, torch.Tensor]:
+    def check_state(self, base=None) -> None:
+        """The state file's header against the manifest (format, rank) and `base` (headers.BaseShapes)."""
+        from .headers import check_state_header
+
         if not self.state_path.is_file():
             raise UnZipLoRAError(f"{self.state_path} is missing; the run folder is incomplete")
+        check_state_header(self.state_path, self.rank, base, RUN_FORMAT_VERSION)
+
+    def load_state(self, base=None) -> dict[str, torch.Tensor]:
+        self.check_state(base)
         return load_safetensors(self.state_path)
 
     def summary(self) -> str:

@@ -318,6 +318,87 @@ def test_a_sound_manifest_opens_and_baselines_need_no_training_fields(tmp_path, 
     assert RunFolder.open(tmp_path).manifest["method"] == "b-lora"
 
 
+# ----- weight files: checked from their headers before a tensor loads (headers.py) -----------------
+def _safetensors_header(path, shapes: dict, metadata: dict | None = None):
+    """A safetensors file declaring `shapes` (float32) whose data is a hole: no disk, no memory."""
+    header, offset = {}, 0
+    for key, shape in shapes.items():
+        size = 4 * int(np.prod(shape))
+        header[key] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    if metadata:
+        header["__metadata__"] = metadata
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)) + raw)
+        fh.truncate(8 + len(raw) + offset)
+    return path
+
+
+def _base():
+    """The shapes of a made-up base model: one 32x32 and one 64x32 attention projection."""
+    from unziplora.headers import BaseShapes
+
+    return BaseShapes("base", {"unet.blocks.0.attn1.to_q.weight": (32, 32), "unet.blocks.0.attn2.to_k.weight": (64, 32),
+                               "unet.blocks.0.norm.weight": (32,)})
+
+
+Q = "unet.blocks.0.attn1.to_q"
+GIB3_ROWS = 3 * 2**30 // 4 // 32  # a 3 GiB float32 A for a 32-wide layer
+
+
+@pytest.mark.parametrize("shapes, base, message", [
+    ({f"{Q}.lora_A.weight": (4, 32), f"{Q}.lora_B.weight": (32, 5)}, True, "has rank 4 but"),
+    ({f"{Q}.lora_A.weight": (4, 32)}, True, "has no matching"),
+    ({f"{Q}.lora_A.weight": (GIB3_ROWS, 32), f"{Q}.lora_B.weight": (32, GIB3_ROWS)}, True, "more than any low-rank"),
+    ({f"{Q}.lora_A.weight": (GIB3_ROWS, 32), f"{Q}.lora_B.weight": (32, GIB3_ROWS)}, False, "more than any low-rank"),
+    ({f"{Q}.lora_A.weight": (4, 3 * 2**28), f"{Q}.lora_B.weight": (32, 4)}, False, "wider than any SDXL-shaped"),
+    ({f"{Q}.lora_A.weight": (4, 48), f"{Q}.lora_B.weight": (32, 4)}, True, "made for another base model"),
+    ({"lora_unet_x.lora_down.weight": (4, 48), "lora_unet_x.lora_up.weight": (48, 4)}, True, "does not have"),
+    ({f"{Q}.lora_A.weight": (4, 32), f"{Q}.lora_B.weight": (32, 4), f"{Q}.alpha": (3 * 2**28,)}, True,
+     "larger than any weight of base"),
+], ids=["ranks-differ", "no-B", "3GiB-rank", "3GiB-rank-no-base", "3GiB-wide-no-base", "other-model-named",
+        "other-model-kohya", "3GiB-alpha"])
+def test_lora_headers_are_checked_before_loading(tmp_path, shapes, base, message):
+    from unziplora.export import load_lora_any
+    from unziplora.headers import check_lora_header
+
+    path = _safetensors_header(tmp_path / "lora.safetensors", shapes)
+    assert path.stat().st_blocks * 512 < 2**20  # the test itself uses no disk
+    with pytest.raises(UnZipLoRAError, match=message) as info:
+        check_lora_header(path, _base() if base else None)
+    assert "\n" not in str(info.value)
+    with pytest.raises(UnZipLoRAError, match=message):
+        load_lora_any(path, _base() if base else None)  # what merge, export and generate call
+
+
+def test_a_lora_that_fits_passes_its_header_check(tmp_path):
+    from unziplora.headers import check_lora_header
+
+    check_lora_header(_safetensors_header(tmp_path / "ok.safetensors", {
+        f"{Q}.lora_A.weight": (4, 32), f"{Q}.lora_B.weight": (32, 4), f"{Q}.alpha": (),
+        "lora_unet_blocks_0_attn2_to_k.lora_down.weight": (8, 32), "lora_unet_blocks_0_attn2_to_k.lora_up.weight": (64, 8),
+    }), _base())
+
+
+@pytest.mark.parametrize("shapes, metadata, message", [
+    ({"blocks.0.attn1.to_q.content.lora_A": (4, 32)}, {"format_version": "-5"}, "version '-5', not an unziplora"),
+    ({"blocks.0.attn1.to_q.content.lora_A": (4, 32)}, {"format_version": "99"}, "state format 99, this unziplora"),
+    ({"blocks.0.attn1.to_q.content.lora_A": (4, 32)}, {"rank": "10"}, "holds rank-10 weights but the manifest"),
+    ({"blocks.0.attn1.to_q.content.lora_A": (GIB3_ROWS, 32)}, {}, "need [4, 32]"),
+    ({"blocks.0.attn1.to_q.content.lora_B": (48, 4)}, {}, "need [32, 4]"),
+    ({"blocks.7.attn1.to_q.content.lora_A": (4, 32)}, {}, "has no layer blocks.7.attn1.to_q"),
+    ({"blocks.0.attn1.to_q.both.lora_A": (4, 32)}, {}, "which no unziplora state has"),
+], ids=["version-negative", "version-newer", "rank-differs", "3GiB", "other-model", "unknown-layer", "unknown-key"])
+def test_state_file_headers_are_checked_before_loading(tmp_path, shapes, metadata, message):
+    from unziplora.headers import check_state_header
+
+    path = _safetensors_header(tmp_path / "unziplora.safetensors", shapes, {"format": "unziplora", **metadata})
+    with pytest.raises(UnZipLoRAError, match=re.escape(message)):
+        check_state_header(path, rank=4, base=_base())
+
+
 # ----- sizes a base model can use (models.check_resolution) ----------------------------------------
 def _model_folder(root, vae_channels, sample_size):
     for part, config in (("vae", {"block_out_channels": vae_channels}), ("unet", {"sample_size": sample_size})):
@@ -350,6 +431,7 @@ def test_the_decode_bound_is_a_lower_bound():
 
     assert decode_bytes(1024, 128) == 2 * 1024 * 1024 * 128 * 4  # SDXL: 1 GiB, below what decoding really takes
     assert decode_bytes(2048, 128, images=2) == 8 * decode_bytes(1024, 128)
+
 
 # ----- a full disk ------------------------------------------------------------------------------
 def test_a_full_disk_is_recognised_from_python_and_from_safetensors():
