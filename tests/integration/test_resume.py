@@ -303,23 +303,71 @@ def test_leftovers_of_a_killed_command_are_removed_by_its_next_run(command, tiny
     assert hidden_leftovers(tmp_path) == []
 
 
+@pytest.fixture(scope="module")
+def checkpointed(tiny_base, tiny_image, tmp_path_factory):
+    """OUT.partial with the checkpoint of step 2 (the loss turned NaN at step 3), made once."""
+    folder = tmp_path_factory.mktemp("checkpointed")
+    step = Trainer.train_step
+    Trainer.train_step = _nan_at(3)
+    try:
+        assert main(argv_in(folder, tiny_base, tiny_image)(folder / "run")) == 2
+    finally:
+        Trainer.train_step = step
+    return runfolder.partial_dir(folder / "run")
+
+
+def _tensors(edit):
+    """An edit of the checkpoint's tensors file (the record is left as it is)."""
+    def apply(record, tensors):
+        edit(tensors)
+    return apply
+
+
+def _first(tensors, suffix, dims=None):
+    return next(k for k in sorted(tensors) if k.endswith(suffix) and (dims is None or tensors[k].dim() == dims))
+
+
 @pytest.mark.parametrize("edit, message", [
     ({"tensors": "../../elsewhere.safetensors"}, "invalid tensors file"),
     ({"format": CHECKPOINT_FORMAT - 1}, "written by an older unziplora"),
     ({"format": CHECKPOINT_FORMAT + 1}, "written by a newer unziplora"),
-], ids=["path-for-tensors", "older-format", "newer-format"])
-def test_checkpoint_record_that_cannot_be_trusted_is_refused(cli_args, tmp_path, capsys, monkeypatch, edit, message):
+    ({"history": "x"}, "'history' must list one entry per step"),
+    ({"history": [{"bogus": 1}, {"bogus": 2}]}, "'history' holds"),
+    ({"rng": "x"}, "'rng' must hold the python and numpy random states"),
+    ({"rng": {"python": [3, [1, 2], None], "numpy": ["MT19937", 0, 0, 0.0]}}, "'rng.python' is not a Python random"),
+    ({"optimizer": "x"}, "'optimizer' must map parameter indices"),
+    ({"optimizer": {"x": 5}}, "'optimizer' must map parameter indices"),
+    ({"optimizer": {"99999": {}}}, "optimiser state for parameter 99999 does not fit"),
+    ({"refresh_pending": "yes"}, "'refresh_pending' must be true or false"),
+    (_tensors(lambda t: [t.pop(k) for k in list(t) if k.startswith("rng.")]), "lacks rng.torch and 2 more"),
+    (_tensors(lambda t: t.update({"rng.torch": torch.zeros(7, dtype=torch.uint8)})), "rng.torch has shape [7]"),
+    (_tensors(lambda t: t.update({_first(t, "exp_avg"): torch.zeros(3)})), "has shape [3], its parameter needs"),
+    (_tensors(lambda t: t.update({(k := _first(t, "exp_avg_sq", 3)): t[k].transpose(1, 2).contiguous()})),
+     "its parameter needs"),
+    (_tensors(lambda t: t.pop(_first(t, "exp_avg"))), "does not fit this model"),
+    (_tensors(lambda t: t.update({"lora.nothing.content.lora_A": torch.zeros(2, 2)})), "is not in this model's state"),
+], ids=["path-for-tensors", "older-format", "newer-format", "history-string", "history-items", "rng-string",
+        "rng-python", "optimizer-string", "optimizer-keys", "optimizer-index", "refresh-pending", "rng-tensors-missing",
+        "rng-tensor-shape", "moment-shape", "moment-transposed", "moment-missing", "unknown-tensor"])
+def test_checkpoint_record_that_cannot_be_trusted_is_refused(cli_args, checkpointed, tmp_path, capsys, edit, message):
+    """One line naming the field, and the checkpoint is kept (a refusal deletes nothing)."""
     out = tmp_path / "run"
-    monkeypatch.setattr(Trainer, "train_step", _nan_at(3))
-    assert main(cli_args(out)) == 2
-    monkeypatch.undo()
-    record_path = runfolder.partial_dir(out) / CHECKPOINT_DIR / RECORD_FILE
+    partial = shutil.copytree(checkpointed, runfolder.partial_dir(out))
+    record_path = partial / CHECKPOINT_DIR / RECORD_FILE
     record = json.loads(record_path.read_text())
-    record.update(edit)
-    record_path.write_text(json.dumps(record))
+    if callable(edit):
+        tensors_path = partial / CHECKPOINT_DIR / record["tensors"]
+        tensors = load_file(str(tensors_path))
+        edit(record, tensors)
+        save_file(tensors, str(tensors_path))
+    else:
+        record.update(edit)
+        record_path.write_text(json.dumps(record))
     capsys.readouterr()
     assert main(cli_args(out, "--resume")) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
+    assert record_path.is_file() and not out.exists()
 
 # ----- one live writer per folder (runlock.py, outputs.py) -----------------------------------------
 HOLD_LOCK = """
