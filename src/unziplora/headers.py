@@ -154,11 +154,11 @@ def _check_layer(path: Path, key: str, module: str, shape: tuple[int, int], base
         return
     named = base.layer(module)
     if named is not None and named != shape:
-        raise UnZipLoRAError(f"{path}: {module} is {out}x{features_in} here but {named[0]}x{named[1]} in "
+        raise UnZipLoRAError(f"{path}: {module} has shape {out}x{features_in} here but {named[0]}x{named[1]} in "
                              f"{base.name}; the LoRA was made for another base model: pass the one it was trained on")
     if named is None and shape not in base.matrices:
-        raise UnZipLoRAError(f"{path}: {key} is for a {out}x{features_in} layer, which {base.name} does not have; "
-                             "the LoRA was made for another base model")
+        raise UnZipLoRAError(f"{path}: {key} is for a layer of shape {out}x{features_in}, which {base.name} does not "
+                             "have; the LoRA was made for another base model")
 
 
 def check_state_header(path: Path, rank: int, base: BaseShapes | None = None, format_version: int = 1) -> None:
