@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import random
 import re
 from pathlib import Path
@@ -153,7 +154,59 @@ def read_record(folder: Path) -> dict | None:
                              "read; start over with --force")
     if not isinstance(record.get("tensors"), str) or not _TENSORS_NAME.fullmatch(record["tensors"]):
         raise UnZipLoRAError(f"{path} names an invalid tensors file {record.get('tensors')!r}; start over with --force")
+    problem = _record_problem(record)
+    if problem:
+        raise UnZipLoRAError(f"{path} is damaged: {problem}; start over with --force")
     return record
+
+
+_LOG_FIELDS = {"step": int, "loss": float, "mse": float, "orth": float, "refresh": bool}
+
+
+def _is(value, kind) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _record_problem(record: dict) -> str | None:
+    """What is wrong with a commit record's fields (None: nothing), named for the error line."""
+    step = record["step"]
+    if step < 0:
+        return f"'step' is {step}"
+    if not isinstance(record.get("refresh_pending"), bool):
+        return "'refresh_pending' must be true or false"
+    history = record.get("history")
+    if not isinstance(history, list) or len(history) != step:
+        return f"'history' must list one entry per step ({step})"
+    for log in history:
+        if not isinstance(log, dict) or set(log) != set(_LOG_FIELDS) or not all(
+                _is(log[k], kind) for k, kind in _LOG_FIELDS.items()):
+            return f"'history' holds {str(log)[:60]!r}, not a step log ({', '.join(_LOG_FIELDS)})"
+    optimizer = record.get("optimizer")
+    if not isinstance(optimizer, dict) or not all(
+            isinstance(k, str) and k.isdigit() and isinstance(v, dict) for k, v in optimizer.items()):
+        return "'optimizer' must map parameter indices to their settings"
+    if not isinstance(record.get("scaler"), dict):
+        return "'scaler' must be a mapping"
+    if not isinstance(record.get("fingerprint"), dict):
+        return "'fingerprint' must be a mapping"
+    rng = record.get("rng")
+    if not isinstance(rng, dict):
+        return "'rng' must hold the python and numpy random states"
+    python, numpy = rng.get("python"), rng.get("numpy")
+    ok = (isinstance(python, list) and len(python) == 3 and _is(python[0], int) and isinstance(python[1], list)
+          and len(python[1]) == 625 and all(_is(x, int) and 0 <= x < 2**32 for x in python[1])
+          and (python[2] is None or _is(python[2], float)))
+    if not ok:
+        return "'rng.python' is not a Python random state"
+    ok = (isinstance(numpy, list) and len(numpy) == 4 and numpy[0] == "MT19937" and _is(numpy[1], int)
+          and 0 <= numpy[1] <= 624 and _is(numpy[2], int) and _is(numpy[3], float))
+    if not ok:
+        return "'rng.numpy' is not a numpy random state"
+    return None
 
 
 def check_resumable(folder: Path, run_fingerprint: dict[str, str]) -> dict:
@@ -178,17 +231,61 @@ def restore_checkpoint(trainer, folder: Path, record: dict) -> None:
     """Put a saved state back into a freshly prepared trainer (same config, model and image)."""
     from .train import StepLog
 
-    tensors = load_safetensors(folder / record["tensors"])
+    path = folder / record["tensors"]
+    tensors = load_safetensors(path, check=lambda p: _check_tensors_header(trainer, p))
     lora = {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")}
     for branch in BRANCHES:
         trainer.lora.load_branch(lora, branch, str(folder / record["tensors"]))
     _restore_optimizer(trainer.optimizer, tensors, record.get("optimizer", {}))
-    if record.get("scaler"):
-        trainer.scaler.load_state_dict(record["scaler"])
-    _restore_rng(trainer.generator, tensors, record["rng"])
+    try:
+        if record.get("scaler"):
+            trainer.scaler.load_state_dict(record["scaler"])
+        _restore_rng(trainer.generator, tensors, record["rng"])
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        raise UnZipLoRAError(f"{folder / RECORD_FILE}: its grad-scaler or random state cannot be restored "
+                             f"({str(exc).splitlines()[0][:100]}); start over with --force") from None
     trainer.step = record["step"]
     trainer.refresh_pending = bool(record["refresh_pending"])
     trainer.history = [StepLog(**log) for log in record["history"]]
+
+
+_MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # AdamW's per-parameter tensors, shaped like it
+
+
+def _check_tensors_header(trainer, path: Path) -> None:
+    """Every tensor of a checkpoint against the trainer it is restored into (from the header,
+    before loading): the LoRA state, one AdamW state per parameter, the RNG states."""
+    from .headers import read_header
+
+    shapes, _ = read_header(path)
+    expected = {f"lora.{k}": tuple(v.shape) for k, v in trainer.lora.state_dict(raw=True).items()}
+    expected.update({k: tuple(v.shape) for k, v in _rng_tensors(trainer.generator).items()
+                     if not k.startswith("rng.cuda.")})
+    params = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+    for key, shape in shapes.items():
+        if key.startswith("optim."):
+            _, index, name = (key.split(".", 2) + ["", ""])[:3]
+            if not index.isdigit() or int(index) >= len(params):
+                raise UnZipLoRAError(f"{path}: {key} belongs to no parameter of this model; start over with --force")
+            param = tuple(params[int(index)].shape)
+            want = param if name in _MOMENTS else (() if name == "step" else None)
+            if want is not None and shape != want and not (name == "step" and shape == (1,)):
+                raise UnZipLoRAError(f"{path}: the optimiser state {key} has shape {list(shape)}, its parameter "
+                                     f"needs {list(want)}; start over with --force")
+            if want is None and math.prod(shape) > 2 * math.prod(param):
+                raise UnZipLoRAError(f"{path}: {key} is larger than its parameter; start over with --force")
+        elif key.startswith("rng.cuda."):
+            if math.prod(shape) > 1 << 16:
+                raise UnZipLoRAError(f"{path}: {key} is no CUDA random state; start over with --force")
+        elif key not in expected:
+            raise UnZipLoRAError(f"{path}: {key} is not in this model's state; start over with --force")
+        elif shape != expected[key]:
+            raise UnZipLoRAError(f"{path}: {key} has shape {list(shape)}, not {list(expected[key])}; start over "
+                                 "with --force")
+    missing = [k for k in expected if k not in shapes]
+    if missing:
+        raise UnZipLoRAError(f"{path} lacks {missing[0]}{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}; "
+                             "start over with --force")
 
 
 def _restore_optimizer(optimizer, tensors: dict[str, torch.Tensor], scalars: dict) -> None:
@@ -200,10 +297,19 @@ def _restore_optimizer(optimizer, tensors: dict[str, torch.Tensor], scalars: dic
     for index, values in scalars.items():
         state.setdefault(int(index), {}).update(values)
     full = optimizer.state_dict()
-    if len(state) > sum(len(g["params"]) for g in full["param_groups"]):
-        raise UnZipLoRAError("the checkpoint's optimiser state does not fit this model; start over with --force")
+    n_params = sum(len(g["params"]) for g in full["param_groups"])
+    adam = isinstance(optimizer, torch.optim.AdamW)
+    for index, values in state.items():
+        incomplete = adam and not {"step", "exp_avg", "exp_avg_sq"} <= set(values)
+        if index >= n_params or incomplete:
+            raise UnZipLoRAError(f"the checkpoint's optimiser state for parameter {index} does not fit this model "
+                                 f"({', '.join(sorted(values))}); start over with --force")
     full["state"] = state
-    optimizer.load_state_dict(full)
+    try:
+        optimizer.load_state_dict(full)
+    except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+        raise UnZipLoRAError(f"the checkpoint's optimiser state cannot be restored ({str(exc)[:100]}); "
+                             "start over with --force") from None
 
 
 def _restore_rng(generator: torch.Generator, tensors: dict[str, torch.Tensor], saved: dict) -> None:

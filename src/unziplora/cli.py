@@ -65,8 +65,10 @@ def _add_decompose(sub) -> None:
                    help="unziplora (the default: full method, M3); ablations m1 (prompt separation only), m2 "
                         "(+ column separation, no block roles); baselines dreambooth-lora, b-lora (by default with "
                         "its reference settings: rank 64, lr 5e-5, 1000 steps)")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run in OUT.partial")
-    p.add_argument("--force", action="store_true", help="replace an existing run folder (and discard OUT.partial)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in OUT.partial (finish it, if its outputs are complete)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing run folder (and discard an interrupted OUT.partial, never a live run's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -20,6 +20,9 @@ import yaml
 from .errors import UnZipLoRAError
 
 DEFAULT_BASE_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
+# SDXL's attention projections are 320 to 1280 wide: a rank above this is no low-rank update
+# (and a two-branch layer of rank r allocates 2 r (in + out) numbers per projection).
+MAX_RANK = 1024
 
 
 def _check(condition: bool, message: str) -> None:
@@ -43,7 +46,7 @@ class LoraConfig:
     merger_lr: float = 5e-3  # mergers move 100x faster than A, B (authors' script)
 
     def __post_init__(self):
-        _check(self.rank > 0, f"lora.rank must be a positive integer, got {self.rank}")
+        _check(0 < self.rank <= MAX_RANK, f"lora.rank must be a positive integer up to {MAX_RANK}, got {self.rank}")
         _check(self.lr > 0 and self.merger_lr > 0, "lora.lr and lora.merger_lr must be > 0")
 
 
@@ -112,6 +115,10 @@ class TrainConfig:
         _check(self.resolution >= 8 and self.resolution % 8 == 0, "train.resolution must be a multiple of 8")
         _check(self.batch_size > 0, "train.batch_size must be > 0")
         _check(self.max_grad_norm > 0, "train.max_grad_norm must be > 0")
+        _check(all(0 <= b < 1 for b in self.adam_betas),
+               f"train.adam_betas must both lie in [0, 1), got {list(self.adam_betas)}; e.g. [0.9, 0.999]")
+        _check(self.adam_eps >= 0, f"train.adam_eps must be >= 0, got {self.adam_eps}")
+        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         _check(self.preview_every >= 0, "train.preview_every must be >= 0")
         _check(self.checkpoint_every >= 0, "train.checkpoint_every must be >= 0 (0 = no checkpoints)")
         _check(self.seed >= 0, f"train.seed must be >= 0, got {self.seed}")

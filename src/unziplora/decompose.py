@@ -23,14 +23,14 @@ from . import __version__
 from .branch import Branch
 from .callbacks import Previews, ProgressBar
 from .checkpoint import CHECKPOINT_DIR, Checkpointer, check_resumable, fingerprint, read_record, restore_checkpoint
-from .config import RunConfig
+from .config import RunConfig, config_from_dict
 from .data import centre_crop, crop_note, load_image
 from .errors import TrainingInterrupted, UnZipLoRAError
 from .generate import Conditioning, sample_images
 from .lora.inject import PROJECTIONS
 from .methods import Method
 from .modelcard import write_model_card
-from .models import load_pipeline, pick_device, pick_dtype
+from .models import check_resolution, load_pipeline, pick_device, pick_dtype
 from .profiles import resolve_profile
 from .prompts import check_length, training_prompts, unknown_words
 from .runfolder import (
@@ -42,6 +42,7 @@ from .runfolder import (
     resumable_output_dir,
     save_grid,
     save_safetensors,
+    write_text_atomic,
 )
 from .train import NonFiniteLoss, Trainer, branch_fractions
 
@@ -83,6 +84,8 @@ def decompose(
         method = Method(method)
     except ValueError:
         raise UnZipLoRAError(f"unknown method {method!r}; use one of {', '.join(m.value for m in Method)}") from None
+    device = pick_device(config.train.device)
+    _check_sizes(config, device)
     if method.is_baseline:
         from .methods.baselines import decompose_baseline
 
@@ -94,54 +97,58 @@ def decompose(
     prompts = training_prompts(config.prompts)
     picture = load_image(image)
     out_dir = Path(out_dir)
-    device = pick_device(config.train.device)
     dtype = pick_dtype(config.train.mixed_precision, device)
     base_dir = Path(config.model.base_model).expanduser()
     profile = resolve_profile(config.model.profile, base_dir if base_dir.is_dir() else None)
     run_fingerprint = fingerprint(config, _image_sha256(picture))
 
-    with resumable_output_dir(out_dir, force, resume, keep=_holds_checkpoint) as tmp:
+    with resumable_output_dir(out_dir, force, resume, keep=_worth_keeping) as tmp:
         checkpointer = Checkpointer(tmp / CHECKPOINT_DIR, config.train.checkpoint_every, run_fingerprint)
-        record = check_resumable(checkpointer.folder, run_fingerprint) if resume else None
-        t0 = time.perf_counter()
-        pipe = load_pipeline(config.model.base_model, config.model.revision, dtype)
-        load_s = time.perf_counter() - t0
-        _print_prompt_notes(pipe, prompts)
-        note = crop_note(picture, config.train.resolution)
-        if note:
-            print(f"note: {note}")
-        torch.manual_seed(config.train.seed)
-        trainer = Trainer.prepare(config, pipe, picture, prompts, profile, device, dtype)
-        if record is not None:
-            restore_checkpoint(trainer, checkpointer.folder, record)
-            checkpointer.saved_step = trainer.step
-        callbacks = [ProgressBar(progress), Previews(tmp / "previews", config.train.preview_every, _write_preview),
-                     checkpointer]
-        _fit(trainer, callbacks, checkpointer, out_dir)
+        if resume and _holds_finished_run(tmp, run_fingerprint):
+            print(f"note: {tmp} already holds every output of this run; finishing it")
+        else:
+            record = check_resumable(checkpointer.folder, run_fingerprint) if resume else None
+            t0 = time.perf_counter()
+            pipe = load_pipeline(config.model.base_model, config.model.revision, dtype)
+            load_s = time.perf_counter() - t0
+            _print_prompt_notes(pipe, prompts)
+            note = crop_note(picture, config.train.resolution)
+            if note:
+                print(f"note: {note}")
+            torch.manual_seed(config.train.seed)
+            trainer = Trainer.prepare(config, pipe, picture, prompts, profile, device, dtype)
+            if record is not None:
+                restore_checkpoint(trainer, checkpointer.folder, record)
+                checkpointer.saved_step = trainer.step
+            callbacks = [ProgressBar(progress), Previews(tmp / "previews", config.train.preview_every, _write_preview),
+                         checkpointer]
+            _fit(trainer, callbacks, checkpointer, out_dir)
 
-        t0 = time.perf_counter()
-        _write_weights(trainer, tmp)
-        picture.save(tmp / "input.png")
-        save_grid([centre_crop(picture, config.train.resolution), *render_preview(trainer)], tmp / "preview.png",
-                  columns=4, labels=["input", "content alone", "style alone", "together"])
-        _write_loss(trainer, tmp)
-        (tmp / "config.yaml").write_text(config.to_yaml())
-        timings = {"load_s": load_s, **trainer.timings, "save_s": time.perf_counter() - t0}
-        timings["total_s"] = time.perf_counter() - t_start
-        manifest = base_manifest(config, profile, prompts, picture, sources)
-        manifest.update({
-            "method": method.value,
-            "steps": trainer.step,
-            "final_loss": trainer.history[-1].loss,
-            "mask_fraction": branch_fractions(trainer.lora),
-            "device": str(device),
-            "dtype": str(dtype).replace("torch.", ""),
-            "timings": {k: round(v, 3) for k, v in timings.items()},
-            "files": {"content_lora": f"content_lora/{LORA_WEIGHT_NAME}", "style_lora": f"style_lora/{LORA_WEIGHT_NAME}",
-                      "state": STATE_FILE, "preview": "preview.png", "loss": "loss.csv"},
-        })
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-        write_model_card(tmp, manifest, picture, out_dir)
+            t0 = time.perf_counter()
+            _write_weights(trainer, tmp)
+            picture.save(tmp / "input.png")
+            save_grid([centre_crop(picture, config.train.resolution), *render_preview(trainer)], tmp / "preview.png",
+                      columns=4, labels=["input", "content alone", "style alone", "together"])
+            _write_loss(trainer, tmp)
+            (tmp / "config.yaml").write_text(config.to_yaml())
+            timings = {"load_s": load_s, **trainer.timings, "save_s": time.perf_counter() - t0}
+            timings["total_s"] = time.perf_counter() - t_start
+            manifest = base_manifest(config, profile, prompts, picture, sources)
+            manifest.update({
+                "method": method.value,
+                "steps": trainer.step,
+                "final_loss": trainer.history[-1].loss,
+                "mask_fraction": branch_fractions(trainer.lora),
+                "device": str(device),
+                "dtype": str(dtype).replace("torch.", ""),
+                "timings": {k: round(v, 3) for k, v in timings.items()},
+                "files": {"content_lora": f"content_lora/{LORA_WEIGHT_NAME}",
+                          "style_lora": f"style_lora/{LORA_WEIGHT_NAME}",
+                          "state": STATE_FILE, "preview": "preview.png", "loss": "loss.csv"},
+            })
+            write_model_card(tmp, manifest, picture, out_dir)
+            # The manifest last, in one rename: a folder with a manifest holds every output (_holds_finished_run).
+            write_text_atomic(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2))
         # Only now, with every output written: until here a failure can still resume from it.
         shutil.rmtree(checkpointer.folder, ignore_errors=True)  # the finished run needs no optimiser state
     return RunFolder.open(out_dir)
@@ -185,12 +192,38 @@ def _fit(trainer: Trainer, callbacks: list, checkpointer: Checkpointer, out_dir:
         raise NonFiniteLoss(exc.step, exc.value, checkpointer.where()) from None
 
 
-def _holds_checkpoint(work: Path) -> bool:
-    """Keep a failed OUT.partial only when it has a committed checkpoint to resume from."""
+def _check_sizes(config: RunConfig, device) -> None:
+    """The training and sampling sizes against the base model and this machine, before anything loads."""
+    for what, size in (("train.resolution (--resolution)", config.train.resolution),
+                       ("sample.resolution", config.sample.resolution)):
+        check_resolution(size, config.model.base_model, device, config.train.batch_size, what, config.model.revision)
+
+
+def _worth_keeping(work: Path) -> bool:
+    """Keep a failed OUT.partial when it has a committed checkpoint or every output to resume from."""
+    if (work / MANIFEST_FILE).is_file():
+        return True
     try:
         return read_record(work / CHECKPOINT_DIR) is not None
     except UnZipLoRAError:
         return False
+
+
+def _holds_finished_run(work: Path, run_fingerprint: dict[str, str]) -> bool:
+    """True when `work` holds every output of this run (killed after its manifest, while cleaning up);
+    a finished run of other inputs is refused, as a checkpoint of other inputs is."""
+    if not (work / MANIFEST_FILE).is_file():
+        return False
+    run = RunFolder.open(work)
+    if not all((work / name).is_file() for name in run.manifest["files"].values()):
+        return False
+    saved = fingerprint(config_from_dict(run.manifest["config"]), run.manifest["input"]["sha256"])
+    differ = [key for key, value in run_fingerprint.items() if saved.get(key) != value]
+    if differ:
+        raise UnZipLoRAError(f"cannot resume {work}: it holds a finished run made with another "
+                             f"{' and '.join(differ)}; pass the same image, base model and options, or --force "
+                             "to start over")
+    return True
 
 
 def _print_prompt_notes(pipe, prompts) -> None:

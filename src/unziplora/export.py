@@ -29,10 +29,13 @@ def export_run(run: str | Path, fmt: str, out_dir: str | Path | None = None, for
     """
     if fmt not in FORMATS:
         raise UnZipLoRAError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    from .headers import base_shapes
+
     folder = RunFolder.open(run)
     out = Path(out_dir) if out_dir else folder.path / "export" / fmt
     refuse_existing(out, force)  # before reading anything
-    states = {branch: _read_branch(folder, branch) for branch in (Branch.CONTENT, Branch.STYLE)}
+    base = base_shapes(folder.manifest["base_model"], folder.manifest["config"]["model"]["revision"])
+    states = {branch: _read_branch(folder, branch, base) for branch in (Branch.CONTENT, Branch.STYLE)}
     names = {branch: f"{folder.path.name}_{branch.value}.safetensors" for branch in states}
     with atomic_output_dir(out, force) as tmp:
         for branch, (state, metadata) in states.items():
@@ -43,19 +46,18 @@ def export_run(run: str | Path, fmt: str, out_dir: str | Path | None = None, for
     return [out / names[branch] for branch in states]
 
 
-def _read_branch(folder: RunFolder, branch: Branch) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """A branch's LoRA file, read (never copied unseen) and checked: inside the run, a LoRA."""
-    from safetensors import safe_open
+def _read_branch(folder: RunFolder, branch: Branch, base=None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A branch's LoRA file, read (never copied unseen) and checked: inside the run, a LoRA whose
+    header fits the run's base model (headers.py) before any tensor is loaded."""
+    from .headers import check_lora_header, read_header
 
     source = folder.lora_dir(branch) / LORA_WEIGHT_NAME
     if not source.resolve().is_relative_to(folder.path.resolve()):
         raise UnZipLoRAError(f"{source} leads out of the run folder (to {source.resolve()}); refusing to export it")
-    state = load_safetensors(source)
-    if not state or not all(k.startswith("unet.") and ".lora_" in k for k in state):
+    shapes, metadata = read_header(source)
+    if not shapes or not all(k.startswith("unet.") and ".lora_" in k for k in shapes):
         raise UnZipLoRAError(f"{source} is not a UNet LoRA file; the run folder is damaged: decompose it again")
-    with safe_open(str(source), "pt") as fh:
-        metadata = fh.metadata() or {}
-    return state, metadata
+    return load_safetensors(source, check=lambda p: check_lora_header(p, base)), metadata
 
 
 def to_kohya(diffusers_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -84,19 +86,28 @@ def kohya_metadata(folder: RunFolder, branch: Branch, state: dict[str, torch.Ten
     }
 
 
-def load_lora_any(path: str | Path) -> dict[str, torch.Tensor]:
-    """A UNet LoRA from a diffusers folder/file, a kohya file or a B-LoRA checkpoint.
+def lora_file(path: str | Path) -> Path:
+    """The weight file of a LoRA folder (diffusers' name) or the file itself."""
+    path = Path(path)
+    file = path / LORA_WEIGHT_NAME if path.is_dir() else path
+    if not file.is_file():
+        raise UnZipLoRAError(f"no LoRA file at {path}; give a .safetensors file or a folder holding {LORA_WEIGHT_NAME}")
+    return file
+
+
+def load_lora_any(path: str | Path, base=None) -> dict[str, torch.Tensor]:
+    """A UNet LoRA from a diffusers folder/file, a kohya file or a B-LoRA checkpoint, its header
+    checked against `base` (headers.BaseShapes, or None: ranks and sizes only) before loading.
 
     Returns PEFT-style keys without the 'unet.' prefix ('<module>.lora_A.weight', '.lora_B.weight'),
     with any kohya alpha folded into B so the update is exactly what the file means.
     """
     from diffusers import StableDiffusionXLPipeline
 
-    path = Path(path)
-    file = path / LORA_WEIGHT_NAME if path.is_dir() else path
-    if not file.is_file():
-        raise UnZipLoRAError(f"no LoRA file at {path}; give a .safetensors file or a folder holding {LORA_WEIGHT_NAME}")
-    state = load_safetensors(file)
+    from .headers import check_lora_header
+
+    file = lora_file(path)
+    state = load_safetensors(file, check=lambda p: check_lora_header(p, base))
     if any(k.startswith(B_LORA_PREFIX) for k in state):
         state = {k.replace(B_LORA_PREFIX, "unet.", 1): v for k, v in state.items()}
     try:

@@ -27,7 +27,7 @@ from .errors import UnZipLoRAError
 from .fuse import fuse_for_generation
 from .lora.inject import inject_two_branch_lora
 from .methods import Method
-from .models import load_pipeline, pick_device
+from .models import check_resolution, load_pipeline, pick_device
 from .profiles import INFERENCE_PROFILE
 from .prompts import CONTENT_TAG, STYLE_TAG, check_length, encode_prompts, expand_tags, split_prompt
 from .runfolder import atomic_output_dir, refuse_existing, save_grid
@@ -142,6 +142,7 @@ def plan_generation(prompt: str, out_dir: str | Path | None, mode: Mode | str, r
     resolution, guidance_rescale; None = the run's, which follow its base model) and the output
     folder, and check them."""
     from .defaults import resolve_base_model
+    from .headers import base_shapes
 
     mode = Mode(mode)
     if content_run and style_run:
@@ -150,18 +151,25 @@ def plan_generation(prompt: str, out_dir: str | Path | None, mode: Mode | str, r
         raise UnZipLoRAError("cross-run generation needs both --content RUN and --style RUN")
     elif run is None:
         raise UnZipLoRAError("give the run folder to generate from: unziplora generate RUN ...")
-    content = BranchSource.open(content_run or run, Branch.CONTENT)
-    style = BranchSource.open(style_run or run, Branch.STYLE)
-    runs = [s for s in (content, style) if s.run is not None]
-    config = runs[0].manifest_value("config") if runs else None
+    paths = {Branch.CONTENT: content_run or run, Branch.STYLE: style_run or run}
+    for path in paths.values():
+        if not Path(path).exists():
+            raise UnZipLoRAError(f"{path} does not exist; give a run folder or a LoRA .safetensors file")
+    runs = [r for r in map(BranchSource.run_of, paths.values()) if r is not None]
+    bases = {r.manifest["base_model"] for r in runs}
+    if base_model is None and len(bases) != 1:
+        raise UnZipLoRAError("pass --base-model: the sources name " + ("no base model" if not bases else "different base models"))
+    base_model = resolve_base_model(base_model or bases.pop())
+    # Every weight file is checked against the base model's shapes before a tensor of it loads.
+    shapes = base_shapes(base_model)
+    content = BranchSource.open(paths[Branch.CONTENT], Branch.CONTENT, shapes)
+    style = BranchSource.open(paths[Branch.STYLE], Branch.STYLE, shapes)
+    config = runs[0].manifest["config"] if runs else None
     if sample is None:
         given = {k: v for k, v in settings.items() if v is not None}
         sample = SampleConfig(**{**(config["sample"] if config else {}), **given})
     # A plain LoRA file says nothing of its resolution: then the base model's default size.
     resolution = sample.resolution or (config["train"]["resolution"] if config else None)
-    bases = {s.manifest_value("base_model") for s in runs}
-    if base_model is None and len(bases) != 1:
-        raise UnZipLoRAError("pass --base-model: the sources name " + ("no base model" if not bases else "different base models"))
     identifier = identifier or content.manifest_value("prompts", "identifier")
     style_words = style_words or style.manifest_value("prompts", "style_words")
     for tag, value, flag in ((CONTENT_TAG, identifier, "--identifier"), (STYLE_TAG, style_words, "--style-words")):
@@ -170,8 +178,7 @@ def plan_generation(prompt: str, out_dir: str | Path | None, mode: Mode | str, r
     home = runs[0].path if runs else Path(".")
     out = Path(out_dir) if out_dir is not None else default_out_dir(home, mode)
     refuse_existing(out, force)
-    return Plan(mode, content, style, resolve_base_model(base_model or bases.pop()), sample, resolution,
-                identifier or "", style_words or "", out)
+    return Plan(mode, content, style, base_model, sample, resolution, identifier or "", style_words or "", out)
 
 
 def generate(
@@ -207,6 +214,7 @@ def generate(
     plan = plan_generation(prompt, out_dir, mode, run, content_run, style_run, sample, base_model, identifier,
                            style_words, force, **settings)
     torch_device = pick_device(device)
+    check_resolution(plan.resolution, plan.base_model, torch_device, num_images)
     pipe = load_pipeline(plan.base_model, dtype=torch.float16 if torch_device.type == "cuda" else torch.float32)
     pipe.to(torch_device)
     pipe.vae.to(torch.float32)
@@ -226,10 +234,14 @@ def _conditioning(pipe, plan: Plan, prompt: str, num_images: int, fused: bool) -
     if mode in (Mode.CONTENT, Mode.STYLE) or one_lora or both_parts:
         source = style if mode is Mode.STYLE else content
         weights = {**content.stock_lora(), **style.stock_lora()} if both_parts else source.stock_lora()
-        pipe.load_lora_weights(weights, adapter_name=mode.value)
-        if fused:  # diffusers' own fusion: W + B A, then drop the adapter layers
-            pipe.fuse_lora(adapter_names=[mode.value])
-            pipe.unload_lora_weights()
+        try:
+            pipe.load_lora_weights(weights, adapter_name=mode.value)
+            if fused:  # diffusers' own fusion: W + B A, then drop the adapter layers
+                pipe.fuse_lora(adapter_names=[mode.value])
+                pipe.unload_lora_weights()
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:  # what diffusers / PEFT raise for a misfit
+            raise UnZipLoRAError(f"{source.path} does not load into {plan.base_model} "
+                                 f"({str(exc).strip().splitlines()[-1][:160]}); pass the base model it was trained on") from None
         text = expand_tags(prompt, plan.identifier, plan.style_words)
         embeds, pooled = _encode(pipe, [text])
         return Conditioning(embeds, pooled), {"prompt": text}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -121,9 +122,16 @@ def load_pipeline(base_model: str, revision: str | None = None, dtype: torch.dty
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UnZipLoRAError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UnZipLoRAError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UnZipLoRAError("train.device is cuda but no CUDA GPU is visible; use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UnZipLoRAError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     return device
 
 
@@ -147,3 +155,80 @@ def write_checksums(directory: Path) -> None:
     for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != CHECKSUM_FILE):
         lines.append(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.relative_to(directory).as_posix()}")
     (directory / CHECKSUM_FILE).write_text("\n".join(lines) + "\n")
+
+
+# ----- what sizes a base model can generate ------------------------------------------------------
+# Latents a multiple of 8: every level of an SDXL-shaped UNet then halves and doubles exactly, with
+# no interpolation at its skip connections (SDXL's own sizes are multiples of 64).
+LATENT_MULTIPLE = 8
+
+
+def _model_config(base_model: str, part: str, revision: str | None = None) -> dict | None:
+    """PART/config.json of a local folder or of a cached hub model; None when it is not here."""
+    local = Path(base_model).expanduser()
+    path = local / part / "config.json" if local.is_dir() else None
+    if path is None:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(base_model, f"{part}/config.json", revision=revision)
+            path = Path(cached) if isinstance(cached, str) else None
+        except Exception:  # not a hub id: the loader explains
+            path = None
+    try:
+        return json.loads(path.read_text()) if path is not None and path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for one process: the GPU's memory on CUDA, MemAvailable on the CPU (None if unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type != "cpu":
+        return None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def decode_bytes(resolution: int, first_channels: int, images: int = 1) -> int:
+    """A lower bound of the memory decoding `images` images takes: the VAE decoder's last block
+    runs at full size with its first width of channels, and one of its fp32 convolutions holds an
+    input and an output of that size."""
+    return 2 * images * resolution * resolution * first_channels * 4
+
+
+def check_resolution(resolution: int | None, base_model: str, device: torch.device, images: int = 1,
+                     what: str = "--resolution", revision: str | None = None) -> None:
+    """Refuse, before anything is allocated, a size the base model cannot use: not a multiple of its
+    VAE factor x 8 (64 for SDXL, 32 for the embedded 4x model), or beyond this machine's memory."""
+    if resolution is None:
+        return
+    vae = _model_config(base_model, "vae", revision)
+    if vae is None or not vae.get("block_out_channels"):
+        return  # not available before loading (an uncached hub id): the loader fails first
+    channels = vae["block_out_channels"]
+    factor = 2 ** (len(channels) - 1)
+    multiple = factor * LATENT_MULTIPLE
+    unet = _model_config(base_model, "unet", revision) or {}
+    own = int(unet.get("sample_size", 0)) * factor or None
+    if resolution % multiple:
+        lower = max(multiple, resolution // multiple * multiple)
+        raise UnZipLoRAError(f"{what} {resolution} does not suit this base model: use a multiple of {multiple} px "
+                             f"(its VAE downsamples {factor}x, latents must be multiples of {LATENT_MULTIPLE}), "
+                             f"e.g. {lower} or {lower + multiple}")
+    need, free = decode_bytes(resolution, int(channels[0]), images), available_memory(device)
+    if free is not None and need > free:
+        where = "GPU memory" if device.type == "cuda" else "free memory"
+        raise UnZipLoRAError(f"{what} {resolution} needs at least {need / 2**30:,.1f} GiB to decode "
+                             f"{'an image' if images == 1 else f'{images} images'} at that size, more than this "
+                             f"machine's {free / 2**30:,.1f} GiB of {where}: use a smaller size"
+                             + (f" (this model's own is {own} px)" if own else ""))

@@ -10,21 +10,18 @@
       preview.png                                     input | content alone | style alone | together
       loss.csv, loss.png                              the loss curve
 
-While training, decompose writes RUN.partial/ (plus checkpoint/, see checkpoint.py) and renames
-it to RUN only when complete; an interrupted RUN.partial/ is continued with --resume.
+While training, decompose writes RUN.partial/ (plus checkpoint/, see checkpoint.py), locked by
+its process, and renames it to RUN only when complete; an interrupted RUN.partial/ is continued
+with --resume (outputs.py). The manifest is written last and checked whole when read
+(manifest.py); weight files are checked from their headers before they are loaded (headers.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import json
 import math
 import os
-import shutil
-import tempfile
+import re
 from pathlib import Path
-from typing import Callable
 
 import torch
 from PIL import Image
@@ -33,113 +30,22 @@ from safetensors.torch import load_file, save_file
 
 from .branch import Branch
 from .errors import UnZipLoRAError
+from .manifest import MANIFEST_FILE, RUN_FORMAT_VERSION, read_manifest
+from .outputs import (  # noqa: F401  (the names every writer imports from here)
+    apply_umask,
+    atomic_output_dir,
+    disk_full_error,
+    glob_escape,
+    is_disk_full,
+    partial_dir,
+    refuse_existing,
+    resumable_output_dir,
+    writing_errors,
+)
+from .runlock import pid_alive
 
-RUN_FORMAT_VERSION = 1
 STATE_FILE = "unziplora.safetensors"
-MANIFEST_FILE = "manifest.json"
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-
-
-def refuse_existing(out_dir: Path, force: bool) -> None:
-    """One clear error when `out_dir` holds something and `force` is off (checked before any work)."""
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not force:
-        raise UnZipLoRAError(f"{out_dir} already exists and is not empty; choose another --out or pass --force")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def apply_umask(path: Path) -> None:
-    """Give `path` (and, for a folder, everything in it) the permissions the user's umask allows,
-    as a plain open() would: temp folders (mkdtemp, 0700) and some writers' files (0600) would
-    otherwise keep their private modes after the rename."""
-    mask = _umask()
-    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
-        if not p.is_symlink():
-            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
-
-
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename `tmp` to `out_dir`; an existing `out_dir` (allowed by --force) is swapped out first."""
-    apply_umask(tmp)
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-    else:
-        tmp.rename(out_dir)
-
-
-@contextlib.contextmanager
-def _disk_full_is_an_error(where: Path):
-    """ENOSPC becomes one line; the writers below leave no half-written file behind."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
-            raise
-        raise UnZipLoRAError(
-            f"the disk is full while writing {exc.filename or where}; nothing half-written was kept: "
-            "free some space and run again"
-        ) from None
-
-
-@contextlib.contextmanager
-def atomic_output_dir(out_dir: str | Path, force: bool = False):
-    """Yield a temporary folder beside `out_dir`; on success it replaces `out_dir` in one rename.
-
-    An existing non-empty `out_dir` is refused unless `force`; on any error the temporary
-    folder is removed and `out_dir` is left as it was.
-    """
-    out_dir = Path(out_dir)
-    refuse_existing(out_dir, force)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
-        with _disk_full_is_an_error(out_dir):
-            yield tmp
-            _move_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def partial_dir(out_dir: Path) -> Path:
-    """Where a run is written while it trains: OUT.partial, a stable name so it can be resumed."""
-    return out_dir.with_name(f"{out_dir.name}.partial")
-
-
-@contextlib.contextmanager
-def resumable_output_dir(out_dir: str | Path, force: bool, resume: bool, keep: Callable[[Path], bool]):
-    """Like atomic_output_dir, but the work folder is OUT.partial and survives a failure when
-    `keep(work)` says it holds something to resume from; otherwise it is removed.
-
-    An existing OUT.partial is continued with `resume`, discarded with `force`, refused otherwise.
-    """
-    out_dir = Path(out_dir)
-    refuse_existing(out_dir, force)
-    work = partial_dir(out_dir)
-    if work.exists() and not resume:
-        if not force:
-            raise UnZipLoRAError(
-                f"{work} holds an interrupted run; pass --resume to continue it or --force to start over"
-            )
-        shutil.rmtree(work)
-    elif resume and not work.is_dir():
-        raise UnZipLoRAError(f"nothing to resume: {work} does not exist; run without --resume")
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        with _disk_full_is_an_error(out_dir):
-            yield work
-            _move_into_place(work, out_dir)
-    except BaseException:
-        if not keep(work):
-            shutil.rmtree(work, ignore_errors=True)
-        raise
 
 
 def _fsync(path: Path) -> None:
@@ -147,32 +53,58 @@ def _fsync(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
+def _temp_for(path: Path) -> Path:
+    """The temp name a file is written under: hidden, beside it, with the writer's pid; a dead
+    writer's temp files of the same name are removed first (a kill leaves them behind)."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.tmp-(\d+)")
+    if path.parent.is_dir():
+        for old in path.parent.glob(f".{glob_escape(path.name)}.tmp-*"):
+            match = pattern.fullmatch(old.name)
+            if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
+                old.unlink(missing_ok=True)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a text file atomically (temp file in the same folder, flushed, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    path = Path(path)
+    tmp = _temp_for(path)
     try:
-        tmp.write_text(text)
-        _fsync(tmp)
-        os.replace(tmp, path)
+        with writing_errors(path):
+            tmp.write_text(text)
+            _fsync(tmp)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file atomically (temp file in the same folder, flushed, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    path = Path(path)
+    tmp = _temp_for(path)
     try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        _fsync(tmp)
-        apply_umask(tmp)
-        os.replace(tmp, path)
+        with writing_errors(path):
+            try:
+                save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+            except SafetensorError as exc:  # safetensors' writer names no file: name ours
+                if is_disk_full(exc):
+                    raise disk_full_error(path) from None
+                raise
+            _fsync(tmp)
+            apply_umask(tmp)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix != ".safetensors":
-        raise UnZipLoRAError(f"{path} is not a .safetensors file; unziplora never loads pickled weights")
+def load_safetensors(path: Path, check=None) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; `check(path)` first vets its header (headers.py), so a
+    file too large or of the wrong shapes is refused before any tensor is read."""
+    from .headers import read_header
+
+    read_header(path)  # a pickle, a damaged header: one line
+    if check is not None:
+        check(path)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -203,20 +135,8 @@ def save_grid(images: list[Image.Image], path: Path, columns: int, labels: list[
     grid.save(path)
 
 
-def _check_manifest_files(path: Path, files) -> None:
-    """Names in a manifest must stay inside the run folder: a crafted "../x" is refused, never used."""
-    if not isinstance(files, dict):
-        raise UnZipLoRAError(f"{path / MANIFEST_FILE}: 'files' must be a mapping; the run folder is damaged")
-    for key, name in files.items():
-        ok = isinstance(name, str) and name and not Path(name).is_absolute() and ".." not in Path(name).parts
-        if not ok or "\\" in name:
-            raise UnZipLoRAError(
-                f"{path / MANIFEST_FILE} names {key!r} as {name!r}, outside the run folder; refusing to use it"
-            )
-
-
 class RunFolder:
-    """A finished run folder, checked on open."""
+    """A finished run folder; its manifest is checked whole on open (manifest.py)."""
 
     def __init__(self, path: Path, manifest: dict):
         self.path = path
@@ -225,22 +145,15 @@ class RunFolder:
     @classmethod
     def open(cls, path: str | Path) -> "RunFolder":
         path = Path(path)
-        manifest_path = path / MANIFEST_FILE
         if not path.is_dir():
             raise UnZipLoRAError(f"run folder {path} does not exist; give the --out folder of a decompose run")
-        if not manifest_path.is_file():
+        if not (path / MANIFEST_FILE).is_file():
             raise UnZipLoRAError(f"{path} is not an unziplora run folder (no {MANIFEST_FILE})")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError:
-            raise UnZipLoRAError(f"{manifest_path} is not valid JSON; the run folder is damaged") from None
-        version = manifest.get("format_version")
-        if not isinstance(version, int) or version > RUN_FORMAT_VERSION:
-            raise UnZipLoRAError(
-                f"{path} has run format {version!r}, this unziplora reads up to {RUN_FORMAT_VERSION}; upgrade unziplora"
-            )
-        _check_manifest_files(path, manifest.get("files", {}))
-        return cls(path, manifest)
+        return cls(path, read_manifest(path))
+
+    @property
+    def rank(self) -> int:
+        return int(self.manifest["config"]["lora"]["rank"])
 
     @property
     def state_path(self) -> Path:
@@ -252,9 +165,16 @@ class RunFolder:
             raise UnZipLoRAError(f"{folder} has no {LORA_WEIGHT_NAME}; the run folder is incomplete")
         return folder
 
-    def load_state(self) -> dict[str, torch.Tensor]:
+    def check_state(self, base=None) -> None:
+        """The state file's header against the manifest (format, rank) and `base` (headers.BaseShapes)."""
+        from .headers import check_state_header
+
         if not self.state_path.is_file():
             raise UnZipLoRAError(f"{self.state_path} is missing; the run folder is incomplete")
+        check_state_header(self.state_path, self.rank, base, RUN_FORMAT_VERSION)
+
+    def load_state(self, base=None) -> dict[str, torch.Tensor]:
+        self.check_state(base)
         return load_safetensors(self.state_path)
 
     def summary(self) -> str:

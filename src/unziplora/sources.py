@@ -15,10 +15,11 @@ import torch
 
 from .branch import Branch
 from .errors import UnZipLoRAError
-from .export import load_lora_any
+from .export import load_lora_any, lora_file
+from .headers import BaseShapes, check_lora_header
 from .lora.inject import TwoBranchLoRA
 from .methods import Method
-from .runfolder import MANIFEST_FILE, RunFolder
+from .runfolder import MANIFEST_FILE, RunFolder, load_safetensors
 
 
 @dataclass
@@ -27,25 +28,36 @@ class BranchSource:
     branch: Branch
     run: RunFolder | None = None  # gives the manifest (prompts, base model), and the state if plain is None
     plain: dict[str, torch.Tensor] | None = None  # PEFT keys without 'unet.'
+    base: BaseShapes | None = None  # the shapes its files were checked against
 
     @classmethod
-    def open(cls, path: str | Path, branch: Branch) -> "BranchSource":
+    def open(cls, path: str | Path, branch: Branch, base: BaseShapes | None = None) -> "BranchSource":
+        """A run folder or a LoRA file, every weight file it will load checked from its header against
+        `base` (the base model's shapes, headers.py) first: nothing too large or of another model loads."""
         path = Path(path)
         if (path / MANIFEST_FILE).is_file():
             run = RunFolder.open(path)
             if run.state_path.is_file():
-                return cls(path, branch, run=run)
+                check_lora_header(lora_file(run.lora_dir(branch)), base)  # what --mode content|style loads
+                run.check_state(base)
+                return cls(path, branch, run=run, base=base)
             # a baseline's run folder (no two-branch state): its branch LoRA as a plain LoRA
-            return cls(path, branch, run=run, plain=load_lora_any(run.lora_dir(branch)))
+            return cls(path, branch, run=run, plain=load_lora_any(run.lora_dir(branch), base), base=base)
         if not path.exists():
             raise UnZipLoRAError(f"{path} does not exist; give a run folder or a LoRA .safetensors file")
-        return cls(path, branch, plain=load_lora_any(path))
+        return cls(path, branch, plain=load_lora_any(path, base), base=base)
+
+    @staticmethod
+    def run_of(path: str | Path) -> RunFolder | None:
+        """The run folder at `path`, None for a plain LoRA file."""
+        path = Path(path)
+        return RunFolder.open(path) if (path / MANIFEST_FILE).is_file() else None
 
     # ----- facts about the source ------------------------------------------------------------
     @property
     def rank(self) -> int:
         if self.plain is None:
-            return int(self.run.manifest["config"]["lora"]["rank"])
+            return self.run.rank
         return max(v.shape[0] for k, v in self.plain.items() if k.endswith(".lora_A.weight"))
 
     @property
@@ -63,16 +75,18 @@ class BranchSource:
         return value
 
     # ----- weights ----------------------------------------------------------------------------
-    def stock_lora(self):
-        """What StableDiffusionXLPipeline.load_lora_weights takes for this branch alone."""
+    def stock_lora(self) -> dict[str, torch.Tensor]:
+        """What StableDiffusionXLPipeline.load_lora_weights takes for this branch alone (read by us,
+        so a damaged file is our one-line error, not diffusers' traceback)."""
         if self.plain is None:
-            return str(self.run.lora_dir(self.branch))
+            file = lora_file(self.run.lora_dir(self.branch))
+            return load_safetensors(file, check=lambda p: check_lora_header(p, self.base))
         return {f"unet.{k}": v for k, v in self.plain.items()}
 
     def branch_state(self, lora: TwoBranchLoRA) -> dict[str, torch.Tensor]:
         """This branch in TwoBranchLoRA.state_dict() form, padded to the layers' rank."""
         b = self.branch.value
-        source = self.run.load_state() if self.plain is None else None
+        source = self.run.load_state(self.base) if self.plain is None else None
         state = {}
         for name, layer in lora.layers.items():
             if source is not None:

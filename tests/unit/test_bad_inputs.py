@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import struct
 import zlib
 
@@ -159,6 +160,16 @@ def _decompose_argv(*extra):
         (_decompose_argv(), "train: {steps: .nan}", "must be an integer"),
         (_decompose_argv(), "lora: {lr: .inf}", "must be a finite number"),
         (_decompose_argv(), "- just\n- a list", "must hold a mapping"),
+        (_decompose_argv(), "train: {adam_betas: [2, -1]}", "train.adam_betas must both lie in [0, 1)"),
+        (_decompose_argv(), "train: {adam_betas: [0.9, 1.0]}", "train.adam_betas must both lie in [0, 1)"),
+        (_decompose_argv(), "train: {adam_eps: -1.0e-8}", "train.adam_eps must be >= 0"),
+        (_decompose_argv(), "train: {weight_decay: -1}", "train.weight_decay must be >= 0"),
+        (_decompose_argv("--rank", str(10**9)), None, "lora.rank must be a positive integer up to 1024"),
+        (_decompose_argv(), "sample: {resolution: 7}", "sample.resolution (--resolution) must be a positive multiple"),
+        (_decompose_argv(), "prompts: {content: 'A {identifier'}", "not a valid template"),
+        (_decompose_argv(), "prompts: {combined: 'A {identifier.__class__}'}", "use only {identifier}"),
+        (_decompose_argv("--identifier", "my cat"), None, "must be one word"),
+        (_decompose_argv(), "train: {device: tpu}", "unknown device 'tpu'"),
     ],
 )
 def test_bad_options_are_one_line_and_write_nothing(tmp_path, monkeypatch, capsys, argv, yaml_text, message):
@@ -217,3 +228,221 @@ def test_manifest_paths_outside_the_run_folder_are_refused(tmp_path, files):
     (tmp_path / "manifest.json").write_text(json.dumps({"format_version": 1, "files": files}))
     with pytest.raises(UnZipLoRAError, match="run folder"):
         RunFolder.open(tmp_path)
+
+
+# ----- manifests: checked whole on open (manifest.py) --------------------------------------------
+def _manifest() -> dict:
+    """A manifest as decompose writes it (base_manifest plus UnZipLoRA's fields), on no real model."""
+    from unziplora.config import RunConfig
+    from unziplora.decompose import base_manifest
+    from unziplora.profiles import resolve_profile
+    from unziplora.prompts import training_prompts
+
+    config = RunConfig().with_overrides({"prompts.subject": "cat", "prompts.style": "ink", "lora.rank": 4})
+    manifest = base_manifest(config, resolve_profile("sdxl", None), training_prompts(config.prompts), RGB)
+    manifest.update({"method": "unziplora", "steps": 5, "final_loss": 0.25, "device": "cpu", "dtype": "float32",
+                     "mask_fraction": {"content": 0.3, "style": 0.2}, "timings": {"train_s": 1.5},
+                     "files": {"state": "unziplora.safetensors"}})
+    return manifest
+
+
+def _edit(path: str, value):
+    """Set (or with value=KeyError, delete) a dotted field of the manifest."""
+    def edit(m):
+        *parents, last = path.split(".")
+        for key in parents:
+            m = m[key]
+        if value is KeyError:
+            del m[last]
+        else:
+            m[last] = value
+    return edit
+
+
+@pytest.mark.parametrize("damage, message", [
+    (b"null", "holds null, not a manifest"),
+    (b"[1, 2, 3]", "holds list, not a manifest"),
+    (bytes(range(256)) * 4, "is not valid JSON"),
+    (b'{"format_version": 1,', "is not valid JSON"),
+    (_edit("prompts", KeyError), "'prompts' is missing"),
+    (_edit("prompts", "a cat"), "'prompts' must be a mapping"),
+    (_edit("config", KeyError), "'config' is missing"),
+    (_edit("config", [1]), "'config' must be a mapping"),
+    (_edit("config.sample", KeyError), "'config.sample' is missing"),
+    (_edit("timings", KeyError), "'timings' is missing"),
+    (_edit("timings", "fast"), "'timings' must be a mapping of names to seconds"),
+    (_edit("timings.train_s", float("nan")), "'timings' must be a mapping of names to seconds"),
+    (_edit("final_loss", KeyError), "'final_loss' is missing"),
+    (_edit("final_loss", "low"), "'final_loss' must be a finite number"),
+    (_edit("base_model", KeyError), "'base_model' is missing"),
+    (_edit("base_model", 3), "'base_model' must be"),
+    (_edit("prompts.identifier", KeyError), "'prompts.identifier' is missing"),
+    (_edit("prompts.identifier", ["sks"]), "'prompts.identifier' must be one word"),
+    (_edit("prompts.identifier", "my cat"), "'prompts.identifier' must be one word"),
+    (_edit("config.sample.steps", "many"), "sample.steps must be an integer"),
+    (_edit("config.sample.steps", 0), "sample.steps (--steps) must be > 0"),
+    (_edit("config.sample.seeds", "0"), "sample.seeds must be a list"),
+    (_edit("config.sample.seeds", [2**70]), "sample.seeds (--seeds) must lie in [0, 2**63)"),
+    (_edit("config.lora.rank", 10**9), "lora.rank must be a positive integer up to 1024"),
+    (_edit("config_sources", {"lora.nothing": "given"}), "names 'lora.nothing'"),
+    (_edit("method", "magic"), "'method' must be a method name"),
+    (_edit("steps", -1), "'steps' must be a positive integer"),
+    (_edit("mask_fraction.style", 7), "'mask_fraction.style' must be a fraction"),
+    (_edit("input.sha256", "abc"), "'input.sha256' must be a SHA-256"),
+    (_edit("format_version", -5), "'format_version' is -5, not a run format"),
+    (_edit("format_version", "1"), "'format_version' is '1', not a run format"),
+    (_edit("format_version", 99), "has run format 99, this unziplora reads up to 1; upgrade"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_damaged_manifests_are_one_line_naming_the_field(tmp_path, capsys, damage, message):
+    manifest = _manifest()
+    if callable(damage):
+        damage(manifest)
+        data = json.dumps(manifest).encode()
+    else:
+        data = damage
+    (tmp_path / "manifest.json").write_bytes(data)
+    assert main(["info", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_a_sound_manifest_opens_and_baselines_need_no_training_fields(tmp_path, capsys):
+    manifest = _manifest()
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["info", str(tmp_path)]) == 0
+    assert "final loss:   0.2500" in capsys.readouterr().out
+    for key in ("final_loss", "mask_fraction", "device", "dtype"):
+        del manifest[key]
+    manifest["method"] = "b-lora"
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert RunFolder.open(tmp_path).manifest["method"] == "b-lora"
+
+
+# ----- weight files: checked from their headers before a tensor loads (headers.py) -----------------
+def _safetensors_header(path, shapes: dict, metadata: dict | None = None):
+    """A safetensors file declaring `shapes` (float32) whose data is a hole: no disk, no memory."""
+    header, offset = {}, 0
+    for key, shape in shapes.items():
+        size = 4 * int(np.prod(shape))
+        header[key] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    if metadata:
+        header["__metadata__"] = metadata
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)) + raw)
+        fh.truncate(8 + len(raw) + offset)
+    return path
+
+
+def _base():
+    """The shapes of a made-up base model: one 32x32 and one 64x32 attention projection."""
+    from unziplora.headers import BaseShapes
+
+    return BaseShapes("base", {"unet.blocks.0.attn1.to_q.weight": (32, 32), "unet.blocks.0.attn2.to_k.weight": (64, 32),
+                               "unet.blocks.0.norm.weight": (32,)})
+
+
+Q = "unet.blocks.0.attn1.to_q"
+GIB3_ROWS = 3 * 2**30 // 4 // 32  # a 3 GiB float32 A for a 32-wide layer
+
+
+@pytest.mark.parametrize("shapes, base, message", [
+    ({f"{Q}.lora_A.weight": (4, 32), f"{Q}.lora_B.weight": (32, 5)}, True, "has rank 4 but"),
+    ({f"{Q}.lora_A.weight": (4, 32)}, True, "has no matching"),
+    ({f"{Q}.lora_A.weight": (GIB3_ROWS, 32), f"{Q}.lora_B.weight": (32, GIB3_ROWS)}, True, "more than any low-rank"),
+    ({f"{Q}.lora_A.weight": (GIB3_ROWS, 32), f"{Q}.lora_B.weight": (32, GIB3_ROWS)}, False, "more than any low-rank"),
+    ({f"{Q}.lora_A.weight": (4, 3 * 2**28), f"{Q}.lora_B.weight": (32, 4)}, False, "wider than any SDXL-shaped"),
+    ({f"{Q}.lora_A.weight": (4, 48), f"{Q}.lora_B.weight": (32, 4)}, True, "made for another base model"),
+    ({"lora_unet_x.lora_down.weight": (4, 48), "lora_unet_x.lora_up.weight": (48, 4)}, True, "does not have"),
+    ({f"{Q}.lora_A.weight": (4, 32), f"{Q}.lora_B.weight": (32, 4), f"{Q}.alpha": (3 * 2**28,)}, True,
+     "larger than any weight of base"),
+], ids=["ranks-differ", "no-B", "3GiB-rank", "3GiB-rank-no-base", "3GiB-wide-no-base", "other-model-named",
+        "other-model-kohya", "3GiB-alpha"])
+def test_lora_headers_are_checked_before_loading(tmp_path, shapes, base, message):
+    from unziplora.export import load_lora_any
+    from unziplora.headers import check_lora_header
+
+    path = _safetensors_header(tmp_path / "lora.safetensors", shapes)
+    assert path.stat().st_blocks * 512 < 2**20  # the test itself uses no disk
+    with pytest.raises(UnZipLoRAError, match=message) as info:
+        check_lora_header(path, _base() if base else None)
+    assert "\n" not in str(info.value)
+    with pytest.raises(UnZipLoRAError, match=message):
+        load_lora_any(path, _base() if base else None)  # what merge, export and generate call
+
+
+def test_a_lora_that_fits_passes_its_header_check(tmp_path):
+    from unziplora.headers import check_lora_header
+
+    check_lora_header(_safetensors_header(tmp_path / "ok.safetensors", {
+        f"{Q}.lora_A.weight": (4, 32), f"{Q}.lora_B.weight": (32, 4), f"{Q}.alpha": (),
+        "lora_unet_blocks_0_attn2_to_k.lora_down.weight": (8, 32), "lora_unet_blocks_0_attn2_to_k.lora_up.weight": (64, 8),
+    }), _base())
+
+
+@pytest.mark.parametrize("shapes, metadata, message", [
+    ({"blocks.0.attn1.to_q.content.lora_A": (4, 32)}, {"format_version": "-5"}, "version '-5', not an unziplora"),
+    ({"blocks.0.attn1.to_q.content.lora_A": (4, 32)}, {"format_version": "99"}, "state format 99, this unziplora"),
+    ({"blocks.0.attn1.to_q.content.lora_A": (4, 32)}, {"rank": "10"}, "holds rank-10 weights but the manifest"),
+    ({"blocks.0.attn1.to_q.content.lora_A": (GIB3_ROWS, 32)}, {}, "need [4, 32]"),
+    ({"blocks.0.attn1.to_q.content.lora_B": (48, 4)}, {}, "need [32, 4]"),
+    ({"blocks.7.attn1.to_q.content.lora_A": (4, 32)}, {}, "has no layer blocks.7.attn1.to_q"),
+    ({"blocks.0.attn1.to_q.both.lora_A": (4, 32)}, {}, "which no unziplora state has"),
+], ids=["version-negative", "version-newer", "rank-differs", "3GiB", "other-model", "unknown-layer", "unknown-key"])
+def test_state_file_headers_are_checked_before_loading(tmp_path, shapes, metadata, message):
+    from unziplora.headers import check_state_header
+
+    path = _safetensors_header(tmp_path / "unziplora.safetensors", shapes, {"format": "unziplora", **metadata})
+    with pytest.raises(UnZipLoRAError, match=re.escape(message)):
+        check_state_header(path, rank=4, base=_base())
+
+
+# ----- sizes a base model can use (models.check_resolution) ----------------------------------------
+def _model_folder(root, vae_channels, sample_size):
+    for part, config in (("vae", {"block_out_channels": vae_channels}), ("unet", {"sample_size": sample_size})):
+        (root / part).mkdir(parents=True)
+        (root / part / "config.json").write_text(json.dumps(config))
+    return root
+
+
+@pytest.mark.parametrize("channels, sample_size, resolution, message", [
+    ([128, 256, 512, 512], 128, 1000, "use a multiple of 64 px"),  # SDXL's VAE: 8x
+    ([128, 256, 512, 512], 128, 1056, "use a multiple of 64 px"),
+    ([128, 256, 512, 512], 128, 99968, "GiB to decode an image"),
+    ([32, 64, 64], 16, 48, "use a multiple of 32 px"),  # the embedded model's VAE: 4x
+    ([32, 64, 64], 16, 99968, "this model's own is 64 px"),
+], ids=["sdxl-1000", "sdxl-1056", "sdxl-huge", "embedded-48", "embedded-huge"])
+def test_sizes_the_base_model_cannot_use_are_refused_before_loading(tmp_path, channels, sample_size, resolution,
+                                                                   message):
+    import torch
+
+    from unziplora.models import check_resolution
+
+    folder = _model_folder(tmp_path / "model", channels, sample_size)
+    with pytest.raises(UnZipLoRAError, match=re.escape(message)):
+        check_resolution(resolution, str(folder), torch.device("cpu"))
+    check_resolution(1024 if channels[0] == 128 else 64, str(folder), torch.device("cpu"))  # its own size passes
+
+
+def test_the_decode_bound_is_a_lower_bound():
+    from unziplora.models import decode_bytes
+
+    assert decode_bytes(1024, 128) == 2 * 1024 * 1024 * 128 * 4  # SDXL: 1 GiB, below what decoding really takes
+    assert decode_bytes(2048, 128, images=2) == 8 * decode_bytes(1024, 128)
+
+
+# ----- a full disk ------------------------------------------------------------------------------
+def test_a_full_disk_is_recognised_from_python_and_from_safetensors():
+    import errno
+
+    from safetensors import SafetensorError
+
+    from unziplora.outputs import is_disk_full
+
+    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert is_disk_full(SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"))
+    assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not is_disk_full(SafetensorError("Error while serializing: I/O error: os error 280)"))

@@ -14,17 +14,16 @@ import torch
 from ..branch import Branch
 from ..errors import UnZipLoRAError
 from ..export import load_lora_any
-from ..runfolder import LORA_WEIGHT_NAME, MANIFEST_FILE, RunFolder, atomic_output_dir
+from ..runfolder import LORA_WEIGHT_NAME, RunFolder, atomic_output_dir
 from ..sources import BranchSource
 
 from . import MERGE_METHODS as METHODS
 
 
-def _plain_source(path: str | Path, branch: Branch) -> BranchSource:
-    """A branch as its exported ordinary LoRA; the run folder, if any, is kept for its manifest."""
-    path = Path(path)
-    run = RunFolder.open(path) if (path / MANIFEST_FILE).is_file() else None
-    return BranchSource(path, branch, run=run, plain=load_lora_any(run.lora_dir(branch) if run else path))
+def _plain_source(path: str | Path, branch: Branch, run: RunFolder | None, base) -> BranchSource:
+    """A branch as its exported ordinary LoRA, its header checked against `base` before loading;
+    the run folder, if any, is kept for its manifest."""
+    return BranchSource(Path(path), branch, run=run, plain=load_lora_any(run.lora_dir(branch) if run else path, base))
 
 
 def direct_merge(content: dict[str, torch.Tensor], style: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -34,6 +33,8 @@ def direct_merge(content: dict[str, torch.Tensor], style: dict[str, torch.Tensor
     for module in sorted(modules):
         parts = [(s[f"{module}.lora_A.weight"], s[f"{module}.lora_B.weight"]) for s in (content, style)
                  if f"{module}.lora_A.weight" in s]
+        if any(a.shape[0] != b.shape[1] for a, b in parts):
+            raise UnZipLoRAError(f"{module}: A and B of a LoRA have different ranks; the LoRA file is damaged")
         shapes = {(a.shape[1], b.shape[0]) for a, b in parts}
         if len(shapes) != 1:
             raise UnZipLoRAError(f"{module}: the two LoRAs have different layer shapes {sorted(shapes)}; "
@@ -56,7 +57,14 @@ def merge(content: str | Path, style: str | Path, out_dir: str | Path, method: s
         raise UnZipLoRAError(f"merge method {method!r} is not available; use one of {', '.join(METHODS)}")
     from diffusers import StableDiffusionXLPipeline
 
-    sources = _plain_source(content, Branch.CONTENT), _plain_source(style, Branch.STYLE)
+    from ..headers import base_shapes
+
+    runs = BranchSource.run_of(content), BranchSource.run_of(style)
+    named = [base_model or (r.manifest["base_model"] if r else None) for r in runs]
+    # each checked against its own base model (a plain file: the other's; neither: ranks and sizes only)
+    bases = [base_shapes(n or named[1 - i]) for i, n in enumerate(named)]
+    sources = (_plain_source(content, Branch.CONTENT, runs[0], bases[0]),
+               _plain_source(style, Branch.STYLE, runs[1], bases[1]))
     if method == "direct":
         merged = direct_merge(sources[0].plain, sources[1].plain)
     else:
