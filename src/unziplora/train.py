@@ -225,7 +225,7 @@ def _interrupt_between_steps():
         signal.signal(signal.SIGINT, previous)
 
 
-def warn_ties(step: int, tied: list[str], threshold: float, shown: int = 5) -> None:
+def warn_ties(step: int, tied: list[str], threshold: float, shown: int = 2) -> None:
     """One warning line per layer whose cone scores all tied at this refresh (at most `shown`
     lines, then a count): there the threshold told no column apart."""
     if not tied:

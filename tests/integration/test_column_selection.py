@@ -5,6 +5,8 @@ the demo's three refreshes. Before the cone was scored at the authors' loss scal
 was 0 at the first refresh and the masks were the columns [0, k).
 """
 
+import re
+
 import pytest
 import torch
 
@@ -36,10 +38,12 @@ def test_masks_reach_10_20_30_percent_by_importance(demo_trainer, capsys):
     masked = [(name, layer, b) for name, layer in lora.layers.items() for b in Branch if layer.roles[b] is Role.MASKED]
     for refresh in (1, 2, 3):
         demo_trainer.train_step()
-        # ties print a warning line per layer: at the first refresh (every score 0 on true
-        # gradients) none, later (every entry important) a few at most
-        warnings = capsys.readouterr().err.count("warning: step")
-        assert warnings == 0 if refresh == 1 else warnings <= len(masked) // 20
+        # ties print a warning line per layer (the first five named, the rest counted): layers
+        # where every entry is important tie at 1.0; on true gradients every layer would (at 0)
+        err = capsys.readouterr().err
+        named = err.count("every column has the same cone score")
+        more = sum(int(n) for n in re.findall(r"(\d+) more layers tie", err))
+        assert named + more <= len(masked) // 10, err
         for branch in Branch:
             held = sum(int(layer.mask(b).sum()) for _, layer, b in masked if b is branch)
             total = sum(layer.out_features for _, layer, b in masked if b is branch)

@@ -94,7 +94,11 @@ def test_embedded_model_names_its_probed_b_lora_modules():
     if not (EMBEDDED_MODEL / "unziplora_profile.yaml").is_file():
         pytest.skip("no embedded model")
     profile = resolve_profile("auto", EMBEDDED_MODEL)
-    # its probe (block_roles.md) found one content module and no style module
-    assert profile.b_lora.content == "down_blocks.2.attentions.0" and profile.b_lora.style is None
+    # its probe's evidence (block_roles.md): the content group of the largest gain, no style group
+    rows = [line.split("|")[1:5] for line in (EMBEDDED_MODEL / "block_roles.md").read_text().splitlines()
+            if line.startswith("| ") and "attentions" in line]
+    content = [(float(gain), group.strip()) for group, gain, _, role in rows if role.strip() == "content"]
+    assert profile.b_lora.content == max(content)[1] and profile.b_lora.style is None
+    assert not any(role.strip() == "style" for *_, role in rows)
     with pytest.raises(UnZipLoRAError, match="no content or no style modules"):
         profile.b_lora_modules()
