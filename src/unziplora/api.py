@@ -1,0 +1,22 @@
+"""The Python API in one import: `from unziplora.api import decompose, generate, resolve_config`.
+
+Each name is the function a command line command calls (docs/architecture.md).
+"""
+
+from .bench import run_bench
+from .branch import Mode
+from .config import RunConfig
+from .decompose import decompose
+from .defaults import resolve_config
+from .demo import EMBEDDED_MODEL, demo_image, run_demo
+from .export import export_run
+from .generate import generate
+from .methods import Method
+from .methods.merge import merge
+from .metrics.evaluate import evaluate_folder
+from .probe import probe_block_roles
+from .runfolder import RunFolder
+
+__all__ = ["EMBEDDED_MODEL", "Method", "Mode", "RunConfig", "RunFolder", "decompose", "demo_image",
+           "evaluate_folder", "export_run", "generate", "merge", "probe_block_roles", "resolve_config",
+           "run_bench", "run_demo"]
