@@ -14,7 +14,6 @@ classifier accuracy on clean held-out renders, and palette distances of same and
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from unziplora.toyworld import (
     style_embedding,
     style_similarity,
 )
+from unziplora.toyworld.validation import leak, separation
 
 N, REPEATS = 32, 3  # as in tests/unit/test_oracles.py
 GRID_SEED = 4
@@ -63,41 +63,14 @@ def family_grid(size: int = 64, zoom: int = 3, label_width: int = 80) -> Image.I
     return card
 
 
-def roc_auc(pos, neg) -> float:
-    pos, neg = np.asarray(pos, float), np.asarray(neg, float)
-    return float(((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum())
-                 / (len(pos) * len(neg)))
-
-
-def _separation(items, embeddings, same_kind, score) -> tuple[float, float]:
-    twins = list(itertools.combinations(range(REPEATS), 2))
-    pos = [score(e[a], e[b]) for e in embeddings for a, b in twins]
-    neg, hard = [], []
-    for i, j in itertools.combinations(range(len(items)), 2):
-        s = score(embeddings[i][0], embeddings[j][1])
-        neg.append(s)
-        if same_kind(items[i], items[j]):
-            hard.append(s)
-    return roc_auc(pos, neg), roc_auc(pos, hard)
-
-
-def _leak(n_items, triple, embed, score) -> float:
-    same, diff = [], []
-    for k in range(n_items):
-        ref, twin, other = (embed(img) for img in triple(k))
-        same.append(score(ref, twin))
-        diff.append(score(ref, other))
-    return roc_auc(same, diff)
-
-
 def oracle_table() -> dict:
     subjects, styles = heldout_subjects(N), heldout_styles(N)
     content = [[content_embedding(render(s, styles[(5 * i + 11 * r) % N], 64, seed=100 * i + r))
                 for r in range(REPEATS)] for i, s in enumerate(subjects)]
     style = [[style_embedding(render(subjects[(3 * j + 7 * r) % N], t, 64, seed=100 * j + r + 7))
               for r in range(REPEATS)] for j, t in enumerate(styles)]
-    c_auc, c_hard = _separation(subjects, content, lambda a, b: a.cls == b.cls, content_similarity)
-    s_auc, s_hard = _separation(styles, style, lambda a, b: a.family == b.family, style_similarity)
+    c_auc, c_hard = separation(subjects, content, lambda a, b: a.cls == b.cls, content_similarity)
+    s_auc, s_hard = separation(styles, style, lambda a, b: a.family == b.family, style_similarity)
 
     rng = np.random.default_rng(1)
 
@@ -105,14 +78,14 @@ def oracle_table() -> dict:
         a, b = rng.choice(N, 2, replace=False)
         return [render(subjects[k % N], styles[j], 64, seed=int(rng.integers(1 << 30))) for j in (a, a, b)]
 
-    c_leak = _leak(2 * N, content_triple, content_embedding, content_similarity)
+    c_leak = leak(2 * N, content_triple, content_embedding, content_similarity)
     rng = np.random.default_rng(2)
 
     def style_triple(k):
         a, b = rng.choice(N, 2, replace=False)
         return [render(subjects[j], styles[k % N], 64, seed=int(rng.integers(1 << 30))) for j in (a, a, b)]
 
-    s_leak = _leak(4 * N, style_triple, style_embedding, style_similarity)
+    s_leak = leak(4 * N, style_triple, style_embedding, style_similarity)
     rng = np.random.default_rng(3)
     right_cls = right_fam = 0
     n = 96
@@ -150,10 +123,10 @@ def main() -> None:
     table = oracle_table()
     print("| oracle | AUC (all negatives) | AUC (same class / family negatives) | AUC (only the other factor differs) "
           "| classifier accuracy |\n|---|---|---|---|---|")
-    for name, key, leak in (("content", "auc_same_class_negatives", "auc_style_differs_only"),
-                            ("style", "auc_same_family_negatives", "auc_subject_differs_only")):
+    for name, key, other in (("content", "auc_same_class_negatives", "auc_style_differs_only"),
+                             ("style", "auc_same_family_negatives", "auc_subject_differs_only")):
         row = table[name]
-        print(f"| {name} | {row['auc']:.3f} | {row[key]:.3f} | {row[leak]:.3f} | {row['classify_accuracy']:.1%} |")
+        print(f"| {name} | {row['auc']:.3f} | {row[key]:.3f} | {row[other]:.3f} | {row['classify_accuracy']:.1%} |")
     pd = table["palette_distance"]
     print(f"palette_distance: same palette, other subject median {pd['same_palette_other_subject']['median']:.1f} "
           f"(max {pd['same_palette_other_subject']['max']:.1f}); other palette median "

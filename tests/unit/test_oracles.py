@@ -7,7 +7,6 @@ varies, (ii) ignore the other factor (AUC <= 0.6 when only it differs), and
 render's colours and tell palettes apart whatever the subject.
 """
 
-import itertools
 from dataclasses import replace
 
 import numpy as np
@@ -31,37 +30,15 @@ from unziplora.toyworld import (
     style_embedding,
     style_similarity,
 )
+from unziplora.toyworld.validation import leak, roc_auc, separation
 
 N = 32  # held-out subjects / styles: 4 instances per class / family
 REPEATS = 3  # renders per instance, each with another partner factor and seed
 
 
-def roc_auc(pos, neg) -> float:
-    """P(score of a positive > score of a negative), ties count half (Mann-Whitney U)."""
-    pos, neg = np.asarray(pos, float), np.asarray(neg, float)
-    greater = (pos[:, None] > neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
-
-
 @pytest.fixture(scope="module")
 def heldout():
     return heldout_subjects(N), heldout_styles(N)
-
-
-def _separation(items, embeddings, same_kind, score):
-    """Positives: pairs of renders of one item; negatives: renders of two items.
-
-    Returns (AUC over all negatives, AUC over same-kind negatives only)."""
-    twins = list(itertools.combinations(range(REPEATS), 2))
-    pos = [score(e[a], e[b]) for e in embeddings for a, b in twins]
-    neg, hard = [], []
-    for i, j in itertools.combinations(range(len(items)), 2):
-        s = score(embeddings[i][0], embeddings[j][1])
-        neg.append(s)
-        if same_kind(items[i], items[j]):
-            hard.append(s)
-    return roc_auc(pos, neg), roc_auc(pos, hard)
 
 
 def test_roc_auc_helper():
@@ -74,7 +51,7 @@ def test_content_separates_subjects_across_styles(heldout):
     subjects, styles = heldout
     embs = [[content_embedding(render(s, styles[(5 * i + 11 * r) % N], 64, seed=100 * i + r))
              for r in range(REPEATS)] for i, s in enumerate(subjects)]
-    auc, hard = _separation(subjects, embs, lambda a, b: a.cls == b.cls, content_similarity)
+    auc, hard = separation(subjects, embs, lambda a, b: a.cls == b.cls, content_similarity)
     assert auc >= 0.95, auc
     assert hard >= 0.9, hard  # same class, different instance: the hard negatives
 
@@ -83,19 +60,9 @@ def test_style_separates_styles_across_subjects(heldout):
     subjects, styles = heldout
     embs = [[style_embedding(render(subjects[(3 * j + 7 * r) % N], t, 64, seed=100 * j + r + 7))
              for r in range(REPEATS)] for j, t in enumerate(styles)]
-    auc, hard = _separation(styles, embs, lambda a, b: a.family == b.family, style_similarity)
+    auc, hard = separation(styles, embs, lambda a, b: a.family == b.family, style_similarity)
     assert auc >= 0.95, auc
     assert hard >= 0.9, hard  # same family, different instance
-
-
-def _leak(n_items, render_pair, embed, score):
-    """AUC of 'the nuisance factor is the same' from scores of same-target pairs."""
-    same, diff = [], []
-    for k in range(n_items):
-        ref, twin, other = (embed(img) for img in render_pair(k))
-        same.append(score(ref, twin))
-        diff.append(score(ref, other))
-    return roc_auc(same, diff)
 
 
 def test_content_ignores_style(heldout):
@@ -107,7 +74,7 @@ def test_content_ignores_style(heldout):
         a, b = rng.choice(N, 2, replace=False)
         return [render(s, styles[j], 64, seed=int(rng.integers(1 << 30))) for j in (a, a, b)]
 
-    auc = _leak(2 * N, triple, content_embedding, content_similarity)
+    auc = leak(2 * N, triple, content_embedding, content_similarity)
     assert 0.4 <= auc <= 0.6, auc
 
 
@@ -120,7 +87,7 @@ def test_style_ignores_content(heldout):
         a, b = rng.choice(N, 2, replace=False)
         return [render(subjects[j], t, 64, seed=int(rng.integers(1 << 30))) for j in (a, a, b)]
 
-    auc = _leak(4 * N, triple, style_embedding, style_similarity)
+    auc = leak(4 * N, triple, style_embedding, style_similarity)
     assert 0.4 <= auc <= 0.6, auc
 
 

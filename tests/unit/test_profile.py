@@ -1,7 +1,6 @@
 """Block-role profiles against the real SDXL UNet architecture (built on the meta device)."""
 
 import pytest
-import torch
 from accelerate import init_empty_weights
 from diffusers import UNet2DConditionModel
 
