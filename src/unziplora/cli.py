@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from .errors import UnZipLoRAError
-from .bench import BENCHES
+from .bench import BENCHES, QUALITY_ROWS
 from .branch import Mode
 from .formats import EXPORT_FORMATS
 from .methods import MERGE_METHODS, method_names
@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", help="write the results here (and a Markdown table beside it)")
     bench.add_argument("--base-model", help="speed, quality: the base model (default: the embedded toy-world model)")
     bench.add_argument("--images", type=int, help="quality: held-out images (default 12)")
+    bench.add_argument("--methods", nargs="+", choices=QUALITY_ROWS,
+                       help="quality: the methods to compare (default: all of them)")
     bench.add_argument("--per-combo", type=int, help="base-model: images per (class, family) combo (default 4)")
     bench.add_argument("--seeds", type=int, help="quality: sampling seeds per image (default 2)")
     bench.add_argument("--train-steps", type=int, help="quality: training steps per method (default 600)")
@@ -268,7 +270,8 @@ def _run(args, stack) -> int:
             run_bench(args.which, args.json, args.base_model, args.device, images=args.images, seeds=args.seeds,
                       train_steps=args.train_steps, workdir=args.workdir, resume=args.resume or None,
                       repeats=args.repeats, steps=args.steps, rank=args.rank, resolutions=args.resolutions,
-                      threads=args.threads, rounds=args.rounds, per_combo=args.per_combo)
+                      threads=args.threads, rounds=args.rounds, per_combo=args.per_combo,
+                      methods=tuple(args.methods) if args.methods else None)
         elif args.command == "eval":
             run_eval(args)
         elif args.command == "export":

@@ -43,3 +43,11 @@ def test_base_model_benchmark_rows_and_targets(tiny_base, tmp_path):
     assert saved["rows"]["seen"]["images"] == 48 and saved["rows"]["held-out"]["images"] == 16
     assert report["passed"] == {"seen": False, "held-out": False}  # a random tiny model draws nothing
     assert (tmp_path / "r1.md").read_text().startswith("| what | images |")
+
+
+def test_quality_rows_name_the_methods():
+    from unziplora.bench import QUALITY_ROWS
+    from unziplora.bench.quality import VARIANTS
+    from unziplora.methods import Method
+
+    assert set(QUALITY_ROWS) == {m.value for m in Method} | set(VARIANTS)

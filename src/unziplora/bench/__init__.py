@@ -26,6 +26,9 @@ def write_report(json_path: str | Path | None, report: dict, table: str | None =
 
 
 BENCHES = ("base-model", "quality", "speed", "memory")
+# The rows `bench quality` can compare: the methods, and B-LoRA on SDXL's modules as a variant
+# (bench/quality.py METHODS; named here so the CLI needs no torch import).
+QUALITY_ROWS = ("unziplora", "unziplora-m1", "unziplora-m2", "b-lora", "b-lora-sdxl-blocks", "dreambooth-lora")
 
 
 def run_bench(which: str, json_path: str | Path | None = None, base_model: str | None = None, device: str = "cpu",
@@ -33,7 +36,7 @@ def run_bench(which: str, json_path: str | Path | None = None, base_model: str |
     """Run one benchmark. `base_model` defaults to the embedded toy-world model (base-model, speed,
     quality);
     memory measures the full-size SDXL UNet with random weights, on the CPU or, with
-    device="cuda", on a GPU. Options: images, seeds, train_steps, workdir, resume (quality);
+    device="cuda", on a GPU. Options: images, seeds, train_steps, workdir, resume, methods (quality);
     repeats, steps (speed, quality); rank; resolutions, threads, rounds (memory)."""
     from ..errors import UnZipLoRAError
 
@@ -41,7 +44,7 @@ def run_bench(which: str, json_path: str | Path | None = None, base_model: str |
         raise UnZipLoRAError(f"unknown benchmark {which!r}; choose from {', '.join(BENCHES)}")
     given = {k: v for k, v in options.items() if v is not None}
     unknown = set(given) - {"images", "seeds", "train_steps", "workdir", "resume", "repeats", "steps", "rank",
-                            "resolutions", "threads", "rounds", "per_combo"}
+                            "resolutions", "threads", "rounds", "per_combo", "methods"}
     if unknown:
         raise TypeError(f"run_bench: unknown options {sorted(unknown)}")
 
@@ -71,7 +74,7 @@ def run_bench(which: str, json_path: str | Path | None = None, base_model: str |
         return run_speed(json_path, base, demo_image()[2], **pick("rank", "steps", "repeats"))
     from .quality import run_quality
 
-    chosen = pick("rank", "resume")
+    chosen = pick("rank", "resume", "methods")
     chosen.update({k: given[n] for k, n in (("n_images", "images"), ("seeds", "seeds"), ("steps", "train_steps"),
                                              ("sample_steps", "steps")) if n in given})
     return run_quality(json_path, base, Path(given.get("workdir", "runs/bench")), **chosen)

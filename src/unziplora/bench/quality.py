@@ -34,14 +34,13 @@ from ..methods import Method
 from ..runfolder import save_grid, write_text_atomic
 from .memory import reset_peak_rss, rss_mb
 from ..toyworld import CLASSES, content_similarity, heldout_images, render, style_similarity
-from . import write_report
+from . import QUALITY_ROWS, write_report
 
 # Bench rows that are another method with other settings. B-LoRA needs a content and a style
 # module; where the base model's own profile names none (the embedded model's probe found no
 # style module), this row runs it on the two modules SDXL's profile names (profiles/sdxl.yaml, `b_lora`).
 VARIANTS = {"b-lora-sdxl-blocks": (Method.B_LORA, {"model.profile": "sdxl"})}
-METHODS = (Method.UNZIPLORA.value, Method.UNZIPLORA_M1.value, Method.UNZIPLORA_M2.value, Method.B_LORA.value,
-           "b-lora-sdxl-blocks", Method.DREAMBOOTH_LORA.value)
+METHODS = QUALITY_ROWS
 METRICS = ("subject_alignment", "style_alignment", "style_leakage", "subject_leakage", "combined", "cross")
 
 
