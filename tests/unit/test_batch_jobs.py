@@ -1,6 +1,7 @@
 """Batch jobs, shards, the summary and the results page, without a model."""
 
 import json
+import os
 
 import pytest
 
@@ -126,3 +127,27 @@ def test_index_html_escapes_and_lists_every_row(tmp_path):
     assert page.count("<tr>") == 5  # header + 4 rows
     assert "c&lt;1&gt;.png is not a readable image" in page and "c<1>" not in page
     assert "2 done" in page and "dino" in page and "0.700" in page
+
+
+def test_status_is_read_from_the_folder(tmp_path):
+    from unziplora.batch.state import read_statuses, write_failure
+    from unziplora.runlock import WorkLock
+
+    jobs = read_jobs(write(tmp_path / "jobs.csv", "image,subject,style\na.png,cat,x\nb.png,cat,x\nc.png,cat,x\n"
+                                                  "d.png,cat,x\ne.png,cat,x\n"))
+    layout = Layout(tmp_path / "runs")
+    (layout.out / "a.partial").mkdir(parents=True)  # killed before its first checkpoint
+    hidden = layout.out / ".b.partial-x1y2"  # a baseline's work folder, its writer alive (this process)
+    hidden.mkdir()
+    lock = WorkLock(hidden)
+    lock.acquire()
+    (layout.out / ".c.partial-dead").mkdir()  # a dead writer's (no lock): not running
+    write_failure(layout, jobs[3], "image d.png is not a readable image", "decompose", 0.5, "process 0 of 1")
+    try:
+        found = {s.job.id: s for s in read_statuses(layout, jobs)}
+    finally:
+        lock.release()
+    assert found["a"].status is Status.PENDING and found["a"].detail == "interrupted before its first checkpoint"
+    assert found["b"].status is Status.RUNNING and f"pid {os.getpid()}" in found["b"].detail
+    assert found["c"].status is Status.PENDING and found["e"].status is Status.PENDING
+    assert found["d"].status is Status.FAILED and found["d"].error == "image d.png is not a readable image"

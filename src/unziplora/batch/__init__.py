@@ -24,7 +24,7 @@ from .evaluate import Evaluation
 from .jobs import Job, read_jobs
 from .runner import BatchOptions, row_config
 from .shard import Shard, parse_shard
-from .state import Layout, RowStatus, Status, read_status
+from .state import Layout, RowStatus, Status, read_statuses
 
 __all__ = ["BatchOptions", "BatchResult", "Evaluation", "Job", "RowStatus", "Shard", "Status", "batch_status",
            "parse_shard", "read_jobs", "run_batch"]
@@ -104,7 +104,7 @@ def run_batch(jobs: str | Path, out: str | Path, options: BatchOptions | None = 
     processes.wait_for_all()
     rows: list[RowStatus] = []
     if processes.is_main:
-        everything = [read_status(layout, job) for job in table]
+        everything = read_statuses(layout, table)
         rows = launch.take(everything)
         write_index(layout, everything)
         print(summary_table(rows, TABLE_ROWS, processes.count))
@@ -122,7 +122,7 @@ def batch_status(jobs: str | Path, out: str | Path, aliases: dict[str, str] | No
     from .html import write_index
 
     layout = Layout(out)
-    statuses = [read_status(layout, job) for job in read_jobs(jobs, aliases)]
+    statuses = read_statuses(layout, read_jobs(jobs, aliases))
     if write_html and layout.out.is_dir():
         write_index(layout, statuses)
     return statuses

@@ -17,6 +17,7 @@ duplicate id stops the batch before any work; a bad value stops only its row (`J
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import re
 import typing
@@ -70,6 +71,7 @@ def decompose_aliases() -> dict[str, str]:
     return {flag[2:]: key for flag, key, _ in DECOMPOSE_OPTIONS}
 
 
+@functools.lru_cache(maxsize=1)
 def config_keys() -> dict[str, Any]:
     """Every dotted config key and its type annotation."""
     hints = typing.get_type_hints(RunConfig)

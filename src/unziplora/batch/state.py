@@ -90,12 +90,23 @@ class Layout:
         return self.out / "index.html"
 
 
-def running_holder(layout: Layout, job: Job):
+def hidden_work_folders(layout: Layout) -> dict[str, list[Path]]:
+    """Row id -> the hidden work folders (.ID.partial-XXXX) baselines write in, listed in one pass."""
+    found: dict[str, list[Path]] = {}
+    if layout.out.is_dir():
+        for path in layout.out.glob(".*.partial-*"):
+            found.setdefault(path.name[1:].rsplit(".partial-", 1)[0], []).append(path)
+    return found
+
+
+def running_holder(layout: Layout, job: Job, hidden: dict[str, list[Path]] | None = None):
     """The live process working on this row (the batch's row lock, decompose's lock on <id>.partial,
-    a baseline's hidden work folder), or None."""
+    a baseline's hidden work folder), or None. `hidden`: hidden_work_folders, for many rows."""
     run = layout.run_dir(job)
     candidates = [layout.row_dir(job), layout.partial(job)]
-    if run.parent.is_dir():
+    if hidden is not None:
+        candidates += hidden.get(job.id, [])
+    elif run.parent.is_dir():
         candidates += sorted(run.parent.glob(f".{glob_escape(run.name)}.partial-*"))
     for folder in candidates:
         holder = WorkLock(folder).holder()
@@ -133,8 +144,8 @@ def interrupted_at(layout: Layout, job: Job) -> str:
     return f"interrupted; resumes after step {record['step']}" if record else "interrupted before its first checkpoint"
 
 
-def read_status(layout: Layout, job: Job) -> RowStatus:
-    """This row's status from the file system."""
+def read_status(layout: Layout, job: Job, hidden: dict[str, list[Path]] | None = None) -> RowStatus:
+    """This row's status from the file system (`hidden`: see running_holder)."""
     run = layout.run_dir(job)
     if (run / MANIFEST_FILE).is_file():
         try:
@@ -143,7 +154,7 @@ def read_status(layout: Layout, job: Job) -> RowStatus:
             return RowStatus(job, Status.FAILED, error=f"the finished run is damaged: {exc}")
         scores = read_scores(layout, job)
         seconds = (manifest.get("timings") or {}).get("total_s")
-        running = running_holder(layout, job)  # being evaluated
+        running = running_holder(layout, job, hidden)  # being evaluated
         if running is not None:
             return RowStatus(job, Status.RUNNING, seconds, detail=f"evaluating: {running.describe()}")
         failure = read_failure(layout, job)  # a record of its decompose is stale: the run finished since
@@ -151,7 +162,7 @@ def read_status(layout: Layout, job: Job) -> RowStatus:
             return RowStatus(job, Status.FAILED, seconds, f"eval: {failure.get('error', 'failed')}",
                              detail=f"attempt {failure.get('attempts', 1)}")
         return RowStatus(job, Status.DONE, seconds, scores=scores["scores"] if scores else None)
-    holder = running_holder(layout, job)
+    holder = running_holder(layout, job, hidden)
     if holder is not None:
         return RowStatus(job, Status.RUNNING, detail=holder.describe())
     failure = read_failure(layout, job)
@@ -162,6 +173,12 @@ def read_status(layout: Layout, job: Job) -> RowStatus:
         return RowStatus(job, Status.PENDING, error=job.error)
     detail = interrupted_at(layout, job) if layout.partial(job).is_dir() else ""
     return RowStatus(job, Status.PENDING, detail=detail)
+
+
+def read_statuses(layout: Layout, jobs: list[Job]) -> list[RowStatus]:
+    """Every row's status, the folder listed once (not once per row: a batch may hold 10,000)."""
+    hidden = hidden_work_folders(layout)
+    return [read_status(layout, job, hidden) for job in jobs]
 
 
 def write_failure(layout: Layout, job: Job, error: str, stage: str, seconds: float, process: str) -> None:
