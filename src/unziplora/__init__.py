@@ -12,6 +12,7 @@ _API = {
     "export_run": "export", "merge": "methods.merge", "evaluate_folder": "metrics.evaluate",
     "probe_block_roles": "probe", "run_bench": "bench", "Method": "methods", "Mode": "branch",
     "RunFolder": "runfolder", "EMBEDDED_MODEL": "demo", "demo_image": "demo", "run_demo": "demo",
+    "run_batch": "batch", "batch_status": "batch",
 }
 __all__ = ["__version__", *_API]
 

@@ -112,6 +112,7 @@ def run_batch(jobs: str | Path, out: str | Path, options: BatchOptions | None = 
             print(f"whole batch ({len(table)} rows, every shard): " + "; ".join(totals_lines(everything)[:1]))
         print(f"results page: {layout.index_html}", flush=True)
     processes.wait_for_all()  # the main process has printed before any process exits
+    processes.close()
     return BatchResult(rows, results, processes.is_main)
 
 

@@ -98,5 +98,12 @@ class Processes:
 
             dist.barrier(group=self._group)
 
+    def close(self) -> None:
+        """Leave the launch's process group (NCCL warns at exit about a group never destroyed)."""
+        import torch.distributed as dist
+
+        if self.count > 1 and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
     def __str__(self) -> str:
         return f"process {self.index} of {self.count}"
