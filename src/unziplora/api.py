@@ -3,6 +3,7 @@
 Each name is the function a command line command calls (docs/architecture.md).
 """
 
+from .batch import batch_status, run_batch
 from .bench import run_bench
 from .branch import Mode
 from .config import RunConfig
@@ -17,6 +18,6 @@ from .metrics.evaluate import evaluate_folder
 from .probe import probe_block_roles
 from .runfolder import RunFolder
 
-__all__ = ["EMBEDDED_MODEL", "Method", "Mode", "RunConfig", "RunFolder", "decompose", "demo_image",
+__all__ = ["EMBEDDED_MODEL", "Method", "Mode", "RunConfig", "RunFolder", "batch_status", "decompose", "demo_image",
            "evaluate_folder", "export_run", "generate", "merge", "probe_block_roles", "resolve_config",
-           "run_bench", "run_demo"]
+           "run_batch", "run_bench", "run_demo"]

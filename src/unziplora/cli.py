@@ -99,6 +99,38 @@ def _add_generate(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_batch(sub) -> None:
+    p = sub.add_parser("batch", help="decompose many images (a CSV, JSON lines or a folder): resumable, sharded, "
+                                     "one image per process (accelerate launch -m unziplora batch ...)")
+    p.add_argument("jobs", help="jobs.csv, jobs.jsonl, or a folder of images with a sidecar each (NAME.yaml: "
+                                "subject, style); columns: id, image, subject, style, method, config, and any "
+                                "option below by name (steps, seed, base-model, ...) or config key (train.steps)")
+    p.add_argument("--out", required=True, help="folder of the runs: OUT/<row id>/, OUT/index.html")
+    p.add_argument("--config", help="YAML config for every row; options and a row's columns override it "
+                                    "(a row's config column replaces it)")
+    for flag, _, options in DECOMPOSE_OPTIONS:
+        p.add_argument(flag, **options)
+    p.add_argument("--method", default="unziplora", choices=method_names(),
+                   help="method of every row without a method column (default unziplora)")
+    p.add_argument("--shard", help="INDEX/COUNT: run only rows INDEX, INDEX+COUNT, ... (a Slurm array task: "
+                                   "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); split again among accelerate's processes")
+    p.add_argument("--retry-failed", action="store_true", help="rerun the rows that failed (by default they stay failed)")
+    p.add_argument("--resume", action="store_true",
+                   help="accepted as in decompose; a batch always resumes interrupted rows from their checkpoint")
+    p.add_argument("--force", action="store_true",
+                   help="start interrupted rows over instead of resuming them (finished rows are never redone: "
+                        "delete a run folder to redo its row)")
+    p.add_argument("--eval", action="store_true",
+                   help="score each finished row: the toy world's oracles for toy-world images, else the paper's "
+                        "metrics with --clip/--dino/--csd")
+    p.add_argument("--clip", help="--eval: CLIP folder (CLIP-I, CLIP-T)")
+    p.add_argument("--dino", help="--eval: DINO ViT-S/16 folder (subject alignment)")
+    p.add_argument("--csd", help="--eval: CSD folder (style alignment)")
+    p.add_argument("--status", action="store_true",
+                   help="run nothing: print every row's status (done, running, failed, pending) and refresh OUT/index.html")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -112,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_decompose(sub)
+    _add_batch(sub)
     _add_generate(sub)
     info = sub.add_parser("info", help="describe a run folder")
     info.add_argument("run")
@@ -214,6 +247,27 @@ def run_decompose(args) -> None:
     print(run.summary())
 
 
+def run_batch(args) -> int:
+    """Exit status 1 when a row failed (of the launch, for its main process), else 0."""
+    from .batch import BatchOptions, Evaluation, Status, batch_status, parse_shard
+    from .batch import run_batch as batch
+    from .batch.summary import summary_table
+
+    aliases = {flag[2:]: key for flag, key, _ in DECOMPOSE_OPTIONS}
+    if args.status:
+        statuses = batch_status(args.jobs, args.out, aliases)
+        print(summary_table(statuses))
+        return int(any(s.status is Status.FAILED for s in statuses))
+    models = {"clip": args.clip, "dino": args.dino, "csd": args.csd}
+    if any(models.values()) and not args.eval:
+        raise UnZipLoRAError("--clip, --dino and --csd choose the metrics of --eval; add --eval")
+    options = BatchOptions(overrides=decompose_overrides(args), config_file=args.config, method=args.method,
+                           retry_failed=args.retry_failed, force=args.force, progress=not args.quiet,
+                           evaluation=Evaluation(models) if args.eval else None)
+    result = batch(args.jobs, args.out, options, parse_shard(args.shard) if args.shard else None, aliases)
+    return int(result.failed)
+
+
 def run_generate(args) -> None:
     from .generate import generate
 
@@ -254,6 +308,8 @@ def _run(args, stack) -> int:
     try:
         if args.command == "decompose":
             run_decompose(args)
+        elif args.command == "batch":
+            return run_batch(args)
         elif args.command == "generate":
             run_generate(args)
         elif args.command == "merge":

@@ -1,0 +1,7 @@
+"""`python -m unziplora ...`, as `accelerate launch -m unziplora batch ...` runs it."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
