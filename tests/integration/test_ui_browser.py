@@ -288,6 +288,19 @@ def test_the_whole_job_in_a_browser(server, page, setup, tmp_path, shots, monkey
     page.locator("#uz-summary", has_text=setup.other).wait_for()
     assert page.get_by_role("tab", name="Result").get_attribute("aria-selected") == "true"
 
+    # 8. cancel keeps the checkpoint; resume from the page finishes the run
+    page.get_by_role("tab", name="Decompose").click()
+    page.fill("#uz-name textarea", "again")
+    page.click("#uz-decompose")
+    page.locator("#uz-progress .uz-progress[data-state=running]", has_text="loss").wait_for()
+    page.click("#uz-cancel")
+    message(page).filter(has_text="again: cancelled after step").wait_for()
+    assert ui.runs.interrupted() == ["again"] and not (ui.runs.root / "again").exists()
+    page.click("#uz-resume-box")
+    page.click("#uz-resume")
+    message(page).filter(has_text="resume again: done").wait_for()
+    assert (ui.runs.root / "again" / "manifest.json").is_file() and ui.runs.interrupted() == []
+
 
 def _loads_in_stock_diffusers(base, lora: Path, run: Path) -> None:
     import torch

@@ -243,7 +243,11 @@ class Page:
             if job is None or not job.state.finished or shown.get(f"ended-{kind}") == job.id:
                 continue
             shown[f"ended-{kind}"] = job.id
-            if job.state is not JobState.DONE:
+            if job.state is JobState.CANCELLED and job.target in self.runs.interrupted():
+                step = job.progress.step if job.progress else 0
+                out["msg"] = message(f"{job.title}: cancelled after step {step}; its checkpoint is kept: continue it "
+                                     "under \"Resume an interrupted run\"")
+            elif job.state is not JobState.DONE:
                 out["msg"] = message(f"{job.title}: {job.error}", error=job.state is JobState.FAILED)
             elif kind == "job":
                 names, _ = self.run_choices()
