@@ -87,7 +87,7 @@ def setup(tiny_base, tiny_image, tmp_path_factory):
     # the tiny pipeline with the defaults a base model may ship (defaults.py): few steps, small
     base = Path(shutil.copytree(tiny_base, tmp_path_factory.mktemp("ui") / "tiny-base"))
     (base / "unziplora_defaults.yaml").write_text(yaml.safe_dump({
-        "train": {"steps": 6, "resolution": 32, "checkpoint_every": 2},
+        "train": {"steps": 4, "resolution": 32, "checkpoint_every": 2},  # the form types 6
         "lora": {"rank": 4}, "masks": {"refresh_every": 2}, "sample": {"steps": 2, "seeds": [0]},
     }))
     return Setup(base, tiny_image, "cat", "sketch", 6, 0.4, tiny_image.rotate(90), "lantern", "neon", 2)
@@ -123,8 +123,9 @@ def browser(server):
 def shots(tmp_path_factory):
     if not SCREENSHOTS:
         return tmp_path_factory.mktemp("screenshots")
-    Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
-    return Path(SCREENSHOTS)
+    folder = Path(SCREENSHOTS).resolve()  # the test changes directory later
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def upload(page, path):
@@ -207,7 +208,7 @@ def test_the_whole_job_in_a_browser(server, page, setup, tmp_path, shots, monkey
         page.fill(f"#{field} input", str(value))
         page.press(f"#{field} input", "Tab")  # a number is sent when it loses focus
     page.click("#uz-decompose")
-    message(page).filter(has_text=f"queued: decompose {name}").wait_for()
+    message(page).filter(has_text=f"queued: decompose {name} ({steps} steps)").wait_for()
     seen = set()
     deadline = time.monotonic() + WAIT_MS / 1000
     while time.monotonic() < deadline:
@@ -282,6 +283,9 @@ def test_the_whole_job_in_a_browser(server, page, setup, tmp_path, shots, monkey
     texts = captions.all_inner_texts()
     assert texts[0].startswith(f"{name}: {setup.subject} / {setup.style} · unziplora · ")
     assert texts[1].startswith(f"{setup.other}: {setup.other_subject} / {setup.other_style} · unziplora · ")
+    table = page.locator("#uz-runs-table")
+    table.get_by_text(setup.other_style, exact=True).first.wait_for()
+    assert table.get_by_text(name, exact=True).count() >= 1
     settled(page)
     page.screenshot(path=str(shots / "ui-runs.png"), full_page=True)
     page.locator("#uz-runs .thumbnail-item").nth(1).click()

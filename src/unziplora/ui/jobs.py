@@ -83,9 +83,11 @@ class Worker:
         self._thread = threading.Thread(target=self._loop, name="unziplora-worker", daemon=True)
         self._thread.start()
 
-    def submit(self, kind: str, title: str, work: Callable[[Job], Any], target: str | None = None) -> Job:
+    def submit(self, kind: str, title: str, work: Callable[[Job], Any], target: str | None = None,
+               progress: Progress | None = None) -> Job:
+        """Queue `work`; `target` is the run it writes, `progress` what the bar shows while it waits."""
         with self._wake:
-            job = Job(next(self._ids), kind, title, work, target)
+            job = Job(next(self._ids), kind, title, work, target, progress=progress)
             self._jobs[job.id] = job
             self._queue.append(job)
             self._wake.notify()

@@ -118,15 +118,17 @@ def build_blocks(page: Page) -> gr.Blocks:
                 gr.Markdown("The runs in the runs folder, newest first; click one to open it.")
                 runs_gallery = gr.Gallery(label="Runs", columns=5, fit_columns=False, height="auto", elem_id="uz-runs",
                                           buttons=[], allow_preview=False, object_fit="contain")
+                runs_table = gr.Dataframe(headers=["run", "subject", "style", "method", "steps", "created (UTC)"],
+                                          interactive=False, elem_id="uz-runs-table", wrap=True)
 
-        choices = [run, content_run, style_run, resume_run, runs_gallery]
+        choices = [run, content_run, style_run, resume_run, runs_gallery, runs_table]
         blocks.load(page.refresh, [run], choices)
         refresh.click(page.refresh, [run], choices)
         upload.change(page.on_upload, [upload], [msg, shown_input, upload])
         go.click(page.on_decompose,
                  [upload, subject, style, name, method, steps, rank, resolution, seed, previews_per_run, state],
                  [msg, state, progress])
-        method.change(page.on_method, [method], [steps, rank, resolution, seed])
+        method.input(page.on_method, [method], [steps, rank, resolution, seed])  # the user's choice only
         cancel.click(page.on_cancel, [state], [msg])
         resume.click(page.on_resume, [resume_run, state], [msg, state])
         run.change(page.on_select_run, [run], [msg, grid, loss, summary, run_previews, prompt, gen_steps, guidance])
@@ -136,8 +138,9 @@ def build_blocks(page: Page) -> gr.Blocks:
                        [msg, state])
         download.click(page.on_download, [run, fmt], [msg, files])
         runs_gallery.select(page.on_runs_select, None, [run, tabs])
+        runs_table.select(page.on_table_select, None, [run, tabs])
         gr.Timer(0.5).tick(page.poll, [state, run],
                            [state, msg, progress, previews, notes, queue, run, content_run, style_run, gallery,
-                            runs_gallery, resume_run, tabs],
+                            runs_gallery, runs_table, resume_run, tabs],
                            show_progress="hidden")
     return blocks

@@ -149,7 +149,7 @@ class Page:
         job = submit_decompose(self.worker, self.runs, self.base_model, upload, name or "", request,
                                self.max_upload_bytes)
         state = {**state, "job": job.id}
-        return message(f"queued: {job.title}"), state, progress_html(job)
+        return message(f"queued: {job.title} ({job.progress.total} steps)"), state, progress_html(job)
 
     @guarded
     def on_resume(self, name, state):
@@ -206,6 +206,17 @@ class Page:
     def runs_gallery(self):
         return [(str(r.thumbnail), r.caption) for r in self.runs.runs() if r.thumbnail]
 
+    def runs_table(self):
+        return [[r.name, r.subject, r.style, r.method, r.steps, r.created[:16].replace("T", " ")]
+                for r in self.runs.runs()]
+
+    def on_table_select(self, evt: gr.SelectData):
+        names = self.runs.names()
+        row = evt.index[0] if evt is not None and isinstance(evt.index, (list, tuple)) else None
+        if row is None or row >= len(names):
+            return gr.skip(), gr.skip()
+        return gr.update(choices=names, value=names[row]), gr.Tabs(selected="result")
+
     def on_runs_select(self, evt: gr.SelectData):
         shown = [r.name for r in self.runs.runs() if r.thumbnail]
         if evt is None or evt.index is None or evt.index >= len(shown):
@@ -216,19 +227,21 @@ class Page:
         names, interrupted = self.run_choices()
         value = current if current in names else (names[0] if names else None)
         return (gr.update(choices=names, value=value), gr.update(choices=names), gr.update(choices=names),
-                gr.update(choices=interrupted, value=interrupted[0] if interrupted else None), self.runs_gallery())
+                gr.update(choices=interrupted, value=interrupted[0] if interrupted else None), self.runs_gallery(),
+                self.runs_table())
 
     # ----- the timer -------------------------------------------------------------------------------------------
     def poll(self, state, current):
         """Stream the page's jobs: progress, previews, notes, queue; on an end, its result or message.
 
         Outputs: state, msg, progress, previews, notes, queue, run, content run, style run, gallery,
-        runs gallery, resume, tabs. Unchanged outputs are skipped, so images are not sent again
+        runs gallery, runs table, resume, tabs. Unchanged outputs are skipped, so images are not sent again
         every tick.
         """
         state = dict(state or {})
         shown = dict(state.get("shown") or {})
-        out = {key: gr.skip() for key in ("msg", "run", "content", "style", "gallery", "runs", "resume", "tabs")}
+        out = {key: gr.skip() for key in ("msg", "run", "content", "style", "gallery", "runs", "table", "resume",
+                                           "tabs")}
         job = self.worker.get(state.get("job"))
         view = {"progress": progress_html(job), "notes": notes_html(job), "queue": queue_html(self.worker),
                 "previews": _previews_key(self.runs, job)}
@@ -261,11 +274,11 @@ class Page:
                 out["msg"] = message(f"{job.title}: {len(paths)} image(s) in {paths[0].parent}" if paths else "no images")
             if kind == "job":
                 names, interrupted = self.run_choices()
-                out["runs"] = self.runs_gallery()
+                out["runs"], out["table"] = self.runs_gallery(), self.runs_table()
                 out["resume"] = gr.update(choices=interrupted, value=interrupted[0] if interrupted else None)
         state["shown"] = shown
         return (state, out["msg"], out["progress"], out["previews"], out["notes"], out["queue"], out["run"],
-                out["content"], out["style"], out["gallery"], out["runs"], out["resume"], out["tabs"])
+                out["content"], out["style"], out["gallery"], out["runs"], out["table"], out["resume"], out["tabs"])
 
 
 # handler -> (number of outputs, index of the upload argument or None): what `failed` returns.

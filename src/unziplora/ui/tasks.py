@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..branch import Mode
-from ..callbacks import ProgressReport, StopOnRequest
+from ..callbacks import Progress, ProgressReport, StopOnRequest
 from ..errors import UnZipLoRAError
 from ..methods import Method
 from ..outputs import partial_dir
@@ -93,7 +93,8 @@ def submit_decompose(worker: Worker, runs: RunsFolder, base_model: str, upload: 
         raise UnZipLoRAError(f"a run named {name!r} exists already in {runs.root}; choose another name")
     method, resolved = resolve(request, base_model)
     image = runs.keep_request(name, upload, dataclasses.asdict(request))
-    return worker.submit("decompose", f"decompose {name}", _decompose_work(runs, name, image, method, resolved), name)
+    return worker.submit("decompose", f"decompose {name}", _decompose_work(runs, name, image, method, resolved), name,
+                         Progress(0, resolved.config.train.steps))
 
 
 def submit_resume(worker: Worker, runs: RunsFolder, base_model: str, name: str) -> Job:
@@ -105,7 +106,8 @@ def submit_resume(worker: Worker, runs: RunsFolder, base_model: str, name: str) 
     request = DecomposeRequest(**{k: v for k, v in kept.items() if k in fields})
     method, resolved = resolve(request, base_model)
     return worker.submit("decompose", f"resume {name}",
-                         _decompose_work(runs, name, image, method, resolved, resume=True), name)
+                         _decompose_work(runs, name, image, method, resolved, resume=True), name,
+                         Progress(0, resolved.config.train.steps))
 
 
 def _decompose_work(runs: RunsFolder, name: str, image: Path, method: Method, resolved, resume: bool = False):
