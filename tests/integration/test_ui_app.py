@@ -75,3 +75,13 @@ def test_uploads_over_the_cap_are_refused_by_the_server(served):
         assert response.status_code == 413, response.text
         small = client.post("gradio_api/upload", files={"files": ("small.png", b"\x89PNG" + b"0" * 100, "image/png")})
         assert small.status_code == 200
+
+
+def test_a_taken_port_is_one_line(served, tmp_path):
+    from unziplora.errors import UnZipLoRAError
+    from unziplora.ui.app import serve
+
+    page, blocks, url = served
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    with pytest.raises(UnZipLoRAError, match=f"cannot serve on 127.0.0.1:{port}"):
+        serve(tmp_path / "runs", page.base_model, port=port, block=False)

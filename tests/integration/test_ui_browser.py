@@ -11,6 +11,7 @@ screenshots to DIR: `UNZIPLORA_UI_SCREENSHOTS=docs pytest tests/integration/test
 makes the README's.
 """
 
+import json
 import os
 import shutil
 import socket
@@ -240,6 +241,9 @@ def test_the_whole_job_in_a_browser(server, page, setup, tmp_path, shots, monkey
     page.screenshot(path=str(shots / "ui-result.png"), full_page=True)
     run = ui.runs.root / name
     assert (run / "manifest.json").is_file() and not ui.runs.pending(name).exists()
+    sources = json.loads((run / "manifest.json").read_text())["config_sources"]
+    # what the form changed is "given"; a number left at the base model's default keeps its source
+    assert sources["train.steps"] == "given" and sources["lora.rank"] == "model"
 
     # 5. generate in every mode
     page.get_by_role("tab", name="Generate").click()

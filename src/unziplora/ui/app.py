@@ -50,10 +50,9 @@ def serve(runs: str | Path = "runs", base_model: str | None = None, host: str = 
           block: bool = True):
     """Start the page; with `block` (the command line) until Ctrl-C. Returns (page, blocks, url)."""
     try:
-        import gradio  # noqa: F401
+        import gradio as gr
     except ImportError:
         raise UnZipLoRAError("the web page needs gradio: pip install 'unziplora[ui]'") from None
-    import gradio as gr
 
     from .layout import CSS
 
@@ -62,8 +61,8 @@ def serve(runs: str | Path = "runs", base_model: str | None = None, host: str = 
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
     blocks.queue(default_concurrency_limit=8)  # handlers only queue work; the worker runs it one at a time
     try:
-        _, url, _ = blocks.launch(
-            server_name=host, server_port=port, share=share, prevent_thread_lock=True, quiet=not block,
+        blocks.launch(
+            server_name=host, server_port=port, share=share, prevent_thread_lock=True, quiet=True,
             inbrowser=False, allowed_paths=[str(page.runs.root)], max_file_size=int(max_upload_mb * 2**20),
             css=CSS, theme=theme, ssr_mode=False, mcp_server=False, footer_links=[], show_error=False,
         )
@@ -73,6 +72,8 @@ def serve(runs: str | Path = "runs", base_model: str | None = None, host: str = 
     local = f"http://{host}:{blocks.server_port}/"
     if block:
         print(f"unziplora ui: {local} (runs in {page.runs.root}; Ctrl-C to stop)")
+        if blocks.share_url:
+            print(f"public link (anyone with it can use this page): {blocks.share_url}")
         try:
             blocks.block_thread()
         finally:

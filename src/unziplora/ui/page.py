@@ -55,17 +55,23 @@ def _shown_error(exc: UnZipLoRAError, upload: str | Path | None = None) -> str:
     return message(text, error=True)
 
 
-def guarded(handler):
-    """Turn an UnZipLoRAError into the message output (the handler's first output named `msg`)."""
+def guarded(outputs: int, upload: int | None = None):
+    """A handler whose first output is the message line: an UnZipLoRAError becomes that line and
+    its other `outputs - 1` outputs stay as they are. `upload`: the index of the argument that is
+    an uploaded file, named in the message by its file name."""
 
-    @functools.wraps(handler)
-    def wrapper(self, *args):
-        try:
-            return handler(self, *args)
-        except UnZipLoRAError as exc:
-            return self.failed(handler.__name__, exc, *args)
+    def decorate(handler):
+        @functools.wraps(handler)
+        def wrapper(self, *args):
+            try:
+                return handler(self, *args)
+            except UnZipLoRAError as exc:
+                shown = _shown_error(exc, args[upload] if upload is not None else None)
+                return (shown, *[gr.skip()] * (outputs - 1))
 
-    return wrapper
+        return wrapper
+
+    return decorate
 
 
 def progress_html(job: Job | None) -> str:
@@ -112,13 +118,6 @@ class Page:
     worker: Worker
     max_upload_bytes: int
 
-    # ----- errors ----------------------------------------------------------------------------------
-    def failed(self, name: str, exc: UnZipLoRAError, *args):
-        """The outputs of handler `name` when it failed: its message, everything else unchanged."""
-        n_outputs, upload = FAILURE_SHAPES[name]
-        shown = _shown_error(exc, args[upload] if upload is not None else None)
-        return (shown, *[gr.skip()] * (n_outputs - 1))
-
     # ----- decompose ---------------------------------------------------------------------------------
     def on_upload(self, upload):
         """A preview of the image as training will read it (the command line's checks); an image
@@ -138,7 +137,7 @@ class Page:
         d = form_defaults(self.base_model, method or Method.UNZIPLORA.value)
         return d["steps"], d["rank"], d["resolution"], d["seed"]
 
-    @guarded
+    @guarded(3, upload=0)
     def on_decompose(self, upload, subject, style, name, method, steps, rank, resolution, seed, previews, state):
         method = method or Method.UNZIPLORA.value
         given = {"steps": _int(steps), "rank": _int(rank), "resolution": _int(resolution), "seed": _int(seed)}
@@ -151,17 +150,17 @@ class Page:
         state = {**state, "job": job.id}
         return message(f"queued: {job.title} ({job.progress.total} steps)"), state, progress_html(job)
 
-    @guarded
+    @guarded(2)
     def on_resume(self, name, state):
         job = submit_resume(self.worker, self.runs, self.base_model, name or "")
         return message(f"queued: {job.title}"), {**state, "job": job.id}
 
-    @guarded
+    @guarded(1)
     def on_cancel(self, state):
         return (message(self.worker.cancel(state.get("job"))),)
 
     # ----- a run's result ------------------------------------------------------------------------------
-    @guarded
+    @guarded(8)
     def on_select_run(self, name):
         """The result of run `name`: grid, loss curve, summary (mask fractions), a prompt to start from."""
         if not name:
@@ -187,7 +186,7 @@ class Page:
         return names, self.runs.interrupted()
 
     # ----- generate --------------------------------------------------------------------------------------
-    @guarded
+    @guarded(2)
     def on_generate(self, mode, run, content_run, style_run, prompt, seeds, steps, guidance, num_images, state):
         request = GenerateRequest(mode, prompt or "", run, content_run, style_run, seeds or "", _int(steps),
                                   _float(guidance), _int(num_images) or 1)
@@ -195,7 +194,7 @@ class Page:
         return message(f"queued: {job.title}"), {**state, "gen": job.id}
 
     # ----- download ----------------------------------------------------------------------------------------
-    @guarded
+    @guarded(2)
     def on_download(self, run, fmt):
         if not run:
             raise UnZipLoRAError("pick a run first (the Run list at the top)")
@@ -279,13 +278,6 @@ class Page:
         state["shown"] = shown
         return (state, out["msg"], out["progress"], out["previews"], out["notes"], out["queue"], out["run"],
                 out["content"], out["style"], out["gallery"], out["runs"], out["table"], out["resume"], out["tabs"])
-
-
-# handler -> (number of outputs, index of the upload argument or None): what `failed` returns.
-FAILURE_SHAPES = {
-    "on_decompose": (3, 0), "on_resume": (2, None), "on_cancel": (1, None),
-    "on_select_run": (8, None), "on_generate": (2, None), "on_download": (2, None),
-}
 
 
 def _previews_key(runs: RunsFolder, job: Job | None) -> list[Path]:
