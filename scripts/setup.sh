@@ -9,4 +9,4 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch first and exactly pinned: it is the CPU build; other packages must not pull a CUDA one.
 .venv/bin/python -m pip install -q -c requirements/constraints.txt torch
-.venv/bin/python -m pip install -q -c requirements/constraints.txt -e ".[test]"
+.venv/bin/python -m pip install -q -c requirements/constraints.txt -e ".[test,ui]"

@@ -1,7 +1,13 @@
-"""Training callbacks: progress bar and preview images, kept out of the loop."""
+"""Training callbacks: progress bar, progress reports, stop requests and preview images, kept out of the loop.
+
+A callback sees the loop's state object: `Trainer` (train.py) or the single-LoRA loop of the
+baselines (methods/single_lora.py); both have `step` (steps done) and `should_stop`.
+"""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -57,3 +63,48 @@ class Previews(Callback):
         if self.every and done % self.every == 0 and done < trainer.config.train.steps:
             self.folder.mkdir(parents=True, exist_ok=True)
             self.render(trainer, self.folder / f"step_{done:05d}.png")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training stands after a step: `step` of `total` done, its loss, seconds left (None
+    until a step has been timed)."""
+
+    step: int
+    total: int
+    loss: float | None = None
+    seconds_left: float | None = None
+
+
+class ProgressReport(Callback):
+    """Calls `report(Progress)` when training starts and after every step (the web page's bar).
+
+    Time left is the mean time of the steps taken in this call times the steps to go, so a
+    resumed run is not credited with the steps of the earlier one.
+    """
+
+    def __init__(self, report, total: int):
+        self.report, self.total = report, total
+        self.first, self.t0 = 0, time.perf_counter()
+
+    def on_start(self, trainer) -> None:
+        self.first, self.t0 = trainer.step, time.perf_counter()
+        self.report(Progress(trainer.step, self.total))
+
+    def on_step(self, trainer, log) -> None:
+        done = log.step + 1
+        per_step = (time.perf_counter() - self.t0) / max(1, done - self.first)
+        self.report(Progress(done, self.total, log.loss, per_step * (self.total - done)))
+
+
+class StopOnRequest(Callback):
+    """Once `event` (a threading.Event) is set, asks the loop to stop after the current step, as a
+    first Ctrl-C does: the loop calls every on_interrupt (the checkpoint is saved) and raises
+    KeyboardInterrupt. The web page's Cancel button sets the event."""
+
+    def __init__(self, event):
+        self.event = event
+
+    def on_step(self, trainer, log) -> None:
+        if self.event.is_set():
+            trainer.should_stop = True

@@ -131,6 +131,19 @@ def _add_batch(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_ui(sub) -> None:
+    p = sub.add_parser("ui", help="a local web page: upload, decompose with live progress, generate, download "
+                                  "(needs: pip install 'unziplora[ui]')")
+    p.add_argument("--runs", default="runs", help="the folder the page keeps its runs in (default runs/)")
+    p.add_argument("--base-model", help="hub id or local diffusers SDXL folder (default: the embedded toy-world model)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 opens it to your network, "
+                        "with no login)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
+    p.add_argument("--max-upload-mb", type=float, default=50, help="largest image the page accepts (default 50 MB)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -146,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decompose(sub)
     _add_batch(sub)
     _add_generate(sub)
+    _add_ui(sub)
     info = sub.add_parser("info", help="describe a run folder")
     info.add_argument("run")
     merge = sub.add_parser("merge", help="merge a content LoRA and a style LoRA into one ordinary LoRA")
@@ -281,6 +295,12 @@ def run_generate(args) -> None:
     print(f"wrote {len(paths)} image(s) and grid.png to {paths[0].parent if paths else args.out}")
 
 
+def run_ui(args) -> None:
+    from .ui.app import serve
+
+    serve(args.runs, args.base_model, args.host, args.port, args.share, args.max_upload_mb)
+
+
 def run_eval(args) -> None:
     from .metrics.evaluate import evaluate_folder
 
@@ -341,6 +361,8 @@ def _run(args, stack) -> int:
             run_demo(args.out, args.steps, args.force)
         elif args.command == "probe":
             run_probe(args)
+        elif args.command == "ui":
+            run_ui(args)
         elif args.command == "info":
             from .runfolder import RunFolder
 

@@ -14,6 +14,7 @@ import io
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import torch
 
 from . import __version__
 from .branch import Branch
-from .callbacks import Previews, ProgressBar
+from .callbacks import Callback, Previews, ProgressBar
 from .checkpoint import CHECKPOINT_DIR, Checkpointer, check_resumable, fingerprint, read_record, restore_checkpoint
 from .config import RunConfig, config_from_dict
 from .data import centre_crop, crop_note, load_image
@@ -69,6 +70,7 @@ def decompose(
     progress: bool = True,
     resume: bool = False,
     sources: dict[str, str] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> RunFolder:
     """Train the content and style LoRAs of one image with `method` and write the run folder.
 
@@ -78,7 +80,9 @@ def decompose(
     written to OUT.partial/ with a checkpoint every train.checkpoint_every steps and renamed to
     OUT when complete; `resume` continues an interrupted OUT.partial/ (same inputs only).
     `sources` (from `defaults.resolve_config`) says where each non-default setting came from; the
-    manifest keeps it.
+    manifest keeps it. `callbacks` (callbacks.py: ProgressReport, StopOnRequest) run after the
+    built-in ones at every step; a stop they request ends like Ctrl-C (TrainingInterrupted, the
+    checkpoint kept).
     """
     try:
         method = Method(method)
@@ -91,7 +95,8 @@ def decompose(
 
         if resume:
             raise UnZipLoRAError(f"--resume is not available for --method {method.value}; rerun with --force")
-        return decompose_baseline(image, out_dir, config, method, force=force, progress=progress, sources=sources)
+        return decompose_baseline(image, out_dir, config, method, force=force, progress=progress, sources=sources,
+                                  callbacks=callbacks)
     config = config.with_overrides(method.config_overrides)
     t_start = time.perf_counter()
     prompts = training_prompts(config.prompts)
@@ -120,9 +125,9 @@ def decompose(
             if record is not None:
                 restore_checkpoint(trainer, checkpointer.folder, record)
                 checkpointer.saved_step = trainer.step
-            callbacks = [ProgressBar(progress), Previews(tmp / "previews", config.train.preview_every, _write_preview),
-                         checkpointer]
-            _fit(trainer, callbacks, checkpointer, out_dir)
+            every_step = [ProgressBar(progress), Previews(tmp / "previews", config.train.preview_every, _write_preview),
+                          checkpointer, *callbacks]
+            _fit(trainer, every_step, checkpointer, out_dir)
 
             t0 = time.perf_counter()
             _write_weights(trainer, tmp)

@@ -69,6 +69,7 @@ class Trainer:
     history: list[StepLog] = field(default_factory=list)
     step: int = 0
     refresh_pending: bool = False  # a refresh whose gradients overflowed (fp16) is retried next step
+    should_stop: bool = False  # set by a callback (callbacks.StopOnRequest): stop between steps as Ctrl-C does
     timings: dict[str, float] = field(default_factory=dict)
     # Seconds spent in the last step's forward (through the loss), backward and update (bench speed).
     last_phases: dict[str, float] = field(default_factory=dict)
@@ -183,8 +184,9 @@ class Trainer:
         return log
 
     def fit(self, callbacks=()) -> None:
-        """Train to config.train.steps. Ctrl-C stops after the current step: the callbacks'
-        on_interrupt runs (a checkpoint is saved), then KeyboardInterrupt propagates."""
+        """Train to config.train.steps. Ctrl-C (or a callback setting `should_stop`) stops after the
+        current step: the callbacks' on_interrupt runs (a checkpoint is saved), then
+        KeyboardInterrupt propagates."""
         t0 = time.perf_counter()
         for cb in callbacks:
             cb.on_start(self)
@@ -193,7 +195,7 @@ class Trainer:
                 log = self.train_step()
                 for cb in callbacks:
                     cb.on_step(self, log)
-                if interrupted:
+                if interrupted or self.should_stop:
                     for cb in callbacks:
                         cb.on_interrupt(self)
                     raise KeyboardInterrupt

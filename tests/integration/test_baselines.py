@@ -82,9 +82,9 @@ def test_b_lora_uses_its_reference_settings_unless_the_user_sets_others(tiny_bas
 
     specs, real = [], baselines.train_single_lora
 
-    def fake_training(pipe, image, spec, device, progress, prior_images=()):
+    def fake_training(pipe, image, spec, device, progress, prior_images=(), callbacks=()):
         specs.append(spec)  # what would be trained; train one step of rank 2 instead
-        return real(pipe, image, dataclasses.replace(spec, steps=1, rank=2), device, progress, prior_images)
+        return real(pipe, image, dataclasses.replace(spec, steps=1, rank=2), device, progress, prior_images, callbacks)
 
     monkeypatch.setattr(baselines, "train_single_lora", fake_training)
     given = {"model.base_model": str(tiny_base), "prompts.subject": "cat", "prompts.style": "sketch",

@@ -55,7 +55,7 @@ def class_images(pipe, prompt: str, n: int, config: RunConfig, device, folder: P
 
 
 def decompose_baseline(image, out_dir: str | Path, config: RunConfig, method: Method | str, force: bool = False,
-                       progress: bool = True, sources: dict[str, str] | None = None) -> RunFolder:
+                       progress: bool = True, sources: dict[str, str] | None = None, callbacks=()) -> RunFolder:
     """Train a baseline on one image and write a run folder with content_lora/ and style_lora/.
 
     `decompose.decompose(..., method=...)` is the entry point users call; this is its baseline half.
@@ -93,7 +93,7 @@ def decompose_baseline(image, out_dir: str | Path, config: RunConfig, method: Me
         device = pick_device(t.device)
         priors = class_images(pipe, spec.prior_prompt, n_prior, config, device, tmp / "class_images") if n_prior else []
         t0 = time.perf_counter()
-        state = train_single_lora(pipe, picture, spec, device, progress, prior_images=priors)
+        state = train_single_lora(pipe, picture, spec, device, progress, prior_images=priors, callbacks=callbacks)
         train_s = time.perf_counter() - t0
         for branch in (Branch.CONTENT, Branch.STYLE):
             part = state if method is Method.DREAMBOOTH_LORA else keep_modules(state, parts[branch])

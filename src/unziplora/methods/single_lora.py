@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ..data import CroppedLatents
 from ..lora.inject import PROJECTIONS, attention_modules
 from ..prompts import encode_prompts
-from ..train import adamw, diffusion_mse, prediction_type
+from ..train import StepLog, adamw, diffusion_mse, prediction_type
 
 
 @dataclass
@@ -37,6 +37,14 @@ class SingleLoraSpec:
     prior_weight: float = 1.0
 
 
+@dataclass
+class LoopState:
+    """What callbacks (callbacks.py) see of this loop: the fields of `train.Trainer` they read."""
+
+    step: int = 0
+    should_stop: bool = False
+
+
 def target_modules(unet, prefixes: tuple[str, ...] = ()) -> list[str]:
     """Full names of the attention projections under the given prefixes (all when empty)."""
     names = []
@@ -47,7 +55,7 @@ def target_modules(unet, prefixes: tuple[str, ...] = ()) -> list[str]:
 
 
 def train_single_lora(pipe, image, spec: SingleLoraSpec, device: torch.device, progress: bool = False,
-                      prior_images=()) -> dict[str, torch.Tensor]:
+                      prior_images=(), callbacks=()) -> dict[str, torch.Tensor]:
     """Train one LoRA (alpha = rank, scale 1) and return its PEFT state dict (keys without 'unet.').
 
     Uses the same data path (crops, latent cache, time ids) and loss (epsilon or v-prediction,
@@ -55,6 +63,8 @@ def train_single_lora(pipe, image, spec: SingleLoraSpec, device: torch.device, p
     the adapter. With `prior_images` (the base model's own
     samples of `spec.prior_prompt`), each step adds DreamBooth's prior-preservation term,
     prior_weight * ||eps - eps_theta(x'_t, c_pr)||^2 on one of them (arXiv 2208.12242, Eq. 2).
+    `callbacks` (callbacks.py) see a `LoopState`; one that sets `should_stop` ends training with
+    KeyboardInterrupt after the current step (a baseline keeps no checkpoint).
     """
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     prediction_type(scheduler)  # an unsupported objective fails before any work
@@ -81,6 +91,9 @@ def train_single_lora(pipe, image, spec: SingleLoraSpec, device: torch.device, p
                   "added_cond_kwargs": {"text_embeds": pooled_states, "time_ids": data.time_ids().to(device)}}
         return diffusion_mse(unet, scheduler, latent.to(device), generator, torch.float32, kwargs)
 
+    loop = LoopState()
+    for cb in callbacks:
+        cb.on_start(loop)
     for _ in tqdm(range(spec.steps), desc="single LoRA", disable=not progress):
         loss = mse(latents, embeds, pooled)
         if priors:
@@ -90,6 +103,16 @@ def train_single_lora(pipe, image, spec: SingleLoraSpec, device: torch.device, p
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
+        loop.step += 1
+        if callbacks:
+            log = StepLog(loop.step - 1, loss.item(), loss.item(), 0.0, False)
+            for cb in callbacks:
+                cb.on_step(loop, log)
+            if loop.should_stop:
+                unet.delete_adapters(list(unet.peft_config))
+                raise KeyboardInterrupt
+    for cb in callbacks:
+        cb.on_end(loop)
     state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
     unet.delete_adapters(list(unet.peft_config))  # leave the pipeline as it came
     return state

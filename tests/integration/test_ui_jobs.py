@@ -1,0 +1,219 @@
+"""The page's worker and tasks without a browser: one job at a time, cancel keeps the checkpoint,
+resume finishes, errors are the command line's one line, nothing escapes the runs folder."""
+
+import threading
+import time
+
+import pytest
+import torch
+
+from unziplora.callbacks import Progress
+from unziplora.cli import main
+from unziplora.decompose import decompose
+from unziplora.errors import UnZipLoRAError
+from unziplora.outputs import partial_dir
+from unziplora.runfolder import RunFolder
+from unziplora.train import Trainer
+from unziplora.ui.jobs import JobState, Worker
+from unziplora.ui.runs import RunsFolder
+from unziplora.ui.tasks import DecomposeRequest, GenerateRequest, submit_decompose, submit_generate, submit_resume
+
+from ..conftest import tiny_config
+
+pytest.importorskip("gradio", reason="the web page needs gradio: pip install -e '.[ui]'")
+
+
+def wait(job, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not job.state.finished:
+        assert time.monotonic() < deadline, f"{job.title} still {job.state.value}"
+        time.sleep(0.02)
+    return job
+
+
+@pytest.fixture
+def worker():
+    w = Worker()
+    yield w
+    w.close()
+
+
+@pytest.fixture
+def upload(tiny_image, tmp_path):
+    path = tmp_path / "upload" / "photo.png"
+    path.parent.mkdir()
+    tiny_image.save(path)
+    return path
+
+
+def request(**kw):
+    values = {"subject": "cat", "style": "sketch", "steps": 6, "rank": 4, "resolution": 32, "previews": 0}
+    values.update(kw)
+    return DecomposeRequest(**values)
+
+
+def test_one_job_at_a_time_in_order(worker):
+    spans, gate = [], threading.Event()
+
+    def work(name):
+        def run(job):
+            start = time.monotonic()
+            if name == "a":
+                gate.wait(5)
+            spans.append((name, start, time.monotonic()))
+            return name
+        return run
+
+    jobs = [worker.submit("generate", name, work(name)) for name in "abc"]
+    time.sleep(0.1)
+    assert worker.running is jobs[0]
+    assert [j.title for j in worker.waiting()] == ["b", "c"]
+    gate.set()
+    for job in jobs:
+        assert wait(job).result == job.title
+    assert [s[0] for s in spans] == ["a", "b", "c"]
+    assert all(spans[i][2] <= spans[i + 1][1] for i in range(2))  # never two at once
+
+
+def test_a_waiting_job_can_be_cancelled_and_never_runs(worker):
+    gate, ran = threading.Event(), []
+    first = worker.submit("generate", "first", lambda job: gate.wait(5))
+    second = worker.submit("generate", "second", lambda job: ran.append(True))
+    assert "before it started" in worker.cancel(second.id)
+    gate.set()
+    wait(first)
+    assert second.state is JobState.CANCELLED and not ran
+
+
+def test_errors_are_one_line_and_prints_are_notes(worker):
+    def bad_input(job):
+        print("note: something the user should read")
+        raise UnZipLoRAError("image x.png is not a readable image; re-export it as PNG or JPEG")
+
+    job = wait(worker.submit("generate", "bad", bad_input))
+    assert job.state is JobState.FAILED
+    assert job.error == "image x.png is not a readable image; re-export it as PNG or JPEG"
+    assert job.notes == ["note: something the user should read"]
+    bug = wait(worker.submit("generate", "bug", lambda job: {}["missing"]))
+    assert bug.state is JobState.FAILED and bug.error.startswith("unexpected error (KeyError")
+    assert "\n" not in bug.error
+
+
+@pytest.fixture
+def slow_steps(monkeypatch):
+    """Each training step sleeps a little, so a cancel lands mid-run."""
+    step = Trainer.train_step
+
+    def slow(self):
+        log = step(self)
+        time.sleep(0.3)
+        return log
+
+    monkeypatch.setattr(Trainer, "train_step", slow)
+
+
+def test_cancel_keeps_the_checkpoint_and_resume_finishes(worker, tiny_base, upload, tmp_path, slow_steps):
+    runs = RunsFolder(tmp_path / "runs")
+    reports = []
+    job = submit_decompose(worker, runs, str(tiny_base), upload, "cat", request(), 2**20)
+    while job.progress is None or job.progress.step < 2:
+        assert not job.state.finished, job.error
+        time.sleep(0.02)
+    reports.append(job.progress)
+    worker.cancel(job.id)
+    wait(job)
+    assert job.state is JobState.CANCELLED
+    assert "checkpoint of step" in job.error and "kept in" in job.error
+    assert runs.interrupted() == ["cat"]
+    assert not (runs.root / "cat").exists() and partial_dir(runs.root / "cat").is_dir()
+    stopped = job.progress.step
+    assert 2 <= stopped < 6
+
+    resumed = wait(submit_resume(worker, runs, str(tiny_base), "cat"))
+    assert resumed.state is JobState.DONE, resumed.error
+    assert resumed.progress == Progress(6, 6, resumed.progress.loss, 0.0)
+    run = RunFolder.open(runs.root / "cat")
+    assert run.manifest["steps"] == 6 and run.manifest["config"]["train"]["steps"] == 6
+    assert runs.interrupted() == [] and not runs.pending("cat").exists()
+    assert not partial_dir(runs.root / "cat").exists()
+    assert reports[0].total == 6 and reports[0].seconds_left > 0
+
+
+def test_a_cancelled_baseline_writes_nothing(worker, tiny_base, upload, tmp_path, monkeypatch):
+    from unziplora.methods import single_lora
+
+    original = single_lora.diffusion_mse
+
+    def slow(*args, **kwargs):
+        time.sleep(0.2)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(single_lora, "diffusion_mse", slow)
+    runs = RunsFolder(tmp_path / "runs")
+    job = submit_decompose(worker, runs, str(tiny_base), upload, "db", request(method="dreambooth-lora", steps=30), 2**20)
+    while job.progress is None or job.progress.step < 1:
+        assert not job.state.finished, job.error
+        time.sleep(0.02)
+    worker.cancel(job.id)
+    wait(job)
+    assert job.state is JobState.CANCELLED
+    assert sorted(p.name for p in runs.root.iterdir() if p.name != ".unziplora-ui") == []
+    assert not runs.pending("db").exists()
+
+
+@pytest.mark.parametrize("name", ["../escape", "/tmp/escape", "a/b", "..", ".hidden"])
+def test_decompose_refuses_names_that_leave_the_runs_folder(worker, tiny_base, upload, tmp_path, name):
+    runs = RunsFolder(tmp_path / "runs")
+    with pytest.raises(UnZipLoRAError, match="not allowed"):
+        submit_decompose(worker, runs, str(tiny_base), upload, name, request(), 2**20)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "upload"]
+    assert list(runs.root.iterdir()) == []
+
+
+def test_a_corrupt_upload_is_the_cli_message(worker, tiny_base, tmp_path, capsys, monkeypatch):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG not really")
+    runs = RunsFolder(tmp_path / "runs")
+    with pytest.raises(UnZipLoRAError) as page_error:
+        submit_decompose(worker, runs, str(tiny_base), bad, "x", request(), 2**20)
+    monkeypatch.chdir(tmp_path)
+    assert main(["decompose", str(bad), "--out", "x", "--subject", "cat", "--style", "sketch",
+                 "--base-model", str(tiny_base)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {page_error.value}"
+    assert list(runs.root.iterdir()) == []  # nothing queued, nothing kept
+
+
+def test_uploads_over_the_cap_are_refused(worker, tiny_base, upload, tmp_path):
+    runs = RunsFolder(tmp_path / "runs")
+    with pytest.raises(UnZipLoRAError, match="the page takes images up to"):
+        submit_decompose(worker, runs, str(tiny_base), upload, "x", request(), 100)
+
+
+def test_generate_every_mode_and_the_cross_base_model_error(worker, tiny_base, tiny_image, tmp_path):
+    runs = RunsFolder(tmp_path / "runs")
+    config = tiny_config(tiny_base, **{"train.steps": 2, "sample.seeds": [0]})
+    decompose(tiny_image, runs.root / "a", config, progress=False)
+    decompose(tiny_image.rotate(90), runs.root / "b", config, progress=False)
+    for mode in ("content", "style", "both"):
+        job = wait(submit_generate(worker, runs, GenerateRequest(mode, "A <c> cat in <s> style", run="a", steps=2)))
+        assert job.state is JobState.DONE, job.error
+        assert [p.parent.name for p in job.result] == [f"{mode}-001"]
+    cross = GenerateRequest("cross", "A <c> cat in <s> style", content_run="a", style_run="b", seeds="3 4", steps=2)
+    job = wait(submit_generate(worker, runs, cross))
+    assert job.state is JobState.DONE, job.error
+    assert [p.name for p in job.result] == ["seed3_0.png", "seed4_0.png"]
+    assert job.result[0].parent == runs.root / "a" / "samples" / "cross-001"
+
+    # a run of another base model (a copy of the tiny one at another path): the CLI's refusal
+    import shutil
+
+    other_base = shutil.copytree(tiny_base, tmp_path / "other-base")
+    decompose(tiny_image, runs.root / "c", tiny_config(other_base, **{"train.steps": 2}), progress=False)
+    job = wait(submit_generate(worker, runs, GenerateRequest("cross", "A <c> cat", content_run="a", style_run="c")))
+    assert job.state is JobState.FAILED
+    assert job.error == "pass --base-model: the sources name different base models"
+    with pytest.raises(UnZipLoRAError, match="seeds"):
+        submit_generate(worker, runs, GenerateRequest("both", "A <c>", run="a", seeds="1 two"))
+    with pytest.raises(UnZipLoRAError, match="not allowed"):
+        submit_generate(worker, runs, GenerateRequest("both", "A <c>", run="../a"))
+    torch.set_num_threads(1)
