@@ -46,22 +46,28 @@ class Conditioning:
 
 @torch.no_grad()
 def sample_images(pipe, cond: Conditioning, sample: SampleConfig, resolution: int | None, num_images: int = 1,
-                  progress: bool = False) -> list[Image.Image]:
+                  progress: bool = False, on_step=None) -> list[Image.Image]:
     """Run the SDXL pipeline once per seed from precomputed embeddings.
 
     The unconditional half of classifier-free guidance uses zero embeddings, as SDXL does for
     an empty negative prompt (force_zeros_for_empty_prompt); the branch inputs get the same
     zeros there, so unconditional K/V carry no prompt in any branch. `sample.guidance_rescale`
     is CFG rescale (arXiv 2305.08891, Sec. 3.4), which zero-terminal-SNR models need. With
-    `progress`, one bar counts the denoising steps of every seed.
+    `progress`, one bar counts the denoising steps of every seed; `on_step(done, total)` is told
+    the same count (the web page's progress).
     """
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(sample.seeds) * sample.steps, desc="generate", unit="step", disable=not progress,
                dynamic_ncols=True)
 
+    total, done = len(sample.seeds) * sample.steps, [0]
+
     def tick(pipeline, step, timestep, tensors):
         bar.update(1)
+        done[0] += 1
+        if on_step is not None:
+            on_step(done[0], total)
         return tensors
 
     device = pipe.unet.device
@@ -197,6 +203,7 @@ def generate(
     style_words: str | None = None,
     fused: bool = True,
     progress: bool = False,
+    on_step=None,
     **settings,
 ) -> list[Path]:
     """Generate images and write them, a grid and generation.json into `out_dir` (default: a new
@@ -207,7 +214,7 @@ def generate(
     and `base_model`. Sampling settings default to the run's; `settings` (steps, guidance_scale,
     seeds, resolution, guidance_rescale) or a whole `sample` replace them. `fused` folds the LoRAs
     into the weights and computes the separated cross-attention K/V once (fuse.py); False runs
-    the two-branch layers at every step.
+    the two-branch layers at every step. `on_step(done, total)` follows the denoising steps.
     """
     if num_images <= 0:
         raise UnZipLoRAError(f"--num-images must be positive, got {num_images}")
@@ -219,7 +226,7 @@ def generate(
     pipe.to(torch_device)
     pipe.vae.to(torch.float32)
     cond, prompts = _conditioning(pipe, plan, prompt, num_images, fused)
-    images = sample_images(pipe, cond, plan.sample, plan.resolution, num_images, progress)
+    images = sample_images(pipe, cond, plan.sample, plan.resolution, num_images, progress, on_step)
     return _write(plan, images, prompts, num_images, force)
 
 

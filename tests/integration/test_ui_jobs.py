@@ -203,6 +203,7 @@ def test_generate_every_mode_and_the_cross_base_model_error(worker, tiny_base, t
     assert job.state is JobState.DONE, job.error
     assert [p.name for p in job.result] == ["seed3_0.png", "seed4_0.png"]
     assert job.result[0].parent == runs.root / "a" / "samples" / "cross-001"
+    assert (job.progress.step, job.progress.total) == (4, 4)  # the denoising steps were streamed: 2 seeds x 2
 
     # a run of another base model (a copy of the tiny one at another path): the CLI's refusal
     import shutil

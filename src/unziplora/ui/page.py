@@ -250,6 +250,12 @@ class Page:
             else:
                 shown[key] = view[key]
                 out[key] = view[key] if key != "previews" else [str(p) for p in view[key]]
+        gen = self.worker.get(state.get("gen"))
+        if gen is not None and not gen.state.finished and gen.progress is not None:  # denoising steps, streamed
+            text = f"{gen.title}: denoising step {gen.progress.step} of {gen.progress.total}"
+            if shown.get("gen-progress") != text:
+                shown["gen-progress"] = text
+                out["msg"] = message(text)
         for kind in ("job", "gen"):
             job = self.worker.get(state.get(kind))
             if job is None or not job.state.finished or shown.get(f"ended-{kind}") == job.id:

@@ -186,7 +186,8 @@ def submit_generate(worker: Worker, runs: RunsFolder, request: GenerateRequest) 
 
     def work(job: Job) -> list[Path]:
         return generate(request.prompt, None, mode, num_images=num_images, seeds=seeds, steps=request.steps,
-                        guidance_scale=request.guidance, **sources)
+                        guidance_scale=request.guidance, on_step=lambda done, total: job.report(Progress(done, total)),
+                        **sources)
 
     return worker.submit("generate", title, work)
 
