@@ -49,3 +49,19 @@ def tiny_run(tiny_base, tiny_image, tmp_path_factory):
     from unziplora.decompose import decompose
 
     return decompose(tiny_image, tmp_path_factory.mktemp("runs") / "cat", tiny_config(tiny_base), progress=False)
+
+
+# A CLI run in a child process whose every training step sleeps UNZIPLORA_TEST_SLEEP seconds, so a
+# test can kill it mid-run: python -c SLOW_CLI ARGS...
+SLOW_CLI = """
+import os, sys, time
+from unziplora.train import Trainer
+from unziplora.cli import main
+delay, step = float(os.environ.get("UNZIPLORA_TEST_SLEEP", "0")), Trainer.train_step
+def slow(self):
+    log = step(self)
+    time.sleep(delay)
+    return log
+Trainer.train_step = slow
+sys.exit(main(sys.argv[1:]))
+"""

@@ -23,8 +23,6 @@ from PIL import Image, ImageDraw
 from unziplora.toyworld import (
     CLASSES,
     FAMILIES,
-    classify_content,
-    classify_style,
     content_embedding,
     content_similarity,
     heldout_styles,
@@ -38,7 +36,7 @@ from unziplora.toyworld import (
     style_embedding,
     style_similarity,
 )
-from unziplora.toyworld.validation import leak, separation
+from unziplora.toyworld.validation import classifier_accuracy, leak, separation
 
 N, REPEATS = 32, 3  # as in tests/unit/test_oracles.py
 GRID_SEED = 4
@@ -86,14 +84,7 @@ def oracle_table() -> dict:
         return [render(subjects[j], styles[k % N], 64, seed=int(rng.integers(1 << 30))) for j in (a, a, b)]
 
     s_leak = leak(4 * N, style_triple, style_embedding, style_similarity)
-    rng = np.random.default_rng(3)
-    right_cls = right_fam = 0
-    n = 96
-    for _ in range(n):
-        s, t = subjects[rng.integers(N)], styles[rng.integers(N)]
-        img = render(s, t, 64, seed=int(rng.integers(1 << 30)))
-        right_cls += classify_content(img) == s.cls
-        right_fam += classify_style(img) == t.family
+    class_acc, family_acc = classifier_accuracy(subjects, styles)
     same_palette = [palette_distance(palette_of(render(subjects[j], t, 64, seed=j)),
                                      palette_of(render(subjects[(j + 5) % N], t, 64, seed=j + 1)))
                     for j, t in enumerate(styles)]
@@ -102,9 +93,9 @@ def oracle_table() -> dict:
                      for j, t in enumerate(styles)]
     return {
         "content": {"auc": c_auc, "auc_same_class_negatives": c_hard, "auc_style_differs_only": c_leak,
-                    "classify_accuracy": right_cls / n},
+                    "classify_accuracy": class_acc},
         "style": {"auc": s_auc, "auc_same_family_negatives": s_hard, "auc_subject_differs_only": s_leak,
-                  "classify_accuracy": right_fam / n},
+                  "classify_accuracy": family_acc},
         "palette_distance": {"same_palette_other_subject": {"median": float(np.median(same_palette)),
                                                             "max": float(np.max(same_palette))},
                              "other_palette": {"median": float(np.median(other_palette)),

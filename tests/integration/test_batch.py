@@ -21,24 +21,12 @@ from unziplora.batch.state import Layout, read_events, running_holder
 from unziplora.cli import main
 from unziplora.runlock import WorkLock
 
+from ..conftest import SLOW_CLI
 from ..unit.test_metrics import model_dirs  # noqa: F401  (the tiny CLIP, DINO and CSD folders)
 
 OUTPUTS = ("manifest.json", "unziplora.safetensors", "content_lora/pytorch_lora_weights.safetensors",
            "style_lora/pytorch_lora_weights.safetensors", "preview.png", "input.png")
 
-# Runs the CLI with every training step slowed by UNZIPLORA_TEST_SLEEP, so a test can kill it mid-run.
-SLOW = """
-import os, sys, time
-from unziplora.train import Trainer
-from unziplora.cli import main
-delay, step = float(os.environ.get("UNZIPLORA_TEST_SLEEP", "0")), Trainer.train_step
-def slow(self):
-    log = step(self)
-    time.sleep(delay)
-    return log
-Trainer.train_step = slow
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 def make_jobs(folder, rows, bad=(), extra_columns=None):
@@ -146,7 +134,7 @@ def test_a_process_killed_mid_run_is_completed_by_the_relaunch(tiny_base, tmp_pa
     jobs = make_jobs(tmp_path / "in", 4)
     out = tmp_path / "runs"
     script = tmp_path / "slow_batch.py"
-    script.write_text(SLOW)
+    script.write_text(SLOW_CLI)
     env = {**os.environ, "UNZIPLORA_TEST_SLEEP": "0.5"}
     launcher = subprocess.Popen(accelerate(str(script), *batch_args(jobs, out, tiny_base, steps=8)), env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)

@@ -21,24 +21,11 @@ from unziplora.decompose import decompose
 from unziplora.errors import UnZipLoRAError
 from unziplora.train import Trainer
 
-from ..conftest import tiny_config
+from ..conftest import SLOW_CLI, tiny_config
 
 OUTPUTS = ("unziplora.safetensors", "content_lora/pytorch_lora_weights.safetensors",
            "style_lora/pytorch_lora_weights.safetensors")
 
-# Runs the CLI in a child process; UNZIPLORA_TEST_SLEEP slows each step so the parent can kill it mid-run.
-CHILD = """
-import os, sys, time
-from unziplora.train import Trainer
-from unziplora.cli import main
-delay, step = float(os.environ.get("UNZIPLORA_TEST_SLEEP", "0")), Trainer.train_step
-def slow(self):
-    log = step(self)
-    time.sleep(delay)
-    return log
-Trainer.train_step = slow
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 @pytest.fixture(autouse=True)
@@ -91,7 +78,7 @@ def run_child(argv, sleep=0.0, **kwargs):
     # One thread each: two children share this machine, and every child must run the same kernels
     # (same thread count) for the bitwise comparison to hold.
     env = {**os.environ, "UNZIPLORA_TEST_SLEEP": str(sleep), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", CHILD, *argv], env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-c", SLOW_CLI, *argv], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kwargs)
 
 

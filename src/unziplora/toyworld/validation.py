@@ -38,3 +38,19 @@ def leak(n_items: int, triple, embed, score) -> float:
         same.append(score(ref, twin))
         diff.append(score(ref, other))
     return roc_auc(same, diff)
+
+
+def classifier_accuracy(subjects, styles, n: int = 96, seed: int = 3) -> tuple[float, float]:
+    """(content, style) classifier accuracy on `n` clean renders of random (subject, style) pairs."""
+    from .oracles import classify_content
+    from .render import render
+    from .style_oracle import classify_style
+
+    rng = np.random.default_rng(seed)
+    right_cls = right_fam = 0
+    for _ in range(n):
+        s, t = subjects[rng.integers(len(subjects))], styles[rng.integers(len(styles))]
+        img = render(s, t, 64, seed=int(rng.integers(1 << 30)))
+        right_cls += classify_content(img) == s.cls
+        right_fam += classify_style(img) == t.family
+    return right_cls / n, right_fam / n
