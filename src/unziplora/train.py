@@ -227,19 +227,18 @@ def _interrupt_between_steps():
         signal.signal(signal.SIGINT, previous)
 
 
-def warn_ties(step: int, tied: list[str], threshold: float, shown: int = 2) -> None:
-    """One warning line per layer whose cone scores all tied at this refresh (at most `shown`
-    lines, then a count): there the threshold told no column apart."""
+def warn_ties(step: int, tied: list[str], threshold: float) -> None:
+    """One warning line per refresh where some layers' cone scores all tied: there the threshold
+    told no column apart. It names the first such layer and counts them, so a run with many
+    refreshes stays readable."""
     if not tied:
         return
     from tqdm.auto import tqdm
 
-    reason = (f"every column has the same cone score at masks.cone_threshold {threshold:g}; its columns are "
-              "picked by the cone's magnitude alone (by index where that ties too)")
-    for name in tied[:shown]:
-        tqdm.write(f"warning: step {step}: {name}: {reason}", file=sys.stderr)
-    if len(tied) > shown:
-        tqdm.write(f"warning: step {step}: {len(tied) - shown} more layers tie the same way", file=sys.stderr)
+    layers = f"{len(tied)} layer{'s' if len(tied) > 1 else ''}"
+    tqdm.write(f"warning: step {step}: {layers} tie (first: {tied[0]}): every column has the same cone score at "
+               f"masks.cone_threshold {threshold:g}; their columns are picked by the cone's magnitude alone "
+               "(by index where that ties too)", file=sys.stderr)
 
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
