@@ -209,7 +209,7 @@ def test_the_whole_job_in_a_browser(server, page, setup, tmp_path, shots, monkey
         page.fill(f"#{field} input", str(value))
         page.press(f"#{field} input", "Tab")  # a number is sent when it loses focus
     page.click("#uz-decompose")
-    message(page).filter(has_text=f"queued: decompose {name} ({steps} steps)").wait_for()
+    message(page).filter(has_text=f"decompose {name} ({steps} steps)").wait_for()  # queued, then running
     seen = set()
     deadline = time.monotonic() + WAIT_MS / 1000
     while time.monotonic() < deadline:
@@ -218,6 +218,8 @@ def test_the_whole_job_in_a_browser(server, page, setup, tmp_path, shots, monkey
         text = bar.inner_text() if bar.count() else ""
         if state == "running" and "loss" in text and "s left" in text:
             seen.add(text.split("step ")[1].split(" ")[0])  # "3/6"
+        if state == "running" and f"running: decompose {name} ({steps} steps)" in message(page).inner_text():
+            seen.add("message")  # the message line no longer says "queued" once the job runs
         if state == "running" and page.locator("#uz-previews img").count():
             if "preview" not in seen:
                 settled(page)
@@ -228,7 +230,7 @@ def test_the_whole_job_in_a_browser(server, page, setup, tmp_path, shots, monkey
         time.sleep(0.05)
     assert page.locator("#uz-progress .uz-progress").get_attribute("data-state") == "done"
     assert f"step {steps}/{steps}" in page.locator("#uz-progress").inner_text()
-    assert "preview" in seen and len(seen - {"preview"}) >= 2, seen  # the bar moved, previews came while training
+    assert {"preview", "message"} <= seen and len(seen - {"preview", "message"}) >= 2, seen  # the bar moved, previews came
 
     # 4. the result: grid, loss curve, mask fractions; the Result tab opens by itself
     page.locator("#uz-grid img").wait_for()

@@ -250,6 +250,10 @@ class Page:
             else:
                 shown[key] = view[key]
                 out[key] = view[key] if key != "previews" else [str(p) for p in view[key]]
+        if job is not None and job.state is JobState.RUNNING and shown.get("started-job") != job.id:
+            shown["started-job"] = job.id  # the message said "queued" until now
+            steps = f" ({job.progress.total} steps)" if job.progress is not None else ""
+            out["msg"] = message(f"running: {job.title}{steps}")
         gen = self.worker.get(state.get("gen"))
         if gen is not None and not gen.state.finished and gen.progress is not None:  # denoising steps, streamed
             text = f"{gen.title}: denoising step {gen.progress.step} of {gen.progress.total}"
