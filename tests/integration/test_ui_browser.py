@@ -269,6 +269,15 @@ def test_the_whole_job_in_a_browser(server, page, setup, tmp_path, shots, monkey
     page.locator("#uz-gallery img").first.wait_for()
     settled(page)
     page.screenshot(path=str(shots / "ui-generate.png"), full_page=True)
+    # a long generation cancelled while it denoises: it stops and writes no folder
+    page.locator("#uz-mode label", has_text="both (this run)").click()
+    page.fill("#uz-gen-steps input", "400")
+    page.press("#uz-gen-steps input", "Tab")
+    page.click("#uz-generate")
+    message(page).filter(has_text="denoising step").wait_for()
+    page.click("#uz-cancel-generate")
+    message(page).filter(has_text="no images were written").wait_for()
+    assert not (run / "samples" / "both-002").exists()
 
     # 6. download the content LoRA (kohya format) and load it in stock diffusers
     page.get_by_role("tab", name="Download").click()

@@ -218,3 +218,27 @@ def test_generate_every_mode_and_the_cross_base_model_error(worker, tiny_base, t
     with pytest.raises(UnZipLoRAError, match="not allowed"):
         submit_generate(worker, runs, GenerateRequest("both", "A <c>", run="../a"))
     torch.set_num_threads(1)
+
+
+def test_a_generation_cancelled_while_it_denoises_stops_and_writes_nothing(worker, tiny_base, tiny_image, tmp_path,
+                                                                           monkeypatch):
+    from unziplora.ui.jobs import Job
+
+    runs = RunsFolder(tmp_path / "runs")
+    decompose(tiny_image, runs.root / "a", tiny_config(tiny_base, **{"train.steps": 2}), progress=False)
+    report = Job.report
+    monkeypatch.setattr(Job, "report", lambda self, p: (time.sleep(0.05), report(self, p)))  # slow steps
+    job = submit_generate(worker, runs, GenerateRequest("both", "A <c> cat in <s> style", run="a", steps=50))
+    while job.progress is None or job.progress.step < 2:
+        assert not job.state.finished, job.error
+        time.sleep(0.02)
+    worker.cancel(job.id)
+    wait(job)
+    assert job.state is JobState.CANCELLED
+    assert job.progress.step < job.progress.total
+    assert job.error.startswith("cancelled at denoising step") and "no images were written" in job.error
+    assert not (runs.root / "a" / "samples").exists()
+    # the worker takes the next job as usual
+    done = wait(submit_generate(worker, runs, GenerateRequest("both", "A <c> cat in <s> style", run="a", steps=2)))
+    assert done.state is JobState.DONE, done.error
+    assert {p.parent.name for p in done.result} == {"both-001"}  # the first folder: the cancelled job took none

@@ -104,7 +104,9 @@ def build_blocks(page: Page) -> gr.Blocks:
                                          info="classifier-free guidance (the run's)")
                     num_images = gr.Number(label="Images per seed", value=1, precision=0, minimum=1,
                                            elem_id="uz-num-images")
-                generate = gr.Button("Generate", variant="primary", elem_id="uz-generate")
+                with gr.Row():
+                    generate = gr.Button("Generate", variant="primary", elem_id="uz-generate", scale=3)
+                    cancel_gen = gr.Button("Cancel", variant="stop", elem_id="uz-cancel-generate", scale=1)
                 gallery = gr.Gallery(label="Generated", columns=4, fit_columns=False, height="auto",
                                      elem_id="uz-gallery", object_fit="contain")
             with gr.Tab("Download", id="download"):
@@ -130,6 +132,7 @@ def build_blocks(page: Page) -> gr.Blocks:
                  [msg, state, progress])
         method.input(page.on_method, [method], [steps, rank, resolution, seed])  # the user's choice only
         cancel.click(page.on_cancel, [state], [msg])
+        cancel_gen.click(page.on_cancel_generate, [state], [msg])
         resume.click(page.on_resume, [resume_run, state], [msg, state])
         run.change(page.on_select_run, [run], [msg, grid, loss, summary, run_previews, prompt, gen_steps, guidance])
         mode.change(lambda m: gr.update(visible=m == "cross"), [mode], [cross_row])

@@ -159,6 +159,10 @@ class Page:
     def on_cancel(self, state):
         return (message(self.worker.cancel(state.get("job"))),)
 
+    @guarded(1)
+    def on_cancel_generate(self, state):
+        return (message(self.worker.cancel(state.get("gen"))),)
+
     # ----- a run's result ------------------------------------------------------------------------------
     @guarded(8)
     def on_select_run(self, name):

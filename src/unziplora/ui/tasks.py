@@ -185,9 +185,13 @@ def submit_generate(worker: Worker, runs: RunsFolder, request: GenerateRequest) 
         title = f"generate {mode.value} with {request.run}"
 
     def work(job: Job) -> list[Path]:
+        def on_step(done: int, total: int) -> None:
+            if job.cancel_requested:  # images are written only after the last step: nothing to clean up
+                raise KeyboardInterrupt(f"cancelled at denoising step {done} of {total}; no images were written")
+            job.report(Progress(done, total))
+
         return generate(request.prompt, None, mode, num_images=num_images, seeds=seeds, steps=request.steps,
-                        guidance_scale=request.guidance, on_step=lambda done, total: job.report(Progress(done, total)),
-                        **sources)
+                        guidance_scale=request.guidance, on_step=on_step, **sources)
 
     return worker.submit("generate", title, work)
 
