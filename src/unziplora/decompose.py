@@ -303,7 +303,7 @@ def _write_loss(trainer: Trainer, folder: Path) -> None:
     ax.plot(steps, mse, label="diffusion MSE", lw=0.6, alpha=0.45)
     # one step's MSE swings with its random timestep; a running mean shows the trend
     window = max(1, min(25, len(mse) // 10))
-    running = [sum(mse[max(0, i - window + 1):i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(mse))]
+    running = [sum(w) / len(w) for w in (mse[max(0, i - window + 1):i + 1] for i in range(len(mse)))]
     ax.plot(steps, running, label=f"MSE, mean of {window} steps", lw=1.2, color="C0")
     ax.plot(steps, [log.orth for log in trainer.history], label="L_orth", lw=0.8)
     for log in trainer.history:
