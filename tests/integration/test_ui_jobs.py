@@ -31,6 +31,18 @@ def wait(job, timeout=120.0):
     return job
 
 
+def cancel_at(worker, job, step):
+    """Cancel `job` once it has reported `step` steps and wait for it to end; return the progress
+    it had reported when it was cancelled."""
+    while job.progress is None or job.progress.step < step:
+        assert not job.state.finished, job.error
+        time.sleep(0.02)
+    seen = job.progress
+    worker.cancel(job.id)
+    wait(job)
+    return seen
+
+
 @pytest.fixture
 def worker():
     w = Worker()
@@ -116,12 +128,7 @@ def test_cancel_keeps_the_checkpoint_and_resume_finishes(worker, tiny_base, uplo
     runs = RunsFolder(tmp_path / "runs")
     reports = []
     job = submit_decompose(worker, runs, str(tiny_base), upload, "cat", request(), 2**20)
-    while job.progress is None or job.progress.step < 2:
-        assert not job.state.finished, job.error
-        time.sleep(0.02)
-    reports.append(job.progress)
-    worker.cancel(job.id)
-    wait(job)
+    reports.append(cancel_at(worker, job, 2))
     assert job.state is JobState.CANCELLED
     assert "checkpoint of step" in job.error and "kept in" in job.error
     assert runs.interrupted() == ["cat"]
@@ -151,11 +158,7 @@ def test_a_cancelled_baseline_writes_nothing(worker, tiny_base, upload, tmp_path
     monkeypatch.setattr(single_lora, "diffusion_mse", slow)
     runs = RunsFolder(tmp_path / "runs")
     job = submit_decompose(worker, runs, str(tiny_base), upload, "db", request(method="dreambooth-lora", steps=30), 2**20)
-    while job.progress is None or job.progress.step < 1:
-        assert not job.state.finished, job.error
-        time.sleep(0.02)
-    worker.cancel(job.id)
-    wait(job)
+    cancel_at(worker, job, 1)
     assert job.state is JobState.CANCELLED
     assert sorted(p.name for p in runs.root.iterdir() if p.name != ".unziplora-ui") == []
     assert not runs.pending("db").exists()
@@ -229,11 +232,7 @@ def test_a_generation_cancelled_while_it_denoises_stops_and_writes_nothing(worke
     report = Job.report
     monkeypatch.setattr(Job, "report", lambda self, p: (time.sleep(0.05), report(self, p)))  # slow steps
     job = submit_generate(worker, runs, GenerateRequest("both", "A <c> cat in <s> style", run="a", steps=50))
-    while job.progress is None or job.progress.step < 2:
-        assert not job.state.finished, job.error
-        time.sleep(0.02)
-    worker.cancel(job.id)
-    wait(job)
+    cancel_at(worker, job, 2)
     assert job.state is JobState.CANCELLED
     assert job.progress.step < job.progress.total
     assert job.error.startswith("cancelled at denoising step") and "no images were written" in job.error
