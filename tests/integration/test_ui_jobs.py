@@ -14,7 +14,7 @@ from unziplora.errors import UnZipLoRAError
 from unziplora.outputs import partial_dir
 from unziplora.runfolder import RunFolder
 from unziplora.train import Trainer
-from unziplora.ui.jobs import JobState, Worker
+from unziplora.ui.jobs import Job, JobState, Worker
 from unziplora.ui.runs import RunsFolder
 from unziplora.ui.tasks import DecomposeRequest, GenerateRequest, submit_decompose, submit_generate, submit_resume
 
@@ -225,8 +225,6 @@ def test_generate_every_mode_and_the_cross_base_model_error(worker, tiny_base, t
 
 def test_a_generation_cancelled_while_it_denoises_stops_and_writes_nothing(worker, tiny_base, tiny_image, tmp_path,
                                                                            monkeypatch):
-    from unziplora.ui.jobs import Job
-
     runs = RunsFolder(tmp_path / "runs")
     decompose(tiny_image, runs.root / "a", tiny_config(tiny_base, **{"train.steps": 2}), progress=False)
     report = Job.report
