@@ -1,7 +1,10 @@
 """Train (or resume) the embedded toy-world base model, then export it.
 
-    python -m recipes.toyworld_model --workdir build/basemodel --budget-min 80   # resumable at any point
+    python -m recipes.toyworld_model --workdir build/basemodel --total-min 150 --curve-every-min 20
     python -m recipes.toyworld_model --workdir build/basemodel --export src/unziplora/assets/toyworld-sdxl
+
+The VAE is checked against the renders (vae_check.json) before the UNet phase starts; the UNet
+phase appends a quick R1 to curve.jsonl every --curve-every-min minutes of training.
 """
 
 import argparse
@@ -11,6 +14,7 @@ from pathlib import Path
 
 from unziplora.errors import UnZipLoRAError
 
+from .curve import LearningCurve, checked_vae
 from .pretrain import PretrainConfig, Pretrainer
 
 
@@ -19,6 +23,12 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="build/basemodel", help="checkpoints live here (resumes if present)")
     parser.add_argument("--budget-min", type=float, help="stop (with a checkpoint) after this many minutes")
+    parser.add_argument("--total-min", type=float,
+                        help="stop (with a checkpoint) when training has used this many minutes of the machine "
+                             "in all, over every resume (CPU time of the process / its threads)")
+    parser.add_argument("--curve-every-min", type=float, default=20.0,
+                        help="a quick R1 of the EMA weights every this many minutes of UNet training (0: never)")
+    parser.add_argument("--vae-check", action="store_true", help="measure the trained VAE against the renders and exit")
     parser.add_argument("--export", help="write the EMA weights as an fp16 pipeline folder here and exit")
     parser.add_argument("--vae-steps", type=int)
     parser.add_argument("--unet-steps", type=int)
@@ -32,15 +42,24 @@ def main() -> int:
     overrides = {k: v for k, v in (("vae_steps", args.vae_steps), ("unet_steps", args.unet_steps),
                                    ("threads", args.threads), ("from_model", args.from_model),
                                    ("lr", args.lr), ("warmup", args.warmup)) if v is not None}
+    if args.total_min is not None:
+        overrides["budget_s"] = args.total_min * 60
     try:
         trainer = Pretrainer(PretrainConfig(**overrides), Path(args.workdir))
         if args.export:
             path = trainer.export(Path(args.export))
             print(json.dumps({"exported": str(path), "phase": trainer.phase, "step": trainer.step}))
             return 0
+        if args.vae_check or (trainer.phase == "unet" and not args.vae_only and not trainer.config.from_model):
+            if not checked_vae(trainer, force=args.vae_check):
+                return 1
+            if args.vae_check:
+                return 0
     except UnZipLoRAError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.curve_every_min:
+        trainer.on_step = LearningCurve(trainer.workdir / "curve.jsonl", args.curve_every_min * 60)
     done = trainer.run(args.budget_min * 60 if args.budget_min else None, progress=not args.quiet,
                        vae_only=args.vae_only)
     print(json.dumps({"done": done, "phase": trainer.phase, "step": trainer.step}))

@@ -54,6 +54,10 @@ BASE_SPEC = TinySDXLSpec(
     words=tuple(WORLD_WORDS),
 )
 
+# The budget's machine: 2 cores, so 150 minutes of it are 300 CPU-minutes of the training process.
+BUDGET_CORES = 2
+
+
 @dataclass
 class PretrainConfig:
     seed: int = 0
@@ -76,6 +80,9 @@ class PretrainConfig:
     # noise, so the model learns to set a sample's global colour instead of inheriting the noise's.
     v_prediction: bool = True
     checkpoint_every_s: float = 300.0
+    # Total training time over every resume (VAE, latent pool and UNet), in seconds of the machine
+    # (`spent_s`); None: no limit. Stops with a checkpoint when spent.
+    budget_s: float | None = None
     threads: int = 2
     # Where the models train ("cuda" on a GPU machine) and how many processes draw the renders: the
     # random draws stay on the CPU generators in the same order, so only float rounding differs by device.
@@ -116,6 +123,8 @@ class Pretrainer:
         # since one uninterrupted run with the final lengths would not give the same weights.
         self.schedule: list[dict] = []
         self.saved_config: dict | None = None
+        self.spent_s = 0.0  # machine seconds of training so far, over every resume
+        self.on_step = None  # called after every step with the trainer (the learning curve)
         if (self.workdir / "checkpoint.safetensors").is_file():
             self.load()
         elif config.from_model:
@@ -311,7 +320,8 @@ class Pretrainer:
                 self.workers = None
 
     def _run(self, budget_s: float | None, progress: bool, vae_only: bool = False) -> bool:
-        start = last_save = time.monotonic()
+        start = last_save = last_wall = time.monotonic()
+        cpu = time.process_time()
         for key in ("vae_steps", "unet_steps"):
             before = (self.saved_config or {}).get(key, getattr(self.config, key))
             if before != getattr(self.config, key):
@@ -325,11 +335,17 @@ class Pretrainer:
                 self.log.append({"phase": self.phase, "step": self.step, "loss": round(loss, 5)})
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                 bar.update(1)
+                self.spent_s += self._spent_since(cpu, last_wall)
+                cpu, last_wall = time.process_time(), time.monotonic()
+                if self.on_step is not None:
+                    self.on_step(self)
+                    cpu, last_wall = time.process_time(), time.monotonic()  # measuring is not training
                 now = time.monotonic()
                 if now - last_save > self.config.checkpoint_every_s:
                     self.save()
                     last_save = now
-                if budget_s is not None and now - start > budget_s:
+                out_of_time = budget_s is not None and now - start > budget_s
+                if out_of_time or (self.config.budget_s is not None and self.spent_s > self.config.budget_s):
                     bar.close()
                     self.save()
                     return False
@@ -340,6 +356,14 @@ class Pretrainer:
             self._finish_vae()
             self.save()
         return True
+
+    def _spent_since(self, cpu: float, wall: float) -> float:
+        """Machine seconds since (cpu, wall): on the CPU, the process's CPU seconds over the cores of
+        the project's machine (BUDGET_CORES), so other work sharing the cores neither eats the
+        budget nor stretches it, whatever the thread count; on a GPU, wall seconds."""
+        if self.device.type == "cpu":
+            return (time.process_time() - cpu) / BUDGET_CORES
+        return time.monotonic() - wall
 
     # ----- checkpoints (safetensors + JSON) -------------------------------------------------------
     def save(self) -> None:
@@ -356,7 +380,7 @@ class Pretrainer:
             "phase": self.phase, "step": self.step, "rng_numpy": self.rng.bit_generator.state,
             "param_groups": opt["param_groups"], "scaling_factor": self.c["vae"].config.scaling_factor,
             "config": dataclasses.asdict(self.config), "log_tail": self.log[-2000:],
-            "schedule": self.schedule,
+            "schedule": self.schedule, "spent_s": self.spent_s,
         }
         tmp = self.workdir / "checkpoint.safetensors.tmp"
         save_file(tensors, str(tmp))
@@ -393,6 +417,7 @@ class Pretrainer:
         self.rng.bit_generator.state = meta["rng_numpy"]
         self.log = meta.get("log_tail", [])
         self.schedule = meta.get("schedule", [])
+        self.spent_s = meta.get("spent_s", 0.0)
         self.saved_config = meta.get("config")  # what trained these weights, until `run` trains on
 
     def export(self, directory: Path) -> Path:
