@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from unziplora.config import RunConfig
-from unziplora.tiny import save_tiny_sdxl_pipeline
+from tests.pipelines import save_tiny_sdxl_pipeline
 
 # The test models are tiny: threads buy nothing, and on a shared 2-core machine two processes
 # of 2 OpenMP threads each slow down tens of times.
@@ -55,8 +55,8 @@ def tiny_run(tiny_base, tiny_image, tmp_path_factory):
 # test can kill it mid-run: python -c SLOW_CLI ARGS...
 SLOW_CLI = """
 import os, sys, time
-from unziplora.train import Trainer
-from unziplora.cli import main
+from unziplora.core.train import Trainer
+from unziplora.app.cli import main
 delay, step = float(os.environ.get("UNZIPLORA_TEST_SLEEP", "0")), Trainer.train_step
 def slow(self):
     log = step(self)

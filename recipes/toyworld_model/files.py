@@ -6,7 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from unziplora.models import write_checksums
+from unziplora.models.loading import write_checksums
 
 import numpy as np
 

@@ -29,9 +29,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from unziplora.data import sdxl_time_ids
+from unziplora.core.data import sdxl_time_ids
 from unziplora.errors import UnZipLoRAError
-from unziplora.tiny import TinySDXLSpec, tiny_sdxl_components
+from .architecture import TinySDXLSpec, tiny_sdxl_components
 from unziplora.toyworld.world import WORLD_WORDS
 
 from .data import encode_text, render_batch

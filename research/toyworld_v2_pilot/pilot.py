@@ -91,8 +91,8 @@ def main() -> None:
     parser.add_argument("--json", default="research/toyworld_v2_pilot/results/pilot.json")
     parser.add_argument("--grid", default="research/toyworld_v2_pilot/results/pilot_grid.png")
     args = parser.parse_args()
-    from unziplora.models import load_pipeline
-    from unziplora.runfolder import save_grid
+    from unziplora.models.loading import load_pipeline
+    from unziplora.run.folder import save_grid
 
     torch.manual_seed(0)
     STEPS["sampling"] = args.sample_steps

@@ -21,20 +21,20 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .branch import Branch
-from .callbacks import Callback, Previews, ProgressBar
-from .checkpoint import CHECKPOINT_DIR, Checkpointer, check_resumable, fingerprint, read_record, restore_checkpoint
+from .core.branch import Branch
+from .core.callbacks import Callback, Previews, ProgressBar
+from .run.checkpoint import CHECKPOINT_DIR, Checkpointer, check_resumable, fingerprint, read_record, restore_checkpoint
 from .config import RunConfig, config_from_dict
-from .data import centre_crop, crop_note, load_image
+from .core.data import centre_crop, crop_note, load_image
 from .errors import TrainingInterrupted, UnZipLoRAError
 from .generate import Conditioning, sample_images
-from .lora.inject import PROJECTIONS
+from .core.inject import PROJECTIONS
 from .methods import Method
-from .modelcard import write_model_card
-from .models import check_resolution, load_pipeline, pick_device, pick_dtype
-from .profiles import resolve_profile
-from .prompts import check_length, training_prompts, unknown_words
-from .runfolder import (
+from .run.modelcard import write_model_card
+from .models.loading import check_resolution, load_pipeline, pick_device, pick_dtype
+from .models.profiles import resolve_profile
+from .core.prompts import check_length, training_prompts, unknown_words
+from .run.folder import (
     LORA_WEIGHT_NAME,
     MANIFEST_FILE,
     RUN_FORMAT_VERSION,
@@ -45,7 +45,7 @@ from .runfolder import (
     save_safetensors,
     write_text_atomic,
 )
-from .train import NonFiniteLoss, Trainer, branch_fractions
+from .core.train import NonFiniteLoss, Trainer, branch_fractions
 
 LIBRARIES = ("torch", "diffusers", "peft", "transformers", "accelerate", "safetensors")
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from .branch import Branch
+from .core.branch import Branch
 from .errors import UnZipLoRAError
-from .runfolder import LORA_WEIGHT_NAME, RunFolder, atomic_output_dir, load_safetensors, refuse_existing, save_safetensors
+from .run.folder import LORA_WEIGHT_NAME, RunFolder, atomic_output_dir, load_safetensors, refuse_existing, save_safetensors
 
-from .formats import EXPORT_FORMATS as FORMATS
+from .run.formats import EXPORT_FORMATS as FORMATS
 B_LORA_PREFIX = "unet.unet."  # B-LoRA's published checkpoints double the prefix
 
 
@@ -29,7 +29,7 @@ def export_run(run: str | Path, fmt: str, out_dir: str | Path | None = None, for
     """
     if fmt not in FORMATS:
         raise UnZipLoRAError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
-    from .headers import base_shapes
+    from .models.headers import base_shapes
 
     folder = RunFolder.open(run)
     out = Path(out_dir) if out_dir else folder.path / "export" / fmt
@@ -49,7 +49,7 @@ def export_run(run: str | Path, fmt: str, out_dir: str | Path | None = None, for
 def _read_branch(folder: RunFolder, branch: Branch, base=None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """A branch's LoRA file, read (never copied unseen) and checked: inside the run, a LoRA whose
     header fits the run's base model (headers.py) before any tensor is loaded."""
-    from .headers import check_lora_header, read_header
+    from .models.headers import check_lora_header, read_header
 
     source = folder.lora_dir(branch) / LORA_WEIGHT_NAME
     if not source.resolve().is_relative_to(folder.path.resolve()):
@@ -104,7 +104,7 @@ def load_lora_any(path: str | Path, base=None) -> dict[str, torch.Tensor]:
     """
     from diffusers import StableDiffusionXLPipeline
 
-    from .headers import check_lora_header
+    from .models.headers import check_lora_header
 
     file = lora_file(path)
     state = load_safetensors(file, check=lambda p: check_lora_header(p, base))

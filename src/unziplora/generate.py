@@ -20,18 +20,18 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .attention import CONTENT_KWARG, STYLE_KWARG
-from .branch import Branch, Mode
+from .core.attention import CONTENT_KWARG, STYLE_KWARG
+from .core.branch import Branch, Mode
 from .config import SampleConfig
 from .errors import UnZipLoRAError
-from .fuse import fuse_for_generation
-from .lora.inject import inject_two_branch_lora
+from .core.fuse import fuse_for_generation
+from .core.inject import inject_two_branch_lora
 from .methods import Method
-from .models import check_resolution, load_pipeline, pick_device
-from .profiles import INFERENCE_PROFILE
-from .prompts import CONTENT_TAG, STYLE_TAG, check_length, encode_prompts, expand_tags, split_prompt
-from .runfolder import atomic_output_dir, refuse_existing, save_grid
-from .sources import BranchSource
+from .models.loading import check_resolution, load_pipeline, pick_device
+from .models.profiles import INFERENCE_PROFILE
+from .core.prompts import CONTENT_TAG, STYLE_TAG, check_length, encode_prompts, expand_tags, split_prompt
+from .run.folder import atomic_output_dir, refuse_existing, save_grid
+from .run.sources import BranchSource
 
 
 @dataclass
@@ -147,8 +147,8 @@ def plan_generation(prompt: str, out_dir: str | Path | None, mode: Mode | str, r
     """Resolve the sources, the sampling settings (`settings`: steps, guidance_scale, seeds,
     resolution, guidance_rescale; None = the run's, which follow its base model) and the output
     folder, and check them."""
-    from .defaults import resolve_base_model
-    from .headers import base_shapes
+    from .run.settings import resolve_base_model
+    from .models.headers import base_shapes
 
     mode = Mode(mode)
     if content_run and style_run:

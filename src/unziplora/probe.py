@@ -27,9 +27,9 @@ import yaml
 from .config import SampleConfig
 from .errors import UnZipLoRAError
 from .generate import Conditioning, sample_images
-from .lora.inject import attention_modules
+from .core.inject import attention_modules
 from .methods.single_lora import SingleLoraSpec, keep_modules, train_single_lora
-from .prompts import encode_prompts
+from .core.prompts import encode_prompts
 
 # (generated images, the reference image) -> (content score, style score)
 Scorer = Callable[[list, object], tuple[float, float]]
@@ -172,8 +172,8 @@ def probe_block_roles(base_model: str, out_dir: str | Path, images: list | None 
     """
     from tqdm.auto import tqdm
 
-    from .models import CHECKSUM_FILE, load_pipeline, write_checksums
-    from .runfolder import write_text_atomic
+    from .models.loading import CHECKSUM_FILE, load_pipeline, write_checksums
+    from .run.folder import write_text_atomic
 
     if images is None:
         from .toyworld import heldout_images

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from unziplora.cli import main
+from unziplora.app.cli import main
 from unziplora.config import SampleConfig
 from unziplora.generate import generate
 
@@ -98,7 +98,7 @@ def with_a_3gib_tensor(run, file, suffix):
 
 MEASURE = """
 import json, resource, sys
-from unziplora.cli import main
+from unziplora.app.cli import main
 results = [main(argv) for argv in json.loads(sys.argv[1])]
 print(json.dumps({"rcs": results, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}))
 """
@@ -138,7 +138,7 @@ def test_a_3gib_tensor_in_a_sparse_file_is_refused_with_little_memory(tiny_run, 
 # ----- generate --mode content|style: diffusers' errors are one line -------------------------------------
 @pytest.fixture(scope="module")
 def other_shaped_base(tmp_path_factory):
-    from unziplora.tiny import TinySDXLSpec, save_tiny_sdxl_pipeline
+    from tests.pipelines import TinySDXLSpec, save_tiny_sdxl_pipeline
 
     spec = TinySDXLSpec(block_out_channels=(32, 64, 128), attention_head_dim=(4, 8, 16), text_hidden_size=48)
     return save_tiny_sdxl_pipeline(tmp_path_factory.mktemp("other") / "base", spec)

@@ -5,12 +5,12 @@ import json
 import pytest
 from safetensors import safe_open
 
-from unziplora.cli import main
+from unziplora.app.cli import main
 from unziplora.config import SampleConfig
 from unziplora.decompose import decompose
 from unziplora.generate import generate
 from unziplora.methods.baselines import decompose_baseline
-from unziplora.runfolder import RunFolder
+from unziplora.run.folder import RunFolder
 
 from ..conftest import tiny_config
 
@@ -78,7 +78,7 @@ def test_b_lora_uses_its_reference_settings_unless_the_user_sets_others(tiny_bas
     import dataclasses
 
     import unziplora.methods.baselines as baselines
-    from unziplora.defaults import resolve_config
+    from unziplora.run.settings import resolve_config
 
     specs, real = [], baselines.train_single_lora
 

@@ -16,10 +16,10 @@ import subprocess
 import sys
 import time
 
-from unziplora.batch import batch_status, read_jobs
-from unziplora.batch.state import Layout, read_events, running_holder
-from unziplora.cli import main
-from unziplora.runlock import WorkLock
+from unziplora.app.batch import batch_status, read_jobs
+from unziplora.app.batch.state import Layout, read_events, running_holder
+from unziplora.app.cli import main
+from unziplora.run.lock import WorkLock
 
 from ..conftest import SLOW_CLI
 from ..unit.test_metrics import model_dirs  # noqa: F401  (the tiny CLIP, DINO and CSD folders)
@@ -188,7 +188,7 @@ def test_out_of_memory_and_a_nan_loss_end_only_their_rows(tiny_base, tmp_path, m
     import torch
 
     from unziplora import decompose as module
-    from unziplora.train import NonFiniteLoss
+    from unziplora.core.train import NonFiniteLoss
 
     real = module.decompose
 

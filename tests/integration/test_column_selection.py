@@ -10,13 +10,13 @@ import re
 import pytest
 import torch
 
-from unziplora.branch import Branch, Role
-from unziplora.defaults import resolve_config
-from unziplora.demo import EMBEDDED_MODEL, demo_image
-from unziplora.models import load_pipeline
-from unziplora.profiles import resolve_profile
-from unziplora.prompts import training_prompts
-from unziplora.train import Trainer
+from unziplora.core.branch import Branch, Role
+from unziplora.run.settings import resolve_config
+from unziplora.models.embedded import EMBEDDED_MODEL, demo_image
+from unziplora.models.loading import load_pipeline
+from unziplora.models.profiles import resolve_profile
+from unziplora.core.prompts import training_prompts
+from unziplora.core.train import Trainer
 
 pytestmark = pytest.mark.skipif(not (EMBEDDED_MODEL / "model_index.json").is_file(), reason="no embedded model")
 

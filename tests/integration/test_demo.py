@@ -2,8 +2,8 @@
 
 import pytest
 
-import unziplora.demo as demo
-from unziplora.cli import main
+import unziplora.app.demo as demo
+from unziplora.app.cli import main
 from unziplora.errors import UnZipLoRAError
 
 
@@ -14,7 +14,7 @@ def test_demo_writes_run_and_grid(tiny_base, tmp_path, monkeypatch):
     path = demo.run_demo(tmp_path / "demo", steps=3, progress=False)
     assert (path / "demo.png").is_file() and (path / "content_lora").is_dir()
     subject, style, _ = demo.demo_image()
-    from unziplora.runfolder import RunFolder
+    from unziplora.run.folder import RunFolder
 
     prompts = RunFolder.open(path).manifest["prompts"]
     assert (prompts["subject"], prompts["style_words"]) == (subject.cls, style.family)

@@ -8,13 +8,13 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 from safetensors.torch import load_file
 
-from unziplora.branch import Branch
-from unziplora.cli import main
+from unziplora.core.branch import Branch
+from unziplora.app.cli import main
 from unziplora.config import SampleConfig
 from unziplora.decompose import decompose
 from unziplora.errors import UnZipLoRAError
 from unziplora.generate import generate
-from unziplora.runfolder import RunFolder
+from unziplora.run.folder import RunFolder
 
 from ..conftest import tiny_config
 
@@ -76,8 +76,8 @@ def test_content_lora_loads_in_stock_pipeline_and_changes_output(tiny_base, tiny
 
 def test_stock_lora_equals_our_content_branch(tiny_base, tiny_run):
     """The exported content LoRA computes exactly what the content branch alone computes (M (.) B A)."""
-    from unziplora.lora.inject import inject_two_branch_lora
-    from unziplora.profiles import INFERENCE_PROFILE
+    from unziplora.core.inject import inject_two_branch_lora
+    from unziplora.models.profiles import INFERENCE_PROFILE
 
     ours = StableDiffusionXLPipeline.from_pretrained(str(tiny_base)).unet
     holder = StableDiffusionXLPipeline.from_pretrained(str(tiny_base))
@@ -164,7 +164,7 @@ def test_cli_errors_are_one_line(argv, message, tiny_image, tmp_path, capsys, mo
 
 
 def test_run_from_another_base_model_is_refused(tiny_run, tmp_path):
-    from unziplora.tiny import TinySDXLSpec, save_tiny_sdxl_pipeline
+    from tests.pipelines import TinySDXLSpec, save_tiny_sdxl_pipeline
 
     wider = save_tiny_sdxl_pipeline(tmp_path / "wider", TinySDXLSpec(block_out_channels=(16, 32, 128)))
     with pytest.raises(UnZipLoRAError, match="shape"):

@@ -6,11 +6,11 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 from safetensors import safe_open
 
-from unziplora.branch import Branch
+from unziplora.core.branch import Branch
 from unziplora.errors import UnZipLoRAError
 from unziplora.export import export_run, load_lora_any
-from unziplora.modelcard import write_model_card
-from unziplora.runfolder import LORA_WEIGHT_NAME, load_safetensors, save_safetensors
+from unziplora.run.modelcard import write_model_card
+from unziplora.run.folder import LORA_WEIGHT_NAME, load_safetensors, save_safetensors
 
 
 def images(pipe, lora_path, name):
@@ -119,7 +119,7 @@ def test_generate_from_plain_lora_files(tiny_base, tiny_run, tmp_path):
 
 
 def test_cli_export(tiny_run, tmp_path, capsys):
-    from unziplora.cli import main
+    from unziplora.app.cli import main
 
     assert main(["export", str(tiny_run.path), "--format", "kohya", "--out", str(tmp_path / "k")]) == 0
     assert (tmp_path / "k" / "cat_content.safetensors").is_file()

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 import unziplora.generate as generation
-from unziplora.cli import build_parser, main
+from unziplora.app.cli import build_parser, main
 from unziplora.errors import UnZipLoRAError
 from unziplora.generate import generate
 
@@ -54,8 +54,8 @@ def test_both_without_tags_says_that_the_branches_see_one_prompt(run, capsys):
 def test_the_model_card_works_as_written_from_another_directory(tmp_path, monkeypatch):
     """On the embedded model (fp16 weights: the card's diffusers code must load it on a CPU)."""
     from unziplora.decompose import decompose
-    from unziplora.defaults import resolve_config
-    from unziplora.demo import EMBEDDED_MODEL, demo_image
+    from unziplora.run.settings import resolve_config
+    from unziplora.models.embedded import EMBEDDED_MODEL, demo_image
 
     subject, style, image = demo_image()
     config = resolve_config({"model.base_model": str(EMBEDDED_MODEL), "prompts.subject": subject.cls,
@@ -82,8 +82,8 @@ def test_the_model_card_works_as_written_from_another_directory(tmp_path, monkey
 def test_articles_and_words_the_model_never_learned(tiny_base, capsys):
     from unziplora.config import PromptConfig
     from unziplora.decompose import _print_prompt_notes
-    from unziplora.models import load_pipeline
-    from unziplora.prompts import training_prompts
+    from unziplora.models.loading import load_pipeline
+    from unziplora.core.prompts import training_prompts
 
     prompts = training_prompts(PromptConfig(subject="astronaut", style="plasma"))
     assert prompts.style == "An astronaut in plasma style" and prompts.combined.startswith("A monadikos")
@@ -99,7 +99,7 @@ def test_articles_and_words_the_model_never_learned(tiny_base, capsys):
 ])
 def test_bad_prompt_settings_are_one_clear_error(key, value, match):
     from unziplora.config import RunConfig
-    from unziplora.prompts import training_prompts
+    from unziplora.core.prompts import training_prompts
 
     with pytest.raises(UnZipLoRAError, match=match):
         training_prompts(RunConfig().with_overrides({"prompts.subject": "cat", "prompts.style": "ink", key: value}).prompts)
@@ -110,7 +110,7 @@ def test_preview_shows_the_trained_crop_with_whole_labels(tiny_run):
 
     preview = Image.open(tiny_run.path / "preview.png")
     assert preview.width == 4 * 128  # 32 px tiles shown at 128 px so "content alone" fits under one
-    from unziplora.data import centre_crop
+    from unziplora.core.data import centre_crop
 
     crop = centre_crop(Image.open(tiny_run.path / "input.png"), 32)  # the 40x52 input: not squashed
     import numpy as np

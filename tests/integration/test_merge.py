@@ -5,8 +5,8 @@ import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
 
-from unziplora.branch import Branch
-from unziplora.cli import main
+from unziplora.core.branch import Branch
+from unziplora.app.cli import main
 from unziplora.errors import UnZipLoRAError
 from unziplora.export import export_run
 from unziplora.methods.merge import direct_merge, merge
@@ -54,7 +54,7 @@ def test_cli_merge(tiny_run, tmp_path, capsys):
 
 
 def test_ziplora_learns_mergers_and_writes_an_ordinary_lora(tiny_base, tiny_run, tmp_path):
-    from unziplora.runfolder import load_safetensors
+    from unziplora.run.folder import load_safetensors
 
     direct = load_safetensors(merge(tiny_run.path, tiny_run.path, tmp_path / "d") / "pytorch_lora_weights.safetensors")
     zipped_dir = merge(tiny_run.path, tiny_run.path, tmp_path / "zip", method="ziplora", steps=4, device="cpu")

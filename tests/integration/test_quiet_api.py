@@ -4,7 +4,7 @@ import warnings
 
 from diffusers.utils import logging as diffusers_logging
 
-from unziplora.models import load_pipeline, quiet_libraries
+from unziplora.models.loading import load_pipeline, quiet_libraries
 
 
 def test_loading_prints_no_library_noise_and_restores_their_verbosity(tiny_base, capfd):

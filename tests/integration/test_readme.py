@@ -15,7 +15,7 @@ def python_blocks(section: str) -> list[str]:
 
 
 def test_the_python_api_example_runs_as_pasted(tmp_path, monkeypatch):
-    from unziplora.demo import EMBEDDED_MODEL
+    from unziplora.models.embedded import EMBEDDED_MODEL
 
     if not (EMBEDDED_MODEL / "model_index.json").is_file():
         pytest.skip("no embedded model")

@@ -14,12 +14,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from unziplora import runfolder
-from unziplora.checkpoint import CHECKPOINT_DIR, CHECKPOINT_FORMAT, RECORD_FILE
-from unziplora.cli import main
+from unziplora.run import folder as runfolder
+from unziplora.run.checkpoint import CHECKPOINT_DIR, CHECKPOINT_FORMAT, RECORD_FILE
+from unziplora.app.cli import main
 from unziplora.decompose import decompose
 from unziplora.errors import UnZipLoRAError
-from unziplora.train import Trainer
+from unziplora.core.train import Trainer
 
 from ..conftest import SLOW_CLI, tiny_config
 
@@ -257,7 +257,7 @@ CRASH = """
 import os, signal, sys
 import safetensors.torch
 from PIL import Image
-import unziplora.runfolder as runfolder
+import unziplora.run.folder as runfolder
 
 real_save = Image.Image.save
 
@@ -269,7 +269,7 @@ def dies_half_way(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
 runfolder.save_file = safetensors.torch.save_file = Image.Image.save = dies_half_way
-from unziplora.cli import main
+from unziplora.app.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -360,7 +360,7 @@ def test_checkpoint_record_that_cannot_be_trusted_is_refused(cli_args, checkpoin
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from unziplora.runlock import WorkLock
+from unziplora.run.lock import WorkLock
 WorkLock(Path(sys.argv[1])).acquire()
 print("held", flush=True)
 time.sleep(120)
@@ -375,7 +375,7 @@ def hold_lock(folder):
 
 
 def test_a_lock_names_a_live_holder_and_is_taken_over_when_it_dies(tmp_path):
-    from unziplora.runlock import RunInProgress, WorkLock
+    from unziplora.run.lock import RunInProgress, WorkLock
 
     folder = tmp_path / "work"
     child = hold_lock(folder)
@@ -422,7 +422,7 @@ def test_a_live_run_is_never_removed_or_mixed(cli_args, tmp_path, capsys):
 
 
 def test_leftovers_beside_an_output_are_removed_only_when_their_writer_is_dead(tmp_path):
-    from unziplora.outputs import UNLOCKED_GRACE_S, clean_leftovers
+    from unziplora.run.outputs import UNLOCKED_GRACE_S, clean_leftovers
 
     out = tmp_path / "k"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -450,7 +450,7 @@ def test_leftovers_beside_an_output_are_removed_only_when_their_writer_is_dead(t
 
 
 def test_resume_cleans_temp_files_of_a_killed_writer_first(tmp_path):
-    from unziplora.outputs import resumable_output_dir
+    from unziplora.run.outputs import resumable_output_dir
 
     work = tmp_path / "run.partial"
     (work / "checkpoint").mkdir(parents=True)

@@ -6,13 +6,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from unziplora.branch import Branch, Role
+from unziplora.core.branch import Branch, Role
 from unziplora.decompose import decompose
 from unziplora.errors import UnZipLoRAError
-from unziplora.models import load_pipeline
-from unziplora.profiles import load_profile
-from unziplora.prompts import training_prompts
-from unziplora.train import Trainer
+from unziplora.models.loading import load_pipeline
+from unziplora.models.profiles import load_profile
+from unziplora.core.prompts import training_prompts
+from unziplora.core.train import Trainer
 
 from ..conftest import tiny_config
 
@@ -128,7 +128,7 @@ def v_prediction_base(tmp_path_factory):
     """The tiny pipeline with a scheduler that says v_prediction."""
     import json
 
-    from unziplora.tiny import save_tiny_sdxl_pipeline
+    from tests.pipelines import save_tiny_sdxl_pipeline
 
     path = save_tiny_sdxl_pipeline(tmp_path_factory.mktemp("v-pred") / "base")
     config_file = path / "scheduler" / "scheduler_config.json"
@@ -140,7 +140,7 @@ def v_prediction_base(tmp_path_factory):
 def test_v_prediction_trains_against_the_velocity(v_prediction_base):
     from diffusers import DDPMScheduler
 
-    from unziplora.train import diffusion_mse
+    from unziplora.core.train import diffusion_mse
 
     pipe = load_pipeline(str(v_prediction_base))
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)

@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from unziplora.cli import build_parser, main
+from unziplora.app.cli import build_parser, main
 from unziplora.decompose import decompose
 
 from ..conftest import tiny_config
@@ -33,7 +33,7 @@ def test_a_wrong_base_model_is_one_line_before_the_page_opens(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def served(tiny_base, tiny_image, tmp_path_factory):
-    from unziplora.ui.app import serve
+    from unziplora.app.ui.app import serve
 
     runs = tmp_path_factory.mktemp("app") / "runs"
     decompose(tiny_image, runs / "cat", tiny_config(tiny_base, **{"train.steps": 2}), progress=False)
@@ -79,7 +79,7 @@ def test_uploads_over_the_cap_are_refused_by_the_server(served):
 
 def test_a_taken_port_is_one_line(served, tmp_path):
     from unziplora.errors import UnZipLoRAError
-    from unziplora.ui.app import serve
+    from unziplora.app.ui.app import serve
 
     page, blocks, url = served
     port = int(url.rstrip("/").rsplit(":", 1)[1])

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from unziplora.cli import main
+from unziplora.app.cli import main
 from unziplora.decompose import decompose
 
 pytestmark = pytest.mark.browser
@@ -79,7 +79,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def setup(tiny_base, tiny_image, tmp_path_factory):
     if SCREENSHOTS:
-        from unziplora.demo import EMBEDDED_MODEL, demo_image
+        from unziplora.models.embedded import EMBEDDED_MODEL, demo_image
 
         subject, style, image = demo_image()
         other_subject, other_style, other_image = demo_image(3)
@@ -97,8 +97,8 @@ def setup(tiny_base, tiny_image, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(setup, tmp_path_factory):
     _needs()
-    from unziplora.defaults import resolve_config
-    from unziplora.ui.app import serve
+    from unziplora.run.settings import resolve_config
+    from unziplora.app.ui.app import serve
 
     runs = tmp_path_factory.mktemp("ui") / "runs"
     config = resolve_config({"model.base_model": str(setup.base), "prompts.subject": setup.other_subject,
@@ -193,7 +193,7 @@ def test_the_whole_job_in_a_browser(server, page, setup, tmp_path, shots, monkey
     assert not (ui.runs.root.parent / "escape").exists() and not (ui.runs.root.parent / "escape.partial").exists()
 
     # 3. decompose: progress with step, loss and time left; previews as drawn
-    from unziplora.train import Trainer
+    from unziplora.core.train import Trainer
 
     train_step = Trainer.train_step
 

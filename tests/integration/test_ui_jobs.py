@@ -7,16 +7,16 @@ import time
 import pytest
 import torch
 
-from unziplora.callbacks import Progress
-from unziplora.cli import main
+from unziplora.core.callbacks import Progress
+from unziplora.app.cli import main
 from unziplora.decompose import decompose
 from unziplora.errors import UnZipLoRAError
-from unziplora.outputs import partial_dir
-from unziplora.runfolder import RunFolder
-from unziplora.train import Trainer
-from unziplora.ui.jobs import Job, JobState, Worker
-from unziplora.ui.runs import RunsFolder
-from unziplora.ui.tasks import DecomposeRequest, GenerateRequest, submit_decompose, submit_generate, submit_resume
+from unziplora.run.outputs import partial_dir
+from unziplora.run.folder import RunFolder
+from unziplora.core.train import Trainer
+from unziplora.app.ui.jobs import Job, JobState, Worker
+from unziplora.app.ui.runs import RunsFolder
+from unziplora.app.ui.tasks import DecomposeRequest, GenerateRequest, submit_decompose, submit_generate, submit_resume
 
 from ..conftest import tiny_config
 

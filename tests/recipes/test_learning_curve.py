@@ -8,7 +8,7 @@ import pytest
 from recipes.toyworld_model import curve
 from recipes.toyworld_model.pretrain import PretrainConfig, Pretrainer
 from unziplora.errors import UnZipLoRAError
-from unziplora.tiny import TinySDXLSpec
+from tests.pipelines import TinySDXLSpec
 from unziplora.toyworld import WORLD_WORDS
 
 SMALL = PretrainConfig(

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from unziplora.errors import UnZipLoRAError
-from unziplora.tiny import TinySDXLSpec
+from tests.pipelines import TinySDXLSpec
 from unziplora.toyworld import WORLD_WORDS
 from recipes.toyworld_model.pretrain import PretrainConfig, Pretrainer
 

@@ -7,10 +7,10 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from unziplora.branch import Branch, Role
-from unziplora.lora.inject import attention_modules, inject_two_branch_lora, remove_two_branch_lora
-from unziplora.profiles import load_profile, uniform_profile
-from unziplora.tiny import TinySDXLSpec, tiny_sdxl_components
+from unziplora.core.branch import Branch, Role
+from unziplora.core.inject import attention_modules, inject_two_branch_lora, remove_two_branch_lora
+from unziplora.models.profiles import load_profile, uniform_profile
+from tests.pipelines import TinySDXLSpec, tiny_sdxl_components
 
 MASKED = uniform_profile(Role.MASKED, Role.MASKED, "masked")
 

@@ -12,12 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from unziplora.cli import main
+from unziplora.app.cli import main
 from unziplora.config import config_from_dict
-from unziplora.data import MIN_IMAGE_SIDE, load_image
+from unziplora.core.data import MIN_IMAGE_SIDE, load_image
 from unziplora.errors import UnZipLoRAError
-from unziplora.models import check_pipeline_folder
-from unziplora.runfolder import RunFolder, load_safetensors
+from unziplora.models.loading import check_pipeline_folder
+from unziplora.run.folder import RunFolder, load_safetensors
 
 
 def png_bytes(image: Image.Image, **kwargs) -> bytes:
@@ -235,8 +235,8 @@ def _manifest() -> dict:
     """A manifest as decompose writes it (base_manifest plus UnZipLoRA's fields), on no real model."""
     from unziplora.config import RunConfig
     from unziplora.decompose import base_manifest
-    from unziplora.profiles import resolve_profile
-    from unziplora.prompts import training_prompts
+    from unziplora.models.profiles import resolve_profile
+    from unziplora.core.prompts import training_prompts
 
     config = RunConfig().with_overrides({"prompts.subject": "cat", "prompts.style": "ink", "lora.rank": 4})
     manifest = base_manifest(config, resolve_profile("sdxl", None), training_prompts(config.prompts), RGB)
@@ -338,7 +338,7 @@ def _safetensors_header(path, shapes: dict, metadata: dict | None = None):
 
 def _base():
     """The shapes of a made-up base model: one 32x32 and one 64x32 attention projection."""
-    from unziplora.headers import BaseShapes
+    from unziplora.models.headers import BaseShapes
 
     return BaseShapes("base", {"unet.blocks.0.attn1.to_q.weight": (32, 32), "unet.blocks.0.attn2.to_k.weight": (64, 32),
                                "unet.blocks.0.norm.weight": (32,)})
@@ -362,7 +362,7 @@ GIB3_ROWS = 3 * 2**30 // 4 // 32  # a 3 GiB float32 A for a 32-wide layer
         "other-model-kohya", "3GiB-alpha"])
 def test_lora_headers_are_checked_before_loading(tmp_path, shapes, base, message):
     from unziplora.export import load_lora_any
-    from unziplora.headers import check_lora_header
+    from unziplora.models.headers import check_lora_header
 
     path = _safetensors_header(tmp_path / "lora.safetensors", shapes)
     assert path.stat().st_blocks * 512 < 2**20  # the test itself uses no disk
@@ -374,7 +374,7 @@ def test_lora_headers_are_checked_before_loading(tmp_path, shapes, base, message
 
 
 def test_a_lora_that_fits_passes_its_header_check(tmp_path):
-    from unziplora.headers import check_lora_header
+    from unziplora.models.headers import check_lora_header
 
     check_lora_header(_safetensors_header(tmp_path / "ok.safetensors", {
         f"{Q}.lora_A.weight": (4, 32), f"{Q}.lora_B.weight": (32, 4), f"{Q}.alpha": (),
@@ -392,7 +392,7 @@ def test_a_lora_that_fits_passes_its_header_check(tmp_path):
     ({"blocks.0.attn1.to_q.both.lora_A": (4, 32)}, {}, "which no unziplora state has"),
 ], ids=["version-negative", "version-newer", "rank-differs", "3GiB", "other-model", "unknown-layer", "unknown-key"])
 def test_state_file_headers_are_checked_before_loading(tmp_path, shapes, metadata, message):
-    from unziplora.headers import check_state_header
+    from unziplora.models.headers import check_state_header
 
     path = _safetensors_header(tmp_path / "unziplora.safetensors", shapes, {"format": "unziplora", **metadata})
     with pytest.raises(UnZipLoRAError, match=re.escape(message)):
@@ -418,7 +418,7 @@ def test_sizes_the_base_model_cannot_use_are_refused_before_loading(tmp_path, ch
                                                                    message):
     import torch
 
-    from unziplora.models import check_resolution
+    from unziplora.models.loading import check_resolution
 
     folder = _model_folder(tmp_path / "model", channels, sample_size)
     with pytest.raises(UnZipLoRAError, match=re.escape(message)):
@@ -427,7 +427,7 @@ def test_sizes_the_base_model_cannot_use_are_refused_before_loading(tmp_path, ch
 
 
 def test_the_decode_bound_is_a_lower_bound():
-    from unziplora.models import decode_bytes
+    from unziplora.models.loading import decode_bytes
 
     assert decode_bytes(1024, 128) == 2 * 1024 * 1024 * 128 * 4  # SDXL: 1 GiB, below what decoding really takes
     assert decode_bytes(2048, 128, images=2) == 8 * decode_bytes(1024, 128)
@@ -439,7 +439,7 @@ def test_a_full_disk_is_recognised_from_python_and_from_safetensors():
 
     from safetensors import SafetensorError
 
-    from unziplora.outputs import is_disk_full
+    from unziplora.run.outputs import is_disk_full
 
     assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
     assert is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))

@@ -5,12 +5,12 @@ import os
 
 import pytest
 
-from unziplora.batch import Shard, parse_shard, read_jobs
-from unziplora.batch.html import render_index
-from unziplora.batch.jobs import decompose_aliases
-from unziplora.batch.state import Layout, RowStatus, Status
-from unziplora.batch.summary import summary_table, totals
-from unziplora.cli import DECOMPOSE_OPTIONS, build_parser
+from unziplora.app.batch import Shard, parse_shard, read_jobs
+from unziplora.app.batch.html import render_index
+from unziplora.app.batch.jobs import decompose_aliases
+from unziplora.app.batch.state import Layout, RowStatus, Status
+from unziplora.app.batch.summary import summary_table, totals
+from unziplora.app.cli import DECOMPOSE_OPTIONS, build_parser
 from unziplora.errors import UnZipLoRAError
 
 
@@ -130,8 +130,8 @@ def test_index_html_escapes_and_lists_every_row(tmp_path):
 
 
 def test_status_is_read_from_the_folder(tmp_path):
-    from unziplora.batch.state import read_statuses, write_failure
-    from unziplora.runlock import WorkLock
+    from unziplora.app.batch.state import read_statuses, write_failure
+    from unziplora.run.lock import WorkLock
 
     jobs = read_jobs(write(tmp_path / "jobs.csv", "image,subject,style\na.png,cat,x\nb.png,cat,x\nc.png,cat,x\n"
                                                   "d.png,cat,x\ne.png,cat,x\n"))

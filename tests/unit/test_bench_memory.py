@@ -3,7 +3,7 @@
 import torch
 
 from unziplora.bench.memory import RandomLatents, _spawn, parameter_counts, peft_step_fn, sdxl_trainer
-from unziplora.tiny import tiny_sdxl_components
+from tests.pipelines import tiny_sdxl_components
 
 
 def _unet():
@@ -51,7 +51,7 @@ def test_a_child_over_its_memory_limit_is_a_reported_row_not_a_crash():
 
 def test_fused_adamw_makes_the_same_update_as_torchs_default():
     """The speed path (fused AdamW on CPU) must not change the optimisation itself."""
-    from unziplora.train import adamw
+    from unziplora.core.train import adamw
 
     torch.manual_seed(0)
     weights = [torch.randn(64, 8), torch.randn(8, 64), torch.rand(64)]

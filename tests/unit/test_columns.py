@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from unziplora.lora.columns import (
+from unziplora.core.columns import (
     columns_per_refresh,
     cone_ranking,
     cone_score,

@@ -4,7 +4,7 @@ import pytest
 
 from unziplora.config import RunConfig, config_from_dict, load_config
 from unziplora.errors import UnZipLoRAError
-from unziplora.prompts import expand_tags, split_prompt, training_prompts
+from unziplora.core.prompts import expand_tags, split_prompt, training_prompts
 
 
 def test_defaults_are_the_papers():

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from unziplora.defaults import MODEL_DEFAULTS_FILE, resolve_base_model, resolve_config
+from unziplora.run.settings import MODEL_DEFAULTS_FILE, resolve_base_model, resolve_config
 from unziplora.errors import UnZipLoRAError
 
 
@@ -56,7 +56,7 @@ def test_a_bad_model_defaults_file_is_one_clear_error(model, text, match):
 
 
 def test_the_embedded_model_declares_its_small_settings():
-    from unziplora.demo import EMBEDDED_MODEL
+    from unziplora.models.embedded import EMBEDDED_MODEL
 
     c = resolve_config({"model.base_model": str(EMBEDDED_MODEL)}).config
     assert (c.train.resolution, c.lora.rank) == (64, 16)

@@ -4,8 +4,8 @@ import hashlib
 
 import pytest
 
-from unziplora.demo import EMBEDDED_MODEL
-from unziplora.models import CHECKSUM_FILE
+from unziplora.models.embedded import EMBEDDED_MODEL
+from unziplora.models.loading import CHECKSUM_FILE
 
 pytestmark = pytest.mark.skipif(not (EMBEDDED_MODEL / "model_index.json").is_file(), reason="no embedded model")
 
@@ -25,8 +25,8 @@ def test_no_pickled_weights_and_small_enough():
 
 
 def test_loads_and_has_its_own_profile():
-    from unziplora.models import load_pipeline
-    from unziplora.profiles import resolve_profile
+    from unziplora.models.loading import load_pipeline
+    from unziplora.models.profiles import resolve_profile
 
     pipe = load_pipeline(str(EMBEDDED_MODEL))
     assert pipe.unet.config.sample_size == 16  # 64 px images, 16x16 latents

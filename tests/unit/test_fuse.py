@@ -5,12 +5,12 @@ import copy
 import pytest
 import torch
 
-from unziplora.branch import Branch
-from unziplora.fuse import fuse_for_generation
-from unziplora.lora.inject import inject_two_branch_lora
-from unziplora.lora.layer import TwoBranchLoraLinear
-from unziplora.profiles import load_profile
-from unziplora.tiny import tiny_sdxl_components
+from unziplora.core.branch import Branch
+from unziplora.core.fuse import fuse_for_generation
+from unziplora.core.inject import inject_two_branch_lora
+from unziplora.core.layer import TwoBranchLoraLinear
+from unziplora.models.profiles import load_profile
+from tests.pipelines import tiny_sdxl_components
 
 from .test_attention import randomize, unet_inputs
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from unziplora.branch import Branch, Role
-from unziplora.lora.inject import TwoBranchLoRA
-from unziplora.lora.columns import top_k_columns
-from unziplora.lora.layer import TwoBranchLoraLinear
+from unziplora.core.branch import Branch, Role
+from unziplora.core.inject import TwoBranchLoRA
+from unziplora.core.columns import top_k_columns
+from unziplora.core.layer import TwoBranchLoraLinear
 
 MASKED = {Branch.CONTENT: Role.MASKED, Branch.STYLE: Role.MASKED}
 

@@ -8,8 +8,8 @@ from PIL import Image
 from unziplora.errors import UnZipLoRAError
 from unziplora.metrics.models import CSD_HEADS, ClipEncoder, CsdEncoder, DinoEncoder
 from unziplora.metrics.scores import evaluate, mean_pairwise_cosine
-from unziplora.runfolder import save_safetensors
-from unziplora.tiny import build_clip_tokenizer
+from unziplora.run.folder import save_safetensors
+from tests.pipelines import build_clip_tokenizer
 
 VISION = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)
 
@@ -74,7 +74,7 @@ def test_mean_pairwise_cosine_by_hand():
 
 
 def test_eval_cli(model_dirs, tmp_path, capsys):
-    from unziplora.cli import main
+    from unziplora.app.cli import main
 
     for i, image in enumerate(images(3, 2)):
         image.save(tmp_path / f"seed{i}.png")

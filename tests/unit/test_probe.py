@@ -1,7 +1,7 @@
 """Block-role assignment from probe gains (the data path is exercised in integration tests)."""
 
-from unziplora.profiles import profile_from_dict
-from unziplora.tiny import tiny_sdxl_components
+from unziplora.models.profiles import profile_from_dict
+from tests.pipelines import tiny_sdxl_components
 from unziplora.probe import GroupScore, assign_roles, average, module_groups, profile_dict
 
 

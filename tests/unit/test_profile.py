@@ -4,11 +4,11 @@ import pytest
 from accelerate import init_empty_weights
 from diffusers import UNet2DConditionModel
 
-from unziplora.branch import Branch, Role
+from unziplora.core.branch import Branch, Role
 from unziplora.errors import UnZipLoRAError
-from unziplora.lora.inject import attention_modules, inject_two_branch_lora
-from unziplora.profiles import load_profile, profile_from_dict, resolve_profile
-from unziplora.tiny import sdxl_unet_config
+from unziplora.core.inject import attention_modules, inject_two_branch_lora
+from unziplora.models.profiles import load_profile, profile_from_dict, resolve_profile
+from unziplora.models.architectures import sdxl_unet_config
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_b_lora_modules_come_from_the_profile():
 
 
 def test_embedded_model_names_its_probed_b_lora_modules():
-    from unziplora.demo import EMBEDDED_MODEL
+    from unziplora.models.embedded import EMBEDDED_MODEL
 
     if not (EMBEDDED_MODEL / "unziplora_profile.yaml").is_file():
         pytest.skip("no embedded model")

@@ -14,14 +14,14 @@ from accelerate import init_empty_weights
 from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
 
-from unziplora.tiny import (
+from tests.pipelines import (
     DEFAULT_WORDS,
     TinySDXLSpec,
     build_clip_tokenizer,
     save_tiny_sdxl_pipeline,
-    sdxl_unet_config,
     tiny_sdxl_components,
 )
+from unziplora.models.architectures import sdxl_unet_config
 
 PROMPT = "A monadikos cat in sketch style on the beach"
 

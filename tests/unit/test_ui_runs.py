@@ -5,7 +5,7 @@ import json
 import pytest
 
 from unziplora.errors import UnZipLoRAError
-from unziplora.ui.runs import PENDING_DIR, RunsFolder
+from unziplora.app.ui.runs import PENDING_DIR, RunsFolder
 
 ESCAPES = ["../escape", "..", ".", "a/b", "a\\b", "/tmp/escape", "~/escape", ".hidden", "x.partial", "x..y",
            "", " ", "-dash-first", "a" * 81, "run\x00name", "naïve", "a/../b"]

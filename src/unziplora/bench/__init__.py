@@ -14,7 +14,7 @@ from pathlib import Path
 def write_report(json_path: str | Path | None, report: dict, table: str | None = None) -> None:
     """The report as JSON at `json_path`, written atomically, and, given a table, the same table
     as Markdown beside it (FILE.md)."""
-    from ..runfolder import write_text_atomic
+    from ..run.folder import write_text_atomic
 
     if not json_path:
         return
@@ -61,7 +61,7 @@ def run_bench(which: str, json_path: str | Path | None = None, base_model: str |
         chosen = pick("resolutions", "rank", "repeats", "threads", "rounds")
         chosen["repeats"] = min(chosen.get("repeats", 2), 3)  # each repeat is a full SDXL step on the CPU
         return run_memory(json_path, **chosen)
-    from ..demo import EMBEDDED_MODEL, demo_image
+    from ..models.embedded import EMBEDDED_MODEL, demo_image
 
     base = base_model or str(EMBEDDED_MODEL)
     if which == "base-model":

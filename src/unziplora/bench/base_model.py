@@ -68,9 +68,9 @@ def run_base_model(json_path=None, base: str | None = None, per_combo: int = 4, 
                    seed: int = 0, steps: int | None = None) -> dict:
     """Rows: renders, VAE reconstructions, samples of seen combos, samples of held-out combos.
     `steps` replaces the model's sampling steps (tests)."""
-    from ..defaults import resolve_config
-    from ..demo import EMBEDDED_MODEL
-    from ..models import load_pipeline
+    from ..run.settings import resolve_config
+    from ..models.embedded import EMBEDDED_MODEL
+    from ..models.loading import load_pipeline
     from ..toyworld import HELDOUT_COMBOS, SEEN_COMBOS
 
     base = base or str(EMBEDDED_MODEL)

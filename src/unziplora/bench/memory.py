@@ -27,7 +27,7 @@ from types import SimpleNamespace
 
 import torch
 
-from ..lora.layer import BRANCHES
+from ..core.layer import BRANCHES
 from . import write_report
 
 MB = 2**20
@@ -72,7 +72,7 @@ class RandomLatents:
 def sdxl_unet():
     from diffusers import UNet2DConditionModel
 
-    from ..tiny import sdxl_unet_config
+    from ..models.architectures import sdxl_unet_config
 
     return UNet2DConditionModel.from_config(sdxl_unet_config())
 
@@ -99,9 +99,9 @@ def sdxl_trainer(unet, resolution: int, rank: int, checkpointing: bool, profile=
     """A `Trainer` over `unet` with the built-in SDXL profile (profiles/sdxl.yaml) unless another is given;
     on a GPU the frozen UNet in `dtype` (fp16: loss scaling, LoRA in fp32, as `Trainer.prepare`)."""
     from ..config import RunConfig
-    from ..lora.inject import inject_two_branch_lora
-    from ..profiles import load_profile
-    from ..train import Trainer, build_optimizer
+    from ..core.inject import inject_two_branch_lora
+    from ..models.profiles import load_profile
+    from ..core.train import Trainer, build_optimizer
 
     config = RunConfig().with_overrides({"lora.rank": rank, "train.resolution": resolution,
                                          "train.gradient_checkpointing": checkpointing})

@@ -31,10 +31,11 @@ from ..config import RunConfig, SampleConfig
 from ..errors import UnZipLoRAError
 from ..generate import generate
 from ..methods import Method
-from ..runfolder import save_grid, write_text_atomic
+from ..run.folder import save_grid, write_text_atomic
 from .memory import reset_peak_rss, rss_mb
 from ..toyworld import CLASSES, content_similarity, heldout_images, render, style_similarity
-from . import QUALITY_ROWS, write_report
+from . import QUALITY_ROWS
+from . import write_report
 
 # Bench rows that are another method with other settings. B-LoRA needs a content and a style
 # module; where the base model's own profile names none (the embedded model's probe found no
@@ -126,7 +127,7 @@ def _summary(values: dict[str, list[float]]) -> dict[str, dict[str, float]]:
 def run_quality(json_path, base: str, workdir: Path, n_images: int = 12, seeds: int = 2, steps: int = 600,
                 rank: int = 16, lr: float = 1e-3, sample_steps: int = 30, methods=METHODS,
                 resume: bool = False) -> dict:
-    from ..defaults import resolve_config
+    from ..run.settings import resolve_config
 
     triples = heldout_images(n_images, 64)
     own = resolve_config({"model.base_model": base}).config.sample  # CFG and its rescale are the model's
@@ -208,7 +209,7 @@ def _floor(base: str, triples, sample: SampleConfig) -> dict[str, list[float]]:
     """The base model with no LoRA, prompted with the same words (no identifier)."""
     import torch
 
-    from ..models import load_pipeline
+    from ..models.loading import load_pipeline
 
     pipe = load_pipeline(base)
     values: dict[str, list[float]] = {m: [] for m in METRICS}

@@ -25,16 +25,16 @@ import torch
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
 
-from ..branch import Branch
+from ..core.branch import Branch
 from ..config import RunConfig, SampleConfig
 from ..generate import Conditioning, sample_images, step_batch
-from ..fuse import fuse_for_generation
-from ..lora.inject import inject_two_branch_lora
+from ..core.fuse import fuse_for_generation
+from ..core.inject import inject_two_branch_lora
 from ..methods.single_lora import target_modules
-from ..models import load_pipeline
-from ..profiles import INFERENCE_PROFILE, resolve_profile
-from ..prompts import training_prompts
-from ..train import Trainer, adamw, diffusion_mse
+from ..models.loading import load_pipeline
+from ..models.profiles import INFERENCE_PROFILE, resolve_profile
+from ..core.prompts import training_prompts
+from ..core.train import Trainer, adamw, diffusion_mse
 from . import write_report
 
 

@@ -23,16 +23,16 @@ import json
 import time
 from pathlib import Path
 
-from ..branch import Branch
+from ..core.branch import Branch
 from ..config import RunConfig
-from ..data import load_image
+from ..core.data import load_image
 from ..errors import UnZipLoRAError
-from ..lora.inject import attention_modules
-from ..modelcard import write_model_card
-from ..models import load_pipeline, pick_device
-from ..profiles import resolve_profile
-from ..prompts import fill_template, training_prompts
-from ..runfolder import LORA_WEIGHT_NAME, MANIFEST_FILE, RunFolder, atomic_output_dir
+from ..core.inject import attention_modules
+from ..run.modelcard import write_model_card
+from ..models.loading import load_pipeline, pick_device
+from ..models.profiles import resolve_profile
+from ..core.prompts import fill_template, training_prompts
+from ..run.folder import LORA_WEIGHT_NAME, MANIFEST_FILE, RunFolder, atomic_output_dir
 from . import Method
 from .single_lora import SingleLoraSpec, keep_modules, train_single_lora
 

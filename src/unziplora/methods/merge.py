@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from ..branch import Branch
+from ..core.branch import Branch
 from ..errors import UnZipLoRAError
 from ..export import load_lora_any
-from ..runfolder import LORA_WEIGHT_NAME, RunFolder, atomic_output_dir
-from ..sources import BranchSource
+from ..run.folder import LORA_WEIGHT_NAME, RunFolder, atomic_output_dir
+from ..run.sources import BranchSource
 
 from . import MERGE_METHODS as METHODS
 
@@ -57,7 +57,7 @@ def merge(content: str | Path, style: str | Path, out_dir: str | Path, method: s
         raise UnZipLoRAError(f"merge method {method!r} is not available; use one of {', '.join(METHODS)}")
     from diffusers import StableDiffusionXLPipeline
 
-    from ..headers import base_shapes
+    from ..models.headers import base_shapes
 
     runs = BranchSource.run_of(content), BranchSource.run_of(style)
     named = [base_model or (r.manifest["base_model"] if r else None) for r in runs]

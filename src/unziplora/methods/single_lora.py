@@ -16,10 +16,10 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from tqdm.auto import tqdm
 
-from ..data import CroppedLatents
-from ..lora.inject import PROJECTIONS, attention_modules
-from ..prompts import encode_prompts
-from ..train import StepLog, adamw, diffusion_mse, prediction_type
+from ..core.data import CroppedLatents
+from ..core.inject import PROJECTIONS, attention_modules
+from ..core.prompts import encode_prompts
+from ..core.train import StepLog, adamw, diffusion_mse, prediction_type
 
 
 @dataclass

@@ -28,12 +28,12 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from torch import nn
 
-from ..data import CroppedLatents, load_image, sdxl_time_ids
+from ..core.data import CroppedLatents, load_image, sdxl_time_ids
 from ..errors import UnZipLoRAError
-from ..models import load_pipeline, pick_device
-from ..prompts import encode_prompts
-from ..sources import BranchSource
-from ..train import adamw, add_training_noise
+from ..models.loading import load_pipeline, pick_device
+from ..core.prompts import encode_prompts
+from ..run.sources import BranchSource
+from ..core.train import adamw, add_training_noise
 
 DEFAULTS = {"steps": 100, "lr": 5e-5, "weight": 0.01}  # mkshing/ziplora-pytorch README command
 

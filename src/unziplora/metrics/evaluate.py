@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from ..errors import UnZipLoRAError
-from . import DEFAULTS, METRICS
+from . import DEFAULTS
+from . import METRICS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -30,8 +31,8 @@ def evaluate_folder(folder: str | Path, references: list[str | Path], prompt: st
     (default: the paper's models, `metrics.models.DEFAULTS`). With `json_path` the scores are
     written there too.
     """
-    from ..data import load_image
-    from ..runfolder import write_text_atomic
+    from ..core.data import load_image
+    from ..run.folder import write_text_atomic
     from . import models as encoders
     from .scores import evaluate
 

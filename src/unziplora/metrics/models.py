@@ -19,14 +19,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UnZipLoRAError
-from ..runfolder import load_safetensors
+from ..run.folder import load_safetensors
 from . import DEFAULTS
 
 CSD_HEADS = "csd_heads.safetensors"
 
 
 def _load(loader, source: str, what: str):
-    from ..models import quiet_libraries
+    from ..models.loading import quiet_libraries
 
     try:
         with quiet_libraries():

@@ -1,0 +1,382 @@
+"""unziplora: split one image into a content LoRA and a style LoRA (UnZipLoRA, arXiv 2412.04465).
+
+Each command parses its arguments and calls the Python API of the same name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import UnZipLoRAError
+from ..bench import BENCHES, QUALITY_ROWS
+from ..core.branch import Mode
+from ..run.formats import EXPORT_FORMATS
+from ..methods import MERGE_METHODS, method_names
+from ..metrics import DEFAULTS, METRICS
+
+
+# decompose's options: (flag, config key, argparse keywords). Numbers left unset take the layered
+# defaults of defaults.py (the paper's, the method's, the base model's, the config file's).
+MODEL_DEFAULT = "default: the base model's, else the paper's"
+DECOMPOSE_OPTIONS = (
+    ("--subject", "prompts.subject", {"help": "class noun of the subject, e.g. cat"}),
+    ("--style", "prompts.style", {"help": "short style phrase, e.g. watercolor"}),
+    ("--identifier", "prompts.identifier", {"help": "rare token standing for <c> (default monadikos)"}),
+    ("--base-model", "model.base_model",
+     {"help": "hub id or local diffusers SDXL folder (default stabilityai/stable-diffusion-xl-base-1.0; "
+              "the embedded toy model: src/unziplora/assets/toyworld-sdxl)"}),
+    ("--profile", "model.profile", {"help": "block roles: auto (the default: the model's own, else SDXL's), "
+                                            "sdxl, or a profile YAML"}),
+    ("--steps", "train.steps", {"type": int, "help": f"training steps ({MODEL_DEFAULT}: 600)"}),
+    ("--rank", "lora.rank", {"type": int, "help": f"LoRA rank of each branch ({MODEL_DEFAULT}: 64)"}),
+    ("--lr", "lora.lr", {"type": float, "help": f"learning rate of the LoRA matrices ({MODEL_DEFAULT}: 5e-5)"}),
+    ("--merger-lr", "lora.merger_lr", {"type": float, "help": "learning rate of the merger vectors (default 5e-3)"}),
+    ("--resolution", "train.resolution",
+     {"type": int, "help": f"training size in px, a multiple of 8 ({MODEL_DEFAULT}: 1024)"}),
+    ("--seed", "train.seed", {"type": int, "help": "random seed (default 0)"}),
+    ("--refresh-every", "masks.refresh_every", {"type": int, "help": "steps between column-mask refreshes (default 200)"}),
+    ("--orth-weight", "masks.orth_weight", {"type": float, "help": "weight of the orthogonality loss (default 0.5)"}),
+    ("--gradient-checkpointing", "train.gradient_checkpointing",
+     {"action": "store_true", "default": None, "help": "trade speed for memory (SDXL under 9 GB of GPU memory)"}),
+    ("--use-8bit-adam", "train.use_8bit_adam", {"action": "store_true", "default": None,
+                                                "help": "8-bit AdamW (needs bitsandbytes and CUDA)"}),
+    ("--mixed-precision", "train.mixed_precision",
+     {"choices": ["auto", "no", "fp16", "bf16"], "help": "auto (the default): fp16 on CUDA, fp32 on CPU"}),
+    ("--preview-every", "train.preview_every", {"type": int, "help": "write previews every N steps (default 0: off)"}),
+    ("--sample-steps", "sample.steps", {"type": int, "help": f"denoising steps of previews and generation ({MODEL_DEFAULT}: 50)"}),
+    ("--device", "train.device", {"help": "auto (the default), cpu or cuda"}),
+    ("--checkpoint-every", "train.checkpoint_every",
+     {"type": int, "help": "save a resumable checkpoint every N steps (default 100; 0: off)"}),
+    ("--prior-images", "train.prior_images",
+     {"type": int, "help": "dreambooth-lora: class images for prior preservation (default 0 = off)"}),
+)
+
+
+def _add_decompose(sub) -> None:
+    p = sub.add_parser("decompose", help="train a content LoRA and a style LoRA from one image")
+    p.add_argument("image", help="the input image")
+    p.add_argument("--out", required=True, help="run folder to create")
+    p.add_argument("--config", help="YAML config; command-line options override it")
+    for flag, _, options in DECOMPOSE_OPTIONS:
+        p.add_argument(flag, **options)
+    p.add_argument("--method", default="unziplora", choices=method_names(),
+                   help="unziplora (the default: full method, M3); ablations m1 (prompt separation only), m2 "
+                        "(+ column separation, no block roles); baselines dreambooth-lora, b-lora (by default with "
+                        "its reference settings: rank 64, lr 5e-5, 1000 steps)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in OUT.partial (finish it, if its outputs are complete)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing run folder (and discard an interrupted OUT.partial, never a live run's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def decompose_overrides(args) -> dict:
+    """The config keys the user set on the command line (None: not given)."""
+    return {key: getattr(args, flag[2:].replace("-", "_")) for flag, key, _ in DECOMPOSE_OPTIONS}
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="generate with a run's LoRAs (content, style, both, or across runs)")
+    p.add_argument("run", nargs="?", help="run folder, or a LoRA file (diffusers, kohya, B-LoRA) for content|style")
+    p.add_argument("--mode", choices=[m.value for m in Mode], default=Mode.BOTH.value,
+                   help="content alone, style alone, both (the default), or cross (with --content and --style)")
+    p.add_argument("--content", help="run folder or LoRA file for the content branch (cross-run)")
+    p.add_argument("--style", help="run folder or LoRA file for the style branch (cross-run)")
+    p.add_argument("--prompt", required=True, help='e.g. "A <c> cat in <s> style on a boat"')
+    p.add_argument("--out", help="output folder (default: a new RUN/samples/MODE-NNN)")
+    p.add_argument("--seeds", type=int, nargs="+", help="sampling seeds (default: the run's)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the run's)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the run's)")
+    p.add_argument("--guidance-rescale", type=float, help="CFG rescale in [0, 1] (default: the run's)")
+    p.add_argument("--num-images", type=int, default=1, help="images per seed (default 1)")
+    p.add_argument("--resolution", type=int, help="image size in px (default: the run's training size)")
+    p.add_argument("--base-model", help="override the run's base model (hub id or folder)")
+    p.add_argument("--identifier", help="what <c> stands for, when the content LoRA is a plain file")
+    p.add_argument("--style-words", help="what <s> stands for, when the style LoRA is a plain file")
+    p.add_argument("--device", default="auto", help="auto (the default), cpu or cuda")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_batch(sub) -> None:
+    p = sub.add_parser("batch", help="decompose many images (a CSV, JSON lines or a folder): resumable, sharded, "
+                                     "one image per process (accelerate launch -m unziplora batch ...)")
+    p.add_argument("jobs", help="jobs.csv, jobs.jsonl, or a folder of images with a sidecar each (NAME.yaml: "
+                                "subject, style); columns: id, image, subject, style, method, config, and any "
+                                "option below by name (steps, seed, base-model, ...) or config key (train.steps)")
+    p.add_argument("--out", required=True, help="folder of the runs: OUT/<row id>/, OUT/index.html")
+    p.add_argument("--config", help="YAML config for every row; options and a row's columns override it "
+                                    "(a row's config column replaces it)")
+    for flag, _, options in DECOMPOSE_OPTIONS:
+        p.add_argument(flag, **options)
+    p.add_argument("--method", default="unziplora", choices=method_names(),
+                   help="method of every row without a method column (default unziplora)")
+    p.add_argument("--shard", help="INDEX/COUNT: run only rows INDEX, INDEX+COUNT, ... (a Slurm array task: "
+                                   "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); split again among accelerate's processes")
+    p.add_argument("--retry-failed", action="store_true", help="rerun the rows that failed (by default they stay failed)")
+    p.add_argument("--resume", action="store_true",
+                   help="accepted as in decompose; a batch always resumes interrupted rows from their checkpoint")
+    p.add_argument("--force", action="store_true",
+                   help="start interrupted rows over instead of resuming them (finished rows are never redone: "
+                        "delete a run folder to redo its row)")
+    p.add_argument("--eval", action="store_true",
+                   help="score each finished row: the toy world's oracles for toy-world images, else the paper's "
+                        "metrics with --clip/--dino/--csd")
+    p.add_argument("--clip", help="--eval: CLIP folder (CLIP-I, CLIP-T)")
+    p.add_argument("--dino", help="--eval: DINO ViT-S/16 folder (subject alignment)")
+    p.add_argument("--csd", help="--eval: CSD folder (style alignment)")
+    p.add_argument("--status", action="store_true",
+                   help="run nothing: print every row's status (done, running, failed, pending) and refresh OUT/index.html")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_ui(sub) -> None:
+    p = sub.add_parser("ui", help="a local web page: upload, decompose with live progress, generate, download "
+                                  "(needs: pip install 'unziplora[ui]')")
+    p.add_argument("--runs", default="runs", help="the folder the page keeps its runs in (default runs/)")
+    p.add_argument("--base-model", help="hub id or local diffusers SDXL folder (default: the embedded toy-world model)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 opens it to your network, "
+                        "with no login)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
+    p.add_argument("--max-upload-mb", type=float, default=50, help="largest image the page accepts (default 50 MB)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="unziplora",
+        description="Split one image into a content LoRA (the subject) and a style LoRA (the look) for SDXL "
+                    "(UnZipLoRA, arXiv 2412.04465).",
+        epilog="Start with: unziplora demo   (a CPU-sized example on the embedded toy-world model). "
+               "Help for a command: unziplora COMMAND --help")
+    parser.add_argument("--version", action="version", version=f"unziplora {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_decompose(sub)
+    _add_batch(sub)
+    _add_generate(sub)
+    _add_ui(sub)
+    info = sub.add_parser("info", help="describe a run folder")
+    info.add_argument("run")
+    merge = sub.add_parser("merge", help="merge a content LoRA and a style LoRA into one ordinary LoRA")
+    merge.add_argument("content", help="run folder (its content LoRA) or a LoRA file (diffusers, kohya, B-LoRA)")
+    merge.add_argument("style", help="run folder (its style LoRA) or a LoRA file")
+    merge.add_argument("--method", default=MERGE_METHODS[0], choices=MERGE_METHODS,
+                       help="direct: exact sum of the two updates; ziplora: learned per-column mergers")
+    merge.add_argument("--base-model", help="ziplora: the base model (default: the runs')")
+    merge.add_argument("--content-prompt", help="ziplora: the content LoRA's prompt (default: the run's p_c)")
+    merge.add_argument("--style-prompt", help="ziplora: the style LoRA's prompt (default: the run's p_s)")
+    merge.add_argument("--steps", type=int, default=100, help="ziplora optimisation steps")
+    merge.add_argument("--out", required=True, help="folder for pytorch_lora_weights.safetensors")
+    merge.add_argument("--force", action="store_true")
+    bench = sub.add_parser("bench", help="benchmarks: ratios against a baseline measured in the same run")
+    bench.add_argument("which", choices=BENCHES,
+                       help="base-model, quality, speed: on the embedded toy-world model; memory: the full-size SDXL UNet "
+                            "(random weights) on CPU, needs ~14 GB RAM (--device cuda: on a GPU, fp16, 1024 px)")
+    bench.add_argument("--json", help="write the results here (and a Markdown table beside it)")
+    bench.add_argument("--base-model", help="speed, quality: the base model (default: the embedded toy-world model)")
+    bench.add_argument("--images", type=int, help="quality: held-out images (default 12)")
+    bench.add_argument("--methods", nargs="+", choices=QUALITY_ROWS,
+                       help="quality: the methods to compare (default: all of them)")
+    bench.add_argument("--per-combo", type=int, help="base-model: images per (class, family) combo (default 4)")
+    bench.add_argument("--seeds", type=int, help="quality: sampling seeds per image (default 2)")
+    bench.add_argument("--train-steps", type=int, help="quality: training steps per method (default 600)")
+    bench.add_argument("--workdir", help="quality: where its runs go (default runs/bench)")
+    bench.add_argument("--resume", action="store_true",
+                       help="quality: reuse the runs and scores an earlier invocation finished with the same settings")
+    bench.add_argument("--repeats", type=int, help="speed: timed repeats (default 5); memory: steps (default 2, at most 3)")
+    bench.add_argument("--steps", type=int, help="speed (default 20), quality (default 30): denoising steps per image")
+    bench.add_argument("--rank", type=int, help="LoRA rank (default: speed and quality 16; memory 64, the paper's)")
+    bench.add_argument("--resolutions", type=int, nargs="+",
+                       help="memory: image sizes in px (default: CPU 256 512; cuda 1024)")
+    bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="memory: where the SDXL UNet runs")
+    bench.add_argument("--threads", type=int, help="memory: torch threads per measurement (default 1)")
+    bench.add_argument("--rounds", type=int,
+                       help="memory: turns of (ours, PEFT, PEFT default AdamW) processes for the step ratio (default 3)")
+    ev = sub.add_parser("eval", help="CLIP-I/CLIP-T, DINO and CSD scores of generated images against a reference")
+    ev.add_argument("generated", help="folder of generated PNG/JPEG images (e.g. RUN/samples/content)")
+    ev.add_argument("--reference", required=True, nargs="+", help="reference image(s), e.g. the input")
+    ev.add_argument("--prompt", help="the generation prompt, for CLIP-T")
+    ev.add_argument("--metrics", default=",".join(METRICS), help=f"comma-separated subset of {','.join(METRICS)}")
+    ev.add_argument("--clip", default=DEFAULTS["clip"], help="CLIP model: local folder or hub id (default %(default)s)")
+    ev.add_argument("--dino", default=DEFAULTS["dino"], help="DINO ViT-S/16: local folder or hub id (default %(default)s)")
+    ev.add_argument("--csd", default=DEFAULTS["csd"],
+                    help="CSD folder: CLIPVisionModel + csd_heads.safetensors (default %(default)s)")
+    ev.add_argument("--json", help="write the scores here")
+    export = sub.add_parser("export", help="write a run's LoRAs in diffusers or kohya/webui (ComfyUI, A1111) format")
+    export.add_argument("run")
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="kohya",
+                        help="kohya (the default): for ComfyUI, AUTOMATIC1111, kohya; diffusers: plain diffusers files")
+    export.add_argument("--out", help="output folder (default RUN/export/FORMAT)")
+    export.add_argument("--force", action="store_true", help="replace an existing output folder")
+    demo = sub.add_parser("demo", help="decompose a held-out toy-world image with the embedded base model (CPU)")
+    demo.add_argument("--out", default="runs/demo",
+                      help="run folder (default runs/demo; if it exists, the next free runs/demo-N)")
+    demo.add_argument("--steps", type=int, default=600, help="training steps (default 600)")
+    demo.add_argument("--force", action="store_true", help="replace --out instead of writing beside it")
+    probe = sub.add_parser("probe", help="measure a base model's block roles (B-LoRA's probe) and write its profile")
+    probe.add_argument("--base-model", help="hub id or local folder (default: the embedded toy-world model)")
+    probe.add_argument("--out", required=True, help="folder for unziplora_profile.yaml and block_roles.md")
+    probe.add_argument("--images", nargs="+", help="images to probe with (default: 4 held-out toy-world images)")
+    probe.add_argument("--dino", help="DINO ViT-S/16 folder: scores the subject (needed with --images)")
+    probe.add_argument("--csd", help="CSD folder: scores the style (or give --clip)")
+    probe.add_argument("--clip", help="CLIP folder: scores the style with CLIP-I when no --csd is given")
+    probe.add_argument("--steps", type=int, default=300, help="LoRA steps per image (default 300)")
+    probe.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
+    probe.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate (default 1e-3)")
+    probe.add_argument("--resolution", type=int, help="training and sampling size (default: 64 on the toy world, else 1024)")
+    return parser
+
+
+def run_probe(args) -> None:
+    from ..core.data import load_image
+    from ..models.embedded import EMBEDDED_MODEL
+    from ..probe import metric_scorer, probe_block_roles
+
+    scorer = None
+    if args.dino or args.csd or args.clip:
+        from ..metrics import models
+
+        if not args.dino or not (args.csd or args.clip):
+            raise UnZipLoRAError("scoring with metrics needs --dino FOLDER and one of --csd FOLDER or --clip FOLDER")
+        style = models.CsdEncoder(args.csd) if args.csd else models.ClipEncoder(args.clip)
+        scorer = metric_scorer(models.DinoEncoder(args.dino), style)
+    images = [load_image(p) for p in args.images] if args.images else None
+    _, table = probe_block_roles(args.base_model or str(EMBEDDED_MODEL), args.out, images, scorer, steps=args.steps,
+                                 rank=args.rank, lr=args.lr, resolution=args.resolution)
+    print(table)
+
+
+def run_decompose(args) -> None:
+    from ..decompose import decompose
+    from ..run.settings import resolve_config
+
+    resolved = resolve_config(decompose_overrides(args), args.config, args.method)
+    run = decompose(args.image, args.out, resolved.config, method=args.method, force=args.force,
+                    progress=not args.quiet, resume=args.resume, sources=resolved.sources)
+    print(run.summary())
+
+
+def run_batch(args) -> int:
+    """Exit status 1 when a row failed (of the launch, for its main process), else 0."""
+    from .batch import BatchOptions, Evaluation, Status, batch_status, parse_shard
+    from .batch import run_batch as batch
+    from .batch.summary import summary_table
+
+    aliases = {flag[2:]: key for flag, key, _ in DECOMPOSE_OPTIONS}
+    if args.status:
+        statuses = batch_status(args.jobs, args.out, aliases)
+        print(summary_table(statuses))
+        return int(any(s.status is Status.FAILED for s in statuses))
+    models = {"clip": args.clip, "dino": args.dino, "csd": args.csd}
+    if any(models.values()) and not args.eval:
+        raise UnZipLoRAError("--clip, --dino and --csd choose the metrics of --eval; add --eval")
+    options = BatchOptions(overrides=decompose_overrides(args), config_file=args.config, method=args.method,
+                           retry_failed=args.retry_failed, force=args.force, progress=not args.quiet,
+                           evaluation=Evaluation(models) if args.eval else None)
+    result = batch(args.jobs, args.out, options, parse_shard(args.shard) if args.shard else None, aliases)
+    return int(result.failed)
+
+
+def run_generate(args) -> None:
+    from ..generate import generate
+
+    paths = generate(
+        args.prompt, args.out, args.mode, run=args.run, content_run=args.content, style_run=args.style,
+        num_images=args.num_images, base_model=args.base_model, device=args.device, force=args.force,
+        identifier=args.identifier, style_words=args.style_words, progress=not args.quiet, steps=args.steps,
+        guidance_scale=args.guidance, seeds=args.seeds, resolution=args.resolution,
+        guidance_rescale=args.guidance_rescale,
+    )
+    print(f"wrote {len(paths)} image(s) and grid.png to {paths[0].parent if paths else args.out}")
+
+
+def run_ui(args) -> None:
+    from .ui.app import serve
+
+    serve(args.runs, args.base_model, args.host, args.port, args.share, args.max_upload_mb)
+
+
+def run_eval(args) -> None:
+    from ..metrics.evaluate import evaluate_folder
+
+    chosen = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    scores = evaluate_folder(args.generated, args.reference, args.prompt, chosen,
+                             {"clip": args.clip, "dino": args.dino, "csd": args.csd}, args.json)
+    for name, value in scores.items():
+        print(f"{name:12s} {value:.4f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import contextlib
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        return _run(args, stack)
+
+
+def _run(args, stack) -> int:
+    if not args.debug:
+        from ..models.loading import quiet_libraries
+
+        stack.enter_context(quiet_libraries())  # library logs would bury our one-line errors
+    try:
+        if args.command == "decompose":
+            run_decompose(args)
+        elif args.command == "batch":
+            return run_batch(args)
+        elif args.command == "generate":
+            run_generate(args)
+        elif args.command == "merge":
+            from ..methods.merge import merge
+
+            out = merge(args.content, args.style, args.out, method=args.method, force=args.force,
+                        base_model=args.base_model, prompts=(args.content_prompt, args.style_prompt),
+                        steps=args.steps)
+            print(f"wrote {out / 'pytorch_lora_weights.safetensors'} ({args.method} merge; load it with "
+                  "pipe.load_lora_weights)")
+        elif args.command == "bench":
+            from ..bench import run_bench
+
+            run_bench(args.which, args.json, args.base_model, args.device, images=args.images, seeds=args.seeds,
+                      train_steps=args.train_steps, workdir=args.workdir, resume=args.resume or None,
+                      repeats=args.repeats, steps=args.steps, rank=args.rank, resolutions=args.resolutions,
+                      threads=args.threads, rounds=args.rounds, per_combo=args.per_combo,
+                      methods=tuple(args.methods) if args.methods else None)
+        elif args.command == "eval":
+            run_eval(args)
+        elif args.command == "export":
+            from ..export import export_run
+
+            for path in export_run(args.run, args.format, args.out, force=args.force):
+                print(path)
+        elif args.command == "demo":
+            from .demo import run_demo
+
+            run_demo(args.out, args.steps, args.force)
+        elif args.command == "probe":
+            run_probe(args)
+        elif args.command == "ui":
+            run_ui(args)
+        elif args.command == "info":
+            from ..run.folder import RunFolder
+
+            print(RunFolder.open(args.run).summary())
+        return 0
+    except UnZipLoRAError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:  # TrainingInterrupted says where its checkpoint is
+        print(str(exc) or "interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

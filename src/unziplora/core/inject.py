@@ -1,0 +1,248 @@
+"""Putting two-branch LoRA layers into a diffusers UNet, and taking their state out again.
+
+Every attention projection (to_q, to_k, to_v, to_out.0 of attn1 and attn2) of every
+transformer block gets a TwoBranchLoraLinear (arXiv 2412.04465, Sec. 3; docs/method.md §2); every such attention module gets
+the prompt-separated processor (attention.py). The UNet's own code is not touched: both hooks
+are public diffusers extension points (module attributes and Attention.set_processor).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from torch import nn
+
+from .attention import SeparatedAttnProcessor
+from .branch import Branch, Role
+from ..errors import UnZipLoRAError
+from ..models.profiles import Profile
+from .columns import orthogonality_loss
+from .layer import BRANCHES, TwoBranchLoraLinear
+
+PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def attention_modules(unet: nn.Module) -> Iterator[tuple[str, Attention]]:
+    """The attention modules of the UNet's transformer blocks (attn1 and attn2)."""
+    for name, module in unet.named_modules():
+        if isinstance(module, Attention) and name.rsplit(".", 1)[-1] in ("attn1", "attn2"):
+            yield name, module
+
+
+def _get(attn: Attention, projection: str) -> nn.Module:
+    return attn.to_out[0] if projection == "to_out.0" else getattr(attn, projection)
+
+
+def _set(attn: Attention, projection: str, layer: nn.Module) -> None:
+    if projection == "to_out.0":
+        attn.to_out[0] = layer
+    else:
+        setattr(attn, projection, layer)
+
+
+@dataclass
+class TwoBranchLoRA:
+    """Handle on the injected layers of one UNet, keyed by their module name (without 'unet.')."""
+
+    layers: dict[str, TwoBranchLoraLinear]
+    rank: int
+    # The masks change only at a refresh (or a load): what is derived from them is kept until they do.
+    _mask_cache: dict = field(default_factory=dict, repr=False)
+
+    # ----- training-time switches ---------------------------------------------------------
+    def set_masking(self, on: bool) -> None:
+        for layer in self.layers.values():
+            layer.masking = on
+
+    def set_active(self, branches: set[Branch]) -> None:
+        for layer in self.layers.values():
+            layer.active = set(branches)
+
+    def lora_parameters(self) -> list[nn.Parameter]:
+        """A and B of both branches, every layer (one tensor per kind and layer)."""
+        return [p for layer in self.layers.values() for p in (layer.down_weight, layer.up_weight)]
+
+    def merger_parameters(self) -> list[nn.Parameter]:
+        """m_c and m_s of every layer (one (2, out) tensor per layer)."""
+        return [layer.mergers for layer in self.layers.values()]
+
+    def set_mergers_trainable(self, on: bool) -> None:
+        for p in self.merger_parameters():
+            p.requires_grad_(on)
+
+    def orthogonality_loss(self) -> torch.Tensor:
+        """L_orth over every layer (arXiv 2412.04465, Sec. 3; `columns.orthogonality_loss`)."""
+        content, style = self._flat("merger") * self._flat("mask")
+        return orthogonality_loss(content, style, self._widths())
+
+    def _flat(self, what: str) -> torch.Tensor:
+        """Both branches' merger vectors or effective masks of every layer, laid end to end: (2, columns)."""
+        if what == "merger":
+            return torch.cat([layer.mergers for layer in self.layers.values()], dim=1)
+        return self._from_masks("flat", lambda: torch.cat([l.effective_masks() for l in self.layers.values()], dim=1))
+
+    def _from_masks(self, name: str, compute):
+        """compute(), reused while no mask changed in place and no layer switched masking."""
+        key = tuple((layer.masks.data_ptr(), layer.masks._version, layer.masking) for layer in self.layers.values())
+        if self._mask_cache.get("key") != key:
+            self._mask_cache.clear()
+            self._mask_cache["key"] = key
+        if name not in self._mask_cache:
+            self._mask_cache[name] = compute()
+        return self._mask_cache[name]
+
+    def _widths(self) -> list[int]:
+        return [layer.out_features for layer in self.layers.values()]
+
+    def refresh_masks(self, fraction: float, threshold: float, grad_scale: float = 1.0) -> list[str]:
+        """Grow every layer's masks from the last backward pass (`TwoBranchLoraLinear.refresh_masks`).
+
+        Returns "<layer> (<branch>)" for each branch whose scores all tied, so its columns were
+        picked by index instead of importance: the caller warns about those."""
+        tied = []
+        for name, layer in self.layers.items():
+            tied += [f"{name} ({branch.value})" for branch in layer.refresh_masks(fraction, threshold, grad_scale)]
+        return tied
+
+    @torch.no_grad()
+    def restrict_merger_grads(self) -> None:
+        """Mergers learn only on columns both effective masks hold (arXiv 2412.04465, Sec. 3; the
+        authors' `set_gradient_mask`): in a block-separated layer the masked branch's columns,
+        in a layer where both are masked their overlap. All layers at once, one multiply each."""
+        def per_layer_keep():
+            content, style = self._flat("mask")
+            dtype = next(iter(self.layers.values())).mergers.dtype
+            return [keep.expand(2, -1) for keep in (content & style).to(dtype).split(self._widths())]
+
+        keeps = self._from_masks("shared", per_layer_keep)
+        pairs = [(layer.mergers.grad, keep) for layer, keep in zip(self.layers.values(), keeps)
+                 if layer.mergers.grad is not None]
+        if pairs:
+            torch._foreach_mul_([g for g, _ in pairs], [keep for _, keep in pairs])
+
+    @torch.no_grad()
+    def clamp_mergers(self) -> None:
+        """Keep m in [0, 1] after every optimiser step (arXiv 2412.04465, Sec. 3, "Column
+        separation"); all layers at once, two kernels in all."""
+        mergers = self.merger_parameters()
+        torch._foreach_clamp_min_(mergers, 0.0)
+        torch._foreach_clamp_max_(mergers, 1.0)
+
+    def mask_fraction(self, branch: Branch) -> float:
+        """Share of columns a branch holds, over its masked layers only."""
+        held = total = 0
+        for layer in self.layers.values():
+            if layer.roles[branch] is Role.MASKED:
+                held += int(layer.mask(branch).sum())
+                total += layer.out_features
+        return held / total if total else 1.0
+
+    # ----- state in and out -----------------------------------------------------------------
+    def state_dict(self, raw: bool = False) -> dict[str, torch.Tensor]:
+        """Everything combined inference needs: A, B, m and M of both branches, per layer.
+
+        M is saved as used at inference: all ones where the profile gives a branch all columns,
+        so a reader needs no profile. `raw=True` keeps the training masks as they are (for
+        checkpoints: an all-columns branch's mask must stay empty to grow the same way).
+        """
+        state = {}
+        for name, layer in self.layers.items():
+            for b in BRANCHES:
+                state[f"{name}.{b.value}.lora_A"] = _saved(layer.down(b))
+                state[f"{name}.{b.value}.lora_B"] = _saved(layer.up(b))
+                state[f"{name}.{b.value}.merger"] = _saved(layer.merger(b))
+                mask = layer.mask(b) if raw else layer.mask(b) | (layer.roles[b] is Role.ALL)
+                state[f"{name}.{b.value}.mask"] = mask.detach().to(torch.uint8).cpu().contiguous()
+        return state
+
+    def load_branch(self, state: dict[str, torch.Tensor], branch: Branch, source: str = "state") -> None:
+        """Load one branch from a state_dict() made on a UNet of the same architecture."""
+        for name, layer in self.layers.items():
+            prefix = f"{name}.{branch.value}"
+            try:
+                tensors = {k: state[f"{prefix}.{k}"] for k in ("lora_A", "lora_B", "merger", "mask")}
+            except KeyError:
+                raise UnZipLoRAError(
+                    f"{source} has no {branch.value} weights for {name}: it was made for another base model"
+                ) from None
+            expected = {
+                "lora_A": layer.down(branch).shape,
+                "lora_B": layer.up(branch).shape,
+                "merger": layer.merger(branch).shape,
+                "mask": layer.mask(branch).shape,
+            }
+            for key, shape in expected.items():
+                if tensors[key].shape != shape:
+                    raise UnZipLoRAError(
+                        f"{source}: {prefix}.{key} has shape {tuple(tensors[key].shape)}, this base model needs "
+                        f"{tuple(shape)}; use the base model the run was trained on"
+                    )
+            with torch.no_grad():
+                layer.down(branch).copy_(tensors["lora_A"])
+                layer.up(branch).copy_(tensors["lora_B"])
+                layer.merger(branch).copy_(tensors["merger"])
+                layer.mask(branch).copy_(tensors["mask"].bool())
+
+    def ordinary_lora(self, branch: Branch) -> dict[str, torch.Tensor]:
+        """One branch alone as an ordinary LoRA (PEFT key names): A and M (.) B per layer.
+
+        As the authors export it: the hard mask is folded into B, the mergers are not (they
+        weigh the branches against each other and act only in combined and cross-run inference,
+        from the full state). Where L_orth has driven m_c and m_s down on shared columns,
+        folding them in would erase those columns from each single LoRA.
+        """
+        state = {}
+        for name, layer in self.layers.items():
+            with torch.no_grad():
+                state[f"{name}.lora_A.weight"] = _saved(layer.down(branch))
+                state[f"{name}.lora_B.weight"] = _saved(layer.masked_up(branch))
+        return state
+
+
+def _saved(tensor: torch.Tensor) -> torch.Tensor:
+    """A standalone fp32 CPU copy (a branch's view shares storage with the other branch)."""
+    return tensor.detach().float().cpu().clone(memory_format=torch.contiguous_format)
+
+
+def inject_two_branch_lora(
+    unet: nn.Module,
+    profile: Profile,
+    rank: int,
+    init: str = "gaussian",
+    seed: int = 0,
+) -> TwoBranchLoRA:
+    """Wrap every attention projection of the UNet and install the separated processor.
+
+    Roles per attention module come from the base model's profile (profiles/). LoRA
+    weights are fp32 and live on the UNet's device; the frozen base stays as it is.
+    """
+    modules = list(attention_modules(unet))
+    if not modules:
+        raise UnZipLoRAError("this UNet has no transformer attention modules; is it an SDXL-shaped UNet?")
+    profile.check_against([name for name, _ in modules])
+    generator = torch.Generator().manual_seed(seed)
+    layers: dict[str, TwoBranchLoraLinear] = {}
+    for name, attn in modules:
+        roles = profile.roles_for(name)
+        for projection in PROJECTIONS:
+            base = _get(attn, projection)
+            if isinstance(base, TwoBranchLoraLinear):
+                raise UnZipLoRAError(f"{name}.{projection} already has UnZipLoRA layers; load a fresh UNet")
+            layer = TwoBranchLoraLinear(base, rank, roles, init, generator)
+            _set(attn, projection, layer)
+            layers[f"{name}.{projection}"] = layer
+        attn.set_processor(SeparatedAttnProcessor())
+    return TwoBranchLoRA(layers, rank)
+
+
+def remove_two_branch_lora(unet: nn.Module) -> None:
+    """Put the plain projections and the stock processor back (undo inject_two_branch_lora)."""
+    for _, attn in attention_modules(unet):
+        for projection in PROJECTIONS:
+            layer = _get(attn, projection)
+            if isinstance(layer, TwoBranchLoraLinear):
+                _set(attn, projection, layer.base)
+        attn.set_processor(AttnProcessor2_0())

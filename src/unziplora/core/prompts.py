@@ -1,0 +1,126 @@
+"""Prompts: the three training prompts, user prompts with <c>/<s>, and SDXL encoding.
+
+UnZipLoRA (arXiv 2412.04465, Sec. 3, "Prompt separation") trains with three prompts per
+image: combined p = "A <c> {class} in {style} style", content p_c = "A <c> {class}" and
+style p_s = "A {class} in {style} style". In user prompts `<c>` stands for the run's rare
+identifier and `<s>` for its style words.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from ..config import PromptConfig
+from ..errors import UnZipLoRAError
+
+CONTENT_TAG = "<c>"
+STYLE_TAG = "<s>"
+MAX_TOKENS = 77
+
+
+@dataclass(frozen=True)
+class PromptTriple:
+    """The combined prompt and the two branch prompts of prompt separation."""
+
+    combined: str
+    content: str
+    style: str
+
+
+TEMPLATE_FIELDS = ("identifier", "subject", "style")
+
+
+def fill_template(template: str, fields: dict[str, str], key: str) -> str:
+    """`template` with {identifier}, {subject} and {style} filled in, and "A" before a vowel made
+    "An" ("An astronaut in ..."). Only those three plain fields are allowed: an attribute, index,
+    conversion or format spec (e.g. {identifier.__class__}) or an unbalanced brace is one error."""
+    import string
+
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise UnZipLoRAError(f"prompts.{key} {template!r} is not a valid template ({exc}); "
+                             "write literal braces as {{ and }}") from None
+    for _, name, spec, conversion in parsed:
+        if name is not None and (name not in TEMPLATE_FIELDS or spec or conversion):
+            raise UnZipLoRAError(f"prompts.{key} uses {{{name}{'!' + conversion if conversion else ''}"
+                                 f"{':' + spec if spec else ''}}}; use only {{identifier}}, {{subject}}, {{style}}")
+    text = _tidy(template.format(**fields))
+    return re.sub(r"\b([Aa]) (?=[aeiouAEIOU])", r"\1n ", text)
+
+
+def training_prompts(cfg: PromptConfig) -> PromptTriple:
+    """p, p_c and p_s from the templates; with separation off all three are p (ablation)."""
+    if not cfg.subject.strip() or not cfg.style.strip():
+        raise UnZipLoRAError("subject and style words are required: pass --subject WORD --style WORDS")
+    fields = {"identifier": cfg.identifier, "subject": cfg.subject.strip(), "style": cfg.style.strip()}
+    triple = PromptTriple(fill_template(cfg.combined, fields, "combined"), fill_template(cfg.content, fields, "content"),
+                          fill_template(cfg.style_prompt, fields, "style_prompt"))
+    if not cfg.separate:
+        return PromptTriple(triple.combined, triple.combined, triple.combined)
+    return triple
+
+
+def _tidy(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def expand_tags(prompt: str, identifier: str, style: str) -> str:
+    """Replace <c> by the identifier and <s> by the style words (one ordinary prompt)."""
+    return _tidy(prompt.replace(CONTENT_TAG, identifier).replace(STYLE_TAG, style))
+
+
+def split_prompt(prompt: str, identifier: str, style: str) -> PromptTriple:
+    """Derive (p, p_c, p_s) from one user prompt for combined generation (arXiv 2412.04465, Sec. 3, "Prompt separation"; docs/method.md §7).
+
+    p: both tags expanded. p_c: the style clause ("in <s> style", or a bare <s>) removed and <c>
+    expanded. p_s: <c> removed and <s> expanded. "A <c> cat in <s> style in a boat" gives
+    ("A monadikos cat in sketch style in a boat", "A monadikos cat in a boat",
+    "A cat in sketch style in a boat").
+    """
+    content = re.sub(r"\b(in|with)\s+(the\s+)?<s>(\s+style)?", "", prompt)
+    content = content.replace(STYLE_TAG, "")
+    style_only = prompt.replace(CONTENT_TAG, "")
+    return PromptTriple(
+        expand_tags(prompt, identifier, style),
+        expand_tags(content, identifier, style),
+        expand_tags(style_only, identifier, style),
+    )
+
+
+def unknown_words(tokenizer, text: str) -> list[str]:
+    """Words of `text` a small base model never learned: where the tokenizer is a toy one (a few
+    hundred tokens, whole words for what the model saw), the words it has no token for. A real
+    tokenizer (CLIP's 49,408 BPE tokens) knows every word, so nothing is reported there."""
+    vocab = tokenizer.get_vocab()
+    if len(vocab) > 5000:
+        return []
+    words = re.findall(r"[a-z]+", text.lower())
+    return sorted({w for w in words if f"{w}</w>" not in vocab})
+
+
+def check_length(tokenizer, prompt: str) -> str | None:
+    """A warning line when the prompt is longer than CLIP's 77 tokens, naming what is cut."""
+    ids = tokenizer(prompt, truncation=False, add_special_tokens=True)["input_ids"]
+    limit = getattr(tokenizer, "model_max_length", MAX_TOKENS) or MAX_TOKENS
+    if len(ids) <= limit:
+        return None
+    kept = tokenizer.decode(ids[1 : limit - 1])
+    return f"prompt is {len(ids)} tokens, CLIP reads {limit}: only {kept!r} is used"
+
+
+@torch.no_grad()
+def encode_prompts(pipe, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL embeddings of each prompt: (penultimate states of both encoders, pooled), via diffusers.
+
+    Uses StableDiffusionXLPipeline.encode_prompt (arXiv 2307.01952, Sec. 2.1: the two text
+    encoders' penultimate hidden states concatenated, pooled embedding of the second).
+    Returns (N, 77, D) and (N, P).
+    """
+    embeds, _, pooled, _ = pipe.encode_prompt(
+        prompt=prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+    )
+    return embeds, pooled

@@ -1,0 +1,199 @@
+"""What a weight file holds, checked from its safetensors header before any tensor is loaded.
+
+A safetensors header lists every tensor's name, dtype and shape; reading it costs a few
+kilobytes however large the tensors are. So every LoRA and state file a command loads is
+checked here first: A and B of each LoRA pair must share one rank, each pair must fit a layer
+of the base model (its own shapes, read from the headers of its weight files), and nothing may
+be larger than such a layer. A crafted file with a 3 GiB tensor (or a LoRA for another model)
+is one error line, with the memory of a header.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UnZipLoRAError
+
+# The widest layer an SDXL-shaped model has is 10240 (the feed-forward input of SDXL's UNet) and
+# its largest table 49408 rows (CLIP's vocabulary): the bound for files with no base model at hand.
+MAX_FEATURES = 65536
+# (down, up) name parts of a LoRA pair in every naming diffusers reads: PEFT, kohya, old diffusers.
+# SDXL's largest LoRAs (rank 256 on every layer) hold a few hundred million numbers; SDXL's largest
+# single weight (text_encoder_2's token table) 63 million.
+MAX_LORA_ELEMENTS = 2**30
+MAX_TENSOR_ELEMENTS = 2**26
+_PAIRS = (("lora_A", "lora_B"), ("lora_down", "lora_up"), ("lora.down", "lora.up"))
+_PARTS = ("unet", "text_encoder", "text_encoder_2")
+
+
+def read_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """{tensor name: shape} and the metadata of a safetensors file, without loading a tensor."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise UnZipLoRAError(f"{path} is not a .safetensors file; unziplora never loads pickled weights")
+    try:
+        with safe_open(str(path), "pt") as fh:
+            return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}, dict(fh.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UnZipLoRAError(f"{path} is corrupt or not a safetensors file ({exc}); re-create or re-download it") from None
+
+
+@dataclass(frozen=True)
+class BaseShapes:
+    """The weight shapes of a base model: "unet.<key>" / "text_encoder.<key>" / ... -> shape."""
+
+    name: str
+    weights: dict[str, tuple[int, ...]]
+
+    @functools.cached_property
+    def matrices(self) -> frozenset[tuple[int, int]]:
+        """(out, in) of every weight of two or more dimensions: what a LoRA pair may update."""
+        return frozenset((s[0], s[1]) for s in self.weights.values() if len(s) >= 2)
+
+    @functools.cached_property
+    def total(self) -> int:
+        return sum(math.prod(s) for s in self.weights.values())
+
+    @functools.cached_property
+    def largest(self) -> int:
+        """The number of elements of its largest weight."""
+        return max((math.prod(s) for s in self.weights.values()), default=1)
+
+    def layer(self, module: str) -> tuple[int, int] | None:
+        """(out, in) of a named module ("unet.down_blocks.1....to_q"), None when it has no such weight."""
+        shape = self.weights.get(f"{module}.weight")
+        return (shape[0], shape[1]) if shape and len(shape) >= 2 else None
+
+
+def _model_folder(base_model: str, revision: str | None) -> Path | None:
+    local = Path(base_model).expanduser()
+    if local.is_dir():
+        return local
+    try:  # a hub id: only what is already in the local cache (nothing is downloaded to check)
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(base_model, revision=revision, local_files_only=True))
+    except Exception:  # not cached, not a repository id: the loader says so in its own words
+        return None
+
+
+@functools.lru_cache(maxsize=8)
+def _base_shapes(folder: str, name: str) -> BaseShapes | None:
+    weights = {}
+    for part in _PARTS:
+        for file in sorted((Path(folder) / part).glob("*.safetensors")):
+            shapes, _ = read_header(file)
+            weights.update({f"{part}.{k}": v for k, v in shapes.items()})
+    return BaseShapes(name, weights) if any(k.startswith("unet.") for k in weights) else None
+
+
+def base_shapes(base_model: str | None, revision: str | None = None) -> BaseShapes | None:
+    """The base model's weight shapes from its files' headers; None when its files are not here."""
+    if not base_model:
+        return None
+    folder = _model_folder(str(base_model), revision)
+    return _base_shapes(str(folder), str(base_model)) if folder else None
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
+
+
+def _module_of(key: str, down: str) -> str:
+    """The module a PEFT / diffusers key names ("unet.<module>.lora_A.weight"), B-LoRA's doubled prefix undone."""
+    module = key[: key.rindex(down)].rstrip("._")
+    return "unet." + module[len("unet.unet."):] if module.startswith("unet.unet.") else module
+
+
+def check_lora_header(path: Path, base: BaseShapes | None = None) -> None:
+    """Refuse a LoRA file whose pairs disagree in rank, fit no layer of `base`, or hold anything
+    larger than a layer; read from the header only."""
+    shapes, _ = read_header(path)
+    paired = set()
+    for key, down_shape in shapes.items():
+        names = next(((d, u) for d, u in _PAIRS if d in key), None)
+        if names is None:
+            continue
+        down, up = names
+        up_key = key[::-1].replace(down[::-1], up[::-1], 1)[::-1]  # the last occurrence
+        up_shape = shapes.get(up_key)
+        paired.update((key, up_key))
+        if up_shape is None or len(down_shape) < 2 or len(up_shape) < 2:
+            raise UnZipLoRAError(f"{path}: {key} has no matching {up_key} of two dimensions or more; the file is "
+                                 "damaged or no LoRA")
+        rank, features_in, features_out = down_shape[0], down_shape[1], up_shape[0]
+        if up_shape[1] != rank:
+            raise UnZipLoRAError(f"{path}: {key} has rank {rank} but {up_key} has rank {up_shape[1]}; the file is "
+                                 "damaged")
+        if rank > features_in + features_out:
+            raise UnZipLoRAError(f"{path}: {key} has rank {rank} for a {features_out}x{features_in} layer, more than "
+                                 "any low-rank update; the file is damaged")
+        _check_layer(path, key, _module_of(key, down), (features_out, features_in), base)
+    limit = base.largest if base else MAX_TENSOR_ELEMENTS
+    for key, shape in shapes.items():
+        if key not in paired and _numel(shape) > limit:
+            raise UnZipLoRAError(f"{path}: {key} has shape {list(shape)}, larger than any weight of "
+                                 f"{base.name if base else 'an SDXL-shaped model'}; the file is damaged")
+    total = sum(map(_numel, shapes.values()))
+    if total > max(MAX_LORA_ELEMENTS, base.total if base else 0):
+        raise UnZipLoRAError(f"{path} holds {total:,} numbers, more than a LoRA of any SDXL-shaped model; the file "
+                             "is damaged")
+
+
+def _check_layer(path: Path, key: str, module: str, shape: tuple[int, int], base: BaseShapes | None) -> None:
+    out, features_in = shape
+    if base is None:
+        if max(shape) > MAX_FEATURES:
+            raise UnZipLoRAError(f"{path}: {key} is for a {out}x{features_in} layer, wider than any SDXL-shaped "
+                                 "model's; the file is damaged")
+        return
+    named = base.layer(module)
+    if named is not None and named != shape:
+        raise UnZipLoRAError(f"{path}: {module} has shape {out}x{features_in} here but {named[0]}x{named[1]} in "
+                             f"{base.name}; the LoRA was made for another base model: pass the one it was trained on")
+    if named is None and shape not in base.matrices:
+        raise UnZipLoRAError(f"{path}: {key} is for a layer of shape {out}x{features_in}, which {base.name} does not "
+                             "have; the LoRA was made for another base model")
+
+
+def check_state_header(path: Path, rank: int, base: BaseShapes | None = None, format_version: int = 1) -> None:
+    """Refuse an unziplora.safetensors (both branches: '<module>.<branch>.lora_A', 'lora_B', 'merger',
+    'mask') whose format is unknown, whose rank is not the manifest's `rank` or whose layers are
+    not `base`'s."""
+    shapes, metadata = read_header(path)
+    version = metadata.get("format_version", "1")
+    if metadata.get("format", "unziplora") != "unziplora" or not version.isdigit() or int(version) < 1:
+        raise UnZipLoRAError(f"{path} says format {metadata.get('format')!r} version {version!r}, not an unziplora "
+                             "state file; the run folder is damaged")
+    if int(version) > format_version:
+        raise UnZipLoRAError(f"{path} has state format {version}, this unziplora reads up to {format_version}; "
+                             "upgrade unziplora")
+    if metadata.get("rank", str(rank)) != str(rank):
+        raise UnZipLoRAError(f"{path} holds rank-{metadata['rank']} weights but the manifest says rank {rank}; the "
+                             "run folder is damaged")
+    for key, shape in shapes.items():
+        head, _, kind = key.rpartition(".")
+        module, _, branch = head.rpartition(".")
+        if kind not in ("lora_A", "lora_B", "merger", "mask") or branch not in ("content", "style"):
+            raise UnZipLoRAError(f"{path} holds {key!r}, which no unziplora state has; the run folder is damaged")
+        if base is None:
+            fits = {"lora_A": len(shape) == 2 and shape[0] == rank, "lora_B": len(shape) == 2 and shape[1] == rank,
+                    "merger": len(shape) == 1, "mask": len(shape) == 1}[kind] and max(shape) <= MAX_FEATURES
+            if not fits:
+                raise UnZipLoRAError(f"{path}: {key} has shape {list(shape)}, which does not fit rank {rank}; the run "
+                                     "folder is damaged")
+            continue
+        layer = base.layer(f"unet.{module}")
+        if layer is None:
+            raise UnZipLoRAError(f"{path}: {base.name} has no layer {module}; the run was made for another base model: "
+                                 "pass the one it was trained on")
+        out, features_in = layer
+        expected = {"lora_A": (rank, features_in), "lora_B": (out, rank), "merger": (out,), "mask": (out,)}[kind]
+        if shape != expected:
+            raise UnZipLoRAError(f"{path}: {key} has shape {list(shape)}, {base.name} and rank {rank} need "
+                                 f"{list(expected)}; use the base model the run was trained on")

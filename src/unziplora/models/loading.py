@@ -1,0 +1,234 @@
+"""Loading the base SDXL pipeline from a hub id or a local folder, with one-line errors."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..errors import UnZipLoRAError
+
+SDXL_PIPELINE_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def looks_like_path(name: str) -> bool:
+    """Hub ids are "owner/name"; anything else that is not an existing folder is a path typo."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def check_pipeline_folder(path: Path) -> None:
+    """Fail unless `path` is a diffusers SDXL pipeline folder with safetensors weights."""
+    if not path.exists():
+        raise UnZipLoRAError(f"base model path {path} does not exist; give a local diffusers SDXL folder or a hub id")
+    index = path / "model_index.json"
+    if not path.is_dir() or not index.is_file():
+        raise UnZipLoRAError(
+            f"{path} is not a diffusers pipeline folder (no model_index.json); "
+            "save one with StableDiffusionXLPipeline.save_pretrained(PATH)"
+        )
+    try:
+        parts = json.loads(index.read_text())
+    except json.JSONDecodeError:
+        raise UnZipLoRAError(f"{index} is not valid JSON; re-save the pipeline") from None
+    missing = [p for p in SDXL_PIPELINE_PARTS if not (path / p).is_dir() or p not in parts]
+    if missing or "XL" not in str(parts.get("_class_name", "")):
+        what = f"lacks {', '.join(missing)}" if missing else f"is a {parts.get('_class_name')}"
+        raise UnZipLoRAError(f"{path} is not an SDXL-shaped diffusers pipeline ({what}); use an SDXL base model folder")
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        files = [f.name for f in (path / part).iterdir()]
+        if not any(f.endswith(".safetensors") for f in files):
+            pickled = [f for f in files if f.endswith(_WEIGHT_SUFFIXES)]
+            reason = f"only pickle files ({', '.join(pickled)})" if pickled else "no weights"
+            raise UnZipLoRAError(
+                f"{path / part} has {reason}; unziplora loads safetensors only: convert with "
+                "save_pretrained(..., safe_serialization=True) in a trusted environment"
+            )
+
+
+LIBRARIES_WARNING_MODULES = r"(diffusers|transformers|peft|accelerate|huggingface_hub)(\.|$)"
+
+
+@contextlib.contextmanager
+def quiet_libraries():
+    """Inside: diffusers' and transformers' info/warning logs, their progress bars and the warnings
+    those libraries issue are hidden (a missing-torchvision fallback, deprecations, "loaded in fp16 on
+    CPU"), so the API prints as little as the CLI. Our own warnings and errors still show; the
+    libraries' settings are restored on exit. `UNZIPLORA_VERBOSE=1` keeps everything."""
+    import os
+
+    if os.environ.get("UNZIPLORA_VERBOSE"):
+        yield
+        return
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    before = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    bars = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    # "Loading pipeline components" / "Loading weights" bars would precede an error line
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=LIBRARIES_WARNING_MODULES)
+            yield
+    finally:
+        diffusers_logging.set_verbosity(before[0])
+        transformers_logging.set_verbosity(before[1])
+        for enabled, library in zip(bars, (diffusers_logging, transformers_logging)):
+            if enabled:
+                library.enable_progress_bar()
+
+
+def load_pipeline(base_model: str, revision: str | None = None, dtype: torch.dtype = torch.float32):
+    """StableDiffusionXLPipeline.from_pretrained on a hub id or local folder, safetensors only.
+
+    The VAE is kept in fp32 (SDXL's VAE overflows in fp16; docs/method.md §6). Library logs are
+    hidden while loading (`quiet_libraries`).
+    """
+    from diffusers import StableDiffusionXLPipeline
+
+    local = Path(base_model).expanduser()
+    if local.exists() or looks_like_path(base_model):
+        check_pipeline_folder(local)
+        source = str(local)
+    else:
+        source = base_model
+    try:
+        with quiet_libraries():
+            pipe = StableDiffusionXLPipeline.from_pretrained(
+                source, revision=revision, dtype=dtype, use_safetensors=True
+            )
+    except (OSError, ValueError, EnvironmentError) as exc:
+        if source is base_model:
+            raise UnZipLoRAError(
+                f"could not load {base_model!r} from the Hugging Face hub (offline, no network, or no such "
+                "repository); download it once where there is network (hf download "
+                f"{base_model} --local-dir ./sdxl) and pass the folder: --base-model ./sdxl"
+            ) from None
+        raise UnZipLoRAError(f"could not load the pipeline in {source}: {str(exc).splitlines()[0][:200]}") from None
+    if dtype != torch.float32:
+        pipe.vae.to(torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UnZipLoRAError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UnZipLoRAError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UnZipLoRAError("train.device is cuda but no CUDA GPU is visible; use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UnZipLoRAError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return device
+
+
+def pick_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
+    """Weight dtype of the frozen UNet: fp16 on CUDA (auto), fp32 on CPU (docs/method.md §6)."""
+    if mixed_precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if mixed_precision in ("fp16", "bf16") and device.type == "cpu":
+        raise UnZipLoRAError(f"mixed precision {mixed_precision} needs a GPU; use --mixed-precision no on CPU")
+    return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
+
+
+CHECKSUM_FILE = "SHA256SUMS"
+
+
+def write_checksums(directory: Path) -> None:
+    """SHA256SUMS over every file of a model folder (write it again after adding files to it)."""
+    import hashlib
+
+    lines = []
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != CHECKSUM_FILE):
+        lines.append(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.relative_to(directory).as_posix()}")
+    (directory / CHECKSUM_FILE).write_text("\n".join(lines) + "\n")
+
+
+# ----- what sizes a base model can generate ------------------------------------------------------
+# Latents a multiple of 8: every level of an SDXL-shaped UNet then halves and doubles exactly, with
+# no interpolation at its skip connections (SDXL's own sizes are multiples of 64).
+LATENT_MULTIPLE = 8
+
+
+def _model_config(base_model: str, part: str, revision: str | None = None) -> dict | None:
+    """PART/config.json of a local folder or of a cached hub model; None when it is not here."""
+    local = Path(base_model).expanduser()
+    path = local / part / "config.json" if local.is_dir() else None
+    if path is None:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(base_model, f"{part}/config.json", revision=revision)
+            path = Path(cached) if isinstance(cached, str) else None
+        except Exception:  # not a hub id: the loader explains
+            path = None
+    try:
+        return json.loads(path.read_text()) if path is not None and path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for one process: the GPU's memory on CUDA, MemAvailable on the CPU (None if unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type != "cpu":
+        return None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def decode_bytes(resolution: int, first_channels: int, images: int = 1) -> int:
+    """A lower bound of the memory decoding `images` images takes: the VAE decoder's last block
+    runs at full size with its first width of channels, and one of its fp32 convolutions holds an
+    input and an output of that size."""
+    return 2 * images * resolution * resolution * first_channels * 4
+
+
+def check_resolution(resolution: int | None, base_model: str, device: torch.device, images: int = 1,
+                     what: str = "--resolution", revision: str | None = None) -> None:
+    """Refuse, before anything is allocated, a size the base model cannot use: not a multiple of its
+    VAE factor x 8 (64 for SDXL, 32 for the embedded 4x model), or beyond this machine's memory."""
+    if resolution is None:
+        return
+    vae = _model_config(base_model, "vae", revision)
+    if vae is None or not vae.get("block_out_channels"):
+        return  # not available before loading (an uncached hub id): the loader fails first
+    channels = vae["block_out_channels"]
+    factor = 2 ** (len(channels) - 1)
+    multiple = factor * LATENT_MULTIPLE
+    unet = _model_config(base_model, "unet", revision) or {}
+    own = int(unet.get("sample_size", 0)) * factor or None
+    if resolution % multiple:
+        lower = max(multiple, resolution // multiple * multiple)
+        raise UnZipLoRAError(f"{what} {resolution} does not suit this base model: use a multiple of {multiple} px "
+                             f"(its VAE downsamples {factor}x, latents must be multiples of {LATENT_MULTIPLE}), "
+                             f"e.g. {lower} or {lower + multiple}")
+    need, free = decode_bytes(resolution, int(channels[0]), images), available_memory(device)
+    if free is not None and need > free:
+        where = "GPU memory" if device.type == "cuda" else "free memory"
+        raise UnZipLoRAError(f"{what} {resolution} needs at least {need / 2**30:,.1f} GiB to decode "
+                             f"{'an image' if images == 1 else f'{images} images'} at that size, more than this "
+                             f"machine's {free / 2**30:,.1f} GiB of {where}: use a smaller size"
+                             + (f" (this model's own is {own} px)" if own else ""))

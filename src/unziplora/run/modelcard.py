@@ -1,0 +1,113 @@
+"""A README model card for every run folder: what was learned, how to prompt, how to load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from ..methods import Method
+
+CARD = """---
+base_model: {base_model}
+library_name: diffusers
+tags: [lora, unziplora, stable-diffusion-xl, text-to-image]
+---
+# {name}: content and style LoRAs from one image
+
+![input](thumbnail.png) ![preview](preview.png)
+
+Decomposed by [unziplora](https://arxiv.org/abs/2412.04465) with **{method}** from one image of a
+**{subject}** in **{style_phrase}** style: {steps} steps, rank {rank}, seed {seed}.
+
+{export}
+
+| LoRA | file | trigger | example prompt |
+|---|---|---|---|
+| content (the subject, without its look) | `content_lora/pytorch_lora_weights.safetensors` | `{identifier} {subject}` | `A {identifier} {subject} on the beach` |
+| style (the look, without the subject) | `style_lora/pytorch_lora_weights.safetensors` | `in {style} style` | `A truck in {style} style` |
+
+{together}
+
+    unziplora generate "{path}" --mode both --prompt "A <c> {subject} in <s> style in a boat"
+
+## diffusers
+
+```python
+import torch
+from diffusers import StableDiffusionXLPipeline
+
+device = "cuda" if torch.cuda.is_available() else "cpu"
+pipe = StableDiffusionXLPipeline.from_pretrained(
+    "{base_model}", dtype=torch.float16 if device == "cuda" else torch.float32).to(device)
+pipe.load_lora_weights("{path}/content_lora", adapter_name="content")
+settings = dict(height={resolution}, width={resolution}, num_inference_steps={sample_steps}, guidance_scale={guidance},
+                guidance_rescale={guidance_rescale})
+image = pipe("A {identifier} {subject} on the beach", **settings).images[0]
+pipe.load_lora_weights("{path}/style_lora", adapter_name="style")  # both, by plain addition
+pipe.set_adapters(["content", "style"], adapter_weights=[1.0, 1.0])
+image = pipe("A {identifier} {subject} in {style} style", **settings).images[0]
+```
+
+## ComfyUI and AUTOMATIC1111
+
+Export kohya-format files first: `unziplora export "{path}" --format kohya` writes
+`{path}/export/kohya/{name}_content.safetensors` and `..._style.safetensors`.
+- ComfyUI: copy them to `models/loras/`, add a *LoraLoader* node (strength 1.0) after the SDXL checkpoint.
+- AUTOMATIC1111 / Forge: copy them to `models/Lora/` and prompt
+  `A {identifier} {subject} on the beach <lora:{name}_content:1>` or
+  `A truck in {style} style <lora:{name}_style:1>`.
+
+Files: {files}`manifest.json` (prompts, config, versions, timings), `config.yaml` (reusable
+with `--config`).
+"""
+
+# What each LoRA file holds and how "both" combines them, per kind of method.
+EXPORTS = {
+    Method.UNZIPLORA: (
+        "Each LoRA alone is its branch's update with the branch's hard column mask folded in and the "
+        "merger vectors left out (M (.) B A), as the authors export it. The mergers weigh the two branches "
+        "against each other and act only when both run together, from `unziplora.safetensors`.",
+        "Both together with prompt separation (three prompts, the mergers on, exactly as trained):",
+        "`unziplora.safetensors` (both branches, mergers, masks), `loss.csv` / `loss.png`, ",
+    ),
+    Method.B_LORA: (
+        "B-LoRA (arXiv 2403.14572): one LoRA trained on two attention modules, split into the content "
+        "module's part and the style module's part. `<c>` and `<s>` both stand for its training token.",
+        "Both together as B-LoRA does it (both parts loaded, one ordinary prompt):",
+        "",
+    ),
+    Method.DREAMBOOTH_LORA: (
+        "DreamBooth-LoRA: one LoRA that cannot split; the content and style files are the same LoRA.",
+        "Both together (the one LoRA, once, with the whole prompt):",
+        "",
+    ),
+}
+
+
+
+def write_model_card(folder: Path, manifest: dict, thumbnail: Image.Image, final_path: str | Path) -> Path:
+    """Write folder/README.md and folder/thumbnail.png (the input, at most 256 px).
+
+    `final_path` is where the run folder will be (the card is written before the rename); the
+    card's commands and code use it as an absolute path, so they work from any directory.
+    """
+    thumb = thumbnail.copy()
+    thumb.thumbnail((256, 256))
+    thumb.save(folder / "thumbnail.png")
+    p, cfg = manifest["prompts"], manifest["config"]
+    method = Method(manifest.get("method", Method.UNZIPLORA.value))
+    export, together, files = EXPORTS[method if method.is_baseline else Method.UNZIPLORA]
+    final_path = Path(final_path).resolve()
+    sample = cfg["sample"]
+    card = CARD.format(
+        name=final_path.name, path=final_path.as_posix(), method=method.value,
+        resolution=sample["resolution"] or cfg["train"]["resolution"], sample_steps=sample["steps"],
+        guidance=sample["guidance_scale"], guidance_rescale=sample.get("guidance_rescale", 0.0), export=export, together=together, files=files,
+        base_model=manifest["base_model"], subject=p["subject"], style=p["style_words"],
+        style_phrase=cfg["prompts"]["style"] or p["style_words"],
+        identifier=p["identifier"], steps=manifest["steps"], rank=cfg["lora"]["rank"], seed=manifest["seed"],
+    )
+    path = folder / "README.md"
+    path.write_text(card)
+    return path

@@ -1,0 +1,116 @@
+"""Where a branch comes from at generation time: a run folder, or a plain LoRA file.
+
+Plain LoRAs (diffusers, kohya/webui, or B-LoRA checkpoints with their doubled `unet.unet.`
+prefix) become a branch with merger 1 and every column on; modules the file lacks get a zero
+update. Two branches of different rank share one two-branch layer by zero-padding the smaller
+rank, which leaves B A unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..core.branch import Branch
+from ..errors import UnZipLoRAError
+from ..export import load_lora_any, lora_file
+from ..models.headers import BaseShapes, check_lora_header
+from ..core.inject import TwoBranchLoRA
+from ..methods import Method
+from .folder import MANIFEST_FILE, RunFolder, load_safetensors
+
+
+@dataclass
+class BranchSource:
+    path: Path
+    branch: Branch
+    run: RunFolder | None = None  # gives the manifest (prompts, base model), and the state if plain is None
+    plain: dict[str, torch.Tensor] | None = None  # PEFT keys without 'unet.'
+    base: BaseShapes | None = None  # the shapes its files were checked against
+
+    @classmethod
+    def open(cls, path: str | Path, branch: Branch, base: BaseShapes | None = None) -> "BranchSource":
+        """A run folder or a LoRA file, every weight file it will load checked from its header against
+        `base` (the base model's shapes, headers.py) first: nothing too large or of another model loads."""
+        path = Path(path)
+        if (path / MANIFEST_FILE).is_file():
+            run = RunFolder.open(path)
+            if run.state_path.is_file():
+                check_lora_header(lora_file(run.lora_dir(branch)), base)  # what --mode content|style loads
+                run.check_state(base)
+                return cls(path, branch, run=run, base=base)
+            # a baseline's run folder (no two-branch state): its branch LoRA as a plain LoRA
+            return cls(path, branch, run=run, plain=load_lora_any(run.lora_dir(branch), base), base=base)
+        if not path.exists():
+            raise UnZipLoRAError(f"{path} does not exist; give a run folder or a LoRA .safetensors file")
+        return cls(path, branch, plain=load_lora_any(path, base), base=base)
+
+    @staticmethod
+    def run_of(path: str | Path) -> RunFolder | None:
+        """The run folder at `path`, None for a plain LoRA file."""
+        path = Path(path)
+        return RunFolder.open(path) if (path / MANIFEST_FILE).is_file() else None
+
+    # ----- facts about the source ------------------------------------------------------------
+    @property
+    def rank(self) -> int:
+        if self.plain is None:
+            return self.run.rank
+        return max(v.shape[0] for k, v in self.plain.items() if k.endswith(".lora_A.weight"))
+
+    @property
+    def method(self) -> Method | None:
+        """The method of the run this branch comes from (None for a plain LoRA file)."""
+        return None if self.run is None else Method(self.run.manifest.get("method", Method.UNZIPLORA.value))
+
+    def manifest_value(self, *keys: str):
+        """A value from the run's manifest, or None for a plain LoRA."""
+        if self.run is None:
+            return None
+        value = self.run.manifest
+        for key in keys:
+            value = value[key]
+        return value
+
+    # ----- weights ----------------------------------------------------------------------------
+    def stock_lora(self) -> dict[str, torch.Tensor]:
+        """What StableDiffusionXLPipeline.load_lora_weights takes for this branch alone (read by us,
+        so a damaged file is our one-line error, not diffusers' traceback)."""
+        if self.plain is None:
+            file = lora_file(self.run.lora_dir(self.branch))
+            return load_safetensors(file, check=lambda p: check_lora_header(p, self.base))
+        return {f"unet.{k}": v for k, v in self.plain.items()}
+
+    def branch_state(self, lora: TwoBranchLoRA) -> dict[str, torch.Tensor]:
+        """This branch in TwoBranchLoRA.state_dict() form, padded to the layers' rank."""
+        b = self.branch.value
+        source = self.run.load_state(self.base) if self.plain is None else None
+        state = {}
+        for name, layer in lora.layers.items():
+            if source is not None:
+                a, up = source.get(f"{name}.{b}.lora_A"), source.get(f"{name}.{b}.lora_B")
+                merger, mask = source.get(f"{name}.{b}.merger"), source.get(f"{name}.{b}.mask")
+            else:
+                a, up = self.plain.get(f"{name}.lora_A.weight"), self.plain.get(f"{name}.lora_B.weight")
+                merger = mask = None
+            if a is None or up is None:
+                if source is not None:
+                    raise UnZipLoRAError(f"{self.path} has no weights for {name}: it was made for another base model")
+                a, up = torch.zeros(0, layer.in_features), torch.zeros(layer.out_features, 0)
+            state[f"{name}.{b}.lora_A"], state[f"{name}.{b}.lora_B"] = _pad(a, up, lora.rank, name, self.path)
+            state[f"{name}.{b}.merger"] = merger if merger is not None else torch.ones(layer.out_features)
+            state[f"{name}.{b}.mask"] = mask if mask is not None else torch.ones(layer.out_features, dtype=torch.uint8)
+        return state
+
+
+def _pad(a: torch.Tensor, up: torch.Tensor, rank: int, name: str, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad A (r, in) and B (out, r) to `rank`; B A is unchanged."""
+    r = a.shape[0]
+    if r > rank:
+        raise UnZipLoRAError(f"{path}: {name} has rank {r}, more than the layer's {rank}")
+    padded_a = torch.zeros(rank, a.shape[1], dtype=torch.float32)
+    padded_up = torch.zeros(up.shape[0], rank, dtype=torch.float32)
+    padded_a[:r], padded_up[:, :r] = a.float(), up.float()
+    return padded_a, padded_up
