@@ -5,10 +5,10 @@ Each name is the function a command line command calls (docs/architecture.md).
 
 from .app.batch import batch_status, run_batch
 from .bench import run_bench
-from .core.branch import Mode
+from .core.names import Mode
 from .config import RunConfig
 from .decompose import decompose
-from .run.settings import resolve_config
+from .methods import resolve_config
 from .app.demo import run_demo
 from .models.embedded import EMBEDDED_MODEL, demo_image
 from .export import export_run

@@ -2,6 +2,11 @@
 
 Defaults follow the authors' training script (arXiv 2412.04465, Sec. 4 and their public code;
 docs/method.md §6). Unknown keys and bad values are rejected with one line naming the key.
+
+Every setting a user may give on the command line is declared once, here, beside its default:
+`option(default, help, flag=...)` (PEFT's `field(default=..., metadata={"help": ...})`). The
+command line's flags, the batch file's columns and the web form's labels are built from these
+declarations (`user_options`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,16 @@ DEFAULT_BASE_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 MAX_RANK = 1024
 
 
+def option(default=dataclasses.MISSING, help: str = "", flag: str | None = None, label: str | None = None,
+           default_factory=dataclasses.MISSING):
+    """A config field declared with its help text; `flag` (without --) makes it a user option of
+    `unziplora decompose`, `unziplora batch` and the web form (`label`: its form label)."""
+    metadata = {"help": help, "flag": flag, "label": label}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise UnZipLoRAError(message)
@@ -32,18 +47,20 @@ def _check(condition: bool, message: str) -> None:
 
 @dataclass
 class ModelConfig:
-    base_model: str = DEFAULT_BASE_MODEL  # hub id or local diffusers folder
-    revision: str | None = None
-    profile: str = "auto"  # block roles: "auto" = the base model's own file, else SDXL's
+    base_model: str = option(DEFAULT_BASE_MODEL, "hub id, local diffusers folder, or 'embedded' (the toy-world "
+                             "model shipped with unziplora)", flag="base-model")
+    revision: str | None = option(None, "the hub revision (branch, tag or commit) of --base-model", flag="revision")
+    profile: str = option("auto", "block roles: auto (the base model's own profile, else SDXL's), sdxl, or a "
+                          "profile YAML", flag="profile")
     block_separation: bool = True  # False: every module masked for both branches (ablation M2)
 
 
 @dataclass
 class LoraConfig:
-    rank: int = 64
+    rank: int = option(64, "LoRA rank of each branch", flag="rank", label="Rank")
     init: Literal["gaussian", "zero_b"] = "gaussian"  # authors: A, B ~ N(0, (1/r)^2)
-    lr: float = 5e-5
-    merger_lr: float = 5e-3  # mergers move 100x faster than A, B (authors' script)
+    lr: float = option(5e-5, "learning rate of the LoRA matrices", flag="lr")
+    merger_lr: float = option(5e-3, "learning rate of the merger vectors", flag="merger-lr")  # 100x A, B (authors)
 
     def __post_init__(self):
         _check(0 < self.rank <= MAX_RANK, f"lora.rank must be a positive integer up to {MAX_RANK}, got {self.rank}")
@@ -53,10 +70,10 @@ class LoraConfig:
 @dataclass
 class MaskConfig:
     enabled: bool = True  # column separation; False: both branches train all columns (ablation M1)
-    refresh_every: int = 200  # steps between mask refreshes (3 refreshes in 600 steps)
+    refresh_every: int = option(200, "steps between column-mask refreshes", flag="refresh-every")  # 3 in 600 steps
     fraction: float = 0.10  # columns each masked branch gains per refresh, per layer
     cone_threshold: float = 1e-5  # |dW * G| above this counts as an important entry (G at the fp16 loss scale)
-    orth_weight: float = 0.5  # lambda of the orthogonality loss
+    orth_weight: float = option(0.5, "weight of the orthogonality loss (lambda)", flag="orth-weight")
 
     def __post_init__(self):
         _check(0 < self.fraction <= 1, f"masks.fraction must be in (0, 1], got {self.fraction}")
@@ -67,9 +84,9 @@ class MaskConfig:
 
 @dataclass
 class PromptConfig:
-    subject: str = ""  # class noun of the subject, e.g. "cat"
-    style: str = ""  # short style phrase, e.g. "watercolor"
-    identifier: str = "monadikos"  # rare token for <c>, as the authors use
+    subject: str = option("", "class noun of the subject, e.g. cat", flag="subject")
+    style: str = option("", "short style phrase, e.g. watercolor", flag="style")
+    identifier: str = option("monadikos", "rare token standing for <c>", flag="identifier")  # as the authors use
     combined: str = "A {identifier} {subject} in {style} style"
     content: str = "A {identifier} {subject}"
     style_prompt: str = "A {subject} in {style} style"
@@ -89,23 +106,25 @@ class PromptConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 600
-    resolution: int = 1024
+    steps: int = option(600, "training steps", flag="steps", label="Steps")
+    resolution: int = option(1024, "training size in px, a multiple of 8", flag="resolution", label="Resolution (px)")
     batch_size: int = 1
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    weight_decay: float = 1e-4
-    max_grad_norm: float = 1.0
-    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU
-    gradient_checkpointing: bool = False
-    use_8bit_adam: bool = False  # needs bitsandbytes (and CUDA)
-    seed: int = 0
-    preview_every: int = 0  # steps between preview images; 0 = only the final grid
-    checkpoint_every: int = 100  # steps between resumable checkpoints in OUT.partial/; 0 = off
-    device: str = "auto"  # auto: cuda if available, else cpu
+    adam_betas: tuple[float, float] = option((0.9, 0.999), "AdamW's betas", flag="adam-betas")
+    adam_eps: float = option(1e-8, "AdamW's epsilon", flag="adam-eps")
+    weight_decay: float = option(1e-4, "AdamW's weight decay", flag="weight-decay")
+    max_grad_norm: float = option(1.0, "gradient-norm clipping", flag="max-grad-norm")
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = option(
+        "auto", "auto: fp16 on CUDA, fp32 on CPU; fp16 / bf16 need a GPU", flag="mixed-precision")
+    gradient_checkpointing: bool = option(False, "trade speed for memory (SDXL under 9 GB of GPU memory)",
+                                          flag="gradient-checkpointing")
+    use_8bit_adam: bool = option(False, "8-bit AdamW (needs bitsandbytes and CUDA)", flag="use-8bit-adam")
+    seed: int = option(0, "random seed", flag="seed", label="Seed")
+    preview_every: int = option(0, "write previews every N steps (0: only the final grid)", flag="preview-every")
+    checkpoint_every: int = option(100, "save a resumable checkpoint every N steps (0: off)", flag="checkpoint-every")
+    device: str = option("auto", "auto (cuda if there is one, else cpu), cpu or cuda", flag="device")
     # dreambooth-lora baseline only: class images the base model draws for prior preservation
     # (arXiv 2208.12242, Eq. 2); 0 = off.
-    prior_images: int = 0
+    prior_images: int = option(0, "dreambooth-lora: class images for prior preservation (0: off)", flag="prior-images")
     prior_weight: float = 1.0
 
     def __post_init__(self):
@@ -128,7 +147,7 @@ class TrainConfig:
 class SampleConfig:
     """Generation settings (the authors' inference defaults)."""
 
-    steps: int = 50
+    steps: int = option(50, "denoising steps of previews and generation", flag="sample-steps")
     guidance_scale: float = 5.0
     seeds: list[int] = field(default_factory=lambda: [0, 1000, 111, 1234])
     resolution: int | None = None  # None: the training resolution
@@ -173,6 +192,60 @@ class RunConfig:
             _check(section in data and key in data[section], f"unknown config key {dotted!r}")
             data[section][key] = value
         return config_from_dict(data)
+
+
+@dataclass(frozen=True)
+class UserOption:
+    """A setting users give by name: --FLAG on the command line, a FLAG column in a batch file."""
+
+    key: str  # dotted config key, e.g. "train.steps"
+    flag: str  # without the dashes, e.g. "steps"
+    help: str
+    annotation: Any
+    default: Any
+    label: str | None  # the web form's label, where the form shows it
+
+    def argparse_kwargs(self) -> dict[str, Any]:
+        """How argparse reads it; every default is None: a layer below sets what is not given."""
+        inner = typing.get_args(self.annotation)
+        origin = typing.get_origin(self.annotation)
+        layered = self.key.split(".")[0] in ("train", "lora", "masks", "sample")
+        shown = list(self.default) if isinstance(self.default, tuple) else self.default
+        default = f"the method's or the base model's, else {shown}" if layered else shown
+        help_text = f"{self.help} (default: {default})" if shown not in ("", None) else self.help
+        if self.annotation is bool:
+            return {"action": "store_true", "default": None, "help": self.help}
+        if origin is Literal:
+            return {"choices": list(inner), "help": help_text}
+        if origin is tuple:
+            return {"type": inner[0], "nargs": len(inner), "help": help_text}
+        if origin is list:
+            return {"type": inner[0], "nargs": "+", "help": help_text}
+        plain = next((a for a in (inner or (self.annotation,)) if a is not type(None)), str)
+        return {"type": plain, "help": help_text} if plain in (int, float) else {"help": help_text}
+
+
+_HELP_ORDER = ("prompts", "model", "train", "lora", "masks", "sample")  # how --help lists them
+
+
+def user_options() -> list[UserOption]:
+    """Every setting declared with a flag (`option(..., flag=...)`), in declaration order."""
+    found = []
+    sections = sorted(dataclasses.fields(RunConfig), key=lambda f: _HELP_ORDER.index(f.name))
+    for section in sections:
+        cls = typing.get_type_hints(RunConfig)[section.name]
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("flag"):
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                found.append(UserOption(f"{section.name}.{f.name}", f.metadata["flag"], f.metadata["help"],
+                                        hints[f.name], default, f.metadata.get("label")))
+    return found
+
+
+def option_named(key: str) -> UserOption:
+    """The declared option of a dotted key (the web form's labels and help)."""
+    return next(o for o in user_options() if o.key == key)
 
 
 def _plain(value):

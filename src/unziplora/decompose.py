@@ -1,8 +1,9 @@
 """`decompose`: one image in, a run folder with a content LoRA and a style LoRA out.
 
 This is the Python API behind `unziplora decompose`; the CLI only parses arguments. One entry
-point for every method (`methods.Method`): UnZipLoRA and its ablations train here, the
-baselines in `methods/baselines.py`.
+point and one loop for every method: the method's plugin (methods/) prepares the loop, says what
+to write and what to record; everything around it (inputs checked before loading, the run folder
+written atomically, checkpoints, previews, the loss curve, the manifest and model card) is here.
 """
 
 from __future__ import annotations
@@ -21,31 +22,20 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .core.branch import Branch
-from .core.callbacks import Callback, Previews, ProgressBar
-from .run.checkpoint import CHECKPOINT_DIR, Checkpointer, check_resumable, fingerprint, read_record, restore_checkpoint
 from .config import RunConfig, config_from_dict
+from .core.callbacks import Callback, Previews, ProgressBar
 from .core.data import centre_crop, crop_note, load_image
-from .errors import TrainingInterrupted, UnZipLoRAError
-from .generate import Conditioning, sample_images
-from .core.inject import PROJECTIONS
-from .methods import Method
-from .run.modelcard import write_model_card
-from .models.loading import check_resolution, load_pipeline, pick_device, pick_dtype
-from .models.profiles import resolve_profile
+from .core.inject import attention_modules
+from .core.names import Method
 from .core.prompts import check_length, training_prompts, unknown_words
-from .run.folder import (
-    LORA_WEIGHT_NAME,
-    MANIFEST_FILE,
-    RUN_FORMAT_VERSION,
-    STATE_FILE,
-    RunFolder,
-    resumable_output_dir,
-    save_grid,
-    save_safetensors,
-    write_text_atomic,
-)
-from .core.train import NonFiniteLoss, Trainer, branch_fractions
+from .core.train import NonFiniteLoss, fit
+from .errors import TrainingInterrupted, UnZipLoRAError
+from .methods import plugin, spec_of
+from .models.loading import check_resolution, pick_device, pick_dtype
+from .run.checkpoint import CHECKPOINT_DIR, Checkpointer, check_resumable, fingerprint, read_record, restore_checkpoint
+from .run.folder import MANIFEST_FILE, RUN_FORMAT_VERSION, RunFolder, resumable_output_dir, save_grid, write_text_atomic
+from .run.modelcard import write_model_card
+from .run.spec import RunSpec
 
 LIBRARIES = ("torch", "diffusers", "peft", "transformers", "accelerate", "safetensors")
 
@@ -63,7 +53,7 @@ def library_versions() -> dict[str, str]:
 def decompose(
     image,
     out_dir: str | Path,
-    config: RunConfig,
+    config: RunConfig | RunSpec,
     method: Method | str = Method.UNZIPLORA,
     *,
     force: bool = False,
@@ -74,84 +64,82 @@ def decompose(
 ) -> RunFolder:
     """Train the content and style LoRAs of one image with `method` and write the run folder.
 
-    `image` is a path or a PIL image. `method` is UnZipLoRA (arXiv 2412.04465; the default),
-    one of its ablations (their config overrides are applied here) or a baseline
-    (`methods/baselines.py`). Inputs are checked before the model loads. An UnZipLoRA run is
-    written to OUT.partial/ with a checkpoint every train.checkpoint_every steps and renamed to
-    OUT when complete; `resume` continues an interrupted OUT.partial/ (same inputs only).
-    `sources` (from `defaults.resolve_config`) says where each non-default setting came from; the
-    manifest keeps it. `callbacks` (callbacks.py: ProgressReport, StopOnRequest) run after the
-    built-in ones at every step; a stop they request ends like Ctrl-C (TrainingInterrupted, the
-    checkpoint kept).
+    `image` is a path or a PIL image. `config` is the resolved run (`methods.resolve_spec`), or a
+    RunConfig with `method` (UnZipLoRA, arXiv 2412.04465, the default; one of its ablations; or a
+    baseline) and `sources` (where each non-default setting came from, from `resolve_config`).
+    Inputs are checked before the model loads. The run is written to OUT.partial/ and renamed to
+    OUT when complete; a resumable method (UnZipLoRA) keeps a checkpoint every
+    train.checkpoint_every steps and `resume` continues an interrupted OUT.partial/ (same inputs
+    only). `callbacks` (core/callbacks.py: ProgressReport, StopOnRequest) run after the built-in
+    ones at every step; a stop they request ends like Ctrl-C (TrainingInterrupted, the checkpoint kept).
     """
-    try:
-        method = Method(method)
-    except ValueError:
-        raise UnZipLoRAError(f"unknown method {method!r}; use one of {', '.join(m.value for m in Method)}") from None
-    device = pick_device(config.train.device)
-    _check_sizes(config, device)
-    if method.is_baseline:
-        from .methods.baselines import decompose_baseline
-
-        if resume:
-            raise UnZipLoRAError(f"--resume is not available for --method {method.value}; rerun with --force")
-        return decompose_baseline(image, out_dir, config, method, force=force, progress=progress, sources=sources,
-                                  callbacks=callbacks)
-    config = config.with_overrides(method.config_overrides)
+    spec = config if isinstance(config, RunSpec) else spec_of(config, method, sources)
+    chosen, cfg = plugin(spec.method), spec.config
+    device = pick_device(cfg.train.device)
+    _check_sizes(spec, device)
+    if resume and not chosen.resumable:
+        raise UnZipLoRAError(f"--resume is not available for --method {spec.method.value}; rerun with --force")
     t_start = time.perf_counter()
-    prompts = training_prompts(config.prompts)
+    prompts = training_prompts(cfg.prompts)
     picture = load_image(image)
     out_dir = Path(out_dir)
-    dtype = pick_dtype(config.train.mixed_precision, device)
-    base_dir = Path(config.model.base_model).expanduser()
-    profile = resolve_profile(config.model.profile, base_dir if base_dir.is_dir() else None)
-    run_fingerprint = fingerprint(config, _image_sha256(picture))
+    dtype = pick_dtype(cfg.train.mixed_precision, device)
+    profile = spec.profile()
+    run_fingerprint = fingerprint(cfg, _image_sha256(picture), spec.base)
 
     with resumable_output_dir(out_dir, force, resume, keep=_worth_keeping) as tmp:
-        checkpointer = Checkpointer(tmp / CHECKPOINT_DIR, config.train.checkpoint_every, run_fingerprint)
-        if resume and _holds_finished_run(tmp, run_fingerprint):
+        checkpointer = Checkpointer(tmp / CHECKPOINT_DIR, cfg.train.checkpoint_every if chosen.resumable else 0,
+                                    run_fingerprint)
+        if resume and _holds_finished_run(tmp, run_fingerprint, spec):
             print(f"note: {tmp} already holds every output of this run; finishing it")
         else:
             record = check_resumable(checkpointer.folder, run_fingerprint) if resume else None
             t0 = time.perf_counter()
-            pipe = load_pipeline(config.model.base_model, config.model.revision, dtype)
+            pipe = spec.base.load(dtype)
             load_s = time.perf_counter() - t0
+            profile.check_against([name for name, _ in attention_modules(pipe.unet)])
             _print_prompt_notes(pipe, prompts)
-            note = crop_note(picture, config.train.resolution)
+            note = crop_note(picture, cfg.train.resolution)
             if note:
                 print(f"note: {note}")
-            torch.manual_seed(config.train.seed)
-            trainer = Trainer.prepare(config, pipe, picture, prompts, profile, device, dtype)
+            torch.manual_seed(cfg.train.seed)
+            t0 = time.perf_counter()
+            prepared = chosen.prepare(spec, pipe, picture, prompts, profile, device, dtype, tmp)
+            loop = prepared.loop
+            prepare_s = time.perf_counter() - t0
             if record is not None:
-                restore_checkpoint(trainer, checkpointer.folder, record)
-                checkpointer.saved_step = trainer.step
-            every_step = [ProgressBar(progress), Previews(tmp / "previews", config.train.preview_every, _write_preview),
-                          checkpointer, *callbacks]
-            _fit(trainer, every_step, checkpointer, out_dir)
+                restore_checkpoint(loop, checkpointer.folder, record)
+                checkpointer.saved_step = loop.step
+            every_step = [ProgressBar(progress), Previews(tmp / "previews", cfg.train.preview_every, _preview_writer(chosen)),
+                          *([checkpointer] if chosen.resumable else []), *callbacks]
+            _fit(loop, every_step, checkpointer, out_dir)
 
             t0 = time.perf_counter()
-            _write_weights(trainer, tmp)
+            files = chosen.write_weights(loop, tmp)
             picture.save(tmp / "input.png")
-            save_grid([centre_crop(picture, config.train.resolution), *render_preview(trainer)], tmp / "preview.png",
-                      columns=4, labels=["input", "content alone", "style alone", "together"])
-            _write_loss(trainer, tmp)
-            (tmp / "config.yaml").write_text(config.to_yaml())
-            timings = {"load_s": load_s, **trainer.timings, "save_s": time.perf_counter() - t0}
+            preview = chosen.preview(loop)
+            if preview:
+                save_grid([centre_crop(picture, cfg.train.resolution), *preview], tmp / "preview.png",
+                          columns=4, labels=["input", "content alone", "style alone", "together"])
+                files["preview"] = "preview.png"
+            _write_loss(loop, tmp)
+            files["loss"] = "loss.csv"
+            (tmp / "config.yaml").write_text(cfg.to_yaml())
+            timings = {"load_s": load_s, "prepare_s": prepare_s, **loop.timings, "save_s": time.perf_counter() - t0}
             timings["total_s"] = time.perf_counter() - t_start
-            manifest = base_manifest(config, profile, prompts, picture, sources)
+            manifest = base_manifest(spec, profile, prompts, picture)
             manifest.update({
-                "method": method.value,
-                "steps": trainer.step,
-                "final_loss": trainer.history[-1].loss,
-                "mask_fraction": branch_fractions(trainer.lora),
+                "method": spec.method.value,
+                "steps": loop.step,
                 "device": str(device),
                 "dtype": str(dtype).replace("torch.", ""),
+                "training": {"mixed_precision": cfg.train.mixed_precision, "dtype": str(dtype).replace("torch.", ""),
+                             "gradient_checkpointing": cfg.train.gradient_checkpointing, **prepared.training},
                 "timings": {k: round(v, 3) for k, v in timings.items()},
-                "files": {"content_lora": f"content_lora/{LORA_WEIGHT_NAME}",
-                          "style_lora": f"style_lora/{LORA_WEIGHT_NAME}",
-                          "state": STATE_FILE, "preview": "preview.png", "loss": "loss.csv"},
+                "files": files,
+                **chosen.manifest_fields(spec, loop),
             })
-            write_model_card(tmp, manifest, picture, out_dir)
+            write_model_card(tmp, manifest, picture, out_dir, chosen.card)
             # The manifest last, in one rename: a folder with a manifest holds every output (_holds_finished_run).
             write_text_atomic(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2))
         # Only now, with every output written: until here a failure can still resume from it.
@@ -159,19 +147,20 @@ def decompose(
     return RunFolder.open(out_dir)
 
 
-def base_manifest(config: RunConfig, profile, prompts, picture, sources: dict[str, str] | None = None) -> dict:
+def base_manifest(spec: RunSpec, profile, prompts, picture) -> dict:
     """The manifest fields every method writes: format, base model, prompts, input, config (with
     where each non-default setting came from), versions.
 
     `prompts["style_words"]` is what `<s>` stands for when generating, `identifier` what `<c>` does.
     """
+    config = spec.config
     return {
         "format_version": RUN_FORMAT_VERSION,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "base_model": config.model.base_model,
+        "base_model": spec.base.source,
         "profile": profile.to_dict(),
         "prompts": {
-            "subject": config.prompts.subject, "style_words": config.prompts.style,
+            "subject": config.prompts.subject, "style_words": plugin(spec.method).style_words(config),
             "identifier": config.prompts.identifier, "combined": prompts.combined,
             "content": prompts.content, "style": prompts.style,
         },
@@ -179,14 +168,14 @@ def base_manifest(config: RunConfig, profile, prompts, picture, sources: dict[st
         "seed": config.train.seed,
         "versions": library_versions(),
         "config": config.to_dict(),
-        "config_sources": dict(sorted((sources or {}).items())),
+        "config_sources": dict(sorted(spec.sources.items())),
     }
 
 
-def _fit(trainer: Trainer, callbacks: list, checkpointer: Checkpointer, out_dir: Path) -> None:
+def _fit(loop, callbacks: list, checkpointer: Checkpointer, out_dir: Path) -> None:
     """Train; a Ctrl-C or a non-finite loss says where the last good checkpoint is."""
     try:
-        trainer.fit(callbacks)
+        fit(loop, callbacks)
     except KeyboardInterrupt:
         if checkpointer.saved_step is None:
             raise TrainingInterrupted("interrupted before any checkpoint; nothing was written") from None
@@ -197,11 +186,12 @@ def _fit(trainer: Trainer, callbacks: list, checkpointer: Checkpointer, out_dir:
         raise NonFiniteLoss(exc.step, exc.value, checkpointer.where()) from None
 
 
-def _check_sizes(config: RunConfig, device) -> None:
+def _check_sizes(spec: RunSpec, device) -> None:
     """The training and sampling sizes against the base model and this machine, before anything loads."""
+    config = spec.config
     for what, size in (("train.resolution (--resolution)", config.train.resolution),
                        ("sample.resolution", config.sample.resolution)):
-        check_resolution(size, config.model.base_model, device, config.train.batch_size, what, config.model.revision)
+        check_resolution(size, spec.base, device, config.train.batch_size, what)
 
 
 def _worth_keeping(work: Path) -> bool:
@@ -214,7 +204,7 @@ def _worth_keeping(work: Path) -> bool:
         return False
 
 
-def _holds_finished_run(work: Path, run_fingerprint: dict[str, str]) -> bool:
+def _holds_finished_run(work: Path, run_fingerprint: dict[str, str], spec: RunSpec) -> bool:
     """True when `work` holds every output of this run (killed after its manifest, while cleaning up);
     a finished run of other inputs is refused, as a checkpoint of other inputs is."""
     if not (work / MANIFEST_FILE).is_file():
@@ -222,7 +212,7 @@ def _holds_finished_run(work: Path, run_fingerprint: dict[str, str]) -> bool:
     run = RunFolder.open(work)
     if not all((work / name).is_file() for name in run.manifest["files"].values()):
         return False
-    saved = fingerprint(config_from_dict(run.manifest["config"]), run.manifest["input"]["sha256"])
+    saved = fingerprint(config_from_dict(run.manifest["config"]), run.manifest["input"]["sha256"], spec.base)
     differ = [key for key, value in run_fingerprint.items() if saved.get(key) != value]
     if differ:
         raise UnZipLoRAError(f"cannot resume {work}: it holds a finished run made with another "
@@ -243,50 +233,16 @@ def _print_prompt_notes(pipe, prompts) -> None:
               f"{', '.join(known)}")
 
 
-def _write_weights(trainer: Trainer, folder: Path) -> None:
-    """The full state for combined use (A, B, m, M of both branches), and each branch alone as an
-    ordinary diffusers LoRA, M (.) B A without the mergers, as the authors export it."""
-    from diffusers import StableDiffusionXLPipeline
-
-    lora = trainer.lora
-    metadata = {"format": "unziplora", "format_version": str(RUN_FORMAT_VERSION), "rank": str(lora.rank)}
-    save_safetensors(lora.state_dict(), folder / STATE_FILE, metadata)
-    for branch in (Branch.CONTENT, Branch.STYLE):
-        StableDiffusionXLPipeline.save_lora_weights(
-            folder / f"{branch.value}_lora",
-            unet_lora_layers=lora.ordinary_lora(branch),
-            weight_name=LORA_WEIGHT_NAME,
-            safe_serialization=True,
-            # alpha = r: the update is applied at scale 1, as trained.
-            unet_lora_adapter_metadata={
-                "r": lora.rank, "lora_alpha": lora.rank, "target_modules": list(PROJECTIONS),
-            },
-        )
+def _preview_writer(chosen):
+    """What the Previews callback calls: the method's preview grid, when it has one."""
+    def write(loop, path: Path) -> None:
+        images = chosen.preview(loop)
+        if images:
+            save_grid(images, path, columns=3, labels=["content", "style", "together"])
+    return write
 
 
-def render_preview(trainer: Trainer, seed_count: int = 1) -> list:
-    """Content alone (p_c), style alone (p_s), together (p with p_c, p_s): one image each."""
-    e, lora, cfg = trainer.embeds, trainer.lora, trainer.config
-    sample = type(cfg.sample)(steps=cfg.sample.steps, guidance_scale=cfg.sample.guidance_scale,
-                              seeds=cfg.sample.seeds[:seed_count])
-    images = []
-    plans = [
-        ({Branch.CONTENT}, Conditioning(e["content"], e["content_pooled"])),
-        ({Branch.STYLE}, Conditioning(e["style"], e["style_pooled"])),
-        ({Branch.CONTENT, Branch.STYLE}, Conditioning(e["combined"], e["combined_pooled"], e["content"], e["style"])),
-    ]
-    for branches, cond in plans:
-        lora.set_active(branches)
-        images += sample_images(trainer.pipe, cond, sample, cfg.train.resolution)
-    lora.set_active({Branch.CONTENT, Branch.STYLE})
-    return images
-
-
-def _write_preview(trainer: Trainer, path: Path) -> None:
-    save_grid(render_preview(trainer), path, columns=3, labels=["content", "style", "together"])
-
-
-def _write_loss(trainer: Trainer, folder: Path) -> None:
+def _write_loss(trainer, folder: Path) -> None:
     with open(folder / "loss.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["step", "loss", "mse", "orth", "refresh"])

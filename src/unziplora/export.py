@@ -12,12 +12,12 @@ from pathlib import Path
 
 import torch
 
-from .core.branch import Branch
+from .core.names import Branch
 from .errors import UnZipLoRAError
 from .run.folder import LORA_WEIGHT_NAME, RunFolder, atomic_output_dir, load_safetensors, refuse_existing, save_safetensors
 
 from .run.formats import EXPORT_FORMATS as FORMATS
-B_LORA_PREFIX = "unet.unet."  # B-LoRA's published checkpoints double the prefix
+from .run.loras import lora_file
 
 
 def export_run(run: str | Path, fmt: str, out_dir: str | Path | None = None, force: bool = False) -> list[Path]:
@@ -29,12 +29,12 @@ def export_run(run: str | Path, fmt: str, out_dir: str | Path | None = None, for
     """
     if fmt not in FORMATS:
         raise UnZipLoRAError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
-    from .models.headers import base_shapes
+    from .models.base import BaseModel
 
     folder = RunFolder.open(run)
     out = Path(out_dir) if out_dir else folder.path / "export" / fmt
     refuse_existing(out, force)  # before reading anything
-    base = base_shapes(folder.manifest["base_model"], folder.manifest["config"]["model"]["revision"])
+    base = BaseModel.resolve(folder.manifest["base_model"], folder.manifest["config"]["model"]["revision"]).shapes()
     states = {branch: _read_branch(folder, branch, base) for branch in (Branch.CONTENT, Branch.STYLE)}
     names = {branch: f"{folder.path.name}_{branch.value}.safetensors" for branch in states}
     with atomic_output_dir(out, force) as tmp:
@@ -84,54 +84,3 @@ def kohya_metadata(folder: RunFolder, branch: Branch, state: dict[str, torch.Ten
         "ss_sd_model_name": base, "unziplora_branch": branch.value,
         "unziplora_trigger": trigger, "unziplora_base_model": base,
     }
-
-
-def lora_file(path: str | Path) -> Path:
-    """The weight file of a LoRA folder (diffusers' name) or the file itself."""
-    path = Path(path)
-    file = path / LORA_WEIGHT_NAME if path.is_dir() else path
-    if not file.is_file():
-        raise UnZipLoRAError(f"no LoRA file at {path}; give a .safetensors file or a folder holding {LORA_WEIGHT_NAME}")
-    return file
-
-
-def load_lora_any(path: str | Path, base=None) -> dict[str, torch.Tensor]:
-    """A UNet LoRA from a diffusers folder/file, a kohya file or a B-LoRA checkpoint, its header
-    checked against `base` (headers.BaseShapes, or None: ranks and sizes only) before loading.
-
-    Returns PEFT-style keys without the 'unet.' prefix ('<module>.lora_A.weight', '.lora_B.weight'),
-    with any kohya alpha folded into B so the update is exactly what the file means.
-    """
-    from diffusers import StableDiffusionXLPipeline
-
-    from .models.headers import check_lora_header
-
-    file = lora_file(path)
-    state = load_safetensors(file, check=lambda p: check_lora_header(p, base))
-    if any(k.startswith(B_LORA_PREFIX) for k in state):
-        state = {k.replace(B_LORA_PREFIX, "unet.", 1): v for k, v in state.items()}
-    try:
-        converted, alphas = StableDiffusionXLPipeline.lora_state_dict(state)
-    except (ValueError, KeyError) as exc:
-        raise UnZipLoRAError(f"{file} is not a LoRA diffusers can read ({str(exc).splitlines()[0][:120]})") from None
-    unet = {k[len("unet."):]: v for k, v in converted.items() if k.startswith("unet.")}
-    if not unet:
-        raise UnZipLoRAError(f"{file} holds no UNet LoRA weights (text-encoder-only LoRAs are not supported)")
-    return _to_peft_keys(unet, alphas or {})
-
-
-def _to_peft_keys(state: dict[str, torch.Tensor], alphas: dict[str, float]) -> dict[str, torch.Tensor]:
-    """Normalise every diffusers LoRA naming to PEFT's (diffusers' own converter); fold alpha / rank into B.
-
-    diffusers keys alphas by the down-weight's name + '.alpha'; running those names through the
-    same converter maps each alpha onto its module.
-    """
-    from diffusers.utils import convert_unet_state_dict_to_peft
-
-    out = {k: v.float() for k, v in convert_unet_state_dict_to_peft(state).items()}
-    named = {k.removeprefix("unet.").removesuffix(".alpha"): torch.tensor(float(v)) for k, v in alphas.items()}
-    for key, alpha in convert_unet_state_dict_to_peft(named).items():
-        up = key.replace(".lora_A.weight", ".lora_B.weight")
-        if up in out:
-            out[up] = out[up] * (float(alpha) / out[up].shape[1])
-    return out

@@ -21,91 +21,19 @@ import torch
 from PIL import Image
 
 from .core.attention import CONTENT_KWARG, STYLE_KWARG
-from .core.branch import Branch, Mode
+from .core.names import Branch, Mode
 from .config import SampleConfig
 from .errors import UnZipLoRAError
 from .core.fuse import fuse_for_generation
+from .core.sampling import Conditioning, sample_images, step_batch
 from .core.inject import inject_two_branch_lora
-from .methods import Method
-from .models.loading import check_resolution, load_pipeline, pick_device
+from .methods import Combine, plugin
+from .models.base import BaseModel
+from .models.loading import check_resolution, pick_device
 from .models.profiles import INFERENCE_PROFILE
 from .core.prompts import CONTENT_TAG, STYLE_TAG, check_length, encode_prompts, expand_tags, split_prompt
 from .run.folder import atomic_output_dir, refuse_existing, save_grid
 from .run.sources import BranchSource
-
-
-@dataclass
-class Conditioning:
-    """Prompt embeddings for one generation: combined (1, 77, D), pooled (1, P), optional branches."""
-
-    combined: torch.Tensor
-    pooled: torch.Tensor
-    content: torch.Tensor | None = None
-    style: torch.Tensor | None = None
-
-
-@torch.no_grad()
-def sample_images(pipe, cond: Conditioning, sample: SampleConfig, resolution: int | None, num_images: int = 1,
-                  progress: bool = False, on_step=None) -> list[Image.Image]:
-    """Run the SDXL pipeline once per seed from precomputed embeddings.
-
-    The unconditional half of classifier-free guidance uses zero embeddings, as SDXL does for
-    an empty negative prompt (force_zeros_for_empty_prompt); the branch inputs get the same
-    zeros there, so unconditional K/V carry no prompt in any branch. `sample.guidance_rescale`
-    is CFG rescale (arXiv 2305.08891, Sec. 3.4), which zero-terminal-SNR models need. With
-    `progress`, one bar counts the denoising steps of every seed; `on_step(done, total)` is told
-    the same count (the web page's progress).
-    """
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(sample.seeds) * sample.steps, desc="generate", unit="step", disable=not progress,
-               dynamic_ncols=True)
-
-    total, done = len(sample.seeds) * sample.steps, [0]
-
-    def tick(pipeline, step, timestep, tensors):
-        bar.update(1)
-        done[0] += 1
-        if on_step is not None:
-            on_step(done[0], total)
-        return tensors
-
-    device = pipe.unet.device
-    dtype = pipe.unet.dtype
-    extra = {}
-    for key, branch_embeds in ((CONTENT_KWARG, cond.content), (STYLE_KWARG, cond.style)):
-        if branch_embeds is not None:
-            extra[key] = step_batch(branch_embeds, num_images, sample.guidance_scale).to(device, dtype)
-    images = []
-    for seed in sample.seeds:
-        generator = torch.Generator().manual_seed(int(seed))
-        out = pipe(
-            prompt_embeds=cond.combined.to(device, dtype),
-            pooled_prompt_embeds=cond.pooled.to(device, dtype),
-            negative_prompt_embeds=torch.zeros_like(cond.combined).to(device, dtype),
-            negative_pooled_prompt_embeds=torch.zeros_like(cond.pooled).to(device, dtype),
-            num_images_per_prompt=num_images,
-            num_inference_steps=sample.steps,
-            guidance_scale=sample.guidance_scale,
-            height=resolution,
-            width=resolution,
-            generator=generator,
-            guidance_rescale=sample.guidance_rescale,
-            cross_attention_kwargs=extra or None,
-            output_type="pil",
-            callback_on_step_end=tick,
-        )
-        images.extend(out.images)
-    bar.close()
-    return images
-
-
-def step_batch(embeds: torch.Tensor | None, num_images: int, guidance_scale: float) -> torch.Tensor | None:
-    """The text-embedding batch the UNet sees at every step: [zeros; embeds] x num_images under CFG."""
-    if embeds is None:
-        return None
-    batch = embeds.repeat(num_images, 1, 1)
-    return torch.cat([torch.zeros_like(batch), batch]) if guidance_scale > 1.0 else batch
 
 
 def _encode(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,7 +52,7 @@ class Plan:
     mode: Mode
     content: BranchSource
     style: BranchSource
-    base_model: str
+    base: BaseModel
     sample: SampleConfig
     resolution: int | None
     identifier: str
@@ -143,12 +71,11 @@ def default_out_dir(home: Path, mode: Mode) -> Path:
 def plan_generation(prompt: str, out_dir: str | Path | None, mode: Mode | str, run=None, content_run=None,
                     style_run=None, sample: SampleConfig | None = None, base_model: str | None = None,
                     identifier: str | None = None, style_words: str | None = None, force: bool = False,
-                    **settings) -> Plan:
-    """Resolve the sources, the sampling settings (`settings`: steps, guidance_scale, seeds,
-    resolution, guidance_rescale; None = the run's, which follow its base model) and the output
-    folder, and check them."""
-    from .run.settings import resolve_base_model
-    from .models.headers import base_shapes
+                    revision: str | None = None, **settings) -> Plan:
+    """Resolve the sources, the base model (the runs', at the revision they were trained at;
+    `base_model` / `revision` replace them), the sampling settings (`settings`: steps,
+    guidance_scale, seeds, resolution, guidance_rescale; None = the run's, which follow its base
+    model) and the output folder, and check them."""
 
     mode = Mode(mode)
     if content_run and style_run:
@@ -162,12 +89,13 @@ def plan_generation(prompt: str, out_dir: str | Path | None, mode: Mode | str, r
         if not Path(path).exists():
             raise UnZipLoRAError(f"{path} does not exist; give a run folder or a LoRA .safetensors file")
     runs = [r for r in map(BranchSource.run_of, paths.values()) if r is not None]
-    bases = {r.manifest["base_model"] for r in runs}
+    bases = {(r.manifest["base_model"], r.manifest["config"]["model"]["revision"]) for r in runs}
     if base_model is None and len(bases) != 1:
         raise UnZipLoRAError("pass --base-model: the sources name " + ("no base model" if not bases else "different base models"))
-    base_model = resolve_base_model(base_model or bases.pop())
+    name, run_revision = (base_model, revision) if base_model is not None else bases.pop()
+    base = BaseModel.resolve(name, revision or run_revision)
     # Every weight file is checked against the base model's shapes before a tensor of it loads.
-    shapes = base_shapes(base_model)
+    shapes = base.shapes()
     content = BranchSource.open(paths[Branch.CONTENT], Branch.CONTENT, shapes)
     style = BranchSource.open(paths[Branch.STYLE], Branch.STYLE, shapes)
     config = runs[0].manifest["config"] if runs else None
@@ -184,7 +112,7 @@ def plan_generation(prompt: str, out_dir: str | Path | None, mode: Mode | str, r
     home = runs[0].path if runs else Path(".")
     out = Path(out_dir) if out_dir is not None else default_out_dir(home, mode)
     refuse_existing(out, force)
-    return Plan(mode, content, style, base_model, sample, resolution, identifier or "", style_words or "", out)
+    return Plan(mode, content, style, base, sample, resolution, identifier or "", style_words or "", out)
 
 
 def generate(
@@ -204,6 +132,7 @@ def generate(
     fused: bool = True,
     progress: bool = False,
     on_step=None,
+    revision: str | None = None,
     **settings,
 ) -> list[Path]:
     """Generate images and write them, a grid and generation.json into `out_dir` (default: a new
@@ -219,10 +148,10 @@ def generate(
     if num_images <= 0:
         raise UnZipLoRAError(f"--num-images must be positive, got {num_images}")
     plan = plan_generation(prompt, out_dir, mode, run, content_run, style_run, sample, base_model, identifier,
-                           style_words, force, **settings)
+                           style_words, force, revision, **settings)
     torch_device = pick_device(device)
-    check_resolution(plan.resolution, plan.base_model, torch_device, num_images)
-    pipe = load_pipeline(plan.base_model, dtype=torch.float16 if torch_device.type == "cuda" else torch.float32)
+    check_resolution(plan.resolution, plan.base, torch_device, num_images)
+    pipe = plan.base.load(torch.float16 if torch_device.type == "cuda" else torch.float32)
     pipe.to(torch_device)
     pipe.vae.to(torch.float32)
     cond, prompts = _conditioning(pipe, plan, prompt, num_images, fused)
@@ -233,12 +162,11 @@ def generate(
 def _conditioning(pipe, plan: Plan, prompt: str, num_images: int, fused: bool) -> tuple[Conditioning, dict]:
     """Load the LoRAs into the pipeline as the mode needs and encode the prompt(s)."""
     mode, content, style = plan.mode, plan.content, plan.style
-    # A DreamBooth-LoRA run cannot split: its content and style LoRAs are one LoRA, so "both"
-    # is that LoRA once, with the whole prompt (summing the two branches would apply it twice).
-    one_lora = mode is Mode.BOTH and content.method is Method.DREAMBOOTH_LORA
-    # B-LoRA combines by loading both parts (disjoint modules) under one prompt.
-    both_parts = mode in (Mode.BOTH, Mode.CROSS) and content.method is style.method is Method.B_LORA
-    if mode in (Mode.CONTENT, Mode.STYLE) or one_lora or both_parts:
+    # How two LoRAs combine is the content run's method's to say (methods/base.py `Combine`).
+    combine = None if mode in (Mode.CONTENT, Mode.STYLE) else (
+        plugin(content.method).combine(mode, style.method) if content.method else Combine.TWO_BRANCH)
+    one_lora, both_parts = combine is Combine.ONE_LORA, combine is Combine.BOTH_PARTS
+    if combine is not Combine.TWO_BRANCH:
         source = style if mode is Mode.STYLE else content
         weights = {**content.stock_lora(), **style.stock_lora()} if both_parts else source.stock_lora()
         try:
@@ -247,7 +175,7 @@ def _conditioning(pipe, plan: Plan, prompt: str, num_images: int, fused: bool) -
                 pipe.fuse_lora(adapter_names=[mode.value])
                 pipe.unload_lora_weights()
         except (OSError, ValueError, RuntimeError, KeyError) as exc:  # what diffusers / PEFT raise for a misfit
-            raise UnZipLoRAError(f"{source.path} does not load into {plan.base_model} "
+            raise UnZipLoRAError(f"{source.path} does not load into {plan.base.source} "
                                  f"({str(exc).strip().splitlines()[-1][:160]}); pass the base model it was trained on") from None
         text = expand_tags(prompt, plan.identifier, plan.style_words)
         embeds, pooled = _encode(pipe, [text])
@@ -284,7 +212,7 @@ def _write(plan: Plan, images: list, prompts: dict, num_images: int, force: bool
             "mode": plan.mode.value, "prompts": prompts, "seeds": list(sample.seeds), "steps": sample.steps,
             "guidance_scale": sample.guidance_scale, "guidance_rescale": sample.guidance_rescale,
             "resolution": plan.resolution, "num_images": num_images, "content_source": str(plan.content.path),
-            "style_source": str(plan.style.path), "base_model": plan.base_model,
+            "style_source": str(plan.style.path), "base_model": plan.base.source, "revision": plan.base.revision,
         }
         (tmp / "generation.json").write_text(json.dumps(record, indent=2))
     return paths

@@ -26,7 +26,7 @@ import yaml
 
 from .config import SampleConfig
 from .errors import UnZipLoRAError
-from .generate import Conditioning, sample_images
+from .core.sampling import Conditioning, sample_images
 from .core.inject import attention_modules
 from .methods.single_lora import SingleLoraSpec, keep_modules, train_single_lora
 from .core.prompts import encode_prompts
@@ -159,11 +159,11 @@ def markdown_table(mean_scores: list[GroupScore], roles: dict[str, str]) -> str:
 PROFILE_FILE, EVIDENCE_FILE = "unziplora_profile.yaml", "block_roles.md"
 
 
-def probe_block_roles(base_model: str, out_dir: str | Path, images: list | None = None, scorer: Scorer | None = None,
+def probe_block_roles(base, out_dir: str | Path, images: list | None = None, scorer: Scorer | None = None,
                       name: str | None = None, steps: int = 300, rank: int = 16, lr: float = 1e-3,
                       resolution: int | None = None, sample: SampleConfig | None = None,
                       progress: bool = True) -> tuple[dict, str]:
-    """Probe every module group of `base_model` on `images` and write OUT/unziplora_profile.yaml
+    """Probe every module group of the resolved base model `base` on `images` and write OUT/unziplora_profile.yaml
     (what `--profile` takes) and OUT/block_roles.md (the evidence). Returns (profile, table).
 
     `images` default to four held-out images of the toy world, scored by its oracles (the
@@ -172,7 +172,7 @@ def probe_block_roles(base_model: str, out_dir: str | Path, images: list | None 
     """
     from tqdm.auto import tqdm
 
-    from .models.loading import CHECKSUM_FILE, load_pipeline, write_checksums
+    from .models.loading import CHECKSUM_FILE, write_checksums
     from .run.folder import write_text_atomic
 
     if images is None:
@@ -188,14 +188,14 @@ def probe_block_roles(base_model: str, out_dir: str | Path, images: list | None 
     scorer = scorer or oracle_scorer
     resolution = resolution or 1024
     sample = sample or SampleConfig(steps=25, guidance_scale=5.0, seeds=[0, 1000, 111, 1234])
-    pipe = load_pipeline(base_model)
+    pipe = base.load()
     spec = SingleLoraSpec("A sks", rank=rank, steps=steps, lr=lr, resolution=resolution)
     per_image = [probe_image(pipe, image, "sks", spec, sample, scorer)
                  for image in tqdm(images, desc="probe", unit="image", disable=not progress)]
     mean = average(per_image)
     roles = assign_roles(mean)
     table = markdown_table(mean, roles)
-    name = name or Path(base_model).name
+    name = name or Path(base.source).name
     profile = profile_dict(name, roles, f"block roles of {name}, measured by unziplora probe", mean)
     settings = (f"{len(images)} images, LoRA rank {rank}, {steps} steps, lr {lr}, prompt 'A sks', "
                 f"{len(sample.seeds)} seeds x {sample.steps} steps, CFG {sample.guidance_scale}")

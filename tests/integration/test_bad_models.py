@@ -183,8 +183,9 @@ def test_sizes_the_base_model_cannot_use_are_refused_before_loading(tiny_base, t
     import unziplora.decompose
     import unziplora.generate
 
-    for module in (unziplora.decompose, unziplora.generate):
-        monkeypatch.setattr(module, "load_pipeline", lambda *a, **k: pytest.fail("loaded the model first"))
+    import unziplora.models.loading
+
+    monkeypatch.setattr(unziplora.models.loading, "load_pipeline", lambda *a, **k: pytest.fail("loaded the model first"))
     tiny_image.save(tmp_path / "in.png")
     argv = {
         "decompose": ["decompose", str(tmp_path / "in.png"), "--subject", "cat", "--style", "x", "--out",

@@ -9,7 +9,6 @@ from unziplora.app.cli import main
 from unziplora.config import SampleConfig
 from unziplora.decompose import decompose
 from unziplora.generate import generate
-from unziplora.methods.baselines import decompose_baseline
 from unziplora.run.folder import RunFolder
 
 from ..conftest import tiny_config
@@ -24,7 +23,7 @@ def test_b_lora_trains_the_two_modules_of_the_profile(tiny_base, tiny_image, tmp
     """B-LoRA's reference: content = up_blocks.0.attentions.0, style = up_blocks.0.attentions.1 on
     SDXL, nothing else. (Was: the six modules the UnZipLoRA profile gives a branch all columns of.)"""
     config = tiny_config(tiny_base)
-    run = decompose_baseline(tiny_image, tmp_path / "b", config, "b-lora", progress=False)
+    run = decompose(tiny_image, tmp_path / "b", config, "b-lora", progress=False)
     content, style = lora_keys(run, "content"), lora_keys(run, "style")
     assert content and style and not content & style
     assert all(k.startswith("unet.up_blocks.0.attentions.0.") for k in content)
@@ -51,7 +50,7 @@ def test_b_lora_both_loads_the_two_parts_under_one_prompt(tiny_base, tiny_image,
     from safetensors.torch import load_file, save_file
 
     config = tiny_config(tiny_base, **{"train.steps": 1})
-    run = decompose_baseline(tiny_image, tmp_path / "b", config, "b-lora", progress=False)
+    run = decompose(tiny_image, tmp_path / "b", config, "b-lora", progress=False)
     torch.manual_seed(0)  # one step barely moves B from 0: make the parts visible in the image
     for branch in ("content", "style"):
         file = run.path / f"{branch}_lora" / "pytorch_lora_weights.safetensors"
@@ -77,16 +76,16 @@ def test_b_lora_uses_its_reference_settings_unless_the_user_sets_others(tiny_bas
                                                                         monkeypatch):
     import dataclasses
 
-    import unziplora.methods.baselines as baselines
-    from unziplora.run.settings import resolve_config
+    import unziplora.methods.dreambooth as single
+    from unziplora.methods import resolve_config
 
-    specs, real = [], baselines.train_single_lora
+    specs, real = [], single.SingleLoraLoop
 
-    def fake_training(pipe, image, spec, device, progress, prior_images=(), callbacks=()):
+    def fake_loop(pipe, image, spec, device, dtype, prior_images=()):
         specs.append(spec)  # what would be trained; train one step of rank 2 instead
-        return real(pipe, image, dataclasses.replace(spec, steps=1, rank=2), device, progress, prior_images, callbacks)
+        return real(pipe, image, dataclasses.replace(spec, steps=1, rank=2), device, dtype, prior_images)
 
-    monkeypatch.setattr(baselines, "train_single_lora", fake_training)
+    monkeypatch.setattr(single, "SingleLoraLoop", fake_loop)
     given = {"model.base_model": str(tiny_base), "prompts.subject": "cat", "prompts.style": "sketch",
              "train.resolution": 32, "sample.steps": 2}
     resolved = resolve_config(given, method="b-lora")
@@ -103,7 +102,7 @@ def test_b_lora_uses_its_reference_settings_unless_the_user_sets_others(tiny_bas
 
 
 def test_dreambooth_lora_cannot_split(tiny_base, tiny_image, tmp_path):
-    run = decompose_baseline(tiny_image, tmp_path / "d", tiny_config(tiny_base), "dreambooth-lora", progress=False)
+    run = decompose(tiny_image, tmp_path / "d", tiny_config(tiny_base), "dreambooth-lora", progress=False)
     assert lora_keys(run, "content") == lora_keys(run, "style")
     assert len(lora_keys(run, "content")) == 2 * 4 * 22  # every projection of the tiny UNet's 22 attention modules
     assert "method:       dreambooth-lora" in RunFolder.open(run.path).summary()
@@ -124,8 +123,8 @@ def test_ablations_through_the_cli(tiny_base, tiny_image, tmp_path, method, chec
 
 def test_dreambooth_prior_preservation_draws_class_images_and_changes_training(tiny_base, tiny_image, tmp_path):
     config = tiny_config(tiny_base)
-    plain = decompose_baseline(tiny_image, tmp_path / "plain", config, "dreambooth-lora", progress=False)
-    prior = decompose_baseline(tiny_image, tmp_path / "prior", config.with_overrides({"train.prior_images": 2}),
+    plain = decompose(tiny_image, tmp_path / "plain", config, "dreambooth-lora", progress=False)
+    prior = decompose(tiny_image, tmp_path / "prior", config.with_overrides({"train.prior_images": 2}),
                                "dreambooth-lora", progress=False)
     assert sorted(p.name for p in (prior.path / "class_images").iterdir()) == ["000.png", "001.png"]
     # DreamBooth's class prompt (arXiv 2208.12242, Sec. 4.2). (Was: "A cat in sketch style".)
@@ -144,7 +143,7 @@ def test_dreambooth_lora_both_applies_its_one_lora_once(tiny_base, tiny_image, t
     import torch
     from safetensors.torch import load_file, save_file
 
-    run = decompose_baseline(tiny_image, tmp_path / "d", tiny_config(tiny_base), "dreambooth-lora", progress=False)
+    run = decompose(tiny_image, tmp_path / "d", tiny_config(tiny_base), "dreambooth-lora", progress=False)
     weights = load_file(run.path / "content_lora" / "pytorch_lora_weights.safetensors")
     torch.manual_seed(0)  # a few steps barely move B from 0: make the LoRA visible in the image
     weights = {k: torch.randn_like(v) * 0.3 if "lora_B" in k else v for k, v in weights.items()}

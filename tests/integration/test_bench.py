@@ -3,10 +3,11 @@
 import json
 
 from unziplora.bench.speed import run_speed
+from unziplora.models.base import BaseModel
 
 
 def test_speed_benchmark_reports_ratios(tiny_base, tiny_image, tmp_path):
-    result = run_speed(tmp_path / "speed.json", str(tiny_base), tiny_image, rank=2, resolution=32, steps=2, repeats=1)
+    result = run_speed(tmp_path / "speed.json", BaseModel.resolve(tiny_base), tiny_image, rank=2, resolution=32, steps=2, repeats=1)
     saved = json.loads((tmp_path / "speed.json").read_text())
     for key in ("train_step_ratio", "train_step_ratio_vs_default_adamw", "train_step_ratio_vs_rank_2r",
                 "combined_inference_ratio", "fused_inference_ratio"):
@@ -36,7 +37,7 @@ def test_bench_entry_point_names_what_it_does_not_know():
 def test_base_model_benchmark_rows_and_targets(tiny_base, tmp_path):
     from unziplora.bench.base_model import run_base_model
 
-    report = run_base_model(tmp_path / "r1.json", str(tiny_base), per_combo=1, renders=16, steps=1)
+    report = run_base_model(tmp_path / "r1.json", BaseModel.resolve(tiny_base), per_combo=1, renders=16, steps=1)
     saved = json.loads((tmp_path / "r1.json").read_text())
     assert list(saved["rows"]) == ["renders", "vae reconstructions", "seen", "held-out"]
     assert saved["rows"]["renders"]["family_acc"] >= 0.9  # the judge knows clean renders

@@ -1,5 +1,6 @@
 """The quality benchmark runs every row end to end and writes the promised JSON shape."""
 
+from unziplora.models.base import BaseModel
 import json
 
 from unziplora.bench.quality import METRICS, run_quality
@@ -7,7 +8,7 @@ from unziplora.bench.quality import METRICS, run_quality
 
 def test_quality_benchmark_shape(tiny_base, tmp_path, monkeypatch):
     # the tiny pipeline renders 32 px by default; the benchmark asks for 64 px, which it also handles
-    report = run_quality(tmp_path / "q.json", str(tiny_base), tmp_path / "work", n_images=2, seeds=1, steps=2,
+    report = run_quality(tmp_path / "q.json", BaseModel.resolve(tiny_base), tmp_path / "work", n_images=2, seeds=1, steps=2,
                          rank=2, sample_steps=1, methods=("unziplora", "b-lora"))
     saved = json.loads((tmp_path / "q.json").read_text())
     assert saved["images"] == 2 and saved["seeds"] == 1
@@ -29,7 +30,7 @@ def test_a_method_that_cannot_run_on_the_base_model_is_a_skipped_row(tiny_base, 
     (base / "unziplora_profile.yaml").write_text(
         "name: content-only\ndefault: {content: masked, style: masked}\n"
         "modules:\n- {prefix: up_blocks.0.attentions.0, content: all, style: masked}\n")
-    report = run_quality(None, str(base), tmp_path / "work", n_images=2, seeds=1, steps=2, rank=2,
+    report = run_quality(None, BaseModel.resolve(base), tmp_path / "work", n_images=2, seeds=1, steps=2, rank=2,
                          sample_steps=1, methods=("unziplora", "b-lora", "b-lora-sdxl-blocks"))
     assert "no content or no style modules" in report["methods"]["b-lora"]["skipped"]
     assert set(METRICS) <= set(report["methods"]["unziplora"])
@@ -42,12 +43,12 @@ def test_a_method_that_cannot_run_on_the_base_model_is_a_skipped_row(tiny_base, 
 def test_resume_reuses_finished_runs_and_scores_and_retrains_when_settings_change(tiny_base, tmp_path, monkeypatch):
     import unziplora.bench.quality as quality
 
-    args = dict(json_path=None, base=str(tiny_base), workdir=tmp_path / "work", n_images=2, seeds=1, steps=2,
+    args = dict(json_path=None, base=BaseModel.resolve(tiny_base), workdir=tmp_path / "work", n_images=2, seeds=1, steps=2,
                 rank=2, sample_steps=1, methods=("unziplora",), resume=True)
     first = run_quality(**args)
     trained, scored = [], []
     real_train, real_score = quality._train, quality.score_run
-    monkeypatch.setattr(quality, "_train", lambda *a: trained.append(a[0]) or real_train(*a))
+    monkeypatch.setattr(quality, "_train", lambda *a: trained.append(a[1].method.value) or real_train(*a))
     monkeypatch.setattr(quality, "score_run", lambda *a: scored.append(a[0]) or real_score(*a))
     again = run_quality(**args)
     assert trained == [] and scored == []

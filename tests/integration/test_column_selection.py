@@ -10,10 +10,10 @@ import re
 import pytest
 import torch
 
-from unziplora.core.branch import Branch, Role
-from unziplora.run.settings import resolve_config
+from unziplora.models.base import BaseModel
+from unziplora.core.names import Branch, Role
+from unziplora.methods import resolve_config
 from unziplora.models.embedded import EMBEDDED_MODEL, demo_image
-from unziplora.models.loading import load_pipeline
 from unziplora.models.profiles import resolve_profile
 from unziplora.core.prompts import training_prompts
 from unziplora.core.train import Trainer
@@ -28,9 +28,9 @@ def demo_trainer():
         "model.base_model": str(EMBEDDED_MODEL), "prompts.subject": subject.cls,
         "prompts.style": style.family, "train.steps": 3, "masks.refresh_every": 1,
     }).config
-    pipe = load_pipeline(str(EMBEDDED_MODEL))
+    pipe = BaseModel.resolve(EMBEDDED_MODEL).load()
     return Trainer.prepare(config, pipe, image, training_prompts(config.prompts),
-                           resolve_profile("auto", EMBEDDED_MODEL), torch.device("cpu"), torch.float32)
+                           resolve_profile("auto", BaseModel.resolve(EMBEDDED_MODEL)), torch.device("cpu"), torch.float32)
 
 
 def test_masks_reach_10_20_30_percent_by_importance(demo_trainer, capsys):

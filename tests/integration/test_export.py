@@ -6,9 +6,10 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 from safetensors import safe_open
 
-from unziplora.core.branch import Branch
+from unziplora.core.names import Branch
 from unziplora.errors import UnZipLoRAError
-from unziplora.export import export_run, load_lora_any
+from unziplora.export import export_run
+from unziplora.run.loras import load_lora_any
 from unziplora.run.modelcard import write_model_card
 from unziplora.run.folder import LORA_WEIGHT_NAME, load_safetensors, save_safetensors
 
@@ -77,7 +78,10 @@ def test_import_errors(tmp_path):
 def test_model_card(tiny_run, tmp_path):
     from PIL import Image
 
-    card = write_model_card(tmp_path, tiny_run.manifest, Image.open(tiny_run.path / "input.png"), "cat")
+    from unziplora.methods import plugin
+
+    card = write_model_card(tmp_path, tiny_run.manifest, Image.open(tiny_run.path / "input.png"), "cat",
+                            plugin(tiny_run.manifest["method"]).card)
     text = card.read_text()
     assert "monadikos cat" in text and "<lora:cat_content:1>" in text and "load_lora_weights" in text
     assert "with **unziplora**" in text and "merger vectors left out (M (.) B A)" in text  # which export

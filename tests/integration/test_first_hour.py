@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 
+from unziplora.models.base import BaseModel
 import unziplora.generate as generation
 from unziplora.app.cli import build_parser, main
 from unziplora.errors import UnZipLoRAError
@@ -34,7 +35,9 @@ def test_generate_help_states_the_defaults_it_uses():
 def test_an_existing_output_is_refused_before_the_model_loads(run, monkeypatch):
     (run / "samples" / "mine").mkdir(parents=True)
     (run / "samples" / "mine" / "a.png").write_bytes(b"x")
-    monkeypatch.setattr(generation, "load_pipeline", lambda *a, **k: pytest.fail("loaded the model first"))
+    import unziplora.models.loading
+
+    monkeypatch.setattr(unziplora.models.loading, "load_pipeline", lambda *a, **k: pytest.fail("loaded the model first"))
     with pytest.raises(UnZipLoRAError, match="already exists"):
         generate("A <c> cat", run / "samples" / "mine", "content", run=run)
 
@@ -54,7 +57,7 @@ def test_both_without_tags_says_that_the_branches_see_one_prompt(run, capsys):
 def test_the_model_card_works_as_written_from_another_directory(tmp_path, monkeypatch):
     """On the embedded model (fp16 weights: the card's diffusers code must load it on a CPU)."""
     from unziplora.decompose import decompose
-    from unziplora.run.settings import resolve_config
+    from unziplora.methods import resolve_config
     from unziplora.models.embedded import EMBEDDED_MODEL, demo_image
 
     subject, style, image = demo_image()
@@ -82,12 +85,12 @@ def test_the_model_card_works_as_written_from_another_directory(tmp_path, monkey
 def test_articles_and_words_the_model_never_learned(tiny_base, capsys):
     from unziplora.config import PromptConfig
     from unziplora.decompose import _print_prompt_notes
-    from unziplora.models.loading import load_pipeline
+    from unziplora.models.base import BaseModel
     from unziplora.core.prompts import training_prompts
 
     prompts = training_prompts(PromptConfig(subject="astronaut", style="plasma"))
     assert prompts.style == "An astronaut in plasma style" and prompts.combined.startswith("A monadikos")
-    _print_prompt_notes(load_pipeline(str(tiny_base)), prompts)  # the tiny model's words: cat, sketch, ...
+    _print_prompt_notes(BaseModel.resolve(tiny_base).load(), prompts)  # the tiny model's words: cat, sketch, ...
     out = capsys.readouterr().out
     assert "never learned the word(s) astronaut, plasma" in out and "sketch" in out
 

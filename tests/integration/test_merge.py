@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
 
-from unziplora.core.branch import Branch
+from unziplora.core.names import Branch
 from unziplora.app.cli import main
 from unziplora.errors import UnZipLoRAError
 from unziplora.export import export_run
@@ -49,7 +49,7 @@ def test_merged_lora_equals_two_adapters_in_stock_diffusers(tiny_base, tiny_run,
 def test_cli_merge(tiny_run, tmp_path, capsys):
     assert main(["merge", str(tiny_run.path), str(tiny_run.path), "--out", str(tmp_path / "m")]) == 0
     assert (tmp_path / "m" / "pytorch_lora_weights.safetensors").is_file()
-    with pytest.raises(UnZipLoRAError, match="not available"):
+    with pytest.raises(UnZipLoRAError, match="unknown merge method .svd.; use one of direct, ziplora"):
         merge(tiny_run.path, tiny_run.path, tmp_path / "z", method="svd")
 
 
@@ -90,7 +90,7 @@ def test_ziplora_layer_and_loss_follow_the_reference():
     w_c, w_s = lora_c[1] @ lora_c[0], lora_s[1] @ lora_s[0]
     merged_weight = w_c * layer.mergers[0] + w_s * layer.mergers[1]  # the reference's get_ziplora_weight
     assert torch.allclose(layer(x), base(x) + x @ merged_weight.T, atol=1e-5)
-    layer.mode = "style"
+    layer.alone = Branch.STYLE
     assert torch.allclose(layer(x), base(x) + x @ w_s.T, atol=1e-5)  # one LoRA alone, no merger
     assert torch.allclose(layer.merger_overlap(), (layer.mergers[0] * layer.mergers[1]).abs().mean())
     state = merged_lora({"m": layer})

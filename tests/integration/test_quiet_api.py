@@ -4,13 +4,14 @@ import warnings
 
 from diffusers.utils import logging as diffusers_logging
 
-from unziplora.models.loading import load_pipeline, quiet_libraries
+from unziplora.models.base import BaseModel
+from unziplora.models.loading import quiet_libraries
 
 
 def test_loading_prints_no_library_noise_and_restores_their_verbosity(tiny_base, capfd):
     diffusers_logging.set_verbosity_info()
     try:
-        load_pipeline(str(tiny_base))
+        BaseModel.resolve(tiny_base).load()
         assert diffusers_logging.get_verbosity() == diffusers_logging.INFO  # the user's setting is back
     finally:
         diffusers_logging.set_verbosity_warning()

@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from unziplora.core.branch import Branch, Role
+from unziplora.models.base import BaseModel
+from unziplora.core.names import Branch, Role
 from unziplora.decompose import decompose
 from unziplora.errors import UnZipLoRAError
-from unziplora.models.loading import load_pipeline
 from unziplora.models.profiles import load_profile
 from unziplora.core.prompts import training_prompts
 from unziplora.core.train import Trainer
@@ -48,7 +48,7 @@ def test_previews_every_n_steps(tiny_base, tiny_image, tmp_path):
 
 def prepared_trainer(tiny_base, tiny_image, **overrides):
     config = tiny_config(tiny_base, **overrides)
-    pipe = load_pipeline(str(tiny_base))
+    pipe = BaseModel.resolve(tiny_base).load()
     return Trainer.prepare(config, pipe, tiny_image, training_prompts(config.prompts), load_profile("sdxl"),
                            torch.device("cpu"), torch.float32)
 
@@ -142,7 +142,7 @@ def test_v_prediction_trains_against_the_velocity(v_prediction_base):
 
     from unziplora.core.train import diffusion_mse
 
-    pipe = load_pipeline(str(v_prediction_base))
+    pipe = BaseModel.resolve(v_prediction_base).load()
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     assert scheduler.config.prediction_type == "v_prediction"
     latents = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(3))

@@ -97,7 +97,7 @@ def setup(tiny_base, tiny_image, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(setup, tmp_path_factory):
     _needs()
-    from unziplora.run.settings import resolve_config
+    from unziplora.methods import resolve_config
     from unziplora.app.ui.app import serve
 
     runs = tmp_path_factory.mktemp("ui") / "runs"

@@ -4,14 +4,16 @@ from pathlib import Path
 
 import pytest
 
-from unziplora.run.settings import MODEL_DEFAULTS_FILE, resolve_base_model, resolve_config
 from unziplora.errors import UnZipLoRAError
+from unziplora.methods import resolve_config
+from unziplora.models.base import MODEL_DEFAULTS_FILE, BaseModel
+from tests.pipelines import TinySDXLSpec, save_tiny_sdxl_pipeline
 
 
 @pytest.fixture()
 def model(tmp_path):
-    folder = tmp_path / "model"
-    folder.mkdir()
+    folder = save_tiny_sdxl_pipeline(tmp_path / "model", TinySDXLSpec(block_out_channels=(8, 16, 16),
+                                                                      attention_head_dim=(2, 2, 2)))
     (folder / MODEL_DEFAULTS_FILE).write_text("train: {resolution: 64}\nlora: {rank: 16, lr: 1.0e-3}\n"
                                               "sample: {steps: 30, guidance_rescale: 0.7}\n")
     return folder
@@ -40,7 +42,7 @@ def test_a_relative_local_model_is_stored_resolved(model, monkeypatch):
     monkeypatch.chdir(model.parent)
     resolved = resolve_config({"model.base_model": "model"})
     assert resolved.config.model.base_model == str(model.resolve()) and Path(resolved.config.model.base_model).is_absolute()
-    assert resolve_base_model("owner/name") == "owner/name"  # a hub id stays an id
+    assert BaseModel.resolve("owner/name").source == "owner/name"  # a hub id stays an id
 
 
 @pytest.mark.parametrize("text, match", [

@@ -4,6 +4,7 @@ import hashlib
 
 import pytest
 
+from unziplora.models.base import BaseModel
 from unziplora.models.embedded import EMBEDDED_MODEL
 from unziplora.models.loading import CHECKSUM_FILE
 
@@ -25,10 +26,9 @@ def test_no_pickled_weights_and_small_enough():
 
 
 def test_loads_and_has_its_own_profile():
-    from unziplora.models.loading import load_pipeline
     from unziplora.models.profiles import resolve_profile
 
-    pipe = load_pipeline(str(EMBEDDED_MODEL))
+    pipe = BaseModel.resolve(EMBEDDED_MODEL).load()
     assert pipe.unet.config.sample_size == 16  # 64 px images, 16x16 latents
     if (EMBEDDED_MODEL / "unziplora_profile.yaml").is_file():
-        assert resolve_profile("auto", EMBEDDED_MODEL).name == "toyworld-sdxl"
+        assert resolve_profile("auto", BaseModel.resolve(EMBEDDED_MODEL)).name == "toyworld-sdxl"

@@ -4,7 +4,8 @@ import pytest
 from accelerate import init_empty_weights
 from diffusers import UNet2DConditionModel
 
-from unziplora.core.branch import Branch, Role
+from unziplora.models.base import BaseModel
+from unziplora.core.names import Branch, Role
 from unziplora.errors import UnZipLoRAError
 from unziplora.core.inject import attention_modules, inject_two_branch_lora
 from unziplora.models.profiles import load_profile, profile_from_dict, resolve_profile
@@ -62,7 +63,7 @@ def test_bad_profiles_give_clear_errors(tmp_path):
         load_profile("sd15")
     own = tmp_path / "unziplora_profile.yaml"
     own.write_text("name: mine\ndefault: {content: all, style: all}\nmodules: []\n")
-    assert resolve_profile("auto", tmp_path).name == "mine"
+    assert resolve_profile("auto", BaseModel(str(tmp_path), local=True)).name == "mine"
     assert resolve_profile("auto", None).name == "sdxl"
 
 
@@ -92,7 +93,7 @@ def test_embedded_model_names_its_probed_b_lora_modules():
 
     if not (EMBEDDED_MODEL / "unziplora_profile.yaml").is_file():
         pytest.skip("no embedded model")
-    profile = resolve_profile("auto", EMBEDDED_MODEL)
+    profile = resolve_profile("auto", BaseModel.resolve(EMBEDDED_MODEL))
     # its probe's evidence (block_roles.md): the content group of the largest gain, no style group
     rows = [line.split("|")[1:5] for line in (EMBEDDED_MODEL / "block_roles.md").read_text().splitlines()
             if line.startswith("| ") and "attentions" in line]

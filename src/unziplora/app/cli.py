@@ -10,47 +10,18 @@ import sys
 
 from ..errors import UnZipLoRAError
 from ..bench import BENCHES, QUALITY_ROWS
-from ..core.branch import Mode
+from ..core.names import Mode
 from ..run.formats import EXPORT_FORMATS
-from ..methods import MERGE_METHODS, method_names
+from ..config import user_options
+from ..core.names import MergeMethod, Method
 from ..metrics import DEFAULTS, METRICS
 
 
-# decompose's options: (flag, config key, argparse keywords). Numbers left unset take the layered
-# defaults of defaults.py (the paper's, the method's, the base model's, the config file's).
-MODEL_DEFAULT = "default: the base model's, else the paper's"
-DECOMPOSE_OPTIONS = (
-    ("--subject", "prompts.subject", {"help": "class noun of the subject, e.g. cat"}),
-    ("--style", "prompts.style", {"help": "short style phrase, e.g. watercolor"}),
-    ("--identifier", "prompts.identifier", {"help": "rare token standing for <c> (default monadikos)"}),
-    ("--base-model", "model.base_model",
-     {"help": "hub id or local diffusers SDXL folder (default stabilityai/stable-diffusion-xl-base-1.0; "
-              "the embedded toy model: src/unziplora/assets/toyworld-sdxl)"}),
-    ("--profile", "model.profile", {"help": "block roles: auto (the default: the model's own, else SDXL's), "
-                                            "sdxl, or a profile YAML"}),
-    ("--steps", "train.steps", {"type": int, "help": f"training steps ({MODEL_DEFAULT}: 600)"}),
-    ("--rank", "lora.rank", {"type": int, "help": f"LoRA rank of each branch ({MODEL_DEFAULT}: 64)"}),
-    ("--lr", "lora.lr", {"type": float, "help": f"learning rate of the LoRA matrices ({MODEL_DEFAULT}: 5e-5)"}),
-    ("--merger-lr", "lora.merger_lr", {"type": float, "help": "learning rate of the merger vectors (default 5e-3)"}),
-    ("--resolution", "train.resolution",
-     {"type": int, "help": f"training size in px, a multiple of 8 ({MODEL_DEFAULT}: 1024)"}),
-    ("--seed", "train.seed", {"type": int, "help": "random seed (default 0)"}),
-    ("--refresh-every", "masks.refresh_every", {"type": int, "help": "steps between column-mask refreshes (default 200)"}),
-    ("--orth-weight", "masks.orth_weight", {"type": float, "help": "weight of the orthogonality loss (default 0.5)"}),
-    ("--gradient-checkpointing", "train.gradient_checkpointing",
-     {"action": "store_true", "default": None, "help": "trade speed for memory (SDXL under 9 GB of GPU memory)"}),
-    ("--use-8bit-adam", "train.use_8bit_adam", {"action": "store_true", "default": None,
-                                                "help": "8-bit AdamW (needs bitsandbytes and CUDA)"}),
-    ("--mixed-precision", "train.mixed_precision",
-     {"choices": ["auto", "no", "fp16", "bf16"], "help": "auto (the default): fp16 on CUDA, fp32 on CPU"}),
-    ("--preview-every", "train.preview_every", {"type": int, "help": "write previews every N steps (default 0: off)"}),
-    ("--sample-steps", "sample.steps", {"type": int, "help": f"denoising steps of previews and generation ({MODEL_DEFAULT}: 50)"}),
-    ("--device", "train.device", {"help": "auto (the default), cpu or cuda"}),
-    ("--checkpoint-every", "train.checkpoint_every",
-     {"type": int, "help": "save a resumable checkpoint every N steps (default 100; 0: off)"}),
-    ("--prior-images", "train.prior_images",
-     {"type": int, "help": "dreambooth-lora: class images for prior preservation (default 0 = off)"}),
-)
+def decompose_flags(parser) -> None:
+    """Every option declared in config.py (`user_options`): a flag of decompose and batch each.
+    Left unset, a setting takes the layered default (run/settings.py)."""
+    for opt in user_options():
+        parser.add_argument(f"--{opt.flag}", dest=opt.flag.replace("-", "_"), **opt.argparse_kwargs())
 
 
 def _add_decompose(sub) -> None:
@@ -58,12 +29,11 @@ def _add_decompose(sub) -> None:
     p.add_argument("image", help="the input image")
     p.add_argument("--out", required=True, help="run folder to create")
     p.add_argument("--config", help="YAML config; command-line options override it")
-    for flag, _, options in DECOMPOSE_OPTIONS:
-        p.add_argument(flag, **options)
-    p.add_argument("--method", default="unziplora", choices=method_names(),
-                   help="unziplora (the default: full method, M3); ablations m1 (prompt separation only), m2 "
-                        "(+ column separation, no block roles); baselines dreambooth-lora, b-lora (by default with "
-                        "its reference settings: rank 64, lr 5e-5, 1000 steps)")
+    decompose_flags(p)
+    p.add_argument("--method", default=Method.UNZIPLORA.value, choices=[m.value for m in Method],
+                   help="unziplora (the default: full method, M3); ablations unziplora-m1 (prompt separation only), "
+                        "unziplora-m2 (+ column separation, no block roles); baselines dreambooth-lora, b-lora (by "
+                        "default with its reference settings: rank 64, lr 5e-5, 1000 steps)")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in OUT.partial (finish it, if its outputs are complete)")
     p.add_argument("--force", action="store_true",
@@ -73,7 +43,7 @@ def _add_decompose(sub) -> None:
 
 def decompose_overrides(args) -> dict:
     """The config keys the user set on the command line (None: not given)."""
-    return {key: getattr(args, flag[2:].replace("-", "_")) for flag, key, _ in DECOMPOSE_OPTIONS}
+    return {opt.key: getattr(args, opt.flag.replace("-", "_")) for opt in user_options()}
 
 
 def _add_generate(sub) -> None:
@@ -108,9 +78,8 @@ def _add_batch(sub) -> None:
     p.add_argument("--out", required=True, help="folder of the runs: OUT/<row id>/, OUT/index.html")
     p.add_argument("--config", help="YAML config for every row; options and a row's columns override it "
                                     "(a row's config column replaces it)")
-    for flag, _, options in DECOMPOSE_OPTIONS:
-        p.add_argument(flag, **options)
-    p.add_argument("--method", default="unziplora", choices=method_names(),
+    decompose_flags(p)
+    p.add_argument("--method", default=Method.UNZIPLORA.value, choices=[m.value for m in Method],
                    help="method of every row without a method column (default unziplora)")
     p.add_argument("--shard", help="INDEX/COUNT: run only rows INDEX, INDEX+COUNT, ... (a Slurm array task: "
                                    "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); split again among accelerate's processes")
@@ -165,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge = sub.add_parser("merge", help="merge a content LoRA and a style LoRA into one ordinary LoRA")
     merge.add_argument("content", help="run folder (its content LoRA) or a LoRA file (diffusers, kohya, B-LoRA)")
     merge.add_argument("style", help="run folder (its style LoRA) or a LoRA file")
-    merge.add_argument("--method", default=MERGE_METHODS[0], choices=MERGE_METHODS,
+    merge.add_argument("--method", default=MergeMethod.DIRECT.value, choices=[m.value for m in MergeMethod],
                        help="direct: exact sum of the two updates; ziplora: learned per-column mergers")
     merge.add_argument("--base-model", help="ziplora: the base model (default: the runs')")
     merge.add_argument("--content-prompt", help="ziplora: the content LoRA's prompt (default: the run's p_c)")
@@ -253,7 +222,7 @@ def run_probe(args) -> None:
 
 def run_decompose(args) -> None:
     from ..decompose import decompose
-    from ..run.settings import resolve_config
+    from ..methods import resolve_config
 
     resolved = resolve_config(decompose_overrides(args), args.config, args.method)
     run = decompose(args.image, args.out, resolved.config, method=args.method, force=args.force,
@@ -267,7 +236,7 @@ def run_batch(args) -> int:
     from .batch import run_batch as batch
     from .batch.summary import summary_table
 
-    aliases = {flag[2:]: key for flag, key, _ in DECOMPOSE_OPTIONS}
+    aliases = {opt.flag: opt.key for opt in user_options()}
     if args.status:
         statuses = batch_status(args.jobs, args.out, aliases)
         print(summary_table(statuses))

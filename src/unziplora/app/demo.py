@@ -14,7 +14,7 @@ from PIL import Image
 
 from ..core.data import centre_crop
 from ..decompose import decompose
-from ..run.settings import resolve_config
+from ..methods import resolve_config
 from ..errors import UnZipLoRAError
 from ..generate import Mode, generate
 from ..models.embedded import EMBEDDED_MODEL, demo_image

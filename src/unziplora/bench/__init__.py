@@ -61,9 +61,10 @@ def run_bench(which: str, json_path: str | Path | None = None, base_model: str |
         chosen = pick("resolutions", "rank", "repeats", "threads", "rounds")
         chosen["repeats"] = min(chosen.get("repeats", 2), 3)  # each repeat is a full SDXL step on the CPU
         return run_memory(json_path, **chosen)
-    from ..models.embedded import EMBEDDED_MODEL, demo_image
+    from ..models.base import EMBEDDED_NAME, BaseModel
+    from ..models.embedded import demo_image
 
-    base = base_model or str(EMBEDDED_MODEL)
+    base = BaseModel.resolve(base_model or EMBEDDED_NAME)
     if which == "base-model":
         from .base_model import run_base_model
 

@@ -64,18 +64,17 @@ def _samples(pipe, combos, per_combo: int, sample, seed: int) -> list:
     return labelled
 
 
-def run_base_model(json_path=None, base: str | None = None, per_combo: int = 4, renders: int = 128,
+def run_base_model(json_path=None, base=None, per_combo: int = 4, renders: int = 128,
                    seed: int = 0, steps: int | None = None) -> dict:
     """Rows: renders, VAE reconstructions, samples of seen combos, samples of held-out combos.
     `steps` replaces the model's sampling steps (tests)."""
-    from ..run.settings import resolve_config
-    from ..models.embedded import EMBEDDED_MODEL
-    from ..models.loading import load_pipeline
+    from ..methods import resolve_config
+    from ..models.base import EMBEDDED_NAME, BaseModel
     from ..toyworld import HELDOUT_COMBOS, SEEN_COMBOS
 
-    base = base or str(EMBEDDED_MODEL)
-    sample = resolve_config({"model.base_model": base, "sample.steps": steps}).config.sample
-    pipe = load_pipeline(base)
+    base = base or BaseModel.resolve(EMBEDDED_NAME)
+    sample = resolve_config({"sample.steps": steps}, base=base).config.sample
+    pipe = base.load()
     t0 = time.perf_counter()
     draws, arrays = _draws(renders, seed)
     truth = [(s.subject.cls, s.style.family) for s in draws]
@@ -88,7 +87,7 @@ def run_base_model(json_path=None, base: str | None = None, per_combo: int = 4, 
     passed = {name: all(rows[name][k] >= v for k, v in goal.items()) for name, goal in TARGETS.items()}
     table = _table(rows)
     print(table)
-    report = {"base_model": base, "per_combo": per_combo, "sampling": {"steps": sample.steps,
+    report = {"base_model": base.display_name, "per_combo": per_combo, "sampling": {"steps": sample.steps,
               "guidance_scale": sample.guidance_scale, "guidance_rescale": sample.guidance_rescale},
               "rows": rows, "targets": TARGETS, "passed": passed, "seconds": round(time.perf_counter() - t0, 1)}
     write_report(json_path, report, table)

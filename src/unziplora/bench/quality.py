@@ -49,11 +49,10 @@ def _images(folder: Path) -> list[Image.Image]:
     return [Image.open(p).convert("RGB") for p in sorted(folder.glob("seed*.png"))]
 
 
-def _train(row: str, image, config: RunConfig, out: Path):
+def _train(image, spec, out: Path):
     from ..decompose import decompose
 
-    method, overrides = VARIANTS[row] if row in VARIANTS else (Method(row), {})
-    return decompose(image, out, config.with_overrides(overrides), method=method, force=True, progress=False)
+    return decompose(image, out, spec, force=True, progress=False)
 
 
 def _key(*parts) -> str:
@@ -70,24 +69,17 @@ def _cached(path: Path, key: str) -> dict | None:
     return record if record.get("key") == key else None
 
 
-def _model_fingerprint(base: str) -> list:
-    """Names, sizes and mtimes of a local base model's files: a retrained model gets a new key."""
-    folder = Path(base)
-    return [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()] if folder.is_dir() else [base]
-
-
-def _train_or_reuse(method: str, image, config: RunConfig, out: Path, resume: bool, model_key) -> tuple[Path, dict]:
+def _train_or_reuse(row: str, image, spec, out: Path, resume: bool) -> tuple[Path, dict]:
     """Train one run, or reuse the finished run of an earlier invocation with the same settings
-    (`model_key`: the base model's `_model_fingerprint`)."""
-    key = _key(method, config.to_yaml(), model_key)
+    and base model (its fingerprint)."""
+    key = _key(row, spec.config.to_yaml(), spec.base.fingerprint())
     record_path = out.with_name(out.name + ".bench.json")
     record = _cached(record_path, key) if resume else None
     if record is not None and (out / "manifest.json").is_file():
         return out, record
     reset_peak_rss()
     t0 = time.perf_counter()
-    path = _train(method, image, config, out).path
+    path = _train(image, spec, out).path
     record = {"key": key, "train_s": time.perf_counter() - t0, "peak_rss_mb": rss_mb("VmHWM")}
     write_text_atomic(record_path, json.dumps(record))
     return path, record
@@ -124,30 +116,29 @@ def _summary(values: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     return {k: {"mean": float(np.mean(v)), "std": float(np.std(v))} for k, v in values.items() if v}
 
 
-def run_quality(json_path, base: str, workdir: Path, n_images: int = 12, seeds: int = 2, steps: int = 600,
+def run_quality(json_path, base, workdir: Path, n_images: int = 12, seeds: int = 2, steps: int = 600,
                 rank: int = 16, lr: float = 1e-3, sample_steps: int = 30, methods=METHODS,
                 resume: bool = False) -> dict:
-    from ..run.settings import resolve_config
+    from ..methods import resolve_config, resolve_spec
 
     triples = heldout_images(n_images, 64)
-    own = resolve_config({"model.base_model": base}).config.sample  # CFG and its rescale are the model's
+    own = resolve_config(base=base).config.sample  # CFG and its rescale are the model's
     sample = SampleConfig(steps=sample_steps, seeds=list(range(seeds)), guidance_scale=own.guidance_scale,
                           guidance_rescale=own.guidance_rescale)
     results = {}
     examples: dict[int, list[Image.Image]] = {i: [] for i in range(len(triples))}
-    model_key = _model_fingerprint(base)
     for method in methods:
         values: dict[str, list[float]] = {m: [] for m in METRICS}
         runs, records = [], []
         try:
             for i, (subject, style, image) in enumerate(triples):
-                config = resolve_config({
-                    "model.base_model": base, "prompts.subject": subject.cls, "prompts.style": style.family,
+                row_method, variant = VARIANTS[method] if method in VARIANTS else (Method(method), {})
+                spec = resolve_spec({
+                    "prompts.subject": subject.cls, "prompts.style": style.family,
                     "train.steps": steps, "train.resolution": 64, "lora.rank": rank, "lora.lr": lr,
-                    "sample.steps": sample_steps, "sample.seeds": [0], "train.checkpoint_every": 0,
-                }).config
-                path, record = _train_or_reuse(method, image, config, workdir / method / f"img{i:02d}", resume,
-                                               model_key)
+                    "sample.steps": sample_steps, "sample.seeds": [0], "train.checkpoint_every": 0, **variant,
+                }, method=row_method, base=base)
+                path, record = _train_or_reuse(method, image, spec, workdir / method / f"img{i:02d}", resume)
                 runs.append(path)
                 records.append(record)
         except UnZipLoRAError as exc:  # e.g. B-LoRA on a base model whose profile has no style modules
@@ -184,7 +175,7 @@ def run_quality(json_path, base: str, workdir: Path, n_images: int = 12, seeds: 
     table = _table(results) + "\n\n" + ladder_table(rungs)
     print(table)
     report = {"methods": results, "images": n_images, "seeds": seeds, "rungs": rungs,
-              "settings": {"steps": steps, "rank": rank, "lr": lr, "sample_steps": sample_steps, "base_model": base,
+              "settings": {"steps": steps, "rank": rank, "lr": lr, "sample_steps": sample_steps, "base_model": base.display_name,
                            "guidance_scale": sample.guidance_scale, "guidance_rescale": sample.guidance_rescale}}
     write_report(json_path, report, table)
     return report
@@ -205,13 +196,11 @@ def _ceiling(triples, seeds: int) -> dict[str, list[float]]:
     return values
 
 
-def _floor(base: str, triples, sample: SampleConfig) -> dict[str, list[float]]:
+def _floor(base, triples, sample: SampleConfig) -> dict[str, list[float]]:
     """The base model with no LoRA, prompted with the same words (no identifier)."""
     import torch
 
-    from ..models.loading import load_pipeline
-
-    pipe = load_pipeline(base)
+    pipe = base.load()
     values: dict[str, list[float]] = {m: [] for m in METRICS}
 
     def gen(prompt: str) -> list[Image.Image]:

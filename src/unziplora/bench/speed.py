@@ -25,13 +25,12 @@ import torch
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
 
-from ..core.branch import Branch
+from ..core.names import Branch
 from ..config import RunConfig, SampleConfig
-from ..generate import Conditioning, sample_images, step_batch
+from ..core.sampling import Conditioning, sample_images, step_batch
 from ..core.fuse import fuse_for_generation
 from ..core.inject import inject_two_branch_lora
 from ..methods.single_lora import target_modules
-from ..models.loading import load_pipeline
 from ..models.profiles import INFERENCE_PROFILE, resolve_profile
 from ..core.prompts import training_prompts
 from ..core.train import Trainer, adamw, diffusion_mse
@@ -60,13 +59,13 @@ class Timing:
         return {name: cls(statistics.median(t), min(t), max(t)) for name, t in times.items()}
 
 
-def _trainer(base: str, image, rank: int, resolution: int) -> Trainer:
+def _trainer(base, image, rank: int, resolution: int) -> Trainer:
     config = RunConfig().with_overrides({
-        "model.base_model": base, "prompts.subject": "star", "prompts.style": "bands",
+        "model.base_model": base.source, "prompts.subject": "star", "prompts.style": "bands",
         "lora.rank": rank, "train.resolution": resolution, "train.steps": 10**6, "masks.refresh_every": 10**6,
     })
-    pipe = load_pipeline(base)
-    profile = resolve_profile("auto", Path(base))
+    pipe = base.load()
+    profile = resolve_profile("auto", base)
     trainer = Trainer.prepare(config, pipe, image, training_prompts(config.prompts), profile,
                               torch.device("cpu"), torch.float32)
     trainer.train_step()  # the refresh step at 0: masks exist from here on, as in steady training
@@ -131,7 +130,7 @@ def train_step_times(base: str, trainer: Trainer, rank: int, repeats: int) -> tu
     the median seconds of each one's phases (forward through the loss, backward, update)."""
     steps = {"ours": (trainer.train_step, lambda: trainer.last_phases)}
     for name, same, r in (("peft", True, rank), ("peft_default_adamw", False, rank), ("peft_rank_2r", True, 2 * rank)):
-        step = peft_baseline_step(load_pipeline(base).unet, trainer.latents, trainer.embeds, r,
+        step = peft_baseline_step(base.load().unet, trainer.latents, trainer.embeds, r,
                                   trainer.noise_scheduler, same_optimizer=same)
         steps[name] = (step, lambda step=step: step.last_phases)
     phases = {name: [] for name in steps}
@@ -156,9 +155,9 @@ def inference_times(base: str, trainer: Trainer, rank: int, resolution: int, ste
     e = trainer.embeds
     sample = SampleConfig(steps=steps, seeds=[0])
     plain = Conditioning(e["combined"], e["combined_pooled"])
-    pipes = {"base": load_pipeline(base)}
+    pipes = {"base": base.load()}
     for name, branches in (("combined", (Branch.CONTENT, Branch.STYLE)), ("content_fused", (Branch.CONTENT,))):
-        pipe = pipes[name] = load_pipeline(base)
+        pipe = pipes[name] = base.load()
         lora = inject_two_branch_lora(pipe.unet, INFERENCE_PROFILE, rank)
         for branch in (Branch.CONTENT, Branch.STYLE):
             lora.load_branch(state, branch)
@@ -178,7 +177,7 @@ def run_speed(json_path: str | Path | None, base: str, image, rank: int = 16, re
     infer = inference_times(base, trainer, rank, resolution, steps, repeats)
     ours = train["ours"].median
     result = {
-        "base_model": base, "rank": rank, "resolution": resolution, "inference_steps": steps, "repeats": repeats,
+        "base_model": base.display_name, "rank": rank, "resolution": resolution, "inference_steps": steps, "repeats": repeats,
         "device": "cpu", "threads": torch.get_num_threads(),
         "timings_s": {**{JSON_KEYS[k]: asdict(v) for k, v in train.items()},
                       **{f"generate_{k}": asdict(v) for k, v in infer.items()}},

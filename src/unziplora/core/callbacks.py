@@ -1,7 +1,8 @@
 """Training callbacks: progress bar, progress reports, stop requests and preview images, kept out of the loop.
 
-A callback sees the loop's state object: `Trainer` (train.py) or the single-LoRA loop of the
-baselines (methods/single_lora.py); both have `step` (steps done) and `should_stop`.
+A callback sees the loop every method runs (`train.fit`): `Trainer` (train.py) or the single-LoRA
+loop of the baselines (methods/single_lora.py); each has `step` (steps done), `total_steps`,
+`should_stop` and `history`.
 """
 
 from __future__ import annotations
@@ -27,20 +28,20 @@ class Callback:
 class ProgressBar(Callback):
     """tqdm bar with the loss and, at refresh steps, the share of columns each branch holds."""
 
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
+    def __init__(self, enabled: bool = True, desc: str = "decompose"):
+        self.enabled, self.desc = enabled, desc
         self.bar = None
 
     def on_start(self, trainer) -> None:
         self.bar = tqdm(
-            total=trainer.config.train.steps, initial=trainer.step, desc="decompose", unit="step",
+            total=trainer.total_steps, initial=trainer.step, desc=self.desc, unit="step",
             disable=not self.enabled, dynamic_ncols=True,
         )
 
     def on_step(self, trainer, log) -> None:
         postfix = {"loss": f"{log.loss:.4f}"}
         if log.refresh:
-            from .branch import Branch
+            from .names import Branch
 
             postfix["cols"] = "c{:.0%} s{:.0%}".format(
                 trainer.lora.mask_fraction(Branch.CONTENT), trainer.lora.mask_fraction(Branch.STYLE)
@@ -60,7 +61,7 @@ class Previews(Callback):
 
     def on_step(self, trainer, log) -> None:
         done = log.step + 1  # log.step is the 0-based index of the step just taken
-        if self.every and done % self.every == 0 and done < trainer.config.train.steps:
+        if self.every and done % self.every == 0 and done < trainer.total_steps:
             self.folder.mkdir(parents=True, exist_ok=True)
             self.render(trainer, self.folder / f"step_{done:05d}.png")
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .branch import Branch, Role
+from .names import Branch, Role
 from .columns import CONE_THRESHOLD, columns_per_refresh, cone_ranking, grow_masks
 
 BRANCHES = (Branch.CONTENT, Branch.STYLE)

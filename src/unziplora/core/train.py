@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from .attention import CONTENT_KWARG, STYLE_KWARG
-from .branch import Branch, Role
+from .names import Branch, Role
 from ..config import RunConfig
 from .data import CroppedLatents
 from ..errors import UnZipLoRAError
@@ -114,6 +114,10 @@ class Trainer:
         return trainer
 
     # ----- one step ---------------------------------------------------------------------------
+    @property
+    def total_steps(self) -> int:
+        return self.config.train.steps
+
     def is_refresh_step(self, step: int) -> bool:
         masks = self.config.masks
         return masks.enabled and step % masks.refresh_every == 0
@@ -184,26 +188,36 @@ class Trainer:
         return log
 
     def fit(self, callbacks=()) -> None:
-        """Train to config.train.steps. Ctrl-C (or a callback setting `should_stop`) stops after the
-        current step: the callbacks' on_interrupt runs (a checkpoint is saved), then
-        KeyboardInterrupt propagates."""
-        t0 = time.perf_counter()
-        for cb in callbacks:
-            cb.on_start(self)
-        with _interrupt_between_steps() as interrupted:
-            while self.step < self.config.train.steps:
-                log = self.train_step()
-                for cb in callbacks:
-                    cb.on_step(self, log)
-                if interrupted or self.should_stop:
-                    for cb in callbacks:
-                        cb.on_interrupt(self)
-                    raise KeyboardInterrupt
+        """Train to config.train.steps (`fit`); the masks end switched on."""
+        fit(self, callbacks)
         self.lora.set_masking(True)
-        self.timings["train_s"] = time.perf_counter() - t0
-        self.timings["s_per_step"] = self.timings["train_s"] / max(1, len(self.history))
-        for cb in callbacks:
-            cb.on_end(self)
+
+
+def fit(loop, callbacks=()) -> None:
+    """The one training loop every method runs: `loop.train_step()` until `loop.step` reaches
+    `loop.total_steps`, the callbacks (callbacks.py) seeing the loop after every step.
+
+    Ctrl-C (or a callback setting `loop.should_stop`) stops after the current step: every
+    callback's on_interrupt runs (a checkpoint is saved), then KeyboardInterrupt propagates.
+    `loop.timings` gets train_s and s_per_step.
+    """
+    t0 = time.perf_counter()
+    first = loop.step
+    for cb in callbacks:
+        cb.on_start(loop)
+    with _interrupt_between_steps() as interrupted:
+        while loop.step < loop.total_steps:
+            log = loop.train_step()
+            for cb in callbacks:
+                cb.on_step(loop, log)
+            if interrupted or loop.should_stop:
+                for cb in callbacks:
+                    cb.on_interrupt(loop)
+                raise KeyboardInterrupt
+    loop.timings["train_s"] = time.perf_counter() - t0
+    loop.timings["s_per_step"] = loop.timings["train_s"] / max(1, loop.step - first)
+    for cb in callbacks:
+        cb.on_end(loop)
 
 
 @contextlib.contextmanager
@@ -285,14 +299,23 @@ def diffusion_mse(unet, noise_scheduler, latents, generator, dtype, unet_kwargs:
 
 def build_optimizer(config: RunConfig, lora: TwoBranchLoRA) -> torch.optim.Optimizer:
     """AdamW with two learning rates: LoRA matrices 5e-5, mergers 5e-3 (the authors' train.sh)."""
-    t = config.train
-    groups = [
+    return make_optimizer([
         {"params": lora.lora_parameters(), "lr": config.lora.lr},
         {"params": lora.merger_parameters(), "lr": config.lora.merger_lr},
-    ]
-    kwargs = {"betas": t.adam_betas, "eps": t.adam_eps, "weight_decay": t.weight_decay}
-    if not t.use_8bit_adam:
+    ], config.train)
+
+
+def make_optimizer(groups: list[dict], train) -> torch.optim.Optimizer:
+    """The run's optimiser over parameter groups, with its betas, eps and weight decay: torch's
+    AdamW, or bitsandbytes' 8-bit AdamW (train.use_8bit_adam; the UnZipLoRA authors' and
+    B-LoRA's scripts default to it), which needs CUDA."""
+    kwargs = {"betas": tuple(train.adam_betas), "eps": train.adam_eps, "weight_decay": train.weight_decay}
+    if not train.use_8bit_adam:
         return adamw(groups, **kwargs)
+    devices = {p.device.type for g in groups for p in g["params"]}
+    if devices != {"cuda"}:
+        raise UnZipLoRAError("8-bit AdamW (--use-8bit-adam) runs on CUDA only (bitsandbytes); drop it on this "
+                             "machine")
     try:
         import bitsandbytes as bnb
     except ImportError:

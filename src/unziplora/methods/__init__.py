@@ -1,68 +1,79 @@
-"""The decomposition methods a user can pick, named once for the whole package.
+"""Every decomposition method a user can pick, each implemented once as a plugin (methods/base.py).
 
-UnZipLoRA (arXiv 2412.04465) and its ablations M1 / M2 (its ablation study; docs/method.md §9)
-train two branches together (`decompose.py`); the baselines train one ordinary LoRA
-(`methods/baselines.py`): DreamBooth-LoRA (arXiv 2208.12242 with LoRA, arXiv 2106.09685) and
-B-LoRA (arXiv 2403.14572). `decompose.decompose(..., method=...)` runs any of them.
+UnZipLoRA (arXiv 2412.04465) and its ablations M1 / M2 (methods/unziplora.py) train two branches
+together; the baselines train one ordinary LoRA (methods/single_lora.py): DreamBooth-LoRA
+(arXiv 2208.12242 with LoRA, arXiv 2106.09685; methods/dreambooth.py) and B-LoRA (arXiv
+2403.14572; methods/blora.py). Merging two LoRAs (direct, ZipLoRA) is `merge.py` / `ziplora.py`.
+A new method is a module with its plugin and one line in PLUGINS.
 """
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..core.names import Method, MergeMethod, choice_error
+from ..errors import UnZipLoRAError
+from .base import Combine, MethodPlugin
+from .blora import BLoRA
+from .dreambooth import DreamBoothLoRA
+from .unziplora import UnZipLoRA, UnZipLoRAM1, UnZipLoRAM2
+
+PLUGINS: dict[Method, MethodPlugin] = {p.method: p for p in (
+    UnZipLoRA(), UnZipLoRAM1(), UnZipLoRAM2(), DreamBoothLoRA(), BLoRA(),
+)}
+
+__all__ = ["Combine", "Method", "MergeMethod", "MethodPlugin", "PLUGINS", "as_method", "plugin", "resolve_config",
+           "resolve_spec", "spec_of"]
 
 
-@dataclass(frozen=True)
-class ReferenceSettings:
-    """The training settings of a baseline's reference code (the method layer of `defaults.py`)."""
-
-    source: str
-    rank: int
-    lr: float
-    steps: int
-
-    def overrides(self) -> dict[str, object]:
-        return {"lora.rank": self.rank, "lora.lr": self.lr, "train.steps": self.steps}
+def as_method(method: Method | str) -> Method:
+    try:
+        return Method(method)
+    except ValueError:
+        raise UnZipLoRAError(choice_error("method", method, Method)) from None
 
 
-# yardenfren1996/B-LoRA's README command (the paper's settings): --rank=64 --learning_rate=5e-5
-# --max_train_steps=1000, batch 1, constant LR.
-B_LORA_REFERENCE = ReferenceSettings("yardenfren1996/B-LoRA (arXiv 2403.14572)", rank=64, lr=5e-5, steps=1000)
+def plugin(method: Method | str) -> MethodPlugin:
+    """The plugin of a method (by enum or name)."""
+    return PLUGINS[as_method(method)]
 
 
-class Method(str, enum.Enum):
-    UNZIPLORA = "unziplora"
-    UNZIPLORA_M1 = "unziplora-m1"  # prompt separation only
-    UNZIPLORA_M2 = "unziplora-m2"  # + column separation, no block separation
-    DREAMBOOTH_LORA = "dreambooth-lora"
-    B_LORA = "b-lora"
+def resolve_config(overrides: dict[str, Any] | None = None, config_file: str | Path | None = None,
+                   method: Method | str = Method.UNZIPLORA, base=None):
+    """The run's config and where each setting came from (run/settings.py), the method's own
+    layers included: `ResolvedConfig(config, sources, base)`."""
+    from ..run.settings import layered_config
 
-    @property
-    def is_baseline(self) -> bool:
-        """True for the methods that train one ordinary LoRA instead of two branches."""
-        return self in (Method.DREAMBOOTH_LORA, Method.B_LORA)
-
-    @property
-    def reference(self) -> ReferenceSettings | None:
-        """The reference code's settings a baseline trains with unless the user sets others."""
-        return B_LORA_REFERENCE if self is Method.B_LORA else None
-
-    @property
-    def reference_settings(self) -> dict[str, object]:
-        return self.reference.overrides() if self.reference else {}
-
-    @property
-    def config_overrides(self) -> dict[str, object]:
-        """The config an ablation changes (dotted keys, `RunConfig.with_overrides`)."""
-        return {
-            Method.UNZIPLORA_M1: {"masks.enabled": False},
-            Method.UNZIPLORA_M2: {"model.block_separation": False},
-        }.get(self, {})
+    chosen = plugin(method)
+    return layered_config(overrides, config_file, chosen.reference_settings, chosen.defining,
+                          f"--method {chosen.method.value}", base)
 
 
-MERGE_METHODS = ("direct", "ziplora")  # methods/merge.py: exact sum; ZipLoRA's learned mergers
+def resolve_spec(overrides: dict[str, Any] | None = None, config_file: str | Path | None = None,
+                 method: Method | str = Method.UNZIPLORA, base=None):
+    """The whole run, resolved once: `RunSpec(base model, final config, method, sources)`."""
+    from ..run.spec import RunSpec
+
+    resolved = resolve_config(overrides, config_file, method, base)
+    return RunSpec(resolved.base, resolved.config, as_method(method), resolved.sources)
 
 
-def method_names() -> list[str]:
-    """Every method's name, for command-line choices."""
-    return [m.value for m in Method]
+def spec_of(config, method: Method | str = Method.UNZIPLORA, sources: dict[str, str] | None = None, base=None):
+    """A RunSpec from a config made elsewhere (the Python API's `decompose(image, out, config)`):
+    its base model resolved, the method's defining settings applied (a contradiction refused)."""
+    from ..models.base import BaseModel
+    from ..run.spec import RunSpec
+
+    chosen = plugin(method)
+    for key, value in chosen.defining.items():
+        section, name = key.split(".")
+        if getattr(getattr(config, section), name) != value and key in (sources or {}):
+            raise UnZipLoRAError(f"--method {chosen.method.value} is defined by {key} = {value!r}; it cannot run "
+                                 f"with {key} = {getattr(getattr(config, section), name)!r}")
+    config = config.with_overrides(chosen.defining)
+    base = base or BaseModel.resolve(config.model.base_model, config.model.revision)
+    config = config.with_overrides({"model.base_model": base.source})
+    sources = {**(sources or {}), **{k: "method (defining)" for k in chosen.defining}}
+    return RunSpec(base, config, chosen.method, sources)
+

@@ -11,13 +11,11 @@ from pathlib import Path
 
 import torch
 
-from ..core.branch import Branch
+from ..core.names import Branch, MergeMethod, choice_error
 from ..errors import UnZipLoRAError
-from ..export import load_lora_any
+from ..run.loras import load_lora_any
 from ..run.folder import LORA_WEIGHT_NAME, RunFolder, atomic_output_dir
 from ..run.sources import BranchSource
-
-from . import MERGE_METHODS as METHODS
 
 
 def _plain_source(path: str | Path, branch: Branch, run: RunFolder | None, base) -> BranchSource:
@@ -44,33 +42,38 @@ def direct_merge(content: dict[str, torch.Tensor], style: dict[str, torch.Tensor
     return merged
 
 
-def merge(content: str | Path, style: str | Path, out_dir: str | Path, method: str = "direct", force: bool = False,
-          base_model: str | None = None, prompts: tuple[str | None, str | None] = (None, None), steps: int = 100,
-          device: str = "auto") -> Path:
+def merge(content: str | Path, style: str | Path, out_dir: str | Path, method: MergeMethod | str = MergeMethod.DIRECT,
+          force: bool = False, base_model: str | None = None, prompts: tuple[str | None, str | None] = (None, None),
+          steps: int = 100, device: str = "auto", revision: str | None = None) -> Path:
     """Write the merged LoRA as out_dir/pytorch_lora_weights.safetensors (diffusers format).
 
     ziplora needs the base model and the two LoRAs' prompts; run folders supply them (p_c of
     the content run, p_s of the style run), plain files need `base_model` and `prompts`. It
-    trains on `device` (auto: CUDA when there is one).
+    trains on `device` (auto: CUDA when there is one). The base model is the runs' (at the revision
+    they were trained at) unless `base_model` / `revision` name another.
     """
-    if method not in METHODS:
-        raise UnZipLoRAError(f"merge method {method!r} is not available; use one of {', '.join(METHODS)}")
+    try:
+        method = MergeMethod(method)
+    except ValueError:
+        raise UnZipLoRAError(choice_error("merge method", method, MergeMethod)) from None
     from diffusers import StableDiffusionXLPipeline
 
-    from ..models.headers import base_shapes
+    from ..models.base import BaseModel
 
     runs = BranchSource.run_of(content), BranchSource.run_of(style)
-    named = [base_model or (r.manifest["base_model"] if r else None) for r in runs]
+    named = [(base_model, revision) if base_model else
+             ((r.manifest["base_model"], r.manifest["config"]["model"]["revision"]) if r else None) for r in runs]
     # each checked against its own base model (a plain file: the other's; neither: ranks and sizes only)
-    bases = [base_shapes(n or named[1 - i]) for i, n in enumerate(named)]
-    sources = (_plain_source(content, Branch.CONTENT, runs[0], bases[0]),
-               _plain_source(style, Branch.STYLE, runs[1], bases[1]))
-    if method == "direct":
+    bases = [BaseModel.resolve(*(n or named[1 - i])) if (n or named[1 - i]) else None for i, n in enumerate(named)]
+    shapes = [b.shapes() if b else None for b in bases]
+    sources = (_plain_source(content, Branch.CONTENT, runs[0], shapes[0]),
+               _plain_source(style, Branch.STYLE, runs[1], shapes[1]))
+    if method is MergeMethod.DIRECT:
         merged = direct_merge(sources[0].plain, sources[1].plain)
     else:
         from .ziplora import ziplora_merge
 
-        base = base_model or sources[0].manifest_value("base_model") or sources[1].manifest_value("base_model")
+        base = bases[0] or bases[1]
         prompt_c = prompts[0] or sources[0].manifest_value("prompts", "content")
         prompt_s = prompts[1] or sources[1].manifest_value("prompts", "style")
         if base is None or prompt_c is None or prompt_s is None:

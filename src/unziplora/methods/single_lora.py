@@ -3,28 +3,32 @@
 DreamBooth-LoRA (arXiv 2208.12242 + 2106.09685) trains it on every attention projection;
 B-LoRA (arXiv 2403.14572) on the two modules its profile names and splits it afterwards; the block-role probe
 of a new base model trains it everywhere and keeps one block at a time. The LoRA is injected
-with diffusers' own `unet.add_adapter` (PEFT), so nothing here re-implements LoRA.
+with diffusers' own `unet.add_adapter` (PEFT), so nothing here re-implements LoRA. The loop is
+the one every method runs (`core.train.fit`) and honours the run's training settings as
+UnZipLoRA's does: optimiser (AdamW or 8-bit AdamW, betas, eps, weight decay), gradient clipping,
+mixed precision (frozen UNet in fp16/bf16, LoRA in fp32, autocast, a GradScaler under fp16) and
+gradient checkpointing.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from diffusers import DDPMScheduler
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
-from tqdm.auto import tqdm
 
+from ..config import TrainConfig
 from ..core.data import CroppedLatents
 from ..core.inject import PROJECTIONS, attention_modules
 from ..core.prompts import encode_prompts
-from ..core.train import StepLog, adamw, diffusion_mse, prediction_type
+from ..core.train import NonFiniteLoss, StepLog, diffusion_mse, fit, make_optimizer, prediction_type
 
 
 @dataclass
 class SingleLoraSpec:
-    """What to train: which attention modules (name prefixes; empty = all) and how long."""
+    """What to train: which attention modules (name prefixes; empty = all), how long, and how."""
 
     prompt: str
     rank: int = 64
@@ -35,14 +39,7 @@ class SingleLoraSpec:
     module_prefixes: tuple[str, ...] = ()
     prior_prompt: str = ""  # class prompt of the prior-preservation images (DreamBooth)
     prior_weight: float = 1.0
-
-
-@dataclass
-class LoopState:
-    """What callbacks (callbacks.py) see of this loop: the fields of `train.Trainer` they read."""
-
-    step: int = 0
-    should_stop: bool = False
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimiser, clipping, precision, checkpointing
 
 
 def target_modules(unet, prefixes: tuple[str, ...] = ()) -> list[str]:
@@ -54,68 +51,95 @@ def target_modules(unet, prefixes: tuple[str, ...] = ()) -> list[str]:
     return names
 
 
-def train_single_lora(pipe, image, spec: SingleLoraSpec, device: torch.device, progress: bool = False,
-                      prior_images=(), callbacks=()) -> dict[str, torch.Tensor]:
-    """Train one LoRA (alpha = rank, scale 1) and return its PEFT state dict (keys without 'unet.').
+class SingleLoraLoop:
+    """One LoRA (alpha = rank, scale 1) training on one image, one `train_step` at a time.
 
     Uses the same data path (crops, latent cache, time ids) and loss (epsilon or v-prediction,
     as the base model's scheduler says) as UnZipLoRA training, so comparisons differ only in
-    the adapter. With `prior_images` (the base model's own
-    samples of `spec.prior_prompt`), each step adds DreamBooth's prior-preservation term,
-    prior_weight * ||eps - eps_theta(x'_t, c_pr)||^2 on one of them (arXiv 2208.12242, Eq. 2).
-    `callbacks` (callbacks.py) see a `LoopState`; one that sets `should_stop` ends training with
-    KeyboardInterrupt after the current step (a baseline keeps no checkpoint).
+    the adapter. With `prior_images` (the base model's own samples of `spec.prior_prompt`), each
+    step adds DreamBooth's prior-preservation term, prior_weight * ||eps - eps_theta(x'_t, c_pr)||^2
+    on one of them (arXiv 2208.12242, Eq. 2).
     """
-    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    prediction_type(scheduler)  # an unsupported objective fails before any work
-    torch.manual_seed(spec.seed)
-    generator = torch.Generator().manual_seed(spec.seed)
-    pipe.text_encoder.to(device)
-    pipe.text_encoder_2.to(device)
-    texts = [spec.prompt] + ([spec.prior_prompt or spec.prompt] if prior_images else [])
-    embeds, pooled = encode_prompts(pipe, texts, device)
-    prior_embeds, prior_pooled = embeds[-1:], pooled[-1:]  # the class prompt's (unused without priors)
-    embeds, pooled = embeds[:1], pooled[:1]
-    unet = pipe.unet.to(device)
-    unet.requires_grad_(False)
-    names = target_modules(unet, spec.module_prefixes)
-    unet.add_adapter(LoraConfig(r=spec.rank, lora_alpha=spec.rank, init_lora_weights="gaussian", target_modules=names))
-    params = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = adamw(params, lr=spec.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4)
-    latents = CroppedLatents(image, spec.resolution, pipe.vae.to(device), device)
-    priors = [CroppedLatents(picture, spec.resolution, pipe.vae, device) for picture in prior_images]
 
-    def mse(data: CroppedLatents, states, pooled_states) -> torch.Tensor:
-        latent, _ = data.sample(generator)
-        kwargs = {"encoder_hidden_states": states,
-                  "added_cond_kwargs": {"text_embeds": pooled_states, "time_ids": data.time_ids().to(device)}}
-        return diffusion_mse(unet, scheduler, latent.to(device), generator, torch.float32, kwargs)
+    def __init__(self, pipe, image, spec: SingleLoraSpec, device: torch.device, dtype: torch.dtype = torch.float32,
+                 prior_images=()):
+        self.spec, self.pipe, self.device, self.dtype = spec, pipe, torch.device(device), dtype
+        self.total_steps = spec.steps
+        self.step, self.should_stop, self.history, self.timings = 0, False, [], {}
+        self.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        prediction_type(self.scheduler)  # an unsupported objective fails before any work
+        torch.manual_seed(spec.seed)
+        self.generator = torch.Generator().manual_seed(spec.seed)
+        pipe.text_encoder.to(self.device)
+        pipe.text_encoder_2.to(self.device)
+        texts = [spec.prompt] + ([spec.prior_prompt or spec.prompt] if prior_images else [])
+        embeds, pooled = encode_prompts(pipe, texts, self.device)
+        self.embeds, self.pooled = embeds[:1], pooled[:1]
+        self.prior_embeds, self.prior_pooled = embeds[-1:], pooled[-1:]  # the class prompt's (unused without priors)
+        self.unet = unet = pipe.unet.to(self.device, dtype)
+        unet.requires_grad_(False)
+        names = target_modules(unet, spec.module_prefixes)
+        unet.add_adapter(LoraConfig(r=spec.rank, lora_alpha=spec.rank, init_lora_weights="gaussian",
+                                    target_modules=names))
+        self.params = [p for p in unet.parameters() if p.requires_grad]
+        for p in self.params:  # the LoRA trains in fp32 whatever the frozen UNet's precision
+            p.data = p.data.float()
+        if spec.train.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        self.optimizer = make_optimizer([{"params": self.params, "lr": spec.lr}], spec.train)
+        # fp16 gradients of small LoRA updates underflow without loss scaling (as train.Trainer)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype == torch.float16)
+        self.latents = CroppedLatents(image, spec.resolution, pipe.vae.to(self.device), self.device)
+        self.priors = [CroppedLatents(picture, spec.resolution, pipe.vae, self.device) for picture in prior_images]
 
-    loop = LoopState()
-    for cb in callbacks:
-        cb.on_start(loop)
-    for _ in tqdm(range(spec.steps), desc="single LoRA", disable=not progress):
-        loss = mse(latents, embeds, pooled)
-        if priors:
-            pick = int(torch.randint(len(priors), (1,), generator=generator))
-            loss = loss + spec.prior_weight * mse(priors[pick], prior_embeds, prior_pooled)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        loop.step += 1
-        if callbacks:
-            log = StepLog(loop.step - 1, loss.item(), loss.item(), 0.0, False)
-            for cb in callbacks:
-                cb.on_step(loop, log)
-            if loop.should_stop:
-                unet.delete_adapters(list(unet.peft_config))
-                raise KeyboardInterrupt
-    for cb in callbacks:
-        cb.on_end(loop)
-    state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
-    unet.delete_adapters(list(unet.peft_config))  # leave the pipeline as it came
-    return state
+    def _mse(self, data: CroppedLatents, states, pooled_states) -> torch.Tensor:
+        latent, _ = data.sample(self.generator)
+        kwargs = {"encoder_hidden_states": states.to(self.dtype),
+                  "added_cond_kwargs": {"text_embeds": pooled_states.to(self.dtype),
+                                        "time_ids": data.time_ids().to(self.device, self.dtype)}}
+        return diffusion_mse(self.unet, self.scheduler, latent.to(self.device), self.generator, self.dtype, kwargs)
+
+    def train_step(self) -> StepLog:
+        loss = self._mse(self.latents, self.embeds, self.pooled)
+        if self.priors:
+            pick = int(torch.randint(len(self.priors), (1,), generator=self.generator))
+            loss = loss + self.spec.prior_weight * self._mse(self.priors[pick], self.prior_embeds, self.prior_pooled)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(self.step, loss.item())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.params, self.spec.train.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        log = StepLog(self.step, loss.item(), loss.item(), 0.0, False)
+        self.step += 1
+        self.history.append(log)
+        return log
+
+    def lora_state(self) -> dict[str, torch.Tensor]:
+        """The trained LoRA's PEFT state dict (keys without 'unet.'), on the CPU."""
+        return {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(self.unet).items()}
+
+    def release(self) -> None:
+        """Take the adapter out: the pipeline is left as it came."""
+        self.unet.delete_adapters(list(self.unet.peft_config))
+        if self.spec.train.gradient_checkpointing:
+            self.unet.disable_gradient_checkpointing()
+
+
+def train_single_lora(pipe, image, spec: SingleLoraSpec, device: torch.device, progress: bool = False,
+                      prior_images=(), callbacks=(), dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Train one LoRA with `fit` and return its PEFT state dict; the pipeline is left as it came.
+    A stop a callback requests ends training with KeyboardInterrupt after the current step."""
+    from ..core.callbacks import ProgressBar
+
+    loop = SingleLoraLoop(pipe, image, spec, device, dtype, prior_images)
+    try:
+        fit(loop, [ProgressBar(progress, "single LoRA"), *callbacks])
+        return loop.lora_state()
+    finally:
+        loop.release()
 
 
 def keep_modules(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:

@@ -28,9 +28,11 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from torch import nn
 
+from ..core.layer import BRANCHES
+from ..core.names import Branch
 from ..core.data import CroppedLatents, load_image, sdxl_time_ids
 from ..errors import UnZipLoRAError
-from ..models.loading import load_pipeline, pick_device
+from ..models.loading import pick_device
 from ..core.prompts import encode_prompts
 from ..run.sources import BranchSource
 from ..core.train import adamw, add_training_noise
@@ -41,25 +43,25 @@ DEFAULTS = {"steps": 100, "lr": 5e-5, "weight": 0.01}  # mkshing/ziplora-pytorch
 class ZipLoraLinear(nn.Module):
     """A frozen Linear plus two fixed LoRA updates, each scaled per input feature by a merger.
 
-    `mode` "merged" applies both with their mergers; "content" / "style" one LoRA alone, as
-    trained (the reference's forward types "merge", "weight_1", "weight_2").
+    `alone` None applies both with their mergers; a Branch, that one LoRA alone, as trained (the
+    reference's forward types "merge", "weight_1", "weight_2").
     """
 
     def __init__(self, base: nn.Linear, content: tuple | None, style: tuple | None):
         super().__init__()
         self.base = base
-        self.loras = {"content": content, "style": style}  # (A (r, in), B (out, r)) or None
+        self.loras = {Branch.CONTENT: content, Branch.STYLE: style}  # (A (r, in), B (out, r)) or None
         self.mergers = nn.Parameter(torch.ones(2, base.in_features, device=base.weight.device))
-        self.mode = "merged"
+        self.alone: Branch | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
-        for i, name in enumerate(("content", "style")):
-            lora = self.loras[name]
-            if lora is None or self.mode not in ("merged", name):
+        for i, branch in enumerate(BRANCHES):
+            lora = self.loras[branch]
+            if lora is None or self.alone not in (None, branch):
                 continue
             a, b = lora
-            scaled = x * self.mergers[i] if self.mode == "merged" else x
+            scaled = x * self.mergers[i] if self.alone is None else x
             out = out + F.linear(F.linear(scaled, a), b)
         return out
 
@@ -72,14 +74,14 @@ def merged_lora(layers: dict[str, ZipLoraLinear]) -> dict[str, torch.Tensor]:
     """The merged update of every layer as one ordinary LoRA (PEFT keys), exact."""
     from .merge import direct_merge
 
-    parts = {"content": {}, "style": {}}
+    parts = {Branch.CONTENT: {}, Branch.STYLE: {}}
     for name, layer in layers.items():
-        for i, kind in enumerate(parts):
+        for i, kind in enumerate(BRANCHES):
             if layer.loras[kind] is not None:
                 a, b = layer.loras[kind]
                 parts[kind][f"{name}.lora_A.weight"] = (a * layer.mergers[i].detach()).cpu().contiguous()
                 parts[kind][f"{name}.lora_B.weight"] = b.cpu().contiguous()
-    return direct_merge(parts["content"], parts["style"])
+    return direct_merge(parts[Branch.CONTENT], parts[Branch.STYLE])
 
 
 def inject_ziplora(unet: nn.Module, content: dict[str, torch.Tensor], style: dict[str, torch.Tensor]) -> dict[str, ZipLoraLinear]:
@@ -116,17 +118,18 @@ def _latent_sampler(source: BranchSource, pipe, resolution: int, generator: torc
     return lambda: torch.randn(shape, generator=generator).to(device)
 
 
-def ziplora_merge(content: BranchSource, style: BranchSource, base_model: str, prompts: tuple[str, str],
+def ziplora_merge(content: BranchSource, style: BranchSource, base, prompts: tuple[str, str],
                   resolution: int, steps: int = DEFAULTS["steps"], lr: float = DEFAULTS["lr"],
                   weight: float = DEFAULTS["weight"], seed: int = 0, device: str = "auto") -> dict[str, torch.Tensor]:
-    """Learn the per-input-feature mergers on `device`; return the merged LoRA (PEFT keys)."""
+    """Learn the per-input-feature mergers on `device` over the resolved base model `base`; return
+    the merged LoRA (PEFT keys)."""
     if steps <= 0:
         raise UnZipLoRAError(f"ZipLoRA steps must be positive, got {steps}")
     if content.plain is None or style.plain is None:
         raise UnZipLoRAError("ZipLoRA merges two ordinary LoRAs: give each source as its exported LoRA")
     torch_device = pick_device(device)
     generator = torch.Generator().manual_seed(seed)
-    pipe = load_pipeline(base_model)
+    pipe = base.load()
     pipe.to(torch_device)
     embeds, pooled = encode_prompts(pipe, list(prompts), torch_device)
     unet = pipe.unet.requires_grad_(False)
@@ -140,9 +143,9 @@ def ziplora_merge(content: BranchSource, style: BranchSource, base_model: str, p
     shared = [layer for layer in layers.values() if all(layer.loras.values())]
     optimizer = adamw(mergers, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4)
 
-    def predict(mode: str, noisy, t, i: int) -> torch.Tensor:
+    def predict(alone: Branch | None, noisy, t, i: int) -> torch.Tensor:
         for layer in layers.values():
-            layer.mode = mode
+            layer.alone = alone
         cond = {"text_embeds": pooled[i : i + 1], "time_ids": time_ids}
         return unet(noisy, t, embeds[i : i + 1], added_cond_kwargs=cond).sample
 
@@ -151,8 +154,8 @@ def ziplora_merge(content: BranchSource, style: BranchSource, base_model: str, p
         noisy_content, noise, t = add_training_noise(scheduler, samplers[0](), generator)
         noisy = (noisy_content, scheduler.add_noise(samplers[1](), noise, t))
         with torch.no_grad():
-            targets = [predict(kind, noisy[i], t, i) for i, kind in enumerate(("content", "style"))]
-        loss = sum(F.mse_loss(predict("merged", noisy[i], t, i).float(), targets[i].float()) for i in range(2))
+            targets = [predict(branch, noisy[i], t, i) for i, branch in enumerate(BRANCHES)]
+        loss = sum(F.mse_loss(predict(None, noisy[i], t, i).float(), targets[i].float()) for i in range(2))
         if shared:
             loss = loss + weight * torch.stack([layer.merger_overlap() for layer in shared]).sum()
         optimizer.zero_grad(set_to_none=True)

@@ -70,18 +70,6 @@ class BaseShapes:
         return (shape[0], shape[1]) if shape and len(shape) >= 2 else None
 
 
-def _model_folder(base_model: str, revision: str | None) -> Path | None:
-    local = Path(base_model).expanduser()
-    if local.is_dir():
-        return local
-    try:  # a hub id: only what is already in the local cache (nothing is downloaded to check)
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(base_model, revision=revision, local_files_only=True))
-    except Exception:  # not cached, not a repository id: the loader says so in its own words
-        return None
-
-
 @functools.lru_cache(maxsize=8)
 def _base_shapes(folder: str, name: str) -> BaseShapes | None:
     weights = {}
@@ -92,12 +80,12 @@ def _base_shapes(folder: str, name: str) -> BaseShapes | None:
     return BaseShapes(name, weights) if any(k.startswith("unet.") for k in weights) else None
 
 
-def base_shapes(base_model: str | None, revision: str | None = None) -> BaseShapes | None:
-    """The base model's weight shapes from its files' headers; None when its files are not here."""
-    if not base_model:
+def base_shapes(base) -> BaseShapes | None:
+    """A resolved base model's weight shapes from its files' headers; None when its files are not here."""
+    if base is None:
         return None
-    folder = _model_folder(str(base_model), revision)
-    return _base_shapes(str(folder), str(base_model)) if folder else None
+    folder = base.folder
+    return _base_shapes(str(folder), base.source) if folder else None
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -1,4 +1,4 @@
-"""Loading the base SDXL pipeline from a hub id or a local folder, with one-line errors."""
+"""Loading a resolved base model's pipeline (a hub id or a local folder), with one-line errors."""
 
 from __future__ import annotations
 
@@ -14,11 +14,6 @@ from ..errors import UnZipLoRAError
 
 SDXL_PIPELINE_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 _WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
-def looks_like_path(name: str) -> bool:
-    """Hub ids are "owner/name"; anything else that is not an existing folder is a path typo."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def check_pipeline_folder(path: Path) -> None:
@@ -86,33 +81,29 @@ def quiet_libraries():
                 library.enable_progress_bar()
 
 
-def load_pipeline(base_model: str, revision: str | None = None, dtype: torch.dtype = torch.float32):
-    """StableDiffusionXLPipeline.from_pretrained on a hub id or local folder, safetensors only.
+def load_pipeline(base, dtype: torch.dtype | None = None):
+    """StableDiffusionXLPipeline.from_pretrained of a resolved `BaseModel` (base.py), safetensors only.
 
     The VAE is kept in fp32 (SDXL's VAE overflows in fp16; docs/method.md §6). Library logs are
     hidden while loading (`quiet_libraries`).
     """
     from diffusers import StableDiffusionXLPipeline
 
-    local = Path(base_model).expanduser()
-    if local.exists() or looks_like_path(base_model):
-        check_pipeline_folder(local)
-        source = str(local)
-    else:
-        source = base_model
+    dtype = dtype or torch.float32
     try:
         with quiet_libraries():
             pipe = StableDiffusionXLPipeline.from_pretrained(
-                source, revision=revision, dtype=dtype, use_safetensors=True
+                base.source, revision=base.revision, dtype=dtype, use_safetensors=True
             )
     except (OSError, ValueError, EnvironmentError) as exc:
-        if source is base_model:
+        if not base.local:
             raise UnZipLoRAError(
-                f"could not load {base_model!r} from the Hugging Face hub (offline, no network, or no such "
+                f"could not load {base.source!r} from the Hugging Face hub (offline, no network, or no such "
                 "repository); download it once where there is network (hf download "
-                f"{base_model} --local-dir ./sdxl) and pass the folder: --base-model ./sdxl"
+                f"{base.source} --local-dir ./sdxl) and pass the folder: --base-model ./sdxl "
+                "(or --base-model embedded: the toy-world model shipped with unziplora)"
             ) from None
-        raise UnZipLoRAError(f"could not load the pipeline in {source}: {str(exc).splitlines()[0][:200]}") from None
+        raise UnZipLoRAError(f"could not load the pipeline in {base.source}: {str(exc).splitlines()[0][:200]}") from None
     if dtype != torch.float32:
         pipe.vae.to(torch.float32)
     pipe.set_progress_bar_config(disable=True)
@@ -163,24 +154,6 @@ def write_checksums(directory: Path) -> None:
 LATENT_MULTIPLE = 8
 
 
-def _model_config(base_model: str, part: str, revision: str | None = None) -> dict | None:
-    """PART/config.json of a local folder or of a cached hub model; None when it is not here."""
-    local = Path(base_model).expanduser()
-    path = local / part / "config.json" if local.is_dir() else None
-    if path is None:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(base_model, f"{part}/config.json", revision=revision)
-            path = Path(cached) if isinstance(cached, str) else None
-        except Exception:  # not a hub id: the loader explains
-            path = None
-    try:
-        return json.loads(path.read_text()) if path is not None and path.is_file() else None
-    except (OSError, ValueError):
-        return None
-
-
 def available_memory(device: torch.device) -> int | None:
     """Bytes free for one process: the GPU's memory on CUDA, MemAvailable on the CPU (None if unknown)."""
     if device.type == "cuda":
@@ -206,20 +179,18 @@ def decode_bytes(resolution: int, first_channels: int, images: int = 1) -> int:
     return 2 * images * resolution * resolution * first_channels * 4
 
 
-def check_resolution(resolution: int | None, base_model: str, device: torch.device, images: int = 1,
-                     what: str = "--resolution", revision: str | None = None) -> None:
+def check_resolution(resolution: int | None, base, device: torch.device, images: int = 1,
+                     what: str = "--resolution") -> None:
     """Refuse, before anything is allocated, a size the base model cannot use: not a multiple of its
     VAE factor x 8 (64 for SDXL, 32 for the embedded 4x model), or beyond this machine's memory."""
     if resolution is None:
         return
-    vae = _model_config(base_model, "vae", revision)
+    vae = base.config("vae")
     if vae is None or not vae.get("block_out_channels"):
         return  # not available before loading (an uncached hub id): the loader fails first
-    channels = vae["block_out_channels"]
-    factor = 2 ** (len(channels) - 1)
+    channels, factor = vae["block_out_channels"], base.vae_factor
     multiple = factor * LATENT_MULTIPLE
-    unet = _model_config(base_model, "unet", revision) or {}
-    own = int(unet.get("sample_size", 0)) * factor or None
+    own = base.native_resolution
     if resolution % multiple:
         lower = max(multiple, resolution // multiple * multiple)
         raise UnZipLoRAError(f"{what} {resolution} does not suit this base model: use a multiple of {multiple} px "

@@ -44,8 +44,9 @@ _NEUTRAL_KEYS = {"train": ("preview_every", "checkpoint_every"), "sample": None}
 
 
 # ----- what a checkpoint must match -------------------------------------------------------------
-def fingerprint(config: RunConfig, image_sha256: str) -> dict[str, str]:
-    """SHA-256 of the config (minus output-only keys), of the image and of the base model."""
+def fingerprint(config: RunConfig, image_sha256: str, base) -> dict[str, str]:
+    """SHA-256 of the config (minus output-only keys), of the image and of the base model (its
+    `BaseModel.fingerprint`)."""
     cfg = config.to_dict()
     for section, keys in _NEUTRAL_KEYS.items():
         for key in keys or list(cfg[section]):
@@ -53,23 +54,8 @@ def fingerprint(config: RunConfig, image_sha256: str) -> dict[str, str]:
     return {
         "config": _sha256(json.dumps(cfg, sort_keys=True).encode()),
         "image": image_sha256,
-        "base model": base_model_sha256(config.model.base_model, config.model.revision),
+        "base model": base.fingerprint(),
     }
-
-
-def base_model_sha256(name: str, revision: str | None) -> str:
-    """A local folder: its JSON configs and the names and sizes of its files (hashing gigabytes of
-    weights would take minutes). A hub id: the id and revision."""
-    folder = Path(name).expanduser()
-    if not folder.is_dir():
-        return _sha256(f"{name}@{revision}".encode())
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rel = path.relative_to(folder).as_posix()
-        digest.update(f"{rel}:{path.stat().st_size}\n".encode())
-        if path.suffix == ".json":
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def _sha256(data: bytes) -> str:
@@ -334,7 +320,7 @@ class Checkpointer(Callback):
 
     def on_step(self, trainer, log) -> None:
         done = trainer.step
-        if self.every and done % self.every == 0 and done < trainer.config.train.steps:
+        if self.every and done % self.every == 0 and done < trainer.total_steps:
             self.save(trainer)
 
     def on_interrupt(self, trainer) -> None:

@@ -28,7 +28,7 @@ from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..core.branch import Branch
+from ..core.names import Branch
 from ..errors import UnZipLoRAError
 from .manifest import MANIFEST_FILE, RUN_FORMAT_VERSION, read_manifest
 from .outputs import (  # noqa: F401  (the names every writer imports from here)
@@ -199,6 +199,7 @@ class RunFolder:
             lines.append("settings:     " + ", ".join(shown))
         if "mask_fraction" in m:  # UnZipLoRA runs only
             lines.append(f"columns held: content {m['mask_fraction']['content']:.1%}, style {m['mask_fraction']['style']:.1%}")
+        if "final_loss" in m:
             lines.append(f"final loss:   {m['final_loss']:.4f}")
         lines.append(f"train time:   {m['timings'].get('train_s', 0):.1f} s")
         lines.append(f"created:      {m['created']} with unziplora {m['versions']['unziplora']}")

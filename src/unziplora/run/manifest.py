@@ -13,6 +13,7 @@ import math
 import re
 from pathlib import Path
 
+from ..core.names import Method
 from ..errors import UnZipLoRAError
 
 RUN_FORMAT_VERSION = 1
@@ -61,7 +62,8 @@ _FIELDS = (
      "a mapping of settings to their sources"),
 )
 OPTIONAL = {"profile", "method", "config_sources"}
-# UnZipLoRA and its ablations (not the baselines) also record how training ended.
+# How training ended and what it used: every method records them now; runs of the baselines made
+# before that lack them, so they are checked where present.
 _TRAINED_FIELDS = (
     ("final_loss", _is_number, "a finite number"),
     ("mask_fraction", lambda v: isinstance(v, dict), "a mapping"),
@@ -73,8 +75,6 @@ _TRAINED_FIELDS = (
 
 
 def _method_names() -> tuple[str, ...]:
-    from ..methods import Method
-
     return tuple(m.value for m in Method)
 
 
@@ -116,22 +116,15 @@ def validate_manifest(data, path: Path) -> None:
         raise UnZipLoRAError(f"{path.parent} has run format {version!r}, this unziplora reads up to "
                              f"{RUN_FORMAT_VERSION}; upgrade unziplora")
     check_files(path.parent, data.get("files", _MISSING))
-    trained = data.get("method", "unziplora") in _trained_methods()
-    for field, check, expected in _FIELDS + (_TRAINED_FIELDS if trained else ()):
+    for field, check, expected in _FIELDS + _TRAINED_FIELDS:
         value = _at(data, field)
         if value is _MISSING:
-            if field in OPTIONAL:
+            if field in OPTIONAL or (field, check, expected) in _TRAINED_FIELDS:
                 continue
             raise _damaged(path, field, "is missing")
         if not check(value):
             raise _damaged(path, field, f"must be {expected}, got {_short(value)}")
     _check_config(data, path)
-
-
-def _trained_methods() -> tuple[str, ...]:
-    from ..methods import Method
-
-    return tuple(m.value for m in Method if not m.is_baseline)
 
 
 def _short(value) -> str:

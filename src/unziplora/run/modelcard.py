@@ -6,7 +6,6 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..methods import Method
 
 CARD = """---
 base_model: {base_model}
@@ -62,32 +61,9 @@ Files: {files}`manifest.json` (prompts, config, versions, timings), `config.yaml
 with `--config`).
 """
 
-# What each LoRA file holds and how "both" combines them, per kind of method.
-EXPORTS = {
-    Method.UNZIPLORA: (
-        "Each LoRA alone is its branch's update with the branch's hard column mask folded in and the "
-        "merger vectors left out (M (.) B A), as the authors export it. The mergers weigh the two branches "
-        "against each other and act only when both run together, from `unziplora.safetensors`.",
-        "Both together with prompt separation (three prompts, the mergers on, exactly as trained):",
-        "`unziplora.safetensors` (both branches, mergers, masks), `loss.csv` / `loss.png`, ",
-    ),
-    Method.B_LORA: (
-        "B-LoRA (arXiv 2403.14572): one LoRA trained on two attention modules, split into the content "
-        "module's part and the style module's part. `<c>` and `<s>` both stand for its training token.",
-        "Both together as B-LoRA does it (both parts loaded, one ordinary prompt):",
-        "",
-    ),
-    Method.DREAMBOOTH_LORA: (
-        "DreamBooth-LoRA: one LoRA that cannot split; the content and style files are the same LoRA.",
-        "Both together (the one LoRA, once, with the whole prompt):",
-        "",
-    ),
-}
-
-
-
-def write_model_card(folder: Path, manifest: dict, thumbnail: Image.Image, final_path: str | Path) -> Path:
-    """Write folder/README.md and folder/thumbnail.png (the input, at most 256 px).
+def write_model_card(folder: Path, manifest: dict, thumbnail: Image.Image, final_path: str | Path, card) -> Path:
+    """Write folder/README.md and folder/thumbnail.png (the input, at most 256 px). `card` is the
+    method's text (methods/base.py `ModelCardText`: what each file holds, how "both" combines them).
 
     `final_path` is where the run folder will be (the card is written before the rename); the
     card's commands and code use it as an absolute path, so they work from any directory.
@@ -96,12 +72,11 @@ def write_model_card(folder: Path, manifest: dict, thumbnail: Image.Image, final
     thumb.thumbnail((256, 256))
     thumb.save(folder / "thumbnail.png")
     p, cfg = manifest["prompts"], manifest["config"]
-    method = Method(manifest.get("method", Method.UNZIPLORA.value))
-    export, together, files = EXPORTS[method if method.is_baseline else Method.UNZIPLORA]
+    export, together, files = card.exports, card.together, card.files
     final_path = Path(final_path).resolve()
     sample = cfg["sample"]
     card = CARD.format(
-        name=final_path.name, path=final_path.as_posix(), method=method.value,
+        name=final_path.name, path=final_path.as_posix(), method=manifest["method"],
         resolution=sample["resolution"] or cfg["train"]["resolution"], sample_steps=sample["steps"],
         guidance=sample["guidance_scale"], guidance_rescale=sample.get("guidance_rescale", 0.0), export=export, together=together, files=files,
         base_model=manifest["base_model"], subject=p["subject"], style=p["style_words"],

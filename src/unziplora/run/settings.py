@@ -7,9 +7,11 @@ Settings are layered, later layers winning:
      toy-world model: 64 px, rank 16, lr 1e-3, its sampling settings), since a small model needs
      other settings than SDXL;
   4. a config file (`--config`);
-  5. what the user gave explicitly (command-line flags, or `overrides` in the API).
+  5. what the user gave explicitly (command-line flags, or `overrides` in the API);
+  6. what defines the method (the ablations: M1 has no column masks): a layer no other may
+     contradict; an explicit setting against it is refused.
 The manifest records every setting that is not the paper's default with its source, and
-`unziplora info` shows them.
+`unziplora info` shows them. The methods' layers come from their plugins (methods/).
 """
 
 from __future__ import annotations
@@ -20,19 +22,20 @@ from typing import Any
 
 import yaml
 
-from ..config import DEFAULT_BASE_MODEL, RunConfig, load_config
+from ..config import RunConfig, load_config
 from ..errors import UnZipLoRAError
+from ..models.base import MODEL_DEFAULTS_FILE, BaseModel
 
-MODEL_DEFAULTS_FILE = "unziplora_defaults.yaml"
 # What a base model may set: how to train and sample it, not what to learn or from which model.
 MODEL_SECTIONS = ("train", "lora", "masks", "sample")
-PAPER, METHOD, MODEL, FILE, GIVEN = "paper", "method", "model", "config file", "given"
+PAPER, METHOD, MODEL, FILE, GIVEN, DEFINING = "paper", "method", "model", "config file", "given", "method (defining)"
 
 
 @dataclass(frozen=True)
 class ResolvedConfig:
     config: RunConfig
     sources: dict[str, str] = field(default_factory=dict)  # dotted key -> layer, for keys a layer set
+    base: BaseModel | None = None  # the base model the config names, resolved once
 
 
 def flatten(data: dict[str, Any]) -> dict[str, Any]:
@@ -40,16 +43,10 @@ def flatten(data: dict[str, Any]) -> dict[str, Any]:
     return {f"{section}.{key}": value for section, values in data.items() for key, value in (values or {}).items()}
 
 
-def resolve_base_model(name: str) -> str:
-    """A local folder as an absolute path (a run must work from any directory); a hub id as given."""
-    local = Path(name).expanduser()
-    return str(local.resolve()) if local.exists() else name
-
-
-def model_defaults(base_model: str) -> dict[str, Any]:
-    """The dotted settings a local model folder declares in unziplora_defaults.yaml ({} if none)."""
-    path = Path(base_model).expanduser() / MODEL_DEFAULTS_FILE
-    if not path.is_file():
+def model_defaults(base: BaseModel) -> dict[str, Any]:
+    """The dotted settings a model folder declares in unziplora_defaults.yaml ({} if none)."""
+    path = base.own_file(MODEL_DEFAULTS_FILE)
+    if path is None:
         return {}
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -62,31 +59,33 @@ def model_defaults(base_model: str) -> dict[str, Any]:
     return values
 
 
-def method_defaults(method) -> dict[str, Any]:
-    """The reference settings of a method (`Method.reference_settings`), as dotted keys."""
-    from ..methods import Method
-
-    return dict(Method(method).reference_settings)
-
-
-def resolve_config(overrides: dict[str, Any] | None = None, config_file: str | Path | None = None,
-                   method="unziplora") -> ResolvedConfig:
-    """The run's config from the five layers above; `overrides` are dotted keys ({"train.steps": 100}),
-    None values ignored. The base model is the one the file or the overrides name."""
+def layered_config(overrides: dict[str, Any] | None = None, config_file: str | Path | None = None,
+                   reference: dict[str, Any] | None = None, defining: dict[str, Any] | None = None,
+                   method_name: str = "the method", base: BaseModel | None = None) -> ResolvedConfig:
+    """The run's config from the six layers above; `overrides` are dotted keys ({"train.steps": 100}),
+    None values ignored. The base model is the one the overrides or the file name (resolved once
+    here, unless `base` is given already resolved): its record replaces the name in the config."""
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     from_file = flatten(load_config(config_file).to_dict()) if config_file else {}
     file_set = _explicit_in_file(config_file) if config_file else {}
-    base = given.get("model.base_model") or file_set.get("model.base_model") or DEFAULT_BASE_MODEL
-    base = resolve_base_model(str(base))
-    layers = [(METHOD, method_defaults(method)), (MODEL, model_defaults(base)),
-              (FILE, {k: from_file[k] for k in file_set}), (GIVEN, {**given, "model.base_model": base})]
+    explicit = {**{k: from_file[k] for k in file_set}, **given}
+    for key, value in (defining or {}).items():
+        if key in explicit and explicit[key] != value:
+            raise UnZipLoRAError(f"{method_name} is defined by {key} = {value!r}; it cannot run with {key} = "
+                                 f"{explicit[key]!r} (drop that setting, or pick another --method)")
+    if base is None:
+        name = explicit.get("model.base_model")
+        base = BaseModel.resolve(name, explicit.get("model.revision"))
+    located = {"model.base_model": base.source, "model.revision": base.revision}
+    layers = [(METHOD, reference or {}), (MODEL, model_defaults(base)),
+              (FILE, {k: from_file[k] for k in file_set}), (GIVEN, {**given, **located}), (DEFINING, defining or {})]
     config, sources = RunConfig(), {}
-    for name, values in layers:
+    for layer, values in layers:
         config = config.with_overrides(values)
-        sources.update({k: name for k in values})
+        sources.update({k: layer for k in values})
     paper = flatten(RunConfig().to_dict())
     final = flatten(config.to_dict())
-    return ResolvedConfig(config, {k: v for k, v in sources.items() if final[k] != paper[k]})
+    return ResolvedConfig(config, {k: v for k, v in sources.items() if final[k] != paper[k]}, base)
 
 
 def _explicit_in_file(path: str | Path) -> dict[str, Any]:

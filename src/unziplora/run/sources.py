@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from ..core.branch import Branch
+from ..core.names import Branch
 from ..errors import UnZipLoRAError
-from ..export import load_lora_any, lora_file
+from .loras import load_lora_any, lora_file
 from ..models.headers import BaseShapes, check_lora_header
 from ..core.inject import TwoBranchLoRA
-from ..methods import Method
+from ..core.names import Method
 from .folder import MANIFEST_FILE, RunFolder, load_safetensors
 
 

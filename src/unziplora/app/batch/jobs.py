@@ -63,12 +63,12 @@ class Job:
 def decompose_aliases() -> dict[str, str]:
     """Column name -> config key for every option of `unziplora decompose` (its flag without `--`).
 
-    The table is the command line's (cli.DECOMPOSE_OPTIONS), so that a column and a flag of the
-    same name always mean the same setting; cli.py imports nothing heavy.
+    Both come from the options declared in config.py (`user_options`), so that a column and a
+    flag of the same name always mean the same setting.
     """
-    from ..cli import DECOMPOSE_OPTIONS
+    from ...config import user_options
 
-    return {flag[2:]: key for flag, key, _ in DECOMPOSE_OPTIONS}
+    return {opt.flag: opt.key for opt in user_options()}
 
 
 @functools.lru_cache(maxsize=1)
@@ -151,10 +151,10 @@ def _make_job(values: dict[str, Any], where: str, base_dir: Path, aliases: dict[
         raise UnZipLoRAError(f"{where}: {job_id!r} cannot name a run folder: use letters, digits and . _ + - "
                              "(starting with a letter or digit, at most 100), e.g. fill its id column")
     if "method" in row:
-        from ...methods import method_names
+        from ...core.names import Method, choice_error
 
-        if row["method"] not in method_names():
-            error = error or f"{where}: unknown method {row['method']!r}; use one of {', '.join(method_names())}"
+        if row["method"] not in {m.value for m in Method}:
+            error = error or f"{where}: {choice_error('method', row['method'], Method)}"
     config = base_dir / row["config"] if "config" in row else None
     return Job(job_id, image, where, overrides, row.get("method"), config, error)
 

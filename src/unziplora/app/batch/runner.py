@@ -22,7 +22,7 @@ from typing import Any
 from ...run.checkpoint import CHECKPOINT_DIR, read_record
 from ...errors import TrainingInterrupted, UnZipLoRAError
 from ...run.manifest import MANIFEST_FILE
-from ...methods import Method
+from ...methods import Method, plugin
 from ...run.lock import RunInProgress
 from .evaluate import Evaluation
 from .jobs import Job
@@ -48,7 +48,7 @@ class BatchOptions:
 def row_config(job: Job, options: BatchOptions):
     """(method, ResolvedConfig) of a row: the batch's options with the row's columns on top; a
     row's config file replaces the batch's --config."""
-    from ...run.settings import resolve_config
+    from ...methods import resolve_config
 
     if job.error:
         raise UnZipLoRAError(job.error)
@@ -200,7 +200,7 @@ class RowRunner:
         row fails with its line, and --retry-failed --force starts it over.
         """
         work = self.layout.partial(job)
-        if method.is_baseline or not work.is_dir():
+        if not plugin(method).resumable or not work.is_dir():
             return False, False, None
         if self.options.force:
             return False, True, None

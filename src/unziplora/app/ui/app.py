@@ -19,14 +19,12 @@ DEFAULT_MAX_UPLOAD_MB = 50
 
 def check_base_model(base_model: str) -> str:
     """The base model as runs record it (a local folder: absolute), checked before the page opens."""
-    from ...run.settings import model_defaults, resolve_base_model
-    from ...models.loading import check_pipeline_folder, looks_like_path
+    from ...models.base import BaseModel
+    from ...run.settings import model_defaults
 
-    base_model = resolve_base_model(str(base_model))
-    if looks_like_path(base_model):
-        check_pipeline_folder(Path(base_model))
-    model_defaults(base_model)  # a broken unziplora_defaults.yaml is one line now, not at the first run
-    return base_model
+    base = BaseModel.resolve(base_model)
+    model_defaults(base)  # a broken unziplora_defaults.yaml is one line now, not at the first run
+    return base.source
 
 
 def build_page(runs: str | Path, base_model: str | None = None, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ...run.settings import resolve_config
+from ...methods import resolve_config
 from ...run.formats import EXPORT_FORMATS
 from ...methods import Method
 from ...core.prompts import CONTENT_TAG, STYLE_TAG

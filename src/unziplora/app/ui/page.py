@@ -14,9 +14,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from ...core.branch import Mode
+from ...core.names import Mode
 from ...errors import UnZipLoRAError
-from ...methods import Method
+from ...methods import PLUGINS, Method
 from .jobs import Job, JobState, Worker
 from .runs import RunsFolder
 from .tasks import (
@@ -30,13 +30,7 @@ from .tasks import (
     submit_resume,
 )
 
-METHOD_LABELS = {
-    Method.UNZIPLORA: "UnZipLoRA (the full method)",
-    Method.UNZIPLORA_M1: "UnZipLoRA ablation M1: prompt separation only",
-    Method.UNZIPLORA_M2: "UnZipLoRA ablation M2: + column separation, no block roles",
-    Method.DREAMBOOTH_LORA: "baseline: DreamBooth-LoRA (one LoRA, no split)",
-    Method.B_LORA: "baseline: B-LoRA (two attention blocks)",
-}
+METHOD_LABELS = {m: PLUGINS[m].help for m in Method}
 
 
 def message(text: str, error: bool = False) -> str:

@@ -12,10 +12,10 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...core.branch import Mode
+from ...core.names import Mode
 from ...core.callbacks import Progress, ProgressReport, StopOnRequest
 from ...errors import UnZipLoRAError
-from ...methods import Method
+from ...methods import Method, plugin
 from ...run.outputs import partial_dir
 from .jobs import Job, Worker
 from .runs import RunsFolder
@@ -47,7 +47,7 @@ class DecomposeRequest:
 def resolve(request: DecomposeRequest, base_model: str):
     """The run's config as the command line would resolve it (defaults.resolve_config), with
     train.preview_every set to draw `request.previews` grids in the run."""
-    from ...run.settings import resolve_config
+    from ...methods import resolve_config
 
     try:
         method = Method(request.method)
@@ -57,7 +57,7 @@ def resolve(request: DecomposeRequest, base_model: str):
     if request.previews < 0:
         raise UnZipLoRAError(f"previews per run must be 0 or more, got {request.previews}")
     resolved = resolve_config(request.overrides(base_model), method=method)
-    if request.previews and not method.is_baseline:
+    if request.previews and plugin(method).has_preview:
         every = max(1, resolved.config.train.steps // request.previews)
         resolved = resolve_config({**request.overrides(base_model), "train.preview_every": every}, method=method)
     return method, resolved
@@ -65,7 +65,7 @@ def resolve(request: DecomposeRequest, base_model: str):
 
 def form_defaults(base_model: str, method: str) -> dict[str, int]:
     """What the form's numbers are when left as they are: the method's and base model's defaults."""
-    from ...run.settings import resolve_config
+    from ...methods import resolve_config
 
     config = resolve_config({"model.base_model": base_model}, method=Method(method)).config
     return {"steps": config.train.steps, "rank": config.lora.rank, "resolution": config.train.resolution,

@@ -2,8 +2,8 @@
 
 Which attention modules carry content and which carry style is a property of the base
 model, not of the algorithm, so it lives here as data: one YAML file per base model.
-A base-model folder may ship its own `unziplora_profile.yaml`; `resolve_profile("auto", path)`
-prefers it over the built-in SDXL profile. A profile also names the two modules B-LoRA trains
+A base-model folder may ship its own `unziplora_profile.yaml`; `resolve_profile("auto", base)`
+prefers it over the built-in profile of the model's family. A profile also names the two modules B-LoRA trains
 on this base model (`b_lora`), which `unziplora probe` measures.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from ...core.branch import Branch, Role
+from ...core.names import Branch, Role
 from ...errors import UnZipLoRAError
 
 BUILTIN_DIR = Path(__file__).parent
@@ -165,10 +165,9 @@ def load_profile(name_or_path: str | Path) -> Profile:
     return profile_from_dict(yaml.safe_load(path.read_text()), str(path))
 
 
-def resolve_profile(name: str, base_model_dir: Path | None) -> Profile:
-    """'auto' takes the base model's own profile file if it ships one, else SDXL's."""
+def resolve_profile(name: str, base=None) -> Profile:
+    """'auto' takes the resolved base model's own profile file if it ships one, else SDXL's."""
     if name == "auto":
-        if base_model_dir is not None and (base_model_dir / PROFILE_FILENAME).is_file():
-            return load_profile(base_model_dir / PROFILE_FILENAME)
-        return load_profile("sdxl")
+        own = base.own_file(PROFILE_FILENAME) if base is not None else None
+        return load_profile(own) if own is not None else load_profile("sdxl")
     return load_profile(name)

@@ -1,0 +1,85 @@
+"""Sampling from precomputed prompt embeddings: what generation, previews and benchmarks share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from ..config import SampleConfig
+from .attention import CONTENT_KWARG, STYLE_KWARG
+
+
+@dataclass
+class Conditioning:
+    """Prompt embeddings for one generation: combined (1, 77, D), pooled (1, P), optional branches."""
+
+    combined: torch.Tensor
+    pooled: torch.Tensor
+    content: torch.Tensor | None = None
+    style: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def sample_images(pipe, cond: Conditioning, sample: SampleConfig, resolution: int | None, num_images: int = 1,
+                  progress: bool = False, on_step=None) -> list[Image.Image]:
+    """Run the SDXL pipeline once per seed from precomputed embeddings.
+
+    The unconditional half of classifier-free guidance uses zero embeddings, as SDXL does for
+    an empty negative prompt (force_zeros_for_empty_prompt); the branch inputs get the same
+    zeros there, so unconditional K/V carry no prompt in any branch. `sample.guidance_rescale`
+    is CFG rescale (arXiv 2305.08891, Sec. 3.4), which zero-terminal-SNR models need. With
+    `progress`, one bar counts the denoising steps of every seed; `on_step(done, total)` is told
+    the same count (the web page's progress).
+    """
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(sample.seeds) * sample.steps, desc="generate", unit="step", disable=not progress,
+               dynamic_ncols=True)
+
+    total, done = len(sample.seeds) * sample.steps, [0]
+
+    def tick(pipeline, step, timestep, tensors):
+        bar.update(1)
+        done[0] += 1
+        if on_step is not None:
+            on_step(done[0], total)
+        return tensors
+
+    device = pipe.unet.device
+    dtype = pipe.unet.dtype
+    extra = {}
+    for key, branch_embeds in ((CONTENT_KWARG, cond.content), (STYLE_KWARG, cond.style)):
+        if branch_embeds is not None:
+            extra[key] = step_batch(branch_embeds, num_images, sample.guidance_scale).to(device, dtype)
+    images = []
+    for seed in sample.seeds:
+        generator = torch.Generator().manual_seed(int(seed))
+        out = pipe(
+            prompt_embeds=cond.combined.to(device, dtype),
+            pooled_prompt_embeds=cond.pooled.to(device, dtype),
+            negative_prompt_embeds=torch.zeros_like(cond.combined).to(device, dtype),
+            negative_pooled_prompt_embeds=torch.zeros_like(cond.pooled).to(device, dtype),
+            num_images_per_prompt=num_images,
+            num_inference_steps=sample.steps,
+            guidance_scale=sample.guidance_scale,
+            height=resolution,
+            width=resolution,
+            generator=generator,
+            guidance_rescale=sample.guidance_rescale,
+            cross_attention_kwargs=extra or None,
+            output_type="pil",
+            callback_on_step_end=tick,
+        )
+        images.extend(out.images)
+    bar.close()
+    return images
+
+
+def step_batch(embeds: torch.Tensor | None, num_images: int, guidance_scale: float) -> torch.Tensor | None:
+    """The text-embedding batch the UNet sees at every step: [zeros; embeds] x num_images under CFG."""
+    if embeds is None:
+        return None
+    batch = embeds.repeat(num_images, 1, 1)
+    return torch.cat([torch.zeros_like(batch), batch]) if guidance_scale > 1.0 else batch

@@ -1,0 +1,89 @@
+"""UnZipLoRA (arXiv 2412.04465) and its two ablations, as plugins over the paper's core (core/).
+
+- UnZipLoRA (the paper's M3): prompt, column and block separation (core/train.py).
+- M1, prompt separation only: both branches train every column (masks.enabled false).
+- M2, prompt and column separation without block separation (model.block_separation false).
+The ablations are the paper's ablation study (its Fig. 6); what defines each is a setting a
+user may not contradict (`defining`), so config.yaml and the manifest say exactly what ran.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core.names import Branch, Method
+from ..core.sampling import Conditioning, sample_images
+from ..core.train import Trainer, branch_fractions
+from ..run.folder import LORA_WEIGHT_NAME, RUN_FORMAT_VERSION, STATE_FILE, save_safetensors
+from .base import MethodPlugin, ModelCardText, Prepared
+
+
+class UnZipLoRA(MethodPlugin):
+    method = Method.UNZIPLORA
+    help = "UnZipLoRA (the full method: prompt, column and block separation)"
+    resumable = True
+    has_preview = True
+    card = ModelCardText(
+        "Each LoRA alone is its branch's update with the branch's hard column mask folded in and the "
+        "merger vectors left out (M (.) B A), as the authors export it. The mergers weigh the two branches "
+        "against each other and act only when both run together, from `unziplora.safetensors`.",
+        "Both together with prompt separation (three prompts, the mergers on, exactly as trained):",
+        "`unziplora.safetensors` (both branches, mergers, masks), `loss.csv` / `loss.png`, ",
+    )
+
+    def prepare(self, spec, pipe, image, prompts, profile, device, dtype, workdir: Path) -> Prepared:
+        trainer = Trainer.prepare(spec.config, pipe, image, prompts, profile, device, dtype)
+        return Prepared(trainer, {"optimizer": type(trainer.optimizer).__name__,
+                                  "grad_scaler": trainer.scaler.is_enabled()})
+
+    def write_weights(self, loop, folder: Path) -> dict[str, str]:
+        """The full state for combined use (A, B, m, M of both branches), and each branch alone as an
+        ordinary diffusers LoRA, M (.) B A without the mergers, as the authors export it."""
+        from diffusers import StableDiffusionXLPipeline
+
+        from ..core.inject import PROJECTIONS
+
+        lora = loop.lora
+        metadata = {"format": "unziplora", "format_version": str(RUN_FORMAT_VERSION), "rank": str(lora.rank)}
+        save_safetensors(lora.state_dict(), folder / STATE_FILE, metadata)
+        for branch in (Branch.CONTENT, Branch.STYLE):
+            StableDiffusionXLPipeline.save_lora_weights(
+                folder / f"{branch.value}_lora", unet_lora_layers=lora.ordinary_lora(branch),
+                weight_name=LORA_WEIGHT_NAME, safe_serialization=True,
+                # alpha = r: the update is applied at scale 1, as trained.
+                unet_lora_adapter_metadata={"r": lora.rank, "lora_alpha": lora.rank, "target_modules": list(PROJECTIONS)},
+            )
+        return {"content_lora": f"content_lora/{LORA_WEIGHT_NAME}", "style_lora": f"style_lora/{LORA_WEIGHT_NAME}",
+                "state": STATE_FILE}
+
+    def preview(self, loop, seed_count: int = 1) -> list:
+        """Content alone (p_c), style alone (p_s), together (p with p_c, p_s): one image each."""
+        e, lora, cfg = loop.embeds, loop.lora, loop.config
+        sample = type(cfg.sample)(steps=cfg.sample.steps, guidance_scale=cfg.sample.guidance_scale,
+                                  seeds=cfg.sample.seeds[:seed_count], guidance_rescale=cfg.sample.guidance_rescale)
+        images = []
+        plans = [
+            ({Branch.CONTENT}, Conditioning(e["content"], e["content_pooled"])),
+            ({Branch.STYLE}, Conditioning(e["style"], e["style_pooled"])),
+            ({Branch.CONTENT, Branch.STYLE}, Conditioning(e["combined"], e["combined_pooled"], e["content"], e["style"])),
+        ]
+        for branches, cond in plans:
+            lora.set_active(branches)
+            images += sample_images(loop.pipe, cond, sample, cfg.train.resolution)
+        lora.set_active({Branch.CONTENT, Branch.STYLE})
+        return images
+
+    def manifest_fields(self, spec, loop) -> dict:
+        return {"final_loss": loop.history[-1].loss, "mask_fraction": branch_fractions(loop.lora)}
+
+
+class UnZipLoRAM1(UnZipLoRA):
+    method = Method.UNZIPLORA_M1
+    help = "ablation M1: prompt separation only (no column masks, no block roles)"
+    defining = {"masks.enabled": False}
+
+
+class UnZipLoRAM2(UnZipLoRA):
+    method = Method.UNZIPLORA_M2
+    help = "ablation M2: prompt and column separation, no block roles"
+    defining = {"model.block_separation": False}
