@@ -5,7 +5,7 @@ Each name is the function a command line command calls (docs/architecture.md).
 
 from .app.batch import batch_status, run_batch
 from .bench import run_bench
-from .core.names import Mode
+from .names import Mode
 from .config import RunConfig
 from .decompose import decompose
 from .methods import resolve_config

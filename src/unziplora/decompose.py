@@ -26,7 +26,7 @@ from .config import RunConfig, config_from_dict
 from .core.callbacks import Callback, Previews, ProgressBar
 from .core.data import centre_crop, crop_note, load_image
 from .core.inject import attention_modules
-from .core.names import Method
+from .names import Method
 from .core.prompts import check_length, training_prompts, unknown_words
 from .core.train import NonFiniteLoss, fit
 from .errors import TrainingInterrupted, UnZipLoRAError
@@ -104,9 +104,9 @@ def decompose(
                 print(f"note: {note}")
             torch.manual_seed(cfg.train.seed)
             t0 = time.perf_counter()
-            prepared = chosen.prepare(spec, pipe, picture, prompts, profile, device, dtype, tmp)
-            loop = prepared.loop
+            loop = chosen.prepare(spec, pipe, picture, prompts, profile, device, dtype, tmp)
             prepare_s = time.perf_counter() - t0
+            training = training_record(loop, cfg, dtype)
             if record is not None:
                 restore_checkpoint(loop, checkpointer.folder, record)
                 checkpointer.saved_step = loop.step
@@ -133,8 +133,7 @@ def decompose(
                 "steps": loop.step,
                 "device": str(device),
                 "dtype": str(dtype).replace("torch.", ""),
-                "training": {"mixed_precision": cfg.train.mixed_precision, "dtype": str(dtype).replace("torch.", ""),
-                             "gradient_checkpointing": cfg.train.gradient_checkpointing, **prepared.training},
+                "training": training,
                 "timings": {k: round(v, 3) for k, v in timings.items()},
                 "files": files,
                 **chosen.manifest_fields(spec, loop),
@@ -145,6 +144,17 @@ def decompose(
         # Only now, with every output written: until here a failure can still resume from it.
         shutil.rmtree(checkpointer.folder, ignore_errors=True)  # the finished run needs no optimiser state
     return RunFolder.open(out_dir)
+
+
+def training_record(loop, config: RunConfig, dtype) -> dict:
+    """What training actually used, read off the loop (not the config): the manifest's `training`."""
+    group = loop.optimizer.param_groups[0]
+    return {
+        "mixed_precision": config.train.mixed_precision, "dtype": str(dtype).replace("torch.", ""),
+        "grad_scaler": loop.scaler.is_enabled(), "optimizer": type(loop.optimizer).__name__,
+        "adam_betas": list(group["betas"]), "adam_eps": group["eps"], "weight_decay": group["weight_decay"],
+        "max_grad_norm": loop.max_grad_norm, "gradient_checkpointing": bool(loop.unet.is_gradient_checkpointing),
+    }
 
 
 def base_manifest(spec: RunSpec, profile, prompts, picture) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .core.names import Branch
+from .names import Branch
 from .errors import UnZipLoRAError
 from .run.folder import LORA_WEIGHT_NAME, RunFolder, atomic_output_dir, load_safetensors, refuse_existing, save_safetensors
 

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from .core.attention import CONTENT_KWARG, STYLE_KWARG
-from .core.names import Branch, Mode
+from .names import Branch, Mode
 from .config import SampleConfig
 from .errors import UnZipLoRAError
 from .core.fuse import fuse_for_generation

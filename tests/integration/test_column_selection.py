@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from unziplora.models.base import BaseModel
-from unziplora.core.names import Branch, Role
+from unziplora.names import Branch, Role
 from unziplora.methods import resolve_config
 from unziplora.models.embedded import EMBEDDED_MODEL, demo_image
 from unziplora.models.profiles import resolve_profile

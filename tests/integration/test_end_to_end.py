@@ -8,7 +8,7 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 from safetensors.torch import load_file
 
-from unziplora.core.names import Branch
+from unziplora.names import Branch
 from unziplora.app.cli import main
 from unziplora.config import SampleConfig
 from unziplora.decompose import decompose

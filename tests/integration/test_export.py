@@ -6,7 +6,7 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 from safetensors import safe_open
 
-from unziplora.core.names import Branch
+from unziplora.names import Branch
 from unziplora.errors import UnZipLoRAError
 from unziplora.export import export_run
 from unziplora.run.loras import load_lora_any

@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
 
-from unziplora.core.names import Branch
+from unziplora.names import Branch
 from unziplora.app.cli import main
 from unziplora.errors import UnZipLoRAError
 from unziplora.export import export_run

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from unziplora.models.base import BaseModel
-from unziplora.core.names import Branch, Role
+from unziplora.names import Branch, Role
 from unziplora.decompose import decompose
 from unziplora.errors import UnZipLoRAError
 from unziplora.models.profiles import load_profile

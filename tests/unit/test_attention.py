@@ -7,7 +7,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from unziplora.core.names import Branch, Role
+from unziplora.names import Branch, Role
 from unziplora.core.inject import attention_modules, inject_two_branch_lora, remove_two_branch_lora
 from unziplora.models.profiles import load_profile, uniform_profile
 from tests.pipelines import TinySDXLSpec, tiny_sdxl_components

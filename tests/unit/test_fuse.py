@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from unziplora.core.names import Branch
+from unziplora.names import Branch
 from unziplora.core.fuse import fuse_for_generation
 from unziplora.core.inject import inject_two_branch_lora
 from unziplora.core.layer import TwoBranchLoraLinear

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from unziplora.core.names import Branch, Role
+from unziplora.names import Branch, Role
 from unziplora.core.inject import TwoBranchLoRA
 from unziplora.core.columns import top_k_columns
 from unziplora.core.layer import TwoBranchLoraLinear

@@ -5,7 +5,7 @@ from accelerate import init_empty_weights
 from diffusers import UNet2DConditionModel
 
 from unziplora.models.base import BaseModel
-from unziplora.core.names import Branch, Role
+from unziplora.names import Branch, Role
 from unziplora.errors import UnZipLoRAError
 from unziplora.core.inject import attention_modules, inject_two_branch_lora
 from unziplora.models.profiles import load_profile, profile_from_dict, resolve_profile

@@ -10,10 +10,10 @@ import sys
 
 from ..errors import UnZipLoRAError
 from ..bench import BENCHES, QUALITY_ROWS
-from ..core.names import Mode
+from ..names import Mode
 from ..run.formats import EXPORT_FORMATS
 from ..config import user_options
-from ..core.names import MergeMethod, Method
+from ..names import MergeMethod, Method
 from ..metrics import DEFAULTS, METRICS
 
 
@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="quality: the methods to compare (default: all of them)")
     bench.add_argument("--per-combo", type=int, help="base-model: images per (class, family) combo (default 4)")
     bench.add_argument("--seeds", type=int, help="quality: sampling seeds per image (default 2)")
-    bench.add_argument("--train-steps", type=int, help="quality: training steps per method (default 600)")
+    bench.add_argument("--train-steps", type=int,
+                       help="quality, speed: training steps of each whole decomposition (default 600)")
     bench.add_argument("--workdir", help="quality: where its runs go (default runs/bench)")
     bench.add_argument("--resume", action="store_true",
                        help="quality: reuse the runs and scores an earlier invocation finished with the same settings")
@@ -163,9 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--resolutions", type=int, nargs="+",
                        help="memory: image sizes in px (default: CPU 256 512; cuda 1024)")
     bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="memory: where the SDXL UNet runs")
-    bench.add_argument("--threads", type=int, help="memory: torch threads per measurement (default 1)")
+    bench.add_argument("--threads", type=int, help="speed, memory: torch threads (default 1)")
     bench.add_argument("--rounds", type=int,
-                       help="memory: turns of (ours, PEFT, PEFT default AdamW) processes for the step ratio (default 3)")
+                       help="speed: turns of whole decompositions, one per method (default 3; 0: none); memory: turns "
+                            "of (ours, PEFT, PEFT default AdamW) processes for the step ratio (default 3)")
     ev = sub.add_parser("eval", help="CLIP-I/CLIP-T, DINO and CSD scores of generated images against a reference")
     ev.add_argument("generated", help="folder of generated PNG/JPEG images (e.g. RUN/samples/content)")
     ev.add_argument("--reference", required=True, nargs="+", help="reference image(s), e.g. the input")

@@ -72,7 +72,9 @@ def run_bench(which: str, json_path: str | Path | None = None, base_model: str |
     if which == "speed":
         from .speed import run_speed
 
-        return run_speed(json_path, base, demo_image()[2], **pick("rank", "steps", "repeats"))
+        chosen = pick("rank", "steps", "repeats", "threads", "rounds")
+        chosen.update({"train_steps": given["train_steps"]} if "train_steps" in given else {})
+        return run_speed(json_path, base, demo_image()[2], **chosen)
     from .quality import run_quality
 
     chosen = pick("rank", "resume", "methods")

@@ -25,7 +25,7 @@ import torch
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
 
-from ..core.names import Branch
+from ..names import Branch
 from ..config import RunConfig, SampleConfig
 from ..core.sampling import Conditioning, sample_images, step_batch
 from ..core.fuse import fuse_for_generation
@@ -169,9 +169,16 @@ def inference_times(base: str, trainer: Trainer, rank: int, resolution: int, ste
     return Timing.interleaved(generate, repeats)
 
 
-def run_speed(json_path: str | Path | None, base: str, image, rank: int = 16, resolution: int = 64,
-              steps: int = 20, repeats: int = 5) -> dict:
-    """Measure, print a Markdown table and write JSON (keys named in the speed issue)."""
+def run_speed(json_path: str | Path | None, base, image, rank: int = 16, resolution: int = 64,
+              steps: int = 20, repeats: int = 5, train_steps: int = 600, rounds: int = 3, threads: int = 1) -> dict:
+    """Measure, print Markdown tables and write JSON: whole decompositions per method (`rounds`
+    turns of `train_steps` steps each; 0 rounds: skipped), one training step, generation. Torch runs
+    on `threads` threads (1: robust on a machine other work shares)."""
+    from .e2e import decomposition_times, e2e_table, ratio_summary
+
+    torch.set_num_threads(threads)
+    e2e = ratio_summary(decomposition_times(base, image, steps=train_steps, rank=rank, resolution=resolution,
+                                            rounds=rounds)) if rounds else {}
     trainer = _trainer(base, image, rank, resolution)  # one for both: its LoRA is what generation loads
     train, phases = train_step_times(base, trainer, rank, repeats)
     infer = inference_times(base, trainer, rank, resolution, steps, repeats)
@@ -187,6 +194,8 @@ def run_speed(json_path: str | Path | None, base: str, image, rank: int = 16, re
         "train_step_ratio_vs_rank_2r": ours / train["peft_rank_2r"].median,
         "combined_inference_ratio": infer["combined"].median / infer["base"].median,
         "fused_inference_ratio": infer["content_fused"].median / infer["base"].median,
+        "decomposition": {"steps": train_steps, "rounds": rounds, "methods": e2e},
+        "decomposition_ratio": e2e.get("unziplora", {}).get("ratio_to_dreambooth"),
     }
     rows = [(STEP_ROWS[k], v) for k, v in train.items()] + [(f"generate ({k})", v) for k, v in infer.items()]
     print("| measurement | median s | min s | max s |\n|---|---|---|---|")
@@ -195,8 +204,11 @@ def run_speed(json_path: str | Path | None, base: str, image, rank: int = 16, re
     print("\n| training step phase (median ms) | " + " | ".join(phases) + " |\n" + "|---" * (len(phases) + 1) + "|")
     for phase in PHASES:
         print(f"| {phase} | " + " | ".join(f"{p[phase] * 1000:.1f}" for p in phases.values()) + " |")
-    for key in ("train_step_ratio", "train_step_ratio_vs_default_adamw", "train_step_ratio_vs_rank_2r",
-                "combined_inference_ratio", "fused_inference_ratio"):
-        print(f"{key}: {result[key]:.3f}")
+    if e2e:
+        print("\n" + e2e_table(e2e) + "\n")
+    for key in ("decomposition_ratio", "train_step_ratio", "train_step_ratio_vs_default_adamw",
+                "train_step_ratio_vs_rank_2r", "combined_inference_ratio", "fused_inference_ratio"):
+        if result[key] is not None:
+            print(f"{key}: {result[key]:.3f}")
     write_report(json_path, result)
     return result

@@ -12,6 +12,8 @@ keyword arguments its __call__ declares), so the UNet is used as it ships.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
@@ -108,3 +110,8 @@ class SeparatedAttnProcessor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+# diffusers' Attention.forward reads its processor's signature at every call (to pass only the
+# cross_attention_kwargs it declares); a stored signature answers that without re-parsing the function.
+SeparatedAttnProcessor.__call__.__signature__ = inspect.signature(SeparatedAttnProcessor.__call__)

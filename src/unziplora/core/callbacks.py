@@ -41,7 +41,7 @@ class ProgressBar(Callback):
     def on_step(self, trainer, log) -> None:
         postfix = {"loss": f"{log.loss:.4f}"}
         if log.refresh:
-            from .names import Branch
+            from ..names import Branch
 
             postfix["cols"] = "c{:.0%} s{:.0%}".format(
                 trainer.lora.mask_fraction(Branch.CONTENT), trainer.lora.mask_fraction(Branch.STYLE)

@@ -16,7 +16,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import nn
 
 from .attention import SeparatedAttnProcessor
-from .names import Branch, Role
+from ..names import Branch, Role
 from ..errors import UnZipLoRAError
 from ..models.profiles import Profile
 from .columns import orthogonality_loss

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .names import Branch, Role
+from ..names import Branch, Role
 from .columns import CONE_THRESHOLD, columns_per_refresh, cone_ranking, grow_masks
 
 BRANCHES = (Branch.CONTENT, Branch.STYLE)
@@ -67,6 +67,7 @@ class TwoBranchLoraLinear(nn.Module):
         owns_all = [[self.roles[b] is Role.ALL] for b in BRANCHES]
         self.register_buffer("owns_all", torch.tensor(owns_all, device=device), persistent=False)
         self.any_owns_all = any(row[0] for row in owns_all)
+        self._mask_factor: tuple | None = None  # (key, (2, out) float M): the masks change only at a refresh
         self.reset_parameters(init, generator)
 
     @property
@@ -134,14 +135,22 @@ class TwoBranchLoraLinear(nn.Module):
     def effective_mask(self, branch: Branch) -> torch.Tensor:
         return self.effective_masks()[INDEX[branch]]
 
+    def mask_factor(self) -> torch.Tensor:
+        """M of both branches as a (2, out) float factor, rebuilt only when the masks or the masking
+        switch changed: every forward pass needs it, a refresh changes it every few hundred steps."""
+        key = (self.masks._version, self.masks.data_ptr(), self.masking, self.mergers.dtype, self.mergers.device)
+        if self._mask_factor is None or self._mask_factor[0] != key:
+            self._mask_factor = (key, self.effective_masks().to(self.mergers.dtype))
+        return self._mask_factor[1]
+
     def column_scales(self) -> torch.Tensor:
         """The per-column factors of both branches, (2, out): m * M while both branches run,
         M alone while one runs by itself (the mergers only weigh the two against each other)."""
         if len(self.active) < 2:
-            return self.effective_masks().to(self.mergers.dtype)
+            return self.mask_factor()
         if all(self.unmasked(b) for b in BRANCHES):
             return self.mergers  # M is all ones: skip building and multiplying it
-        return self.mergers * self.effective_masks()
+        return self.mergers * self.mask_factor()
 
     def column_scale(self, branch: Branch) -> torch.Tensor:
         return self.column_scales()[INDEX[branch]]
@@ -183,11 +192,11 @@ class TwoBranchLoraLinear(nn.Module):
         # Under autocast the matmuls cast their inputs themselves: a copy of x into the LoRA's fp32
         # would be cast straight back to fp16, one wasted kernel each way (a GPU step is launch-bound);
         # .to(None) leaves x as it is.
-        dtype = None if torch.is_autocast_enabled(x.device.type) else ups.dtype
+        dtype = x.dtype if torch.is_autocast_enabled(x.device.type) else ups.dtype
         if content_input is None and style_input is None and len(self.active) == 2:
             # One input for both branches (all but cross-attn K/V): one LoRA of rank 2r.
-            h = F.linear(F.linear(x.to(dtype), self.down_weight.flatten(0, 1)), ups.flatten(1))
-            return out + h.to(out.dtype)
+            h = F.linear(F.linear(x if x.dtype == dtype else x.to(dtype), self.down_weight.flatten(0, 1)), ups.flatten(1))
+            return out + (h if h.dtype == out.dtype else h.to(out.dtype))
         inputs = [x if given is None else given for given in (content_input, style_input)]
         if len(self.active) == 2 and inputs[0].shape == inputs[1].shape == x.shape:
             # Separated inputs (cross-attn K/V): both branches in one batched matmul per factor.

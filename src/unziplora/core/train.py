@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from .attention import CONTENT_KWARG, STYLE_KWARG
-from .names import Branch, Role
+from ..names import Branch, Role
 from ..config import RunConfig
 from .data import CroppedLatents
 from ..errors import UnZipLoRAError
@@ -118,6 +118,14 @@ class Trainer:
     def total_steps(self) -> int:
         return self.config.train.steps
 
+    @property
+    def max_grad_norm(self) -> float:
+        return self.config.train.max_grad_norm
+
+    @property
+    def unet(self):
+        return self.pipe.unet
+
     def is_refresh_step(self, step: int) -> bool:
         masks = self.config.masks
         return masks.enabled and step % masks.refresh_every == 0
@@ -176,7 +184,7 @@ class Trainer:
         else:
             self.lora.restrict_merger_grads()
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.lora.clamp_mergers()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..core.names import Method, MergeMethod, choice_error
+from ..names import Method, MergeMethod, choice_error
 from ..errors import UnZipLoRAError
 from .base import Combine, MethodPlugin
 from .blora import BLoRA

@@ -11,10 +11,10 @@ module tests which method it is.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.names import Method, Mode
+from ..names import Method, Mode
 
 
 class Combine(str, enum.Enum):
@@ -43,14 +43,6 @@ class ModelCardText:
     files: str = ""
 
 
-@dataclass
-class Prepared:
-    """What a plugin's `prepare` hands `decompose`: the loop to `fit`, and what it used."""
-
-    loop: object  # has step, total_steps, should_stop, history, timings and train_step()
-    training: dict = field(default_factory=dict)  # device, dtype, optimiser... recorded in the manifest
-
-
 class MethodPlugin:
     """One decomposition method. Subclasses set the class attributes and implement `prepare` and
     `write_weights`; the rest has defaults that fit a method training one ordinary LoRA."""
@@ -69,8 +61,10 @@ class MethodPlugin:
         return dict(self.reference.values) if self.reference else {}
 
     # ----- training -------------------------------------------------------------------------------
-    def prepare(self, spec, pipe, image, prompts, profile, device, dtype, workdir: Path) -> Prepared:
-        """Build the loop on a loaded pipeline (spec: run.spec.RunSpec)."""
+    def prepare(self, spec, pipe, image, prompts, profile, device, dtype, workdir: Path):
+        """Build the loop on a loaded pipeline (spec: run.spec.RunSpec). The loop is what
+        `core.train.fit` runs: step, total_steps, should_stop, history, timings, train_step(), and
+        the optimizer, scaler, max_grad_norm and unet it trains with (recorded in the manifest)."""
         raise NotImplementedError
 
     def write_weights(self, loop, folder: Path) -> dict[str, str]:

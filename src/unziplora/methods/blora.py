@@ -11,7 +11,7 @@ one prompt (the reference's inference.py).
 
 from __future__ import annotations
 
-from ..core.names import Branch, Method, Mode
+from ..names import Branch, Method, Mode
 from .base import Combine, ModelCardText, ReferenceSettings
 from .dreambooth import SingleLoraPlugin
 

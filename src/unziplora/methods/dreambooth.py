@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core.names import Branch, Method, Mode
+from ..names import Branch, Method, Mode
 from ..core.prompts import fill_template
 from ..run.folder import LORA_WEIGHT_NAME
-from .base import Combine, MethodPlugin, ModelCardText, Prepared
+from .base import Combine, MethodPlugin, ModelCardText
 from .single_lora import SingleLoraLoop, SingleLoraSpec, keep_modules
 
 
@@ -48,15 +48,14 @@ class SingleLoraPlugin(MethodPlugin):
     def prior_images(self, spec, pipe, device, workdir: Path) -> tuple[str, list]:
         return "", []
 
-    def prepare(self, spec, pipe, image, prompts, profile, device, dtype, workdir: Path) -> Prepared:
+    def prepare(self, spec, pipe, image, prompts, profile, device, dtype, workdir: Path):
         c = spec.config
         self.parts = self.modules(profile)
         prior_prompt, priors = self.prior_images(spec, pipe, device, workdir)
         single = SingleLoraSpec(self.training_prompt(c, prompts), c.lora.rank, c.train.steps, c.lora.lr,
                                 c.train.resolution, c.train.seed, self.parts[Branch.CONTENT] + self.parts[Branch.STYLE],
                                 prior_prompt=prior_prompt, prior_weight=c.train.prior_weight, train=c.train)
-        loop = SingleLoraLoop(pipe, image, single, device, dtype, priors)
-        return Prepared(loop, {"optimizer": type(loop.optimizer).__name__, "grad_scaler": loop.scaler.is_enabled()})
+        return SingleLoraLoop(pipe, image, single, device, dtype, priors)
 
     def write_weights(self, loop, folder: Path) -> dict[str, str]:
         from diffusers import StableDiffusionXLPipeline

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.names import Branch, MergeMethod, choice_error
+from ..names import Branch, MergeMethod, choice_error
 from ..errors import UnZipLoRAError
 from ..run.loras import load_lora_any
 from ..run.folder import LORA_WEIGHT_NAME, RunFolder, atomic_output_dir

@@ -92,6 +92,10 @@ class SingleLoraLoop:
         self.latents = CroppedLatents(image, spec.resolution, pipe.vae.to(self.device), self.device)
         self.priors = [CroppedLatents(picture, spec.resolution, pipe.vae, self.device) for picture in prior_images]
 
+    @property
+    def max_grad_norm(self) -> float:
+        return self.spec.train.max_grad_norm
+
     def _mse(self, data: CroppedLatents, states, pooled_states) -> torch.Tensor:
         latent, _ = data.sample(self.generator)
         kwargs = {"encoder_hidden_states": states.to(self.dtype),
@@ -109,7 +113,7 @@ class SingleLoraLoop:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.params, self.spec.train.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         log = StepLog(self.step, loss.item(), loss.item(), 0.0, False)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core.names import Branch, Method
+from ..names import Branch, Method
 from ..core.sampling import Conditioning, sample_images
 from ..core.train import Trainer, branch_fractions
 from ..run.folder import LORA_WEIGHT_NAME, RUN_FORMAT_VERSION, STATE_FILE, save_safetensors
-from .base import MethodPlugin, ModelCardText, Prepared
+from .base import MethodPlugin, ModelCardText
 
 
 class UnZipLoRA(MethodPlugin):
@@ -31,10 +31,8 @@ class UnZipLoRA(MethodPlugin):
         "`unziplora.safetensors` (both branches, mergers, masks), `loss.csv` / `loss.png`, ",
     )
 
-    def prepare(self, spec, pipe, image, prompts, profile, device, dtype, workdir: Path) -> Prepared:
-        trainer = Trainer.prepare(spec.config, pipe, image, prompts, profile, device, dtype)
-        return Prepared(trainer, {"optimizer": type(trainer.optimizer).__name__,
-                                  "grad_scaler": trainer.scaler.is_enabled()})
+    def prepare(self, spec, pipe, image, prompts, profile, device, dtype, workdir: Path):
+        return Trainer.prepare(spec.config, pipe, image, prompts, profile, device, dtype)
 
     def write_weights(self, loop, folder: Path) -> dict[str, str]:
         """The full state for combined use (A, B, m, M of both branches), and each branch alone as an

@@ -29,7 +29,7 @@ from diffusers import DDPMScheduler
 from torch import nn
 
 from ..core.layer import BRANCHES
-from ..core.names import Branch
+from ..names import Branch
 from ..core.data import CroppedLatents, load_image, sdxl_time_ids
 from ..errors import UnZipLoRAError
 from ..models.loading import pick_device

@@ -28,7 +28,7 @@ from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..core.names import Branch
+from ..names import Branch
 from ..errors import UnZipLoRAError
 from .manifest import MANIFEST_FILE, RUN_FORMAT_VERSION, read_manifest
 from .outputs import (  # noqa: F401  (the names every writer imports from here)

@@ -13,7 +13,7 @@ import math
 import re
 from pathlib import Path
 
-from ..core.names import Method
+from ..names import Method
 from ..errors import UnZipLoRAError
 
 RUN_FORMAT_VERSION = 1

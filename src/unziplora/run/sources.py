@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from ..core.names import Branch
+from ..names import Branch
 from ..errors import UnZipLoRAError
 from .loras import load_lora_any, lora_file
 from ..models.headers import BaseShapes, check_lora_header
 from ..core.inject import TwoBranchLoRA
-from ..core.names import Method
+from ..names import Method
 from .folder import MANIFEST_FILE, RunFolder, load_safetensors
 
 

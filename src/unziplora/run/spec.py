@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config import RunConfig
-from ..core.names import Method
+from ..names import Method
 from ..models.base import BaseModel
 
 

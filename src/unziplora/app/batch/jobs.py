@@ -151,7 +151,7 @@ def _make_job(values: dict[str, Any], where: str, base_dir: Path, aliases: dict[
         raise UnZipLoRAError(f"{where}: {job_id!r} cannot name a run folder: use letters, digits and . _ + - "
                              "(starting with a letter or digit, at most 100), e.g. fill its id column")
     if "method" in row:
-        from ...core.names import Method, choice_error
+        from ...names import Method, choice_error
 
         if row["method"] not in {m.value for m in Method}:
             error = error or f"{where}: {choice_error('method', row['method'], Method)}"

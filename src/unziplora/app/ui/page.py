@@ -14,7 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from ...core.names import Mode
+from ...names import Mode
 from ...errors import UnZipLoRAError
 from ...methods import PLUGINS, Method
 from .jobs import Job, JobState, Worker

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...core.names import Mode
+from ...names import Mode
 from ...core.callbacks import Progress, ProgressReport, StopOnRequest
 from ...errors import UnZipLoRAError
 from ...methods import Method, plugin

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from ...core.names import Branch, Role
+from ...names import Branch, Role
 from ...errors import UnZipLoRAError
 
 BUILTIN_DIR = Path(__file__).parent
