@@ -124,3 +124,27 @@ def test_remove_restores_stock_modules(unet):
         assert isinstance(attn.to_k, torch.nn.Linear) and isinstance(attn.processor, AttnProcessor2_0)
     with torch.no_grad():
         assert torch.equal(model(**unet_inputs()).sample, unet(**unet_inputs()).sample)
+
+
+def _code_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def test_what_the_processor_copies_from_diffusers_is_still_what_diffusers_has():
+    """The blocks marked "Copied from diffusers...AttnProcessor2_0.__call__" appear, line for line and
+    in order, in the installed diffusers' AttnProcessor2_0: a change there fails here (drift shows)."""
+    import inspect
+
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from unziplora.core import attention
+
+    theirs = _code_lines(inspect.getsource(AttnProcessor2_0.__call__))
+    ours = inspect.getsource(attention.SeparatedAttnProcessor.__call__)
+    marker = "# Copied from diffusers.models.attention_processor.AttnProcessor2_0.__call__"
+    blocks = [part.split("# End of copy")[0] for part in ours.split(marker)[1:]]
+    assert len(blocks) == 2 and all(_code_lines(b) for b in blocks)
+    for block in blocks:
+        lines = _code_lines(block)
+        start = theirs.index(lines[0])  # raises if diffusers no longer has the first line
+        assert theirs[start:start + len(lines)] == lines

@@ -52,25 +52,32 @@ class SeparatedAttnProcessor:
         cached_key: torch.Tensor | None = None,
         cached_value: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        # Copied from diffusers.models.attention_processor.AttnProcessor2_0.__call__
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
+
         input_ndim = hidden_states.ndim
+
         if input_ndim == 4:
             batch_size, channel, height, width = hidden_states.shape
             hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
 
-        is_cross = encoder_hidden_states is not None
-        batch_size, sequence_length, _ = (encoder_hidden_states if is_cross else hidden_states).shape
+        batch_size, sequence_length, _ = (
+            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        )
+
         if attention_mask is not None:
             attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
             attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
         query = attn.to_q(hidden_states)
+        # End of copy. Ours: K and V of cross-attention see p, p_c and p_s (arXiv 2412.04465, Sec. 3).
         content, style = None, None
-        if not is_cross:
+        if encoder_hidden_states is None:
             encoder_hidden_states = hidden_states
         else:
             content, style = content_encoder_hidden_states, style_encoder_hidden_states
@@ -91,25 +98,40 @@ class SeparatedAttnProcessor:
             key = _project(attn.to_k, encoder_hidden_states, content, style)
             value = _project(attn.to_v, encoder_hidden_states, content, style)
 
-        head_dim = key.shape[-1] // attn.heads
+        # Copied from diffusers.models.attention_processor.AttnProcessor2_0.__call__
+        inner_dim = key.shape[-1]
+        head_dim = inner_dim // attn.heads
+
         query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+
         key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
         value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+
         if attn.norm_q is not None:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
 
-        hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
+        hidden_states = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
+        )
+
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
-        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
 
         if input_ndim == 4:
             hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+
         if attn.residual_connection:
             hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+
+        hidden_states = hidden_states / attn.rescale_output_factor
+
+        return hidden_states
+        # End of copy.
 
 
 # diffusers' Attention.forward reads its processor's signature at every call (to pass only the
