@@ -1,11 +1,14 @@
-"""`unziplora bench memory --device cuda`: the full-size SDXL UNet architecture on a GPU.
+"""`unziplora bench memory --device cuda` and `scripts/gpu-check.sh`: the full-size SDXL UNet on a GPU.
 
 Step time and peak CUDA memory of one UnZipLoRA training step at the paper's 1024 px with the
 frozen UNet in fp16 (LoRA and mergers in fp32, loss scaling) and gradient checkpointing on and
-off, against one plain PEFT LoRA step of the same rank on the same targets in the same process
-(`train_step_ratio_sdxl_cuda`), and what the paper's 600 steps (arXiv 2412.04465, Sec. 4;
-docs/method.md §6) take at the median step time. Random weights change neither memory nor time.
-The goals (issue: <= 12 GB, 600 steps <= 5 minutes on an H100) are printed beside the numbers.
+off, and with the UNet under `torch.compile` (checkpointing off; the first steps, which compile,
+are the warm-up and timed apart), against one plain PEFT LoRA step of the same rank on the same
+targets in the same process (`train_step_ratio_sdxl_cuda`), and what the paper's 600 steps
+(arXiv 2412.04465, Sec. 4; docs/method.md §6) take at the median step time. Random weights change
+neither memory nor time. The goals (<= 12 GB, 600 steps <= 5 minutes on an H100) are printed
+beside the numbers. `python -m unziplora.bench.cuda --dry-run` runs the same path on the CPU with
+a small UNet of SDXL's topology, in seconds (the test suite does).
 """
 
 from __future__ import annotations
@@ -57,8 +60,13 @@ def time_steps(step, device: torch.device, warmup: int, repeats: int) -> dict:
     return row
 
 
-def _method_rows(method: str, unet, resolution: int, rank: int, device, dtype, warmup: int, repeats: int):
-    """Rows of one method with checkpointing on, then off, on one UNet (the LoRA is injected once)."""
+EAGER = ((True, False), (False, False))  # (gradient checkpointing, compiled)
+COMPILED = ((False, True),)
+
+
+def _method_rows(method: str, unet, resolution: int, rank: int, device, dtype, warmup: int, repeats: int,
+                 settings=EAGER):
+    """Rows of one method in each (checkpointing, compiled) setting, on one UNet (the LoRA is injected once)."""
     counts = {}
     if method == "unziplora":
         trainer = sdxl_trainer(unet, resolution, rank, True, device=device, dtype=dtype)
@@ -68,58 +76,76 @@ def _method_rows(method: str, unet, resolution: int, rank: int, device, dtype, w
         unet.enable_gradient_checkpointing()
         step = peft_step_fn(unet, resolution, rank, dtype=dtype)
     rows = []
-    for checkpointing in (True, False):
+    for checkpointing, compiled in settings:
         if not checkpointing:
             unet.disable_gradient_checkpointing()
-        row = {"method": method, "resolution": resolution, "gradient_checkpointing": checkpointing}
+        row = {"method": method, "resolution": resolution, "gradient_checkpointing": checkpointing,
+               "compiled": compiled}
         try:
+            if compiled:
+                unet.compile()  # nn.Module.compile: the module's forward under torch.compile, in place
+                t0 = time.perf_counter()
+                step()
+                _sync(device)
+                row["first_compiled_step_s"] = round(time.perf_counter() - t0, 2)
             row.update(time_steps(step, device, warmup, repeats))
         except torch.OutOfMemoryError:
             row["error"] = "out of memory"
+        except Exception as exc:  # a compiler failure is a finding of this check, not its end
+            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
         rows.append(row)
         _free(device)
     return rows, counts
 
 
 def run_cuda(json_path: str | Path | None, resolutions=(1024,), rank: int = 64, repeats: int = 5,
-             warmup: int = 2, device: str = "cuda", dtype: torch.dtype = torch.float16, unet_factory=sdxl_unet) -> dict:
-    """Rows per (method, resolution, checkpointing); the ratio ours / PEFT per resolution and setting."""
+             warmup: int = 2, device: str = "cuda", dtype: torch.dtype = torch.float16, unet_factory=sdxl_unet,
+             compile_unet: bool = False) -> dict:
+    """Rows per (method, resolution, checkpointing, compiled); the ratio ours / PEFT per setting. The
+    compiled rows come last, and the report is written after every method's rows: a time limit
+    that ends the run during compilation keeps what was measured."""
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UnZipLoRAError("bench memory --device cuda needs a CUDA GPU and a CUDA build of torch; "
                              "on this machine use --device cpu")
     rows, counts = [], {}
-    for resolution in resolutions:
-        for method in ("unziplora", "peft"):
-            t0 = time.perf_counter()
-            with device:  # random initialisation on the GPU: seconds instead of minutes on the host
-                unet = unet_factory()
-            build_s = round(time.perf_counter() - t0, 1)
-            new_rows, new_counts = _method_rows(method, unet, resolution, rank, device, dtype, warmup, repeats)
-            rows += [{**row, "build_s": build_s} for row in new_rows]
-            counts = counts or new_counts
-            del unet
-            _free(device)
-    by_setting = {(r["method"], r["resolution"], r["gradient_checkpointing"]): r for r in rows}
-    ratios = {f"{res}px_{'gc' if gc else 'no_gc'}": _ratio(row, by_setting[("peft", res, gc)])
-              for (method, res, gc), row in by_setting.items() if method == "unziplora"}
-    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "dtype": str(dtype).replace("torch.", ""), "rank": rank, "repeats": repeats, "torch": torch.__version__,
-              "goals": {"peak_gb": GOAL_PEAK_GB, "600_steps_min": GOAL_600_STEPS_MIN},
-              "train_step_ratio_sdxl_cuda": ratios, "parameters": counts, "runs": rows}
-    table = _table(result)
-    print(table)
-    write_report(json_path, result, table)
+    for settings in (EAGER, COMPILED) if compile_unet else (EAGER,):
+        for resolution in resolutions:
+            for method in ("unziplora", "peft"):
+                t0 = time.perf_counter()
+                with device:  # random initialisation on the GPU: seconds instead of minutes on the host
+                    unet = unet_factory()
+                build_s = round(time.perf_counter() - t0, 1)
+                new_rows, new_counts = _method_rows(method, unet, resolution, rank, device, dtype, warmup, repeats,
+                                                    settings)
+                rows += [{**row, "build_s": build_s} for row in new_rows]
+                counts = counts or new_counts
+                del unet
+                _free(device)
+                result = _result(rows, counts, device, dtype, rank, repeats)
+                write_report(json_path, result, _table(result))
+    print(_table(result))
     return result
+
+
+def _result(rows: list[dict], counts: dict, device, dtype, rank: int, repeats: int) -> dict:
+    by_setting = {(r["method"], r["resolution"], r["gradient_checkpointing"], r["compiled"]): r for r in rows}
+    ratios = {f"{res}px_{'gc' if gc else 'no_gc'}{'_compiled' if comp else ''}": _ratio(row, by_setting[("peft", res, gc, comp)])
+              for (method, res, gc, comp), row in by_setting.items()
+              if method == "unziplora" and ("peft", res, gc, comp) in by_setting}
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "dtype": str(dtype).replace("torch.", ""), "rank": rank, "repeats": repeats, "torch": torch.__version__,
+            "goals": {"peak_gb": GOAL_PEAK_GB, "600_steps_min": GOAL_600_STEPS_MIN},
+            "train_step_ratio_sdxl_cuda": ratios, "parameters": counts, "runs": rows}
 
 
 def _table(result: dict) -> str:
     lines = [f"SDXL UNet architecture, random weights, {result['device']}, frozen weights {result['dtype']}, "
              f"rank {result['rank']}, median of {result['repeats']} steps",
-             "| method | resolution | grad checkpointing | step s (min-max) | peak allocated GB | 600 steps min |",
-             "|---|---|---|---|---|---|"]
+             "| method | resolution | grad checkpointing | compiled | step s (min-max) | peak allocated GB | 600 steps min |",
+             "|---|---|---|---|---|---|---|"]
     for r in result["runs"]:
-        head = f"| {r['method']} | {r['resolution']} | {r['gradient_checkpointing']} |"
+        head = f"| {r['method']} | {r['resolution']} | {r['gradient_checkpointing']} | {r.get('compiled', False)} |"
         if "error" in r:
             lines.append(f"{head} {r['error']} | - | - |")
             continue
@@ -130,3 +156,31 @@ def _table(result: dict) -> str:
               f"goals: peak <= {GOAL_PEAK_GB} GB and {PAPER_STEPS} steps <= {GOAL_600_STEPS_MIN} min "
               "(1024 px, gradient checkpointing, fp16)"]
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m unziplora.bench.cuda [--dry-run] [--json FILE]`: the GPU check (scripts/gpu-check.sh)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m unziplora.bench.cuda", description=main.__doc__)
+    parser.add_argument("--json", help="write the result here (and a Markdown table beside it)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="the same path on the CPU: a small UNet of SDXL's topology, fp32, 64 px, 2 steps")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    if args.dry_run:
+        from diffusers import UNet2DConditionModel
+
+        from ..models.architectures import small_sdxl_unet_config
+
+        run_cuda(args.json, resolutions=(64,), rank=4, repeats=2, warmup=2, device="cpu", dtype=torch.float32,
+                 unet_factory=lambda: UNet2DConditionModel.from_config(small_sdxl_unet_config()),
+                 compile_unet=not args.no_compile)
+    else:
+        run_cuda(args.json, repeats=args.repeats, compile_unet=not args.no_compile)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
