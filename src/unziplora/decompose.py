@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .config import RunConfig, config_from_dict
+from .config import RunConfig
 from .core.callbacks import Callback, Previews, ProgressBar
 from .core.data import centre_crop, crop_note, load_image
 from .core.inject import attention_modules
@@ -33,6 +33,7 @@ from .errors import TrainingInterrupted, UnZipLoRAError
 from .methods import plugin, spec_of
 from .models.loading import check_resolution, pick_device, pick_dtype
 from .run.checkpoint import CHECKPOINT_DIR, Checkpointer, check_resumable, fingerprint, read_record, restore_checkpoint
+from .run.manifest import Manifest
 from .run.folder import MANIFEST_FILE, RUN_FORMAT_VERSION, RunFolder, resumable_output_dir, save_grid, write_text_atomic
 from .run.modelcard import write_model_card
 from .run.spec import RunSpec
@@ -138,9 +139,10 @@ def decompose(
                 "files": files,
                 **chosen.manifest_fields(spec, loop),
             })
-            write_model_card(tmp, manifest, picture, out_dir, chosen.card)
+            record = Manifest.from_dict(manifest, tmp / MANIFEST_FILE)  # the schema every reader checks
+            write_model_card(tmp, record, picture, out_dir, chosen.card)
             # The manifest last, in one rename: a folder with a manifest holds every output (_holds_finished_run).
-            write_text_atomic(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2))
+            write_text_atomic(tmp / MANIFEST_FILE, json.dumps(record.to_dict(), indent=2))
         # Only now, with every output written: until here a failure can still resume from it.
         shutil.rmtree(checkpointer.folder, ignore_errors=True)  # the finished run needs no optimiser state
     return RunFolder.open(out_dir)
@@ -220,9 +222,9 @@ def _holds_finished_run(work: Path, run_fingerprint: dict[str, str], spec: RunSp
     if not (work / MANIFEST_FILE).is_file():
         return False
     run = RunFolder.open(work)
-    if not all((work / name).is_file() for name in run.manifest["files"].values()):
+    if not all((work / name).is_file() for name in run.manifest.files.values()):
         return False
-    saved = fingerprint(config_from_dict(run.manifest["config"]), run.manifest["input"]["sha256"], spec.base)
+    saved = fingerprint(run.manifest.config, run.manifest.input["sha256"], spec.base)
     differ = [key for key, value in run_fingerprint.items() if saved.get(key) != value]
     if differ:
         raise UnZipLoRAError(f"cannot resume {work}: it holds a finished run made with another "

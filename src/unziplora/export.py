@@ -34,7 +34,7 @@ def export_run(run: str | Path, fmt: str, out_dir: str | Path | None = None, for
     folder = RunFolder.open(run)
     out = Path(out_dir) if out_dir else folder.path / "export" / fmt
     refuse_existing(out, force)  # before reading anything
-    base = BaseModel.resolve(folder.manifest["base_model"], folder.manifest["config"]["model"]["revision"]).shapes()
+    base = BaseModel.resolve(folder.manifest.base_model, folder.manifest.revision).shapes()
     states = {branch: _read_branch(folder, branch, base) for branch in (Branch.CONTENT, Branch.STYLE)}
     names = {branch: f"{folder.path.name}_{branch.value}.safetensors" for branch in states}
     with atomic_output_dir(out, force) as tmp:
@@ -76,8 +76,8 @@ def kohya_metadata(folder: RunFolder, branch: Branch, state: dict[str, torch.Ten
     m = folder.manifest
     ranks = {v.shape[0] for k, v in state.items() if k.endswith("lora_A.weight")}
     rank = str(max(ranks))
-    base = str(m["base_model"])
-    trigger = m["prompts"]["identifier"] if branch is Branch.CONTENT else m["prompts"]["style_words"]
+    base = m.base_model
+    trigger = m.prompts.identifier if branch is Branch.CONTENT else m.prompts.style_words
     return {
         "ss_network_module": "networks.lora", "ss_network_dim": rank, "ss_network_alpha": rank,
         "ss_base_model_version": "sdxl_base_v1-0" if base.rstrip("/").endswith(SDXL_BASE) else Path(base).name,

@@ -89,7 +89,7 @@ def plan_generation(prompt: str, out_dir: str | Path | None, mode: Mode | str, r
         if not Path(path).exists():
             raise UnZipLoRAError(f"{path} does not exist; give a run folder or a LoRA .safetensors file")
     runs = [r for r in map(BranchSource.run_of, paths.values()) if r is not None]
-    bases = {(r.manifest["base_model"], r.manifest["config"]["model"]["revision"]) for r in runs}
+    bases = {(r.manifest.base_model, r.manifest.revision) for r in runs}
     if base_model is None and len(bases) != 1:
         raise UnZipLoRAError("pass --base-model: the sources name " + ("no base model" if not bases else "different base models"))
     name, run_revision = (base_model, revision) if base_model is not None else bases.pop()
@@ -98,12 +98,12 @@ def plan_generation(prompt: str, out_dir: str | Path | None, mode: Mode | str, r
     shapes = base.shapes()
     content = BranchSource.open(paths[Branch.CONTENT], Branch.CONTENT, shapes)
     style = BranchSource.open(paths[Branch.STYLE], Branch.STYLE, shapes)
-    config = runs[0].manifest["config"] if runs else None
+    config = runs[0].manifest.config if runs else None
     if sample is None:
         given = {k: v for k, v in settings.items() if v is not None}
-        sample = SampleConfig(**{**(config["sample"] if config else {}), **given})
+        sample = SampleConfig(**{**(config.to_dict()["sample"] if config else {}), **given})
     # A plain LoRA file says nothing of its resolution: then the base model's default size.
-    resolution = sample.resolution or (config["train"]["resolution"] if config else None)
+    resolution = sample.resolution or (config.train.resolution if config else None)
     identifier = identifier or content.manifest_value("prompts", "identifier")
     style_words = style_words or style.manifest_value("prompts", "style_words")
     for tag, value, flag in ((CONTENT_TAG, identifier, "--identifier"), (STYLE_TAG, style_words, "--style-words")):

@@ -29,11 +29,11 @@ def test_b_lora_trains_the_two_modules_of_the_profile(tiny_base, tiny_image, tmp
     assert all(k.startswith("unet.up_blocks.0.attentions.0.") for k in content)
     assert all(k.startswith("unet.up_blocks.0.attentions.1.") for k in style)
     assert len(content) == len(style) == 2 * 4 * 2  # the tiny UNet's 2 transformer blocks x attn1/attn2
-    assert run.manifest["method"] == "b-lora" and run.manifest["training_prompt"] == "A monadikos"
-    assert run.manifest["trained_modules"] == ["up_blocks.0.attentions.0", "up_blocks.0.attentions.1"]
-    assert run.manifest["reference_settings"]["used"] is False and run.manifest["steps"] == 5
+    assert run.manifest.method.value == "b-lora" and run.manifest.extra["training_prompt"] == "A monadikos"
+    assert run.manifest.extra["trained_modules"] == ["up_blocks.0.attentions.0", "up_blocks.0.attentions.1"]
+    assert run.manifest.extra["reference_settings"]["used"] is False and run.manifest.steps == 5
     # its reference prompts: <c> and <s> both stand for the training token
-    assert run.manifest["prompts"]["identifier"] == run.manifest["prompts"]["style_words"] == "monadikos"
+    assert run.manifest.prompts.identifier == run.manifest.prompts.style_words == "monadikos"
     sample = SampleConfig(steps=2, seeds=[0])
     paths = generate("A <c> cat in <s> style", tmp_path / "g", "both", run=run.path, sample=sample)
     assert paths[0].is_file()
@@ -93,9 +93,9 @@ def test_b_lora_uses_its_reference_settings_unless_the_user_sets_others(tiny_bas
                     sources=resolved.sources)
     assert (specs[0].rank, specs[0].lr, specs[0].steps) == (64, 5e-5, 1000)
     assert specs[0].prompt == "A monadikos"
-    assert run.manifest["reference_settings"] == {"source": "yardenfren1996/B-LoRA (arXiv 2403.14572)",
+    assert run.manifest.extra["reference_settings"] == {"source": "yardenfren1996/B-LoRA (arXiv 2403.14572)",
                                                   "rank": 64, "lr": 5e-5, "steps": 1000, "used": True}
-    assert run.manifest["config_sources"]["train.steps"] == "method"
+    assert run.manifest.config_sources["train.steps"] == "method"
     explicit = resolve_config({**given, "train.steps": 7}, method="b-lora")  # an explicit setting wins
     assert explicit.config.train.steps == 7 and explicit.sources["train.steps"] == "given"
     assert explicit.config.lora.rank == 64 and "lora.rank" not in explicit.sources  # = the paper default
@@ -109,8 +109,8 @@ def test_dreambooth_lora_cannot_split(tiny_base, tiny_image, tmp_path):
 
 
 @pytest.mark.parametrize("method, check", [
-    ("unziplora-m1", lambda m: m["mask_fraction"] == {"content": 1.0, "style": 1.0}),
-    ("unziplora-m2", lambda m: m["config"]["model"]["block_separation"] is False),
+    ("unziplora-m1", lambda m: m.mask_fraction == {"content": 1.0, "style": 1.0} and m.config.masks.enabled is False),
+    ("unziplora-m2", lambda m: m.config.model.block_separation is False),
 ])
 def test_ablations_through_the_cli(tiny_base, tiny_image, tmp_path, method, check):
     image = tmp_path / "in.png"
@@ -128,8 +128,8 @@ def test_dreambooth_prior_preservation_draws_class_images_and_changes_training(t
                                "dreambooth-lora", progress=False)
     assert sorted(p.name for p in (prior.path / "class_images").iterdir()) == ["000.png", "001.png"]
     # DreamBooth's class prompt (arXiv 2208.12242, Sec. 4.2). (Was: "A cat in sketch style".)
-    assert prior.manifest["prior_preservation"] == {"images": 2, "prompt": "A cat", "weight": 1.0}
-    assert plain.manifest["prior_preservation"] is None
+    assert prior.manifest.extra["prior_preservation"] == {"images": 2, "prompt": "A cat", "weight": 1.0}
+    assert plain.manifest.extra["prior_preservation"] is None
     with safe_open(str(plain.path / "content_lora" / "pytorch_lora_weights.safetensors"), "pt") as a, \
             safe_open(str(prior.path / "content_lora" / "pytorch_lora_weights.safetensors"), "pt") as b:
         assert any(not a.get_tensor(k).equal(b.get_tensor(k)) for k in a.keys())

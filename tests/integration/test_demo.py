@@ -16,8 +16,8 @@ def test_demo_writes_run_and_grid(tiny_base, tmp_path, monkeypatch):
     subject, style, _ = demo.demo_image()
     from unziplora.run.folder import RunFolder
 
-    prompts = RunFolder.open(path).manifest["prompts"]
-    assert (prompts["subject"], prompts["style_words"]) == (subject.cls, style.family)
+    prompts = RunFolder.open(path).manifest.prompts
+    assert (prompts.subject, prompts.style_words) == (subject.cls, style.family)
 
 
 def test_missing_embedded_model_is_a_clear_error(tmp_path, monkeypatch, capsys):

@@ -81,7 +81,7 @@ def test_model_card(tiny_run, tmp_path):
     from unziplora.methods import plugin
 
     card = write_model_card(tmp_path, tiny_run.manifest, Image.open(tiny_run.path / "input.png"), "cat",
-                            plugin(tiny_run.manifest["method"]).card)
+                            plugin(tiny_run.manifest.method).card)
     text = card.read_text()
     assert "monadikos cat" in text and "<lora:cat_content:1>" in text and "load_lora_weights" in text
     assert "with **unziplora**" in text and "merger vectors left out (M (.) B A)" in text  # which export

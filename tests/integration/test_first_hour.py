@@ -153,7 +153,7 @@ def test_kohya_metadata_describes_the_real_base_model_and_rank(tiny_run, tmp_pat
         meta = fh.metadata()
         dim = next(fh.get_tensor(k).shape[0] for k in fh.keys() if k.endswith("lora_down.weight"))
     assert meta["ss_base_model_version"] != "sdxl_base_v1-0"  # a tiny test model, not SDXL base 1.0
-    assert meta["ss_sd_model_name"] == tiny_run.manifest["base_model"]
+    assert meta["ss_sd_model_name"] == tiny_run.manifest.base_model
     assert meta["ss_network_dim"] == meta["ss_network_alpha"] == str(dim)
 
 

@@ -161,10 +161,10 @@ def test_v_prediction_trains_against_the_velocity(v_prediction_base):
 
 def test_decompose_and_baselines_run_on_a_v_prediction_model(v_prediction_base, tiny_image, tmp_path):
     run = decompose(tiny_image, tmp_path / "v", tiny_config(v_prediction_base, **{"train.steps": 2}), progress=False)
-    assert run.manifest["steps"] == 2
+    assert run.manifest.steps == 2
     dreambooth = decompose(tiny_image, tmp_path / "d", tiny_config(v_prediction_base, **{"train.steps": 2}),
                            method="dreambooth-lora", progress=False)
-    assert dreambooth.manifest["method"] == "dreambooth-lora"
+    assert dreambooth.manifest.method.value == "dreambooth-lora"
 
 
 def test_an_unknown_prediction_type_is_one_clear_error(v_prediction_base, tiny_image, tmp_path):

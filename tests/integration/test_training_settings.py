@@ -28,12 +28,12 @@ def test_every_method_trains_with_the_users_optimiser_clipping_and_checkpointing
                                                                                  tmp_path):
     config = tiny_config(tiny_base, **{"train.steps": 2, "sample.seeds": [0]}, **SETTINGS)
     run = decompose(tiny_image, tmp_path / "run", config, method, progress=False)
-    used = run.manifest["training"]  # read off the optimiser and the UNet that trained, not the config
+    used = run.manifest.training  # read off the optimiser and the UNet that trained, not the config
     assert (used["adam_betas"], used["adam_eps"], used["weight_decay"]) == ([0.5, 0.6], 1e-6, 0.25)
     assert used["max_grad_norm"] == 0.3 and used["gradient_checkpointing"] is True
     assert (used["dtype"], used["grad_scaler"], used["optimizer"]) == ("float32", False, "AdamW")
     default = decompose(tiny_image, tmp_path / "default", tiny_config(tiny_base, **{"train.steps": 1}), method,
-                        progress=False).manifest["training"]
+                        progress=False).manifest.training
     assert (default["adam_betas"], default["weight_decay"], default["gradient_checkpointing"]) == ([0.9, 0.999], 1e-4,
                                                                                                  False)
 

@@ -140,7 +140,7 @@ def test_cancel_keeps_the_checkpoint_and_resume_finishes(worker, tiny_base, uplo
     assert resumed.state is JobState.DONE, resumed.error
     assert resumed.progress == Progress(6, 6, resumed.progress.loss, 0.0)
     run = RunFolder.open(runs.root / "cat")
-    assert run.manifest["steps"] == 6 and run.manifest["config"]["train"]["steps"] == 6
+    assert run.manifest.steps == 6 and run.manifest.config.train.steps == 6
     assert runs.interrupted() == [] and not runs.pending("cat").exists()
     assert not partial_dir(runs.root / "cat").exists()
     assert reports[0].total == 6 and reports[0].seconds_left > 0

@@ -318,7 +318,7 @@ def test_a_sound_manifest_opens_and_baselines_need_no_training_fields(tmp_path, 
         del manifest[key]
     manifest["method"] = "b-lora"
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    assert RunFolder.open(tmp_path).manifest["method"] == "b-lora"
+    assert RunFolder.open(tmp_path).manifest.method.value == "b-lora"
 
 
 # ----- weight files: checked from their headers before a tensor loads (headers.py) -----------------

@@ -55,7 +55,7 @@ def test_runs_list_and_reopen(tiny_run, tmp_path):
     info = listed[0]
     assert (info.subject, info.style, info.method, info.steps) == ("cat", "sketch", "unziplora", 5)
     assert info.thumbnail is not None and info.thumbnail.is_file()
-    assert info.created == tiny_run.manifest["created"]
+    assert info.created == tiny_run.manifest.created
     assert info.caption.startswith(f"{tiny_run.path.name}: cat / sketch · unziplora · ")
     assert runs.open(tiny_run.path.name).manifest == tiny_run.manifest
 

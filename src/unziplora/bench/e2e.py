@@ -42,7 +42,7 @@ def decomposition_times(base, image, rows=E2E_ROWS, steps: int = 600, rank: int 
                 run = decompose(image, Path(tmp) / f"{row}-{r}", spec, force=True, progress=False)
                 times[row]["total_s"].append(time.perf_counter() - t0)
                 for phase in PHASES:
-                    times[row]["phases"][phase].append(run.manifest["timings"].get(phase, 0.0))
+                    times[row]["phases"][phase].append(run.manifest.timings.get(phase, 0.0))
     return times
 
 

@@ -62,7 +62,7 @@ def merge(content: str | Path, style: str | Path, out_dir: str | Path, method: M
 
     runs = BranchSource.run_of(content), BranchSource.run_of(style)
     named = [(base_model, revision) if base_model else
-             ((r.manifest["base_model"], r.manifest["config"]["model"]["revision"]) if r else None) for r in runs]
+             ((r.manifest.base_model, r.manifest.revision) if r else None) for r in runs]
     # each checked against its own base model (a plain file: the other's; neither: ranks and sizes only)
     bases = [BaseModel.resolve(*(n or named[1 - i])) if (n or named[1 - i]) else None for i, n in enumerate(named)]
     shapes = [b.shapes() if b else None for b in bases]
@@ -79,7 +79,7 @@ def merge(content: str | Path, style: str | Path, out_dir: str | Path, method: M
         if base is None or prompt_c is None or prompt_s is None:
             raise UnZipLoRAError("ziplora merging of plain LoRA files needs --base-model, --content-prompt and --style-prompt")
         config = next((s.manifest_value("config") for s in sources if s.run is not None), None)
-        resolution = config["train"]["resolution"] if config else 1024
+        resolution = config.train.resolution if config else 1024
         merged = ziplora_merge(sources[0], sources[1], base, (prompt_c, prompt_s), resolution, steps, device=device)
     with atomic_output_dir(out_dir, force) as tmp:
         # Ranks differ per module, so no single alpha: diffusers then uses alpha = rank (scale 1).

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from ..names import Branch
 from ..errors import UnZipLoRAError
-from .manifest import MANIFEST_FILE, RUN_FORMAT_VERSION, read_manifest
+from .manifest import MANIFEST_FILE, RUN_FORMAT_VERSION, Manifest, read_manifest
 from .outputs import (  # noqa: F401  (the names every writer imports from here)
     apply_umask,
     atomic_output_dir,
@@ -138,7 +138,7 @@ def save_grid(images: list[Image.Image], path: Path, columns: int, labels: list[
 class RunFolder:
     """A finished run folder; its manifest is checked whole on open (manifest.py)."""
 
-    def __init__(self, path: Path, manifest: dict):
+    def __init__(self, path: Path, manifest: Manifest):
         self.path = path
         self.manifest = manifest
 
@@ -153,7 +153,7 @@ class RunFolder:
 
     @property
     def rank(self) -> int:
-        return int(self.manifest["config"]["lora"]["rank"])
+        return self.manifest.config.lora.rank
 
     @property
     def state_path(self) -> Path:
@@ -179,28 +179,28 @@ class RunFolder:
 
     def summary(self) -> str:
         """A few human-readable lines for `unziplora info`."""
-        m = self.manifest
-        p = m["prompts"]
+        m, p = self.manifest, self.manifest.prompts
+        config = m.config.to_dict()
         lines = [
             f"run:          {self.path}",
-            f"base model:   {m['base_model']}",
-            f"subject:      {p['subject']!r}  (token <c> = {p['identifier']!r})",
-            f"style:        {p['style_words']!r}  (token <s>)",
-            f"prompts:      p={p['combined']!r}  p_c={p['content']!r}  p_s={p['style']!r}",
-            f"method:       {m.get('method', 'unziplora')}",
-            f"rank / steps: {m['config']['lora']['rank']} / {m['steps']}  (seed {m['seed']})",
+            f"base model:   {m.base_model}" + (f" (revision {m.revision})" if m.revision else ""),
+            f"subject:      {p.subject!r}  (token <c> = {p.identifier!r})",
+            f"style:        {p.style_words!r}  (token <s>)",
+            f"prompts:      p={p.combined!r}  p_c={p.content!r}  p_s={p.style!r}",
+            f"method:       {m.method.value}",
+            f"rank / steps: {m.config.lora.rank} / {m.steps}  (seed {m.seed})",
         ]
-        sources = {k: v for k, v in (m.get("config_sources") or {}).items() if k != "model.base_model"}
+        sources = {k: v for k, v in m.config_sources.items() if k != "model.base_model"}
         if sources:  # where the settings that are not the paper's defaults came from
             shown = []
             for key, source in sources.items():
                 section, _, name = key.partition(".")
-                shown.append(f"{key}={m['config'][section][name]} ({source})")
+                shown.append(f"{key}={config[section][name]} ({source})")
             lines.append("settings:     " + ", ".join(shown))
-        if "mask_fraction" in m:  # UnZipLoRA runs only
-            lines.append(f"columns held: content {m['mask_fraction']['content']:.1%}, style {m['mask_fraction']['style']:.1%}")
-        if "final_loss" in m:
-            lines.append(f"final loss:   {m['final_loss']:.4f}")
-        lines.append(f"train time:   {m['timings'].get('train_s', 0):.1f} s")
-        lines.append(f"created:      {m['created']} with unziplora {m['versions']['unziplora']}")
+        if m.mask_fraction is not None:  # UnZipLoRA runs only
+            lines.append(f"columns held: content {m.mask_fraction['content']:.1%}, style {m.mask_fraction['style']:.1%}")
+        if m.final_loss is not None:
+            lines.append(f"final loss:   {m.final_loss:.4f}")
+        lines.append(f"train time:   {m.timings.get('train_s', 0):.1f} s")
+        lines.append(f"created:      {m.created} with unziplora {m.versions['unziplora']}")
         return "\n".join(lines)

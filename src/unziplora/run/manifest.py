@@ -1,9 +1,10 @@
-"""The run folder's manifest.json, read once and checked whole against its schema.
+"""The run folder's manifest.json: the run's spec plus its results, as one typed `Manifest`.
 
-Every field a command reads is checked on load (RunFolder.open), so a damaged or hand-edited
-manifest is one line naming the field, never a traceback later in `info`, `generate`, `export`
-or `merge`. The config is checked by config.py itself (every key and value, as for --config).
-Fields added after format 1 first shipped (profile, method, config_sources) are optional.
+It is read once and checked whole against its schema, so a damaged or hand-edited manifest is
+one line naming the field, never a traceback later in `info`, `generate`, `export` or `merge`.
+The config is checked by config.py itself (every key and value, as for --config). Fields added
+after format 1 first shipped (profile, method, config_sources, training) are optional; what a
+method records of its own (methods/: its `manifest_fields`) is kept in `Manifest.extra`.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
+from ..config import RunConfig
 from ..names import Method
 from ..errors import UnZipLoRAError
 
@@ -91,7 +95,72 @@ def _damaged(path: Path, field: str, problem: str) -> UnZipLoRAError:
     return UnZipLoRAError(f"{path}: {field!r} {problem}; the run folder is damaged: decompose the image again")
 
 
-def read_manifest(folder: Path) -> dict:
+@dataclass(frozen=True)
+class RunPrompts:
+    """The run's words: what `<c>` (identifier) and `<s>` (style_words) stand for, and its three prompts."""
+
+    subject: str
+    style_words: str
+    identifier: str
+    combined: str
+    content: str
+    style: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """manifest.json as a typed record: the resolved run (base model, method, config and where each
+    setting came from) and what training gave (steps, timings, files, how training ended)."""
+
+    format_version: int
+    created: str
+    base_model: str  # as resolved: an absolute folder or a hub id (its revision: config.model.revision)
+    method: Method
+    seed: int
+    steps: int
+    prompts: RunPrompts
+    input: dict[str, Any]  # sha256, size
+    versions: dict[str, str]
+    timings: dict[str, float]
+    files: dict[str, str]
+    config: RunConfig
+    config_sources: dict[str, str] = field(default_factory=dict)
+    profile: dict | None = None
+    final_loss: float | None = None
+    mask_fraction: dict[str, float] | None = None
+    device: str | None = None
+    dtype: str | None = None
+    training: dict[str, Any] | None = None  # what the loop used: optimiser settings, precision, checkpointing
+    extra: dict[str, Any] = field(default_factory=dict)  # the method's own fields
+
+    @property
+    def revision(self) -> str | None:
+        return self.config.model.revision
+
+    @classmethod
+    def from_dict(cls, data: dict, path: Path) -> "Manifest":
+        """Check `data` whole (`validate_manifest`: one line naming a bad field), then type it."""
+        from ..config import config_from_dict
+
+        validate_manifest(data, path)
+        known = {f.name for f in fields(cls)} - {"extra", "prompts", "config", "method"}
+        values = {k: data[k] for k in known if k in data}
+        return cls(**values, method=Method(data.get("method", Method.UNZIPLORA.value)),
+                   prompts=RunPrompts(**{f.name: data["prompts"][f.name] for f in fields(RunPrompts)}),
+                   config=config_from_dict(data["config"]),
+                   extra={k: v for k, v in data.items() if k not in known | {"prompts", "config", "method"}})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form, as manifest.json holds it (optional fields left out when unset)."""
+        from dataclasses import asdict
+
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", "prompts", "config", "method")}
+        out = {k: v for k, v in out.items() if v is not None}
+        return {**out, "method": self.method.value, "prompts": asdict(self.prompts), "config": self.config.to_dict(),
+                **self.extra}
+
+
+def read_manifest(folder: Path) -> Manifest:
     """The manifest of run folder `folder`, checked whole (one UnZipLoRAError naming the field)."""
     path = folder / MANIFEST_FILE
     try:
@@ -100,8 +169,7 @@ def read_manifest(folder: Path) -> dict:
         raise UnZipLoRAError(f"{path} is not valid JSON; the run folder is damaged") from None
     except OSError as exc:
         raise UnZipLoRAError(f"{path} cannot be read ({exc.strerror}); check its permissions") from None
-    validate_manifest(data, path)
-    return data
+    return Manifest.from_dict(data, path)
 
 
 def validate_manifest(data, path: Path) -> None:

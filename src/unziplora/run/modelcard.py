@@ -71,17 +71,17 @@ def write_model_card(folder: Path, manifest: dict, thumbnail: Image.Image, final
     thumb = thumbnail.copy()
     thumb.thumbnail((256, 256))
     thumb.save(folder / "thumbnail.png")
-    p, cfg = manifest["prompts"], manifest["config"]
+    p, cfg = manifest.prompts, manifest.config
     export, together, files = card.exports, card.together, card.files
     final_path = Path(final_path).resolve()
-    sample = cfg["sample"]
+    sample = cfg.sample
     card = CARD.format(
-        name=final_path.name, path=final_path.as_posix(), method=manifest["method"],
-        resolution=sample["resolution"] or cfg["train"]["resolution"], sample_steps=sample["steps"],
-        guidance=sample["guidance_scale"], guidance_rescale=sample.get("guidance_rescale", 0.0), export=export, together=together, files=files,
-        base_model=manifest["base_model"], subject=p["subject"], style=p["style_words"],
-        style_phrase=cfg["prompts"]["style"] or p["style_words"],
-        identifier=p["identifier"], steps=manifest["steps"], rank=cfg["lora"]["rank"], seed=manifest["seed"],
+        name=final_path.name, path=final_path.as_posix(), method=manifest.method.value,
+        resolution=sample.resolution or cfg.train.resolution, sample_steps=sample.steps,
+        guidance=sample.guidance_scale, guidance_rescale=sample.guidance_rescale, export=export, together=together,
+        files=files, base_model=manifest.base_model, subject=p.subject, style=p.style_words,
+        style_phrase=cfg.prompts.style or p.style_words,
+        identifier=p.identifier, steps=manifest.steps, rank=cfg.lora.rank, seed=manifest.seed,
     )
     path = folder / "README.md"
     path.write_text(card)

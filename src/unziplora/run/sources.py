@@ -63,7 +63,7 @@ class BranchSource:
     @property
     def method(self) -> Method | None:
         """The method of the run this branch comes from (None for a plain LoRA file)."""
-        return None if self.run is None else Method(self.run.manifest.get("method", Method.UNZIPLORA.value))
+        return None if self.run is None else self.run.manifest.method
 
     def manifest_value(self, *keys: str):
         """A value from the run's manifest, or None for a plain LoRA."""
@@ -71,7 +71,7 @@ class BranchSource:
             return None
         value = self.run.manifest
         for key in keys:
-            value = value[key]
+            value = getattr(value, key)
         return value
 
     # ----- weights ----------------------------------------------------------------------------

@@ -64,13 +64,13 @@ class Evaluation:
 
     def key(self, run: RunFolder) -> str:
         """What a row's scores depend on: the run (its creation time), the scorer, the sampling."""
-        parts = [self.kind, sorted(self.models.items()), run.manifest.get("created"), run.manifest["config"]["sample"]]
+        parts = [self.kind, sorted(self.models.items()), run.manifest.created, run.manifest.config.to_dict()["sample"]]
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def score(self, run_path: Path, scores_file: Path) -> dict[str, float]:
         """Generate a row's evaluation images into RUN/eval/, score them, write scores_file."""
         run = RunFolder.open(run_path)
-        config = config_from_dict(run.manifest["config"])
+        config = run.manifest.config
         from ...core.data import load_image
 
         image = load_image(run.path / "input.png")

@@ -153,7 +153,7 @@ def read_status(layout: Layout, job: Job, hidden: dict[str, list[Path]] | None =
         except UnZipLoRAError as exc:
             return RowStatus(job, Status.FAILED, error=f"the finished run is damaged: {exc}")
         scores = read_scores(layout, job)
-        seconds = (manifest.get("timings") or {}).get("total_s")
+        seconds = manifest.timings.get("total_s")
         running = running_holder(layout, job, hidden)  # being evaluated
         if running is not None:
             return RowStatus(job, Status.RUNNING, seconds, detail=f"evaluating: {running.describe()}")

@@ -167,17 +167,16 @@ class Page:
         m = run.manifest
         loss = run.path / "loss.png"
         lines = [run.summary()]
-        if "mask_fraction" in m:
-            f = m["mask_fraction"]
+        if m.mask_fraction is not None:
+            f = m.mask_fraction
             lines.append(f"masks: the content branch holds {f['content']:.1%} of the columns, "
                          f"the style branch {f['style']:.1%}")
         summary = "<pre class='uz-summary'>" + html.escape("\n".join(lines)) + "</pre>"
-        subject = m["prompts"]["subject"]
-        prompt = f"A <c> {subject} in <s> style"
-        sample = m["config"]["sample"]
+        prompt = f"A <c> {m.prompts.subject} in <s> style"
+        sample = m.config.sample
         return (gr.skip(), run.path / "preview.png" if (run.path / "preview.png").is_file() else None,
                 loss if loss.is_file() else None, summary, previews_of(self.runs, name), prompt,
-                sample["steps"], sample["guidance_scale"])
+                sample.steps, sample.guidance_scale)
 
     def run_choices(self):
         names = self.runs.names()

@@ -84,9 +84,8 @@ class RunsFolder:
             try:
                 run = self.open(child.name)
                 m = run.manifest
-                found.append(RunInfo(child.name, m["prompts"]["subject"], m["prompts"]["style_words"],
-                                     m.get("method", "unziplora"), m["created"], int(m["steps"]),
-                                     _thumbnail(run.path)))
+                found.append(RunInfo(child.name, m.prompts.subject, m.prompts.style_words, m.method.value,
+                                     m.created, m.steps, _thumbnail(run.path)))
             except (UnZipLoRAError, KeyError, TypeError, ValueError):
                 continue
         return sorted(found, key=lambda r: (r.created, r.name), reverse=True)
