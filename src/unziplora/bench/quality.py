@@ -112,8 +112,11 @@ def score_run(run_path: Path, other_path: Path | None, subject_img, style_img, o
     return out, examples
 
 
-def _summary(values: dict[str, list[float]]) -> dict[str, dict[str, float]]:
-    return {k: {"mean": float(np.mean(v)), "std": float(np.std(v))} for k, v in values.items() if v}
+def _summary(values: dict[str, list[float]]) -> dict[str, dict]:
+    """Mean and std of each metric, and its values in (image, seed) order: every row of the table holds
+    the same images and seeds in the same order, so two rows can be compared pair by pair."""
+    return {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "values": [round(float(x), 6) for x in v]}
+            for k, v in values.items() if v}
 
 
 def run_quality(json_path, base, workdir: Path, n_images: int = 12, seeds: int = 2, steps: int = 600,
@@ -169,12 +172,12 @@ def run_quality(json_path, base, workdir: Path, n_images: int = 12, seeds: int =
             save_grid([t.resize((64, 64)) for t in tiles], workdir / f"grid_img{i:02d}.png", columns=len(tiles) // len(ran))
     results["ceiling"] = _summary(_ceiling(triples, seeds))
     results["floor"] = _summary(_floor(base, triples, sample))
-    from .ladder import ladder_table, quality_rungs
+    from .ladder import ablation_rows, ablation_table, ladder_table, quality_rungs
 
-    rungs = quality_rungs(results, n_images * seeds)
-    table = _table(results) + "\n\n" + ladder_table(rungs)
+    rungs, ablations = quality_rungs(results), ablation_rows(results, METRICS)
+    table = _table(results) + "\n\n" + ladder_table(rungs) + ("\n\n" + ablation_table(ablations) if ablations else "")
     print(table)
-    report = {"methods": results, "images": n_images, "seeds": seeds, "rungs": rungs,
+    report = {"methods": results, "images": n_images, "seeds": seeds, "rungs": rungs, "ablations": ablations,
               "settings": {"steps": steps, "rank": rank, "lr": lr, "sample_steps": sample_steps, "base_model": base.display_name,
                            "guidance_scale": sample.guidance_scale, "guidance_rescale": sample.guidance_rescale}}
     write_report(json_path, report, table)
