@@ -421,7 +421,8 @@ class Pretrainer:
         self.saved_config = meta.get("config")  # what trained these weights, until `run` trains on
 
     def export(self, directory: Path) -> Path:
-        """The EMA weights as an fp16 diffusers SDXL pipeline folder (what gets committed)."""
+        """The EMA weights as an fp32 diffusers SDXL pipeline folder (what gets committed): stock
+        diffusers then runs it on a CPU without a dtype argument (fp16 matmuls fail there)."""
         from diffusers import StableDiffusionXLPipeline
 
         with torch.no_grad():
@@ -430,7 +431,7 @@ class Pretrainer:
                 if name in self.ema:
                     p.copy_(self.ema[name])
         pipe = StableDiffusionXLPipeline(**self.c)
-        pipe.to("cpu", torch.float16)
+        pipe.to("cpu", torch.float32)
         pipe.save_pretrained(directory, safe_serialization=True)
         write_recipe(Path(directory), self)
         return Path(directory)

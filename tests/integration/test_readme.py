@@ -1,4 +1,4 @@
-"""The README's Python API example runs as pasted (on the embedded model, from an empty folder)."""
+"""The README's Python snippets run as pasted (on the embedded model, from an empty folder)."""
 
 import re
 from pathlib import Path
@@ -28,3 +28,22 @@ def test_the_python_api_example_runs_as_pasted(tmp_path, monkeypatch):
     assert (run.path / "content_lora" / "pytorch_lora_weights.safetensors").is_file()
     assert scope["paths"][0].parent == run.path / "samples" / "both-001"
     assert (run.path / "samples" / "style-001").is_dir()
+
+
+def test_the_stock_diffusers_snippet_runs_as_pasted_on_a_cpu(tmp_path, monkeypatch):
+    """After the demo (runs/demo), stock diffusers loads the embedded model and a LoRA with no dtype argument."""
+    import numpy as np
+
+    from unziplora.api import EMBEDDED_MODEL, decompose, demo_image, resolve_config
+
+    subject, style, image = demo_image()
+    monkeypatch.chdir(tmp_path)
+    config = resolve_config({"model.base_model": str(EMBEDDED_MODEL), "prompts.subject": subject.cls,
+                             "prompts.style": style.family, "train.steps": 2, "sample.steps": 2}).config
+    decompose(image, "runs/demo", config, progress=False)
+    blocks = python_blocks("Using the LoRAs in other tools")
+    assert len(blocks) == 1
+    scope: dict = {}
+    exec(blocks[0].replace("num_inference_steps=30", "num_inference_steps=2"), scope)
+    pixels = np.asarray(scope["image"], dtype=np.float32)
+    assert pixels.shape == (64, 64, 3) and np.isfinite(pixels).all() and pixels.std() > 0

@@ -12,7 +12,7 @@ from ..errors import UnZipLoRAError
 from ..bench import BENCHES, QUALITY_ROWS
 from ..names import Mode
 from ..run.formats import EXPORT_FORMATS
-from ..config import user_options
+from ..config import DEFAULT_BASE_MODEL, user_options
 from ..names import MergeMethod, Method
 from ..metrics import DEFAULTS, METRICS
 
@@ -61,7 +61,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--guidance-rescale", type=float, help="CFG rescale in [0, 1] (default: the run's)")
     p.add_argument("--num-images", type=int, default=1, help="images per seed (default 1)")
     p.add_argument("--resolution", type=int, help="image size in px (default: the run's training size)")
-    p.add_argument("--base-model", help="override the run's base model (hub id or folder)")
+    p.add_argument("--base-model", help="override the run's base model: hub id, folder or 'embedded' (default: the "
+                                        "run's, at the revision it was trained at)")
+    p.add_argument("--revision", help="with --base-model: its hub revision (default: the run's)")
     p.add_argument("--identifier", help="what <c> stands for, when the content LoRA is a plain file")
     p.add_argument("--style-words", help="what <s> stands for, when the style LoRA is a plain file")
     p.add_argument("--device", default="auto", help="auto (the default), cpu or cuda")
@@ -104,7 +106,8 @@ def _add_ui(sub) -> None:
     p = sub.add_parser("ui", help="a local web page: upload, decompose with live progress, generate, download "
                                   "(needs: pip install 'unziplora[ui]')")
     p.add_argument("--runs", default="runs", help="the folder the page keeps its runs in (default runs/)")
-    p.add_argument("--base-model", help="hub id or local diffusers SDXL folder (default: the embedded toy-world model)")
+    p.add_argument("--base-model", help=f"hub id, local diffusers folder or 'embedded' (the toy-world model shipped "
+                                        f"with unziplora); default: {DEFAULT_BASE_MODEL}, the paper's, as decompose")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 opens it to your network, "
                         "with no login)")
@@ -136,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("style", help="run folder (its style LoRA) or a LoRA file")
     merge.add_argument("--method", default=MergeMethod.DIRECT.value, choices=[m.value for m in MergeMethod],
                        help="direct: exact sum of the two updates; ziplora: learned per-column mergers")
-    merge.add_argument("--base-model", help="ziplora: the base model (default: the runs')")
+    merge.add_argument("--base-model", help="ziplora: the base model (default: the runs', at their revision)")
+    merge.add_argument("--revision", help="with --base-model: its hub revision")
     merge.add_argument("--content-prompt", help="ziplora: the content LoRA's prompt (default: the run's p_c)")
     merge.add_argument("--style-prompt", help="ziplora: the style LoRA's prompt (default: the run's p_s)")
     merge.add_argument("--steps", type=int, default=100, help="ziplora optimisation steps")
@@ -147,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="base-model, quality, speed: on the embedded toy-world model; memory: the full-size SDXL UNet "
                             "(random weights) on CPU, needs ~14 GB RAM (--device cuda: on a GPU, fp16, 1024 px)")
     bench.add_argument("--json", help="write the results here (and a Markdown table beside it)")
-    bench.add_argument("--base-model", help="speed, quality: the base model (default: the embedded toy-world model)")
+    bench.add_argument("--base-model", help="base-model, speed, quality: the base model (default: 'embedded', the "
+                                            "toy-world model: these benchmarks measure its world)")
     bench.add_argument("--images", type=int, help="quality: held-out images (default 12)")
     bench.add_argument("--methods", nargs="+", choices=QUALITY_ROWS,
                        help="quality: the methods to compare (default: all of them)")
@@ -190,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=600, help="training steps (default 600)")
     demo.add_argument("--force", action="store_true", help="replace --out instead of writing beside it")
     probe = sub.add_parser("probe", help="measure a base model's block roles (B-LoRA's probe) and write its profile")
-    probe.add_argument("--base-model", help="hub id or local folder (default: the embedded toy-world model)")
+    probe.add_argument("--base-model", help=f"hub id, folder or 'embedded' (default: 'embedded' when it probes with "
+                                            f"the toy world's images, else {DEFAULT_BASE_MODEL})")
+    probe.add_argument("--revision", help="the hub revision of --base-model")
     probe.add_argument("--out", required=True, help="folder for unziplora_profile.yaml and block_roles.md")
     probe.add_argument("--images", nargs="+", help="images to probe with (default: 4 held-out toy-world images)")
     probe.add_argument("--dino", help="DINO ViT-S/16 folder: scores the subject (needed with --images)")
@@ -205,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_probe(args) -> None:
     from ..core.data import load_image
-    from ..models.embedded import EMBEDDED_MODEL
+    from ..models.base import DEFAULT_BASE_MODEL, EMBEDDED_NAME, BaseModel
     from ..probe import metric_scorer, probe_block_roles
 
     scorer = None
@@ -217,7 +224,9 @@ def run_probe(args) -> None:
         style = models.CsdEncoder(args.csd) if args.csd else models.ClipEncoder(args.clip)
         scorer = metric_scorer(models.DinoEncoder(args.dino), style)
     images = [load_image(p) for p in args.images] if args.images else None
-    _, table = probe_block_roles(args.base_model or str(EMBEDDED_MODEL), args.out, images, scorer, steps=args.steps,
+    # the toy world's images are judged by its oracles, which only its model draws for
+    base = BaseModel.resolve(args.base_model or (DEFAULT_BASE_MODEL if images else EMBEDDED_NAME), args.revision)
+    _, table = probe_block_roles(base, args.out, images, scorer, steps=args.steps,
                                  rank=args.rank, lr=args.lr, resolution=args.resolution)
     print(table)
 
@@ -261,7 +270,7 @@ def run_generate(args) -> None:
         num_images=args.num_images, base_model=args.base_model, device=args.device, force=args.force,
         identifier=args.identifier, style_words=args.style_words, progress=not args.quiet, steps=args.steps,
         guidance_scale=args.guidance, seeds=args.seeds, resolution=args.resolution,
-        guidance_rescale=args.guidance_rescale,
+        guidance_rescale=args.guidance_rescale, revision=args.revision,
     )
     print(f"wrote {len(paths)} image(s) and grid.png to {paths[0].parent if paths else args.out}")
 
@@ -308,7 +317,7 @@ def _run(args, stack) -> int:
 
             out = merge(args.content, args.style, args.out, method=args.method, force=args.force,
                         base_model=args.base_model, prompts=(args.content_prompt, args.style_prompt),
-                        steps=args.steps)
+                        steps=args.steps, revision=args.revision)
             print(f"wrote {out / 'pytorch_lora_weights.safetensors'} ({args.method} merge; load it with "
                   "pipe.load_lora_weights)")
         elif args.command == "bench":

@@ -28,9 +28,10 @@ def check_base_model(base_model: str) -> str:
 
 
 def build_page(runs: str | Path, base_model: str | None = None, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB):
-    """(the Page, the gradio Blocks) over `runs` and `base_model` (default: the embedded toy-world model)."""
+    """(the Page, the gradio Blocks) over `runs` and `base_model` (default: SDXL base 1.0, as every command
+    that trains on the user's images; `embedded` names the toy-world model)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves this machine
-    from ...models.embedded import EMBEDDED_MODEL
+    from ...config import DEFAULT_BASE_MODEL
     from .jobs import Worker
     from .layout import build_blocks
     from .page import Page
@@ -38,7 +39,7 @@ def build_page(runs: str | Path, base_model: str | None = None, max_upload_mb: f
 
     if max_upload_mb <= 0:
         raise UnZipLoRAError(f"--max-upload-mb must be positive, got {max_upload_mb}")
-    page = Page(RunsFolder(runs), check_base_model(base_model or str(EMBEDDED_MODEL)), Worker(),
+    page = Page(RunsFolder(runs), check_base_model(base_model or DEFAULT_BASE_MODEL), Worker(),
                 int(max_upload_mb * 2**20))
     return page, build_blocks(page)
 
