@@ -317,7 +317,7 @@ def _run(args, stack) -> int:
 
             out = merge(args.content, args.style, args.out, method=args.method, force=args.force,
                         base_model=args.base_model, prompts=(args.content_prompt, args.style_prompt),
-                        steps=args.steps, revision=args.revision)
+                        steps=args.steps, revision=args.revision, progress=True)
             print(f"wrote {out / 'pytorch_lora_weights.safetensors'} ({args.method} merge; load it with "
                   "pipe.load_lora_weights)")
         elif args.command == "bench":

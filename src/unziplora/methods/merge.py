@@ -44,7 +44,7 @@ def direct_merge(content: dict[str, torch.Tensor], style: dict[str, torch.Tensor
 
 def merge(content: str | Path, style: str | Path, out_dir: str | Path, method: MergeMethod | str = MergeMethod.DIRECT,
           force: bool = False, base_model: str | None = None, prompts: tuple[str | None, str | None] = (None, None),
-          steps: int = 100, device: str = "auto", revision: str | None = None) -> Path:
+          steps: int = 100, device: str = "auto", revision: str | None = None, progress: bool = False) -> Path:
     """Write the merged LoRA as out_dir/pytorch_lora_weights.safetensors (diffusers format).
 
     ziplora needs the base model and the two LoRAs' prompts; run folders supply them (p_c of
@@ -80,7 +80,8 @@ def merge(content: str | Path, style: str | Path, out_dir: str | Path, method: M
             raise UnZipLoRAError("ziplora merging of plain LoRA files needs --base-model, --content-prompt and --style-prompt")
         config = next((s.manifest_value("config") for s in sources if s.run is not None), None)
         resolution = config.train.resolution if config else 1024
-        merged = ziplora_merge(sources[0], sources[1], base, (prompt_c, prompt_s), resolution, steps, device=device)
+        merged = ziplora_merge(sources[0], sources[1], base, (prompt_c, prompt_s), resolution, steps, device=device,
+                               progress=progress)
     with atomic_output_dir(out_dir, force) as tmp:
         # Ranks differ per module, so no single alpha: diffusers then uses alpha = rank (scale 1).
         StableDiffusionXLPipeline.save_lora_weights(

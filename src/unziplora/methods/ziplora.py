@@ -35,7 +35,7 @@ from ..errors import UnZipLoRAError
 from ..models.loading import pick_device
 from ..core.prompts import encode_prompts
 from ..run.sources import BranchSource
-from ..core.train import adamw, add_training_noise
+from ..core.train import StepLog, adamw, add_training_noise, fit
 
 DEFAULTS = {"steps": 100, "lr": 5e-5, "weight": 0.01}  # mkshing/ziplora-pytorch README command
 
@@ -118,11 +118,56 @@ def _latent_sampler(source: BranchSource, pipe, resolution: int, generator: torc
     return lambda: torch.randn(shape, generator=generator).to(device)
 
 
+class ZipLoraLoop:
+    """ZipLoRA's merger training, one `train_step` at a time: the loop `core.train.fit` runs for every
+    method, so merges get the same progress bar, callbacks and Ctrl-C handling as training."""
+
+    def __init__(self, pipe, layers: dict[str, ZipLoraLinear], prompts: tuple[str, str], samplers, resolution: int,
+                 steps: int, lr: float, weight: float, generator: torch.Generator):
+        device = pipe.unet.device
+        self.unet, self.layers, self.samplers, self.generator, self.weight = pipe.unet, layers, samplers, generator, weight
+        self.embeds, self.pooled = encode_prompts(pipe, list(prompts), device)
+        self.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.time_ids = sdxl_time_ids(resolution).to(device)
+        self.mergers = [layer.mergers for layer in layers.values()]
+        self.shared = [layer for layer in layers.values() if all(layer.loras.values())]
+        # the reference's optimiser: AdamW, weight decay 1e-4, gradient clipping 1.0
+        self.optimizer = adamw(self.mergers, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4)
+        self.total_steps, self.step, self.should_stop, self.history, self.timings = steps, 0, False, [], {}
+
+    def _predict(self, alone: Branch | None, noisy, t, i: int) -> torch.Tensor:
+        for layer in self.layers.values():
+            layer.alone = alone
+        cond = {"text_embeds": self.pooled[i : i + 1], "time_ids": self.time_ids}
+        return self.unet(noisy, t, self.embeds[i : i + 1], added_cond_kwargs=cond).sample
+
+    def train_step(self) -> StepLog:
+        # One noise and one timestep for both latents, as the reference draws them.
+        noisy_content, noise, t = add_training_noise(self.scheduler, self.samplers[0](), self.generator)
+        noisy = (noisy_content, self.scheduler.add_noise(self.samplers[1](), noise, t))
+        with torch.no_grad():
+            targets = [self._predict(branch, noisy[i], t, i) for i, branch in enumerate(BRANCHES)]
+        mse = sum(F.mse_loss(self._predict(None, noisy[i], t, i).float(), targets[i].float()) for i in range(2))
+        overlap = torch.stack([layer.merger_overlap() for layer in self.shared]).sum() if self.shared else torch.zeros(())
+        loss = mse + self.weight * overlap
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.mergers, 1.0)
+        self.optimizer.step()
+        log = StepLog(self.step, loss.item(), mse.item(), overlap.item(), False)
+        self.step += 1
+        self.history.append(log)
+        return log
+
+
 def ziplora_merge(content: BranchSource, style: BranchSource, base, prompts: tuple[str, str],
                   resolution: int, steps: int = DEFAULTS["steps"], lr: float = DEFAULTS["lr"],
-                  weight: float = DEFAULTS["weight"], seed: int = 0, device: str = "auto") -> dict[str, torch.Tensor]:
-    """Learn the per-input-feature mergers on `device` over the resolved base model `base`; return
-    the merged LoRA (PEFT keys)."""
+                  weight: float = DEFAULTS["weight"], seed: int = 0, device: str = "auto",
+                  progress: bool = False, callbacks=()) -> dict[str, torch.Tensor]:
+    """Learn the per-input-feature mergers on `device` over the resolved base model `base` (with
+    `core.train.fit`, the callbacks seeing the loop); return the merged LoRA (PEFT keys)."""
+    from ..core.callbacks import ProgressBar
+
     if steps <= 0:
         raise UnZipLoRAError(f"ZipLoRA steps must be positive, got {steps}")
     if content.plain is None or style.plain is None:
@@ -131,35 +176,11 @@ def ziplora_merge(content: BranchSource, style: BranchSource, base, prompts: tup
     generator = torch.Generator().manual_seed(seed)
     pipe = base.load()
     pipe.to(torch_device)
-    embeds, pooled = encode_prompts(pipe, list(prompts), torch_device)
-    unet = pipe.unet.requires_grad_(False)
-    layers = inject_ziplora(unet, content.plain, style.plain)
+    pipe.unet.requires_grad_(False)
+    layers = inject_ziplora(pipe.unet, content.plain, style.plain)
     if not layers:
         raise UnZipLoRAError("the two LoRAs update no module of this base model; nothing to merge")
-    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     samplers = [_latent_sampler(s, pipe, resolution, generator) for s in (content, style)]
-    time_ids = sdxl_time_ids(resolution).to(torch_device)
-    mergers = [layer.mergers for layer in layers.values()]
-    shared = [layer for layer in layers.values() if all(layer.loras.values())]
-    optimizer = adamw(mergers, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4)
-
-    def predict(alone: Branch | None, noisy, t, i: int) -> torch.Tensor:
-        for layer in layers.values():
-            layer.alone = alone
-        cond = {"text_embeds": pooled[i : i + 1], "time_ids": time_ids}
-        return unet(noisy, t, embeds[i : i + 1], added_cond_kwargs=cond).sample
-
-    for _ in range(steps):
-        # One noise and one timestep for both latents, as the reference draws them.
-        noisy_content, noise, t = add_training_noise(scheduler, samplers[0](), generator)
-        noisy = (noisy_content, scheduler.add_noise(samplers[1](), noise, t))
-        with torch.no_grad():
-            targets = [predict(branch, noisy[i], t, i) for i, branch in enumerate(BRANCHES)]
-        loss = sum(F.mse_loss(predict(None, noisy[i], t, i).float(), targets[i].float()) for i in range(2))
-        if shared:
-            loss = loss + weight * torch.stack([layer.merger_overlap() for layer in shared]).sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(mergers, 1.0)
-        optimizer.step()
+    loop = ZipLoraLoop(pipe, layers, prompts, samplers, resolution, steps, lr, weight, generator)
+    fit(loop, [ProgressBar(progress, "ziplora merge"), *callbacks])
     return merged_lora(layers)
