@@ -29,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from unziplora.core.data import sdxl_time_ids
+from unziplora.models.families import sdxl_time_ids
 from unziplora.errors import UnZipLoRAError
 from .architecture import TinySDXLSpec, tiny_sdxl_components
 from unziplora.toyworld.world import WORLD_WORDS

@@ -140,7 +140,7 @@ def decompose(
                 **chosen.manifest_fields(spec, loop),
             })
             record = Manifest.from_dict(manifest, tmp / MANIFEST_FILE)  # the schema every reader checks
-            write_model_card(tmp, record, picture, out_dir, chosen.card)
+            write_model_card(tmp, record, picture, out_dir, chosen.card, spec.base.family.pipeline)
             # The manifest last, in one rename: a folder with a manifest holds every output (_holds_finished_run).
             write_text_atomic(tmp / MANIFEST_FILE, json.dumps(record.to_dict(), indent=2))
         # Only now, with every output written: until here a failure can still resume from it.

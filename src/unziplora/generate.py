@@ -1,6 +1,6 @@
 """Generation with a decomposition: content alone, style alone, both, or across runs (docs/method.md §7).
 
-- content / style: the branch as an ordinary LoRA in a stock StableDiffusionXLPipeline
+- content / style: the branch as an ordinary LoRA in the base model's stock diffusers pipeline
   (`load_lora_weights`), prompted with one ordinary prompt.
 - both: the two-branch layers with their mergers and prompt separation: the user's prompt gives
   p, p_c and p_s (arXiv 2412.04465, Sec. 3, "Prompt separation", used at inference as in the
@@ -29,6 +29,7 @@ from .core.sampling import Conditioning, sample_images, step_batch
 from .core.inject import inject_two_branch_lora
 from .methods import Combine, plugin
 from .models.base import BaseModel
+from .models.families import family_of
 from .models.loading import check_resolution, pick_device
 from .models.profiles import INFERENCE_PROFILE
 from .core.prompts import CONTENT_TAG, STYLE_TAG, check_length, encode_prompts, expand_tags, split_prompt
@@ -189,10 +190,11 @@ def _conditioning(pipe, plan: Plan, prompt: str, num_images: int, fused: bool) -
     lora.load_branch(content.branch_state(lora), Branch.CONTENT, str(content.path))
     lora.load_branch(style.branch_state(lora), Branch.STYLE, str(style.path))
     lora.set_masking(True)
-    cond = Conditioning(embeds[0:1], pooled[0:1], embeds[1:2], embeds[2:3])
-    if fused:
-        batch = [step_batch(e, num_images, plan.sample.guidance_scale).to(pipe.unet.device, pipe.unet.dtype)
-                 for e in (cond.combined, cond.content, cond.style)]
+    cond = Conditioning(embeds[0:1], None if pooled is None else pooled[0:1], embeds[1:2], embeds[2:3])
+    if fused:  # every K/V is cached, the unconditional half's too: what the family's pipeline gives it
+        family = family_of(pipe)
+        batch = [step_batch(e, num_images, plan.sample.guidance_scale, family.unconditional(pipe, e))
+                 .to(pipe.unet.device, pipe.unet.dtype) for e in (cond.combined, cond.content, cond.style)]
         fuse_for_generation(pipe.unet, *batch)
         cond = Conditioning(cond.combined, cond.pooled)  # K/V are cached in the processors now
     return cond, {"combined": triple.combined, "content": triple.content, "style": triple.style}

@@ -26,17 +26,18 @@ def test_corrupt_state_file_in_a_run_folder(tiny_run, tmp_path, capsys):
     assert "corrupt" in err and "\n" not in err.strip()
 
 
-def test_cli_refuses_a_folder_that_is_not_sdxl(tiny_base, tiny_image, tmp_path, capsys):
-    fake = tmp_path / "sd15"
+def test_cli_refuses_a_pipeline_of_an_unsupported_family(tiny_base, tiny_image, tmp_path, capsys):
+    fake = tmp_path / "kandinsky"
     shutil.copytree(tiny_base, fake)
-    index = (fake / "model_index.json").read_text().replace("StableDiffusionXLPipeline", "StableDiffusionPipeline")
+    index = (fake / "model_index.json").read_text().replace("StableDiffusionXLPipeline", "KandinskyV22Pipeline")
     (fake / "model_index.json").write_text(index)
     tiny_image.save(tmp_path / "in.png")
     argv = ["decompose", str(tmp_path / "in.png"), "--subject", "cat", "--style", "x", "--out", str(tmp_path / "o"),
             "--base-model", str(fake), "--steps", "1", "--resolution", "32", "--quiet"]
     assert main(argv) == 2
-    assert "not an SDXL-shaped" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "sd15"]  # no OUT, no OUT.partial
+    assert "holds a KandinskyV22Pipeline; unziplora supports StableDiffusionXLPipeline, StableDiffusionPipeline" in (
+        capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "kandinsky"]  # no OUT, no OUT.partial
 
 
 def test_sources_never_unpickle_or_run_remote_code():

@@ -13,6 +13,7 @@ makes the README's.
 
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -208,8 +209,10 @@ def test_the_whole_job_in_a_browser(server, page, setup, tmp_path, shots, monkey
     for field, value in (("uz-steps", steps), ("uz-previews-per-run", 3)):
         page.fill(f"#{field} input", str(value))
         page.press(f"#{field} input", "Tab")  # a number is sent when it loses focus
+    page.wait_for_timeout(500)  # a loaded machine commits the typed numbers later than the click
     page.click("#uz-decompose")
-    message(page).filter(has_text=f"decompose {name} ({steps} steps)").wait_for()  # queued, then running
+    message(page).filter(has_text=re.compile(rf"decompose {name} \(\d+ steps\)")).wait_for()  # queued, then running
+    assert f"({steps} steps)" in message(page).inner_text(), message(page).inner_text()  # the form's count, not the default
     seen = set()
     deadline = time.monotonic() + WAIT_MS / 1000
     while time.monotonic() < deadline:

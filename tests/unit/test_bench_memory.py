@@ -124,3 +124,14 @@ def test_peft_baseline_in_fp16_keeps_lora_in_fp32_and_trains_it():
     assert any(not torch.equal(before[n], p) for n, p in lora.items())
     assert all(p.dtype == torch.float16 for n, p in unet.named_parameters() if n not in lora)
 
+
+
+def test_branch_sizes_of_the_full_size_architectures_on_the_meta_device():
+    from unziplora.bench.memory import branch_parameters
+    from unziplora.models.architectures import sd15_unet_config, sdxl_unet_config
+
+    sdxl = branch_parameters(sdxl_unet_config(), 64)
+    assert round(sdxl["unet"] / 1e9, 2) == 2.57 and round(sdxl["branch"] / 1e6, 1) == 92.9  # README's SDXL numbers
+    sd15 = branch_parameters(sd15_unet_config(), 64)
+    assert round(sd15["unet"] / 1e6, 1) == 859.5
+    assert 0 < sd15["branch"] < sdxl["branch"] and sd15["branch"] % 64 == 0

@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="unziplora",
-        description="Split one image into a content LoRA (the subject) and a style LoRA (the look) for SDXL "
+        description="Split one image into a content LoRA (the subject) and a style LoRA (the look) for SDXL or SD 1.5 "
                     "(UnZipLoRA, arXiv 2412.04465).",
         epilog="Start with: unziplora demo   (a CPU-sized example on the embedded toy-world model). "
                "Help for a command: unziplora COMMAND --help")

@@ -64,10 +64,6 @@ class RandomLatents:
         side = self.resolution // 8
         return torch.randn(1, 4, side, side, generator=generator), (0, 0)
 
-    def time_ids(self) -> torch.Tensor:
-        r = self.resolution
-        return torch.tensor([[r, r, 0, 0, r, r]], dtype=torch.float32)
-
 
 def sdxl_unet():
     from diffusers import UNet2DConditionModel
@@ -83,15 +79,14 @@ def _noise_scheduler():
     return DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)  # SDXL's training betas
 
 
-def _random_embeds(unet, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Prompt embeddings of the shapes `unet` takes (SDXL: 77 x 2048 states, 1280 pooled)."""
+def _random_embeds(unet, generator: torch.Generator):
+    """Prompt embeddings of the shapes `unet` takes (SDXL: 77 x 2048 states, 1280 pooled), as an `EmbeddedTriple`."""
+    from ..core.prompts import Embedded, EmbeddedTriple
+
     c = unet.config
     pooled_dim = c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim
-    out = {}
-    for name in ("combined", "content", "style"):
-        out[name] = torch.randn(1, 77, c.cross_attention_dim, generator=generator)
-        out[f"{name}_pooled"] = torch.randn(1, pooled_dim, generator=generator)
-    return out
+    return EmbeddedTriple(*(Embedded(torch.randn(1, 77, c.cross_attention_dim, generator=generator),
+                                     torch.randn(1, pooled_dim, generator=generator)) for _ in range(3)))
 
 
 def sdxl_trainer(unet, resolution: int, rank: int, checkpointing: bool, profile=None,
@@ -111,7 +106,8 @@ def sdxl_trainer(unet, resolution: int, rank: int, checkpointing: bool, profile=
     if checkpointing:
         unet.enable_gradient_checkpointing()
     generator = torch.Generator().manual_seed(0)
-    embeds = {k: v.to(device) for k, v in _random_embeds(unet, generator).items()}
+    random = _random_embeds(unet, generator)
+    embeds = type(random)(*(e.to(device) for e in (random.combined, random.content, random.style)))
     return Trainer(config, SimpleNamespace(unet=unet), lora, RandomLatents(resolution), embeds,
                    device, dtype, build_optimizer(config, lora), _noise_scheduler(), generator,
                    torch.amp.GradScaler(device.type, enabled=dtype == torch.float16))
@@ -137,6 +133,25 @@ def parameter_counts(trainer) -> dict[str, int]:
     base = sum(p.numel() for p in trainer.pipe.unet.parameters() if id(p) not in ours)
     return {"unet_base": base, "content_branch": branch["content"], "style_branch": branch["style"],
             "mergers": mergers, "optimizer_state": 2 * (branch["content"] + branch["style"] + mergers)}
+
+
+def branch_parameters(unet_config: dict, rank: int) -> dict[str, int]:
+    """Parameters of the UNet and of ONE UnZipLoRA branch of `rank` on every attention projection
+    (A: rank x in, B: out x rank per projection; mergers: out), counted on the meta device."""
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    from ..core.inject import PROJECTIONS, attention_modules
+
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(unet_config)
+    branch = mergers = 0
+    for _, attn in attention_modules(unet):
+        for name in PROJECTIONS:
+            layer = attn.to_out[0] if name == "to_out.0" else getattr(attn, name)
+            branch += rank * (layer.in_features + layer.out_features)
+            mergers += layer.out_features
+    return {"unet": sum(p.numel() for p in unet.parameters()), "branch": branch, "mergers_per_branch": mergers}
 
 
 def run_child(method: str, resolution: int, checkpointing: bool, rank: int, repeats: int) -> dict:

@@ -34,6 +34,7 @@ from ..methods.single_lora import target_modules
 from ..models.profiles import INFERENCE_PROFILE, resolve_profile
 from ..core.prompts import training_prompts
 from ..core.train import Trainer, adamw, diffusion_mse
+from ..models.families import SDXL
 from . import write_report
 
 
@@ -72,13 +73,13 @@ def _trainer(base, image, rank: int, resolution: int) -> Trainer:
     return trainer
 
 
-def peft_baseline_step(unet, latents, embeds: dict, rank: int, noise_scheduler, same_optimizer: bool = True,
-                       dtype: torch.dtype = torch.float32):
+def peft_baseline_step(unet, latents, embeds, rank: int, noise_scheduler, same_optimizer: bool = True,
+                       dtype: torch.dtype = torch.float32, family=SDXL):
     """One plain PEFT LoRA training step on every attention projection, as a closure: the baseline.
 
     Same targets, rank and loss as ours, and our optimiser unless `same_optimizer` is False (then
     torch's default AdamW, as diffusers' DreamBooth-LoRA script builds it); `latents` has
-    `sample`/`time_ids` like `CroppedLatents`, `embeds` the combined prompt's states and pooled embedding.
+    `sample`/`resolution` like `CroppedLatents`, `embeds` the trainer's (`EmbeddedTriple`: p's states and pooled).
     With a `dtype` below fp32 (the UNet's weights, on a GPU) it trains as diffusers' DreamBooth-LoRA
     script does: LoRA parameters in fp32, autocast, loss scaling for fp16.
     """
@@ -92,13 +93,13 @@ def peft_baseline_step(unet, latents, embeds: dict, rank: int, noise_scheduler, 
     optimizer = adamw(params, **settings) if same_optimizer else torch.optim.AdamW(params, **settings)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     generator = torch.Generator().manual_seed(0)
-    states, pooled = embeds["combined"].to(device, dtype), embeds["combined_pooled"].to(device, dtype)
+    states = embeds.combined.states.to(device, dtype)
+    added = family.added_cond(embeds.combined.pooled, latents.resolution, 1, device, dtype)
 
     def step():
         t0 = time.perf_counter()
         latent, _ = latents.sample(generator)
-        kwargs = {"encoder_hidden_states": states, "added_cond_kwargs": {
-            "text_embeds": pooled, "time_ids": latents.time_ids().to(device, dtype)}}
+        kwargs = {"encoder_hidden_states": states, "added_cond_kwargs": added}
         loss = diffusion_mse(unet, noise_scheduler, latent.to(device), generator, dtype, kwargs)
         optimizer.zero_grad(set_to_none=True)
         t1 = time.perf_counter()
@@ -131,7 +132,7 @@ def train_step_times(base: str, trainer: Trainer, rank: int, repeats: int) -> tu
     steps = {"ours": (trainer.train_step, lambda: trainer.last_phases)}
     for name, same, r in (("peft", True, rank), ("peft_default_adamw", False, rank), ("peft_rank_2r", True, 2 * rank)):
         step = peft_baseline_step(base.load().unet, trainer.latents, trainer.embeds, r,
-                                  trainer.noise_scheduler, same_optimizer=same)
+                                  trainer.noise_scheduler, same_optimizer=same, family=trainer.family)
         steps[name] = (step, lambda step=step: step.last_phases)
     phases = {name: [] for name in steps}
 
@@ -154,7 +155,7 @@ def inference_times(base: str, trainer: Trainer, rank: int, resolution: int, ste
     state = trainer.lora.state_dict()
     e = trainer.embeds
     sample = SampleConfig(steps=steps, seeds=[0])
-    plain = Conditioning(e["combined"], e["combined_pooled"])
+    plain = Conditioning(e.combined.states, e.combined.pooled)
     pipes = {"base": base.load()}
     for name, branches in (("combined", (Branch.CONTENT, Branch.STYLE)), ("content_fused", (Branch.CONTENT,))):
         pipe = pipes[name] = base.load()
@@ -163,7 +164,7 @@ def inference_times(base: str, trainer: Trainer, rank: int, resolution: int, ste
             lora.load_branch(state, branch)
         lora.set_active(set(branches))
         separated = len(branches) == 2
-        batch = [step_batch(x, 1, sample.guidance_scale) for x in (e["combined"], e["content"], e["style"])]
+        batch = [step_batch(x.states, 1, sample.guidance_scale) for x in (e.combined, e.content, e.style)]
         fuse_for_generation(pipe.unet, batch[0], batch[1] if separated else None, batch[2] if separated else None)
     generate = {name: (lambda p=p: sample_images(p, plain, sample, resolution)) for name, p in pipes.items()}
     return Timing.interleaved(generate, repeats)

@@ -22,14 +22,6 @@ MIN_IMAGE_SIDE = 8
 MAX_IMAGE_PIXELS = 8192 * 8192  # decompression-bomb guard
 
 
-def sdxl_time_ids(size: int, crop: tuple[int, int] = (0, 0), original_size: tuple[int, int] | None = None,
-                  n: int = 1) -> torch.Tensor:
-    """SDXL add_time_ids for n images: original size, crop coordinates, target size (arXiv 2307.01952,
-    Sec. 2.2); the original size defaults to the target's (an uncropped image generated at `size`)."""
-    values = [*(original_size or (size, size)), *crop, size, size]
-    return torch.tensor([values], dtype=torch.float32).expand(n, -1)
-
-
 def load_image(source) -> Image.Image:
     """An RGB image from a path or a PIL image; odd-but-valid files are normalised, not refused.
 
@@ -175,12 +167,6 @@ class CroppedLatents:
         config = self.vae.config
         shift = getattr(config, "shift_factor", None) or 0.0
         return (latent - shift) * config.scaling_factor, (top, left)
-
-    def time_ids(self) -> torch.Tensor:
-        """SDXL add_time_ids (1, 6) for every crop: (res, res, 0, 0, res, res), the ids a stock
-        SDXL pipeline passes when it generates at this resolution, so training conditions the
-        UNet as generation will (the authors' `compute_time_ids`)."""
-        return sdxl_time_ids(self.resolution)
 
     @property
     def cached_crops(self) -> int:

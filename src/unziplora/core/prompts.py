@@ -1,4 +1,4 @@
-"""Prompts: the three training prompts, user prompts with <c>/<s>, and SDXL encoding.
+"""Prompts: the three training prompts, user prompts with <c>/<s>, and their encoding (by the model's family).
 
 UnZipLoRA (arXiv 2412.04465, Sec. 3, "Prompt separation") trains with three prompts per
 image: combined p = "A <c> {class} in {style} style", content p_c = "A <c> {class}" and
@@ -15,6 +15,7 @@ import torch
 
 from ..config import PromptConfig
 from ..errors import UnZipLoRAError
+from ..models.families import family_of
 
 CONTENT_TAG = "<c>"
 STYLE_TAG = "<s>"
@@ -113,14 +114,34 @@ def check_length(tokenizer, prompt: str) -> str | None:
 
 
 @torch.no_grad()
-def encode_prompts(pipe, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """SDXL embeddings of each prompt: (penultimate states of both encoders, pooled), via diffusers.
+def encode_prompts(pipe, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each prompt's text states (N, 77, D) and pooled embedding (N, P; None where the base model's
+    family has none), as the family encodes them (models/families.py; SDXL: both encoders'
+    penultimate states and the second's pooled projection, arXiv 2307.01952, Sec. 2.1)."""
+    return family_of(pipe).encode(pipe, prompts, device)
 
-    Uses StableDiffusionXLPipeline.encode_prompt (arXiv 2307.01952, Sec. 2.1: the two text
-    encoders' penultimate hidden states concatenated, pooled embedding of the second).
-    Returns (N, 77, D) and (N, P).
-    """
-    embeds, _, pooled, _ = pipe.encode_prompt(
-        prompt=prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
-    )
-    return embeds, pooled
+
+@dataclass(frozen=True)
+class Embedded:
+    """One encoded prompt: its text states (1, 77, D) and pooled embedding (1, P) or None."""
+
+    states: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+    def to(self, device) -> "Embedded":
+        return Embedded(self.states.to(device), None if self.pooled is None else self.pooled.to(device))
+
+
+@dataclass(frozen=True)
+class EmbeddedTriple:
+    """p, p_c and p_s encoded (arXiv 2412.04465, Sec. 3, "Prompt separation")."""
+
+    combined: Embedded
+    content: Embedded
+    style: Embedded
+
+
+def encode_triple(pipe, prompts: PromptTriple, device) -> EmbeddedTriple:
+    states, pooled = encode_prompts(pipe, [prompts.combined, prompts.content, prompts.style], device)
+    one = [Embedded(states[i : i + 1], None if pooled is None else pooled[i : i + 1]) for i in range(3)]
+    return EmbeddedTriple(*one)

@@ -8,15 +8,17 @@ import torch
 from PIL import Image
 
 from ..config import SampleConfig
+from ..models.families import family_of
 from .attention import CONTENT_KWARG, STYLE_KWARG
 
 
 @dataclass
 class Conditioning:
-    """Prompt embeddings for one generation: combined (1, 77, D), pooled (1, P), optional branches."""
+    """Prompt embeddings for one generation: combined (1, 77, D), pooled (1, P; None where the
+    family has none), optional branch inputs."""
 
     combined: torch.Tensor
-    pooled: torch.Tensor
+    pooled: torch.Tensor | None = None
     content: torch.Tensor | None = None
     style: torch.Tensor | None = None
 
@@ -24,11 +26,11 @@ class Conditioning:
 @torch.no_grad()
 def sample_images(pipe, cond: Conditioning, sample: SampleConfig, resolution: int | None, num_images: int = 1,
                   progress: bool = False, on_step=None) -> list[Image.Image]:
-    """Run the SDXL pipeline once per seed from precomputed embeddings.
+    """Run the base model's pipeline once per seed from precomputed embeddings.
 
-    The unconditional half of classifier-free guidance uses zero embeddings, as SDXL does for
-    an empty negative prompt (force_zeros_for_empty_prompt); the branch inputs get the same
-    zeros there, so unconditional K/V carry no prompt in any branch. `sample.guidance_rescale`
+    The unconditional half of classifier-free guidance sees what the family's pipeline gives it
+    (models/families.py: SDXL zeros, force_zeros_for_empty_prompt; SD the empty prompt), and the
+    branch inputs get the same there, so unconditional K/V carry no prompt in any branch. `sample.guidance_rescale`
     is CFG rescale (arXiv 2305.08891, Sec. 3.4), which zero-terminal-SNR models need. With
     `progress`, one bar counts the denoising steps of every seed; `on_step(done, total)` is told
     the same count (the web page's progress).
@@ -49,18 +51,19 @@ def sample_images(pipe, cond: Conditioning, sample: SampleConfig, resolution: in
 
     device = pipe.unet.device
     dtype = pipe.unet.dtype
+    family = family_of(pipe)
     extra = {}
     for key, branch_embeds in ((CONTENT_KWARG, cond.content), (STYLE_KWARG, cond.style)):
         if branch_embeds is not None:
-            extra[key] = step_batch(branch_embeds, num_images, sample.guidance_scale).to(device, dtype)
+            extra[key] = step_batch(branch_embeds, num_images, sample.guidance_scale,
+                                    family.unconditional(pipe, branch_embeds)).to(device, dtype)
+    pooled = None if cond.pooled is None else cond.pooled.to(device, dtype)
+    embeds = {k: v.to(device, dtype) for k, v in family.pipeline_embeds(pipe, cond.combined.to(device), pooled).items()}
     images = []
     for seed in sample.seeds:
         generator = torch.Generator().manual_seed(int(seed))
         out = pipe(
-            prompt_embeds=cond.combined.to(device, dtype),
-            pooled_prompt_embeds=cond.pooled.to(device, dtype),
-            negative_prompt_embeds=torch.zeros_like(cond.combined).to(device, dtype),
-            negative_pooled_prompt_embeds=torch.zeros_like(cond.pooled).to(device, dtype),
+            **embeds,
             num_images_per_prompt=num_images,
             num_inference_steps=sample.steps,
             guidance_scale=sample.guidance_scale,
@@ -77,9 +80,14 @@ def sample_images(pipe, cond: Conditioning, sample: SampleConfig, resolution: in
     return images
 
 
-def step_batch(embeds: torch.Tensor | None, num_images: int, guidance_scale: float) -> torch.Tensor | None:
-    """The text-embedding batch the UNet sees at every step: [zeros; embeds] x num_images under CFG."""
+def step_batch(embeds: torch.Tensor | None, num_images: int, guidance_scale: float,
+               unconditional: torch.Tensor | None = None) -> torch.Tensor | None:
+    """The text-embedding batch the UNet sees at every step: [unconditional; embeds] x num_images
+    under CFG (the unconditional states default to zeros, SDXL's)."""
     if embeds is None:
         return None
     batch = embeds.repeat(num_images, 1, 1)
-    return torch.cat([torch.zeros_like(batch), batch]) if guidance_scale > 1.0 else batch
+    if guidance_scale <= 1.0:
+        return batch
+    empty = torch.zeros_like(batch) if unconditional is None else unconditional.to(batch).repeat(num_images, 1, 1)
+    return torch.cat([empty, batch])

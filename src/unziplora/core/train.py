@@ -29,7 +29,8 @@ from ..errors import UnZipLoRAError
 from .columns import CONE_LOSS_SCALE
 from .inject import TwoBranchLoRA, inject_two_branch_lora
 from ..models.profiles import Profile, uniform_profile
-from .prompts import PromptTriple, encode_prompts
+from ..models.families import SDXL, Family, family_of
+from .prompts import EmbeddedTriple, PromptTriple, encode_triple
 
 
 class NonFiniteLoss(UnZipLoRAError):
@@ -59,7 +60,7 @@ class Trainer:
     pipe: object
     lora: TwoBranchLoRA
     latents: CroppedLatents
-    embeds: dict[str, torch.Tensor]  # "combined", "content", "style": (1, 77, D); "<name>_pooled": (1, P)
+    embeds: EmbeddedTriple  # p, p_c, p_s: text states (1, 77, D) and pooled (1, P) where the family has one
     device: torch.device
     dtype: torch.dtype
     optimizer: torch.optim.Optimizer
@@ -73,20 +74,17 @@ class Trainer:
     timings: dict[str, float] = field(default_factory=dict)
     # Seconds spent in the last step's forward (through the loss), backward and update (bench speed).
     last_phases: dict[str, float] = field(default_factory=dict)
+    family: Family = SDXL  # what the UNet is conditioned on beside the text (models/families.py)
 
     @classmethod
     def prepare(cls, config, pipe, image, prompts: PromptTriple, profile: Profile, device, dtype):
         """Encode the three prompts once and release the text encoders; inject the LoRA; build the optimiser."""
         t0 = time.perf_counter()
-        pipe.text_encoder.to(device)
-        pipe.text_encoder_2.to(device)
-        embeds, pooled = encode_prompts(pipe, [prompts.combined, prompts.content, prompts.style], device)
-        named = {}
-        for i, name in enumerate(("combined", "content", "style")):
-            named[name], named[f"{name}_pooled"] = embeds[i : i + 1], pooled[i : i + 1]
+        for encoder in text_encoders(pipe):
+            encoder.to(device)
+        embeds = encode_triple(pipe, prompts, device)
         # The text encoders are not needed again: free them before the loop.
-        pipe.text_encoder, pipe.text_encoder_2 = None, None
-        gc.collect()
+        release_text_encoders(pipe)
 
         pipe.vae.to(device)
         latents = CroppedLatents(image, config.train.resolution, pipe.vae, device)
@@ -105,10 +103,11 @@ class Trainer:
         optimizer = build_optimizer(config, lora)
         generator = torch.Generator().manual_seed(config.train.seed)
         trainer = cls(
-            config, pipe, lora, latents, {k: v.to(device) for k, v in named.items()}, device, dtype,
+            config, pipe, lora, latents, EmbeddedTriple(*(e.to(device) for e in (embeds.combined, embeds.content,
+                                                                                  embeds.style))), device, dtype,
             optimizer, noise_scheduler, generator,
             # fp16 gradients of small LoRA updates underflow without loss scaling.
-            torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+            torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), family=family_of(pipe),
         )
         trainer.timings["prepare_s"] = time.perf_counter() - t0
         return trainer
@@ -131,18 +130,16 @@ class Trainer:
         return masks.enabled and step % masks.refresh_every == 0
 
     def unet_kwargs(self, batch: int) -> dict:
-        """The UNet's conditioning for a batch: p for the base, p_c and p_s for the branches, and
-        SDXL's time ids as generation uses them (`CroppedLatents.time_ids`)."""
+        """The UNet's conditioning for a batch: p for the base, p_c and p_s for the branches, and what
+        else the family conditions on (SDXL: p's pooled embedding and the time ids generation uses)."""
         e = self.embeds
         return {
-            "encoder_hidden_states": e["combined"].expand(batch, -1, -1).to(self.dtype),
-            "added_cond_kwargs": {
-                "text_embeds": e["combined_pooled"].expand(batch, -1).to(self.dtype),
-                "time_ids": self.latents.time_ids().expand(batch, -1).to(self.device, self.dtype),
-            },
+            "encoder_hidden_states": e.combined.states.expand(batch, -1, -1).to(self.dtype),
+            "added_cond_kwargs": self.family.added_cond(e.combined.pooled, self.latents.resolution, batch,
+                                                        self.device, self.dtype),
             "cross_attention_kwargs": {
-                CONTENT_KWARG: e["content"].expand(batch, -1, -1).to(self.dtype),
-                STYLE_KWARG: e["style"].expand(batch, -1, -1).to(self.dtype),
+                CONTENT_KWARG: e.content.states.expand(batch, -1, -1).to(self.dtype),
+                STYLE_KWARG: e.style.states.expand(batch, -1, -1).to(self.dtype),
             },
         }
 
@@ -261,6 +258,21 @@ def warn_ties(step: int, tied: list[str], threshold: float) -> None:
     tqdm.write(f"warning: step {step}: {layers} tie (first: {tied[0]}): every column has the same cone score at "
                f"masks.cone_threshold {threshold:g}; their columns are picked by the cone's magnitude alone "
                "(by index where that ties too)", file=sys.stderr)
+
+
+def text_encoders(pipe) -> list:
+    """The pipeline's text encoders (SDXL has two, SD one)."""
+    return [m for m in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)) if m is not None]
+
+
+def release_text_encoders(pipe) -> None:
+    """Free the text encoders once every prompt is encoded: training never needs them again (what the
+    family's unconditional input needs for previews is encoded first)."""
+    family_of(pipe).keep_unconditional(pipe)
+    for name in ("text_encoder", "text_encoder_2"):
+        if getattr(pipe, name, None) is not None:
+            setattr(pipe, name, None)
+    gc.collect()
 
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")

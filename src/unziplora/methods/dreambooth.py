@@ -58,13 +58,11 @@ class SingleLoraPlugin(MethodPlugin):
         return SingleLoraLoop(pipe, image, single, device, dtype, priors)
 
     def write_weights(self, loop, folder: Path) -> dict[str, str]:
-        from diffusers import StableDiffusionXLPipeline
-
         state = loop.lora_state()
         loop.release()
         for branch in (Branch.CONTENT, Branch.STYLE):
             part = keep_modules(state, self.parts[branch]) if self.parts[branch] else state
-            StableDiffusionXLPipeline.save_lora_weights(
+            loop.family.pipeline_class().save_lora_weights(
                 folder / f"{branch.value}_lora", unet_lora_layers=part, weight_name=LORA_WEIGHT_NAME,
                 safe_serialization=True)
         return {"content_lora": f"content_lora/{LORA_WEIGHT_NAME}", "style_lora": f"style_lora/{LORA_WEIGHT_NAME}"}

@@ -56,8 +56,6 @@ def merge(content: str | Path, style: str | Path, out_dir: str | Path, method: M
         method = MergeMethod(method)
     except ValueError:
         raise UnZipLoRAError(choice_error("merge method", method, MergeMethod)) from None
-    from diffusers import StableDiffusionXLPipeline
-
     from ..models.base import BaseModel
 
     runs = BranchSource.run_of(content), BranchSource.run_of(style)
@@ -84,7 +82,7 @@ def merge(content: str | Path, style: str | Path, out_dir: str | Path, method: M
                                progress=progress)
     with atomic_output_dir(out_dir, force) as tmp:
         # Ranks differ per module, so no single alpha: diffusers then uses alpha = rank (scale 1).
-        StableDiffusionXLPipeline.save_lora_weights(
+        (next((b for b in bases if b), None) or BaseModel.resolve()).family.pipeline_class().save_lora_weights(
             tmp, unet_lora_layers=merged, weight_name=LORA_WEIGHT_NAME, safe_serialization=True
         )
     return Path(out_dir)

@@ -23,7 +23,8 @@ from ..config import TrainConfig
 from ..core.data import CroppedLatents
 from ..core.inject import PROJECTIONS, attention_modules
 from ..core.prompts import encode_prompts
-from ..core.train import NonFiniteLoss, StepLog, diffusion_mse, fit, make_optimizer, prediction_type
+from ..core.train import NonFiniteLoss, StepLog, diffusion_mse, fit, make_optimizer, prediction_type, text_encoders
+from ..models.families import family_of
 
 
 @dataclass
@@ -70,12 +71,14 @@ class SingleLoraLoop:
         prediction_type(self.scheduler)  # an unsupported objective fails before any work
         torch.manual_seed(spec.seed)
         self.generator = torch.Generator().manual_seed(spec.seed)
-        pipe.text_encoder.to(self.device)
-        pipe.text_encoder_2.to(self.device)
+        self.family = family_of(pipe)
+        for encoder in text_encoders(pipe):
+            encoder.to(self.device)
         texts = [spec.prompt] + ([spec.prior_prompt or spec.prompt] if prior_images else [])
         embeds, pooled = encode_prompts(pipe, texts, self.device)
-        self.embeds, self.pooled = embeds[:1], pooled[:1]
-        self.prior_embeds, self.prior_pooled = embeds[-1:], pooled[-1:]  # the class prompt's (unused without priors)
+        self.embeds, self.pooled = embeds[:1], None if pooled is None else pooled[:1]
+        # the class prompt's (unused without priors)
+        self.prior_embeds, self.prior_pooled = embeds[-1:], None if pooled is None else pooled[-1:]
         self.unet = unet = pipe.unet.to(self.device, dtype)
         unet.requires_grad_(False)
         names = target_modules(unet, spec.module_prefixes)
@@ -99,8 +102,7 @@ class SingleLoraLoop:
     def _mse(self, data: CroppedLatents, states, pooled_states) -> torch.Tensor:
         latent, _ = data.sample(self.generator)
         kwargs = {"encoder_hidden_states": states.to(self.dtype),
-                  "added_cond_kwargs": {"text_embeds": pooled_states.to(self.dtype),
-                                        "time_ids": data.time_ids().to(self.device, self.dtype)}}
+                  "added_cond_kwargs": self.family.added_cond(pooled_states, data.resolution, 1, self.device, self.dtype)}
         return diffusion_mse(self.unet, self.scheduler, latent.to(self.device), self.generator, self.dtype, kwargs)
 
     def train_step(self) -> StepLog:

@@ -37,15 +37,13 @@ class UnZipLoRA(MethodPlugin):
     def write_weights(self, loop, folder: Path) -> dict[str, str]:
         """The full state for combined use (A, B, m, M of both branches), and each branch alone as an
         ordinary diffusers LoRA, M (.) B A without the mergers, as the authors export it."""
-        from diffusers import StableDiffusionXLPipeline
-
         from ..core.inject import PROJECTIONS
 
         lora = loop.lora
         metadata = {"format": "unziplora", "format_version": str(RUN_FORMAT_VERSION), "rank": str(lora.rank)}
         save_safetensors(lora.state_dict(), folder / STATE_FILE, metadata)
         for branch in (Branch.CONTENT, Branch.STYLE):
-            StableDiffusionXLPipeline.save_lora_weights(
+            loop.family.pipeline_class().save_lora_weights(
                 folder / f"{branch.value}_lora", unet_lora_layers=lora.ordinary_lora(branch),
                 weight_name=LORA_WEIGHT_NAME, safe_serialization=True,
                 # alpha = r: the update is applied at scale 1, as trained.
@@ -61,9 +59,10 @@ class UnZipLoRA(MethodPlugin):
                                   seeds=cfg.sample.seeds[:seed_count], guidance_rescale=cfg.sample.guidance_rescale)
         images = []
         plans = [
-            ({Branch.CONTENT}, Conditioning(e["content"], e["content_pooled"])),
-            ({Branch.STYLE}, Conditioning(e["style"], e["style_pooled"])),
-            ({Branch.CONTENT, Branch.STYLE}, Conditioning(e["combined"], e["combined_pooled"], e["content"], e["style"])),
+            ({Branch.CONTENT}, Conditioning(e.content.states, e.content.pooled)),
+            ({Branch.STYLE}, Conditioning(e.style.states, e.style.pooled)),
+            ({Branch.CONTENT, Branch.STYLE},
+             Conditioning(e.combined.states, e.combined.pooled, e.content.states, e.style.states)),
         ]
         for branches, cond in plans:
             lora.set_active(branches)

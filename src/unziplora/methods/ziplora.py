@@ -30,7 +30,8 @@ from torch import nn
 
 from ..core.layer import BRANCHES
 from ..names import Branch
-from ..core.data import CroppedLatents, load_image, sdxl_time_ids
+from ..core.data import CroppedLatents, load_image
+from ..models.families import family_of
 from ..errors import UnZipLoRAError
 from ..models.loading import pick_device
 from ..core.prompts import encode_prompts
@@ -128,7 +129,7 @@ class ZipLoraLoop:
         self.unet, self.layers, self.samplers, self.generator, self.weight = pipe.unet, layers, samplers, generator, weight
         self.embeds, self.pooled = encode_prompts(pipe, list(prompts), device)
         self.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        self.time_ids = sdxl_time_ids(resolution).to(device)
+        self.family, self.resolution = family_of(pipe), resolution
         self.mergers = [layer.mergers for layer in layers.values()]
         self.shared = [layer for layer in layers.values() if all(layer.loras.values())]
         # the reference's optimiser: AdamW, weight decay 1e-4, gradient clipping 1.0
@@ -138,7 +139,8 @@ class ZipLoraLoop:
     def _predict(self, alone: Branch | None, noisy, t, i: int) -> torch.Tensor:
         for layer in self.layers.values():
             layer.alone = alone
-        cond = {"text_embeds": self.pooled[i : i + 1], "time_ids": self.time_ids}
+        pooled = None if self.pooled is None else self.pooled[i : i + 1]
+        cond = self.family.added_cond(pooled, self.resolution, 1, noisy.device, noisy.dtype)
         return self.unet(noisy, t, self.embeds[i : i + 1], added_cond_kwargs=cond).sample
 
     def train_step(self) -> StepLog:

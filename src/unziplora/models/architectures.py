@@ -68,3 +68,17 @@ def small_sdxl_unet_config() -> dict:
     return {**sdxl_unet_config(), "block_out_channels": [32, 64, 64], "attention_head_dim": [2, 2, 4],
             "transformer_layers_per_block": [1, 1, 1], "cross_attention_dim": 64, "addition_time_embed_dim": 8,
             "projection_class_embeddings_input_dim": 6 * 8 + 32, "norm_num_groups": 8, "sample_size": 8}
+
+
+def sd15_unet_config() -> dict:
+    """The UNet config of Stable Diffusion 1.5 (runwayml/stable-diffusion-v1-5, unet/config.json, as
+    published): 859.5 M parameters, 32 attention modules (16 self + 16 cross)."""
+    return {
+        "_class_name": "UNet2DConditionModel", "act_fn": "silu", "attention_head_dim": 8,
+        "block_out_channels": [320, 640, 1280, 1280], "center_input_sample": False, "cross_attention_dim": 768,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4, "layers_per_block": 2,
+        "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32, "out_channels": 4, "sample_size": 64,
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    }
+

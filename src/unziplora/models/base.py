@@ -88,6 +88,15 @@ class BaseModel:
         return self.configs.get(part)
 
     @property
+    def family(self):
+        """Its `families.Family` (SDXL, SD 1.x/2.x), from model_index.json; a hub model not in the
+        local cache is taken to be SDXL until it loads."""
+        from .families import SDXL, family_named
+
+        index = self.config("model_index") or {}
+        return family_named(index.get("_class_name")) or SDXL
+
+    @property
     def vae_factor(self) -> int | None:
         vae = self.config("vae") or {}
         channels = vae.get("block_out_channels")

@@ -12,14 +12,17 @@ import torch
 
 from ..errors import UnZipLoRAError
 
-SDXL_PIPELINE_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 _WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 def check_pipeline_folder(path: Path) -> None:
-    """Fail unless `path` is a diffusers SDXL pipeline folder with safetensors weights."""
+    """Fail unless `path` is a diffusers pipeline folder of a supported family (families.py) with
+    safetensors weights."""
+    from .families import FAMILIES, family_named
+
     if not path.exists():
-        raise UnZipLoRAError(f"base model path {path} does not exist; give a local diffusers SDXL folder or a hub id")
+        raise UnZipLoRAError(f"base model path {path} does not exist; give a local diffusers pipeline folder, a hub id "
+                             "or 'embedded'")
     index = path / "model_index.json"
     if not path.is_dir() or not index.is_file():
         raise UnZipLoRAError(
@@ -30,11 +33,15 @@ def check_pipeline_folder(path: Path) -> None:
         parts = json.loads(index.read_text())
     except json.JSONDecodeError:
         raise UnZipLoRAError(f"{index} is not valid JSON; re-save the pipeline") from None
-    missing = [p for p in SDXL_PIPELINE_PARTS if not (path / p).is_dir() or p not in parts]
-    if missing or "XL" not in str(parts.get("_class_name", "")):
-        what = f"lacks {', '.join(missing)}" if missing else f"is a {parts.get('_class_name')}"
-        raise UnZipLoRAError(f"{path} is not an SDXL-shaped diffusers pipeline ({what}); use an SDXL base model folder")
-    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+    family = family_named(parts.get("_class_name") if isinstance(parts, dict) else None)
+    if family is None:
+        raise UnZipLoRAError(f"{path} holds a {parts.get('_class_name') if isinstance(parts, dict) else '?'}; unziplora "
+                             f"supports {', '.join(FAMILIES)} pipelines")
+    missing = [p for p in family.parts if not (path / p).is_dir() or p not in parts]
+    if missing:
+        raise UnZipLoRAError(f"{path} is not a complete {family.pipeline} folder (it lacks {', '.join(missing)}); "
+                             "re-save the pipeline with save_pretrained")
+    for part in family.weight_parts:
         files = [f.name for f in (path / part).iterdir()]
         if not any(f.endswith(".safetensors") for f in files):
             pickled = [f for f in files if f.endswith(_WEIGHT_SUFFIXES)]
@@ -82,17 +89,15 @@ def quiet_libraries():
 
 
 def load_pipeline(base, dtype: torch.dtype | None = None):
-    """StableDiffusionXLPipeline.from_pretrained of a resolved `BaseModel` (base.py), safetensors only.
+    """The family's pipeline (`from_pretrained`) of a resolved `BaseModel` (base.py), safetensors only.
 
     The VAE is kept in fp32 (SDXL's VAE overflows in fp16; docs/method.md §6). Library logs are
     hidden while loading (`quiet_libraries`).
     """
-    from diffusers import StableDiffusionXLPipeline
-
     dtype = dtype or torch.float32
     try:
         with quiet_libraries():
-            pipe = StableDiffusionXLPipeline.from_pretrained(
+            pipe = base.family.pipeline_class().from_pretrained(
                 base.source, revision=base.revision, dtype=dtype, use_safetensors=True
             )
     except (OSError, ValueError, EnvironmentError) as exc:

@@ -34,10 +34,10 @@ Decomposed by [unziplora](https://arxiv.org/abs/2412.04465) with **{method}** fr
 
 ```python
 import torch
-from diffusers import StableDiffusionXLPipeline
+from diffusers import {pipeline}
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
-pipe = StableDiffusionXLPipeline.from_pretrained(
+pipe = {pipeline}.from_pretrained(
     "{base_model}", dtype=torch.float16 if device == "cuda" else torch.float32).to(device)
 pipe.load_lora_weights("{path}/content_lora", adapter_name="content")
 settings = dict(height={resolution}, width={resolution}, num_inference_steps={sample_steps}, guidance_scale={guidance},
@@ -61,7 +61,8 @@ Files: {files}`manifest.json` (prompts, config, versions, timings), `config.yaml
 with `--config`).
 """
 
-def write_model_card(folder: Path, manifest: dict, thumbnail: Image.Image, final_path: str | Path, card) -> Path:
+def write_model_card(folder: Path, manifest, thumbnail: Image.Image, final_path: str | Path, card,
+                     pipeline: str = "StableDiffusionXLPipeline") -> Path:
     """Write folder/README.md and folder/thumbnail.png (the input, at most 256 px). `card` is the
     method's text (methods/base.py `ModelCardText`: what each file holds, how "both" combines them).
 
@@ -76,7 +77,7 @@ def write_model_card(folder: Path, manifest: dict, thumbnail: Image.Image, final
     final_path = Path(final_path).resolve()
     sample = cfg.sample
     card = CARD.format(
-        name=final_path.name, path=final_path.as_posix(), method=manifest.method.value,
+        name=final_path.name, path=final_path.as_posix(), method=manifest.method.value, pipeline=pipeline,
         resolution=sample.resolution or cfg.train.resolution, sample_steps=sample.steps,
         guidance=sample.guidance_scale, guidance_rescale=sample.guidance_rescale, export=export, together=together,
         files=files, base_model=manifest.base_model, subject=p.subject, style=p.style_words,

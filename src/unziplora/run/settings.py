@@ -2,7 +2,8 @@
 
 Settings are layered, later layers winning:
   1. the paper's defaults (`config.py`: SDXL, 1024 px, rank 64, ...);
-  2. the method's reference settings (B-LoRA's reference code trains rank 64, lr 5e-5, 1000 steps);
+  2. the method's reference settings (B-LoRA's reference code trains rank 64, lr 5e-5, 1000 steps),
+     then the base model family's (SD 1.5 trains at 512 px; models/families.py);
   3. the base model's own defaults: a model folder may ship `unziplora_defaults.yaml` (the embedded
      toy-world model: 64 px, rank 16, lr 1e-3, its sampling settings), since a small model needs
      other settings than SDXL;
@@ -28,7 +29,8 @@ from ..models.base import MODEL_DEFAULTS_FILE, BaseModel
 
 # What a base model may set: how to train and sample it, not what to learn or from which model.
 MODEL_SECTIONS = ("train", "lora", "masks", "sample")
-PAPER, METHOD, MODEL, FILE, GIVEN, DEFINING = "paper", "method", "model", "config file", "given", "method (defining)"
+PAPER, METHOD, FAMILY, MODEL, FILE, GIVEN, DEFINING = ("paper", "method", "model family", "model", "config file",
+                                                      "given", "method (defining)")
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ def layered_config(overrides: dict[str, Any] | None = None, config_file: str | P
         name = explicit.get("model.base_model")
         base = BaseModel.resolve(name, explicit.get("model.revision"))
     located = {"model.base_model": base.source, "model.revision": base.revision}
-    layers = [(METHOD, reference or {}), (MODEL, model_defaults(base)),
+    layers = [(METHOD, reference or {}), (FAMILY, base.family.defaults), (MODEL, model_defaults(base)),
               (FILE, {k: from_file[k] for k in file_set}), (GIVEN, {**given, **located}), (DEFINING, defining or {})]
     config, sources = RunConfig(), {}
     for layer, values in layers:

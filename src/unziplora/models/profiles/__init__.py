@@ -166,8 +166,9 @@ def load_profile(name_or_path: str | Path) -> Profile:
 
 
 def resolve_profile(name: str, base=None) -> Profile:
-    """'auto' takes the resolved base model's own profile file if it ships one, else SDXL's."""
+    """'auto' takes the resolved base model's own profile file if it ships one, else its family's
+    built-in profile (SDXL's when no base model is given)."""
     if name == "auto":
         own = base.own_file(PROFILE_FILENAME) if base is not None else None
-        return load_profile(own) if own is not None else load_profile("sdxl")
+        return load_profile(own) if own is not None else load_profile(base.family.profile if base else "sdxl")
     return load_profile(name)
