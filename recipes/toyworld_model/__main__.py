@@ -37,11 +37,17 @@ def main() -> int:
     parser.add_argument("--lr", type=float, help="peak learning rate of the UNet phase")
     parser.add_argument("--warmup", type=int, help="warm-up steps of the UNet phase")
     parser.add_argument("--vae-only", action="store_true", help="stop when the VAE phase is done")
+    parser.add_argument("--device", help="where the models train: cpu (default) or cuda; on cuda the budget is "
+                                         "wall time")
+    parser.add_argument("--render-workers", type=int, help="processes drawing the renders (default 0: in-process)")
+    parser.add_argument("--pool-size", type=int, help="renders encoded once after the VAE phase (default 24000)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     overrides = {k: v for k, v in (("vae_steps", args.vae_steps), ("unet_steps", args.unet_steps),
                                    ("threads", args.threads), ("from_model", args.from_model),
-                                   ("lr", args.lr), ("warmup", args.warmup)) if v is not None}
+                                   ("lr", args.lr), ("warmup", args.warmup), ("device", args.device),
+                                   ("render_workers", args.render_workers), ("pool_size", args.pool_size))
+                 if v is not None}
     if args.total_min is not None:
         overrides["budget_s"] = args.total_min * 60
     try:
