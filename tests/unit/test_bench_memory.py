@@ -32,7 +32,10 @@ def test_random_latents_have_sdxl_shapes():
     latents = RandomLatents(256)
     sample, crop = latents.sample(torch.Generator().manual_seed(0))
     assert sample.shape == (1, 4, 32, 32)
-    assert latents.time_ids().tolist() == [[256, 256, 0, 0, 256, 256]]
+    from unziplora.models.families import SDXL
+
+    added = SDXL.added_cond(torch.zeros(1, 8), latents.resolution, 1, "cpu", torch.float32)
+    assert added["time_ids"].tolist() == [[256, 256, 0, 0, 256, 256]]  # what the UNet sees beside them
 
 
 def test_peft_baseline_step_trains_only_lora():
