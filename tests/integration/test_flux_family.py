@@ -58,6 +58,20 @@ def test_the_family_comes_from_the_folder_with_its_profile_and_defaults(flux_bas
     assert not torch.allclose(states[0], states[1])
 
 
+def test_the_family_defaults_layer_and_bf16_on_cuda(flux_base):
+    from unziplora.methods import resolve_spec
+    from unziplora.models.families import SDXL
+    from unziplora.models.loading import pick_dtype
+
+    spec = resolve_spec({"prompts.subject": "cat", "prompts.style": "ink"}, base=flux_base)
+    assert spec.config.train.resolution == 1024
+    assert spec.config.sample.guidance_scale == 3.5 and spec.config.sample.steps == 28
+    assert spec.sources["sample.guidance_scale"] == "model family"
+    cuda = torch.device("cuda")
+    assert pick_dtype("auto", cuda, flux_base.family) is torch.bfloat16 and pick_dtype("auto", cuda, SDXL) is torch.float16
+    assert pick_dtype("auto", torch.device("cpu"), flux_base.family) is torch.float32
+
+
 def test_with_zero_loras_the_prompt_separated_transformer_is_the_stock_one(flux_base):
     pipe = flux_base.load()
     inputs = transformer_inputs(pipe)

@@ -290,6 +290,13 @@ def flux_attention_modules(transformer: nn.Module):
             position += 1
 
 
+def flux_projections(transformer: nn.Module):
+    """(name, linear) of every projection that gets a two-branch layer."""
+    for name, attn, _, _, double in flux_attention_modules(transformer):
+        for projection in DOUBLE_PROJECTIONS if double else SINGLE_PROJECTIONS:
+            yield f"{name}.{projection}", _get(attn, projection)
+
+
 def _get(attn, projection: str) -> nn.Module:
     return attn.to_out[0] if projection == "to_out.0" else getattr(attn, projection)
 

@@ -37,6 +37,18 @@ def attention_modules(unet: nn.Module) -> Iterator[tuple[str, Attention]]:
             yield name, module
 
 
+def projection_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """(name, linear) of every projection UnZipLoRA puts a two-branch layer on (FLUX: flux.py's)."""
+    if is_mmdit(model):
+        from .flux import flux_projections
+
+        yield from flux_projections(model)
+        return
+    for name, attn in attention_modules(model):
+        for projection in PROJECTIONS:
+            yield f"{name}.{projection}", _get(attn, projection)
+
+
 def is_mmdit(model: nn.Module) -> bool:
     """A FLUX-style transformer (double- and single-stream blocks) rather than a UNet."""
     return hasattr(model, "transformer_blocks") and hasattr(model, "single_transformer_blocks")

@@ -27,6 +27,7 @@ class Family:
     defaults: dict = field(default_factory=dict)  # dotted settings: the family's paper-equivalent defaults
     lora_label: str = ""  # kohya's ss_base_model_version for its base checkpoint
     denoiser: str = "unet"  # the pipeline part that denoises (and that training's objective drives)
+    cuda_dtype: str = "float16"  # the frozen weights' dtype on CUDA under mixed_precision auto
 
     def denoiser_of(self, pipe):
         """The pipeline's denoising network (SDXL, SD: its UNet; FLUX: its transformer)."""
@@ -143,12 +144,14 @@ SD = SDFamily(
     weight_parts=("unet", "vae", "text_encoder"), profile="sd15",
     defaults={"train.resolution": 512}, lora_label="sd_v1",
 )
-# FLUX.1-dev: 1024 px in bf16 (its weights' dtype); rank and steps as SDXL's until measured on FLUX.
+# FLUX.1-dev: 1024 px, bf16 on CUDA (its published weights' dtype), guidance 3.5 over 28 sampling steps
+# (FluxPipeline's defaults); rank 64 and 600 steps as SDXL's, not tuned on FLUX.
 FLUX = FluxFamily(
     "flux", "FluxPipeline",
     parts=("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
     weight_parts=("transformer", "vae", "text_encoder", "text_encoder_2"), profile="flux",
-    defaults={"train.resolution": 1024}, lora_label="flux1", denoiser="transformer",
+    defaults={"train.resolution": 1024, "sample.guidance_scale": 3.5, "sample.steps": 28}, lora_label="flux1",
+    denoiser="transformer", cuda_dtype="bfloat16",
 )
 FAMILIES = {f.pipeline: f for f in (SDXL, SD, FLUX)}
 
