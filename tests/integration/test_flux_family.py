@@ -153,6 +153,25 @@ def test_flow_matching_training_on_flux(flux_base, tiny_image):
     assert [log.loss for log in logs] == pytest.approx([log.loss for log in logs_checkpointed], rel=1e-4)
 
 
+def test_the_trained_loras_load_in_stock_diffusers_and_change_its_output(flux_base, tiny_image, tmp_path):
+    from unziplora.methods.unziplora import UnZipLoRA
+
+    config = tiny_config(flux_base.source, **{"train.resolution": 64, "train.steps": 2})
+    prompts = PromptTriple("A monadikos cat in sketch style", "A monadikos cat", "A cat in sketch style")
+    trainer = Trainer.prepare(config, flux_base.load(), tiny_image, prompts, resolve_profile("auto", flux_base),
+                              torch.device("cpu"), torch.float32)
+    trainer.train_step()
+    written = UnZipLoRA().write_weights(trainer, tmp_path)
+    assert set(written) == {"content_lora", "style_lora", "state"}
+    pipe = FluxPipeline.from_pretrained(flux_base.source)
+    settings = dict(height=64, width=64, num_inference_steps=2, max_sequence_length=32, output_type="np")
+    bare = pipe("A monadikos cat", generator=torch.Generator().manual_seed(0), **settings).images[0]
+    pipe.load_lora_weights(str(tmp_path / "content_lora"), adapter_name="content")
+    assert "content" in pipe.get_list_adapters()["transformer"]
+    with_lora = pipe("A monadikos cat", generator=torch.Generator().manual_seed(0), **settings).images[0]
+    assert np.isfinite(with_lora).all() and np.abs(with_lora - bare).max() > 1e-4
+
+
 def test_the_builtin_profile_names_the_full_size_architecture():
     from accelerate import init_empty_weights
 

@@ -162,6 +162,11 @@ class TwoBranchLoRA:
                 total += layer.out_features
         return held / total if total else 1.0
 
+    def target_modules(self) -> list[str]:
+        """The projection names the layers sit on, first seen first (PEFT's target_modules)."""
+        names = [name.split(".attn")[-1].split(".", 1)[1] for name in self.layers]
+        return list(dict.fromkeys(names))
+
     # ----- state in and out -----------------------------------------------------------------
     def state_dict(self, raw: bool = False) -> dict[str, torch.Tensor]:
         """Everything combined inference needs: A, B, m and M of both branches, per layer.
