@@ -84,7 +84,7 @@ def decompose(
     prompts = training_prompts(cfg.prompts)
     picture = load_image(image)
     out_dir = Path(out_dir)
-    dtype = pick_dtype(cfg.train.mixed_precision, device)
+    dtype = pick_dtype(cfg.train.mixed_precision, device, spec.base.family)
     profile = spec.profile()
     run_fingerprint = fingerprint(cfg, _image_sha256(picture), spec.base)
 

@@ -138,3 +138,14 @@ def test_branch_sizes_of_the_full_size_architectures_on_the_meta_device():
     sd15 = branch_parameters(sd15_unet_config(), 64)
     assert round(sd15["unet"] / 1e6, 1) == 859.5
     assert 0 < sd15["branch"] < sdxl["branch"] and sd15["branch"] % 64 == 0
+
+
+def test_branch_size_of_the_full_size_flux_transformer_on_the_meta_device():
+    from unziplora.bench.memory import branch_parameters
+    from unziplora.models.architectures import flux_transformer_config
+
+    flux = branch_parameters(flux_transformer_config(), 64)
+    assert round(flux["unet"] / 1e9, 2) == 11.90  # FLUX.1-dev's transformer
+    # width 3072: eight projections per double-stream block (19), three per single-stream block (38)
+    assert flux["branch"] == 64 * (3072 + 3072) * (19 * 8 + 38 * 3)
+    assert flux["mergers_per_branch"] == 3072 * (19 * 8 + 38 * 3)

@@ -136,21 +136,20 @@ def parameter_counts(trainer) -> dict[str, int]:
 
 
 def branch_parameters(unet_config: dict, rank: int) -> dict[str, int]:
-    """Parameters of the UNet and of ONE UnZipLoRA branch of `rank` on every attention projection
-    (A: rank x in, B: out x rank per projection; mergers: out), counted on the meta device."""
+    """Parameters of the denoiser (a UNet, or FLUX's transformer for its config) and of ONE UnZipLoRA
+    branch of `rank` on every projection it trains (A: rank x in, B: out x rank per projection;
+    mergers: out), counted on the meta device. The "unet" key holds the denoiser's count."""
+    import diffusers
     from accelerate import init_empty_weights
-    from diffusers import UNet2DConditionModel
 
-    from ..core.inject import PROJECTIONS, attention_modules
+    from ..core.inject import projection_layers
 
     with init_empty_weights():
-        unet = UNet2DConditionModel.from_config(unet_config)
+        unet = getattr(diffusers, unet_config.get("_class_name", "UNet2DConditionModel")).from_config(unet_config)
     branch = mergers = 0
-    for _, attn in attention_modules(unet):
-        for name in PROJECTIONS:
-            layer = attn.to_out[0] if name == "to_out.0" else getattr(attn, name)
-            branch += rank * (layer.in_features + layer.out_features)
-            mergers += layer.out_features
+    for _, layer in projection_layers(unet):
+        branch += rank * (layer.in_features + layer.out_features)
+        mergers += layer.out_features
     return {"unet": sum(p.numel() for p in unet.parameters()), "branch": branch, "mergers_per_branch": mergers}
 
 

@@ -1,4 +1,4 @@
-"""Putting two-branch LoRA layers into a diffusers UNet, and taking their state out again.
+"""Putting two-branch LoRA layers into a diffusers UNet (FLUX's transformer: flux.py), and taking their state out again.
 
 Every attention projection (to_q, to_k, to_v, to_out.0 of attn1 and attn2) of every
 transformer block gets a TwoBranchLoraLinear (arXiv 2412.04465, Sec. 3; docs/method.md §2); every such attention module gets
@@ -26,10 +26,32 @@ PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 def attention_modules(unet: nn.Module) -> Iterator[tuple[str, Attention]]:
-    """The attention modules of the UNet's transformer blocks (attn1 and attn2)."""
+    """The attention modules of the UNet's transformer blocks (attn1 and attn2); FLUX: every block's attn."""
+    if is_mmdit(unet):
+        for kind in ("transformer_blocks", "single_transformer_blocks"):
+            for i, block in enumerate(getattr(unet, kind)):
+                yield f"{kind}.{i}.attn", block.attn
+        return
     for name, module in unet.named_modules():
         if isinstance(module, Attention) and name.rsplit(".", 1)[-1] in ("attn1", "attn2"):
             yield name, module
+
+
+def projection_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """(name, linear) of every projection UnZipLoRA puts a two-branch layer on (FLUX: flux.py's)."""
+    if is_mmdit(model):
+        from .flux import flux_projections
+
+        yield from flux_projections(model)
+        return
+    for name, attn in attention_modules(model):
+        for projection in PROJECTIONS:
+            yield f"{name}.{projection}", _get(attn, projection)
+
+
+def is_mmdit(model: nn.Module) -> bool:
+    """A FLUX-style transformer (double- and single-stream blocks) rather than a UNet."""
+    return hasattr(model, "transformer_blocks") and hasattr(model, "single_transformer_blocks")
 
 
 def _get(attn: Attention, projection: str) -> nn.Module:
@@ -140,6 +162,11 @@ class TwoBranchLoRA:
                 total += layer.out_features
         return held / total if total else 1.0
 
+    def target_modules(self) -> list[str]:
+        """The projection names the layers sit on, first seen first (PEFT's target_modules)."""
+        names = [name.split(".attn")[-1].split(".", 1)[1] for name in self.layers]
+        return list(dict.fromkeys(names))
+
     # ----- state in and out -----------------------------------------------------------------
     def state_dict(self, raw: bool = False) -> dict[str, torch.Tensor]:
         """Everything combined inference needs: A, B, m and M of both branches, per layer.
@@ -219,6 +246,10 @@ def inject_two_branch_lora(
     Roles per attention module come from the base model's profile (profiles/). LoRA
     weights are fp32 and live on the UNet's device; the frozen base stays as it is.
     """
+    if is_mmdit(unet):  # FLUX.1: joint-attention blocks, text streams carried beside (flux.py)
+        from .flux import inject_flux
+
+        return inject_flux(unet, profile, rank, init, seed)
     modules = list(attention_modules(unet))
     if not modules:
         raise UnZipLoRAError("this UNet has no transformer attention modules; is it an SDXL-shaped UNet?")
@@ -240,6 +271,10 @@ def inject_two_branch_lora(
 
 def remove_two_branch_lora(unet: nn.Module) -> None:
     """Put the plain projections and the stock processor back (undo inject_two_branch_lora)."""
+    if is_mmdit(unet):
+        from .flux import remove_flux
+
+        return remove_flux(unet)
     for _, attn in attention_modules(unet):
         for projection in PROJECTIONS:
             layer = _get(attn, projection)

@@ -210,6 +210,22 @@ class TwoBranchLoraLinear(nn.Module):
                 out = out + h.to(out.dtype)
         return out
 
+    def branch_update(self, content_input: torch.Tensor, style_input: torch.Tensor) -> torch.Tensor:
+        """The active branches' updates alone (no base), each on its own input:
+        sum_b (m_b * M_b) (.) B_b A_b x_b. The update is linear in x, so a caller whose branches differ
+        from the shared input on a few tokens only (FLUX's single-stream text slice, core/flux.py) adds
+        this on the difference to `forward(x)` instead of running both branches over every token."""
+        ups = self.folded_ups()
+        dtype = content_input.dtype if torch.is_autocast_enabled(content_input.device.type) else ups.dtype
+        out = None
+        for branch, x in zip(BRANCHES, (content_input, style_input)):
+            if branch in self.active:
+                i = INDEX[branch]
+                h = F.linear(F.linear(x.to(dtype), self.down_weight[i]), ups[:, i])
+                out = h if out is None else out + h
+        return torch.zeros(*content_input.shape[:-1], self.out_features, device=content_input.device,
+                           dtype=content_input.dtype) if out is None else out.to(content_input.dtype)
+
     # ----- column selection -----------------------------------------------------------------
     @torch.no_grad()
     def cone_scores(self, branch: Branch, threshold: float = CONE_THRESHOLD, grad_scale: float = 1.0) -> torch.Tensor:

@@ -75,6 +75,11 @@ class Trainer:
     # Seconds spent in the last step's forward (through the loss), backward and update (bench speed).
     last_phases: dict[str, float] = field(default_factory=dict)
     family: Family = SDXL  # what the UNet is conditioned on beside the text (models/families.py)
+    objective: object = None  # the denoising loss and its conditioning (`denoising_for`); None: the UNet's
+
+    def __post_init__(self):
+        if self.objective is None:
+            self.objective = Denoising(self.noise_scheduler, self.family)
 
     @classmethod
     def prepare(cls, config, pipe, image, prompts: PromptTriple, profile: Profile, device, dtype):
@@ -88,9 +93,9 @@ class Trainer:
 
         pipe.vae.to(device)
         latents = CroppedLatents(image, config.train.resolution, pipe.vae, device)
-        noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        prediction_type(noise_scheduler)  # an unsupported objective fails here, before the loop
-        unet = pipe.unet
+        family = family_of(pipe)
+        objective = denoising_for(pipe)  # an unsupported objective fails here, before the loop
+        unet = family.denoiser_of(pipe)
         unet.requires_grad_(False)
         unet.to(device, dtype)
         if not config.masks.enabled:
@@ -105,9 +110,9 @@ class Trainer:
         trainer = cls(
             config, pipe, lora, latents, EmbeddedTriple(*(e.to(device) for e in (embeds.combined, embeds.content,
                                                                                   embeds.style))), device, dtype,
-            optimizer, noise_scheduler, generator,
+            optimizer, objective.scheduler, generator,
             # fp16 gradients of small LoRA updates underflow without loss scaling.
-            torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), family=family_of(pipe),
+            torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), family=family, objective=objective,
         )
         trainer.timings["prepare_s"] = time.perf_counter() - t0
         return trainer
@@ -123,7 +128,8 @@ class Trainer:
 
     @property
     def unet(self):
-        return self.pipe.unet
+        """The denoising network the LoRA layers sit in (SDXL, SD: the UNet; FLUX: the transformer)."""
+        return self.family.denoiser_of(self.pipe)
 
     def is_refresh_step(self, step: int) -> bool:
         masks = self.config.masks
@@ -132,16 +138,7 @@ class Trainer:
     def unet_kwargs(self, batch: int) -> dict:
         """The UNet's conditioning for a batch: p for the base, p_c and p_s for the branches, and what
         else the family conditions on (SDXL: p's pooled embedding and the time ids generation uses)."""
-        e = self.embeds
-        return {
-            "encoder_hidden_states": e.combined.states.expand(batch, -1, -1).to(self.dtype),
-            "added_cond_kwargs": self.family.added_cond(e.combined.pooled, self.latents.resolution, batch,
-                                                        self.device, self.dtype),
-            "cross_attention_kwargs": {
-                CONTENT_KWARG: e.content.states.expand(batch, -1, -1).to(self.dtype),
-                STYLE_KWARG: e.style.states.expand(batch, -1, -1).to(self.dtype),
-            },
-        }
+        return self.objective.conditioning(self.embeds, self.latents.resolution, batch, self.device, self.dtype)
 
     def cone_grad_scale(self) -> float:
         """The loss scale the cone scores are computed at (`columns.CONE_LOSS_SCALE`): the
@@ -159,7 +156,7 @@ class Trainer:
         samples = [self.latents.sample(self.generator) for _ in range(cfg.train.batch_size)]
         latents = torch.cat([s[0] for s in samples]).to(self.device)
         kwargs = self.unet_kwargs(len(samples))
-        mse = diffusion_mse(self.pipe.unet, self.noise_scheduler, latents, self.generator, self.dtype, kwargs)
+        mse = self.objective.loss(self.unet, latents, self.generator, self.dtype, kwargs)
         use_orth = cfg.masks.enabled and not refresh and cfg.masks.orth_weight > 0
         orth = self.lora.orthogonality_loss() if use_orth else torch.zeros((), device=self.device)
         loss = mse + cfg.masks.orth_weight * orth
@@ -273,6 +270,43 @@ def release_text_encoders(pipe) -> None:
         if getattr(pipe, name, None) is not None:
             setattr(pipe, name, None)
     gc.collect()
+
+
+class Denoising:
+    """A UNet's denoising objective (DDPM noise or velocity prediction) and its conditioning; FLUX's
+    flow matching (flow.py) has the same interface. `denoising_for` picks by the family's denoiser."""
+
+    def __init__(self, scheduler, family: Family):
+        self.scheduler, self.family = scheduler, family
+        prediction_type(scheduler)
+
+    @classmethod
+    def for_pipeline(cls, pipe, family: Family) -> "Denoising":
+        return cls(DDPMScheduler.from_config(pipe.scheduler.config), family)
+
+    def conditioning(self, embeds, resolution: int, batch: int, device, dtype) -> dict:
+        return {
+            "encoder_hidden_states": embeds.combined.states.expand(batch, -1, -1).to(dtype),
+            "added_cond_kwargs": self.family.added_cond(embeds.combined.pooled, resolution, batch, device, dtype),
+            "cross_attention_kwargs": {
+                CONTENT_KWARG: embeds.content.states.expand(batch, -1, -1).to(dtype),
+                STYLE_KWARG: embeds.style.states.expand(batch, -1, -1).to(dtype),
+            },
+        }
+
+    def loss(self, unet, latents, generator, dtype, kwargs: dict) -> torch.Tensor:
+        return diffusion_mse(unet, self.scheduler, latents, generator, dtype, kwargs)
+
+
+def denoising_for(pipe):
+    """The training objective of the pipeline's denoiser: `Denoising` for a UNet, flow matching for
+    FLUX's transformer (flow.py)."""
+    family = family_of(pipe)
+    if family.denoiser == "transformer":
+        from .flow import FlowMatching
+
+        return FlowMatching(pipe, family)
+    return Denoising.for_pipeline(pipe, family)
 
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")

@@ -37,17 +37,17 @@ class UnZipLoRA(MethodPlugin):
     def write_weights(self, loop, folder: Path) -> dict[str, str]:
         """The full state for combined use (A, B, m, M of both branches), and each branch alone as an
         ordinary diffusers LoRA, M (.) B A without the mergers, as the authors export it."""
-        from ..core.inject import PROJECTIONS
-
         lora = loop.lora
         metadata = {"format": "unziplora", "format_version": str(RUN_FORMAT_VERSION), "rank": str(lora.rank)}
         save_safetensors(lora.state_dict(), folder / STATE_FILE, metadata)
+        denoiser = loop.family.denoiser  # the pipeline's save_lora_weights names its part: unet_ / transformer_
         for branch in (Branch.CONTENT, Branch.STYLE):
             loop.family.pipeline_class().save_lora_weights(
-                folder / f"{branch.value}_lora", unet_lora_layers=lora.ordinary_lora(branch),
-                weight_name=LORA_WEIGHT_NAME, safe_serialization=True,
-                # alpha = r: the update is applied at scale 1, as trained.
-                unet_lora_adapter_metadata={"r": lora.rank, "lora_alpha": lora.rank, "target_modules": list(PROJECTIONS)},
+                folder / f"{branch.value}_lora", weight_name=LORA_WEIGHT_NAME, safe_serialization=True,
+                **{f"{denoiser}_lora_layers": lora.ordinary_lora(branch),
+                   # alpha = r: the update is applied at scale 1, as trained.
+                   f"{denoiser}_lora_adapter_metadata": {"r": lora.rank, "lora_alpha": lora.rank,
+                                                         "target_modules": lora.target_modules()}},
             )
         return {"content_lora": f"content_lora/{LORA_WEIGHT_NAME}", "style_lora": f"style_lora/{LORA_WEIGHT_NAME}",
                 "state": STATE_FILE}

@@ -82,3 +82,13 @@ def sd15_unet_config() -> dict:
         "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
     }
 
+
+
+def flux_transformer_config() -> dict:
+    """The transformer config of black-forest-labs/FLUX.1-dev (transformer/config.json, as published):
+    19 double-stream and 38 single-stream blocks of width 3072, guidance-distilled."""
+    return {
+        "_class_name": "FluxTransformer2DModel", "attention_head_dim": 128, "axes_dims_rope": [16, 56, 56],
+        "guidance_embeds": True, "in_channels": 64, "joint_attention_dim": 4096, "num_attention_heads": 24,
+        "num_layers": 19, "num_single_layers": 38, "patch_size": 1, "pooled_projection_dim": 768,
+    }

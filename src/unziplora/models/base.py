@@ -23,7 +23,7 @@ EMBEDDED_NAME = "embedded"  # what every command accepts for the embedded toy-wo
 
 MODEL_DEFAULTS_FILE = "unziplora_defaults.yaml"  # a model folder's own settings (run/settings.py layers them)
 PROFILE_FILE = "unziplora_profile.yaml"  # a model folder's own block roles (models/profiles)
-PARTS_WITH_CONFIG = ("unet", "vae", "scheduler", "text_encoder", "text_encoder_2")
+PARTS_WITH_CONFIG = ("unet", "transformer", "vae", "scheduler", "text_encoder", "text_encoder_2")
 _CONFIG_NAMES = {"scheduler": "scheduler_config.json"}
 
 

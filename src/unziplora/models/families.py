@@ -1,4 +1,4 @@
-"""Base-model families: what differs between SDXL and Stable Diffusion 1.5 / 2.x, in one place.
+"""Base-model families: what differs between SDXL, Stable Diffusion 1.5 / 2.x and FLUX.1, in one place.
 
 A family says which diffusers pipeline loads it and which folder parts it has, how it encodes a
 prompt (SDXL: both encoders' penultimate states and a pooled embedding, arXiv 2307.01952,
@@ -26,6 +26,12 @@ class Family:
     profile: str  # the built-in block-role profile (models/profiles/<profile>.yaml)
     defaults: dict = field(default_factory=dict)  # dotted settings: the family's paper-equivalent defaults
     lora_label: str = ""  # kohya's ss_base_model_version for its base checkpoint
+    denoiser: str = "unet"  # the pipeline part that denoises (and that training's objective drives)
+    cuda_dtype: str = "float16"  # the frozen weights' dtype on CUDA under mixed_precision auto
+
+    def denoiser_of(self, pipe):
+        """The pipeline's denoising network (SDXL, SD: its UNet; FLUX: its transformer)."""
+        return getattr(pipe, self.denoiser)
 
     def pipeline_class(self):
         import diffusers
@@ -96,6 +102,25 @@ class SDFamily(Family):
             pipe._unziplora_unconditional = empty
 
 
+class FluxFamily(Family):
+    """FLUX.1 (black-forest-labs/flux, FluxTransformer2DModel): T5-XXL states as the text stream, CLIP's
+    pooled embedding beside the timestep, the guidance value as an input of the guidance-distilled
+    dev model (no classifier-free guidance batch), flow matching (arXiv 2210.02747) on packed latents."""
+
+    max_sequence_length = 512  # T5 tokens: FluxPipeline's default for FLUX.1-dev (schnell: 256)
+    training_guidance = 3.5  # the guidance input while training (diffusers' train_dreambooth_lora_flux.py)
+
+    @torch.no_grad()
+    def encode(self, pipe, prompts, device):
+        states, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=device, num_images_per_prompt=1,
+                                               max_sequence_length=self.max_sequence_length)
+        return states, pooled
+
+    def pipeline_embeds(self, pipe, states, pooled):
+        # guidance-distilled: the pipeline's guidance_scale is an input of the transformer, no negative half
+        return {"prompt_embeds": states, "pooled_prompt_embeds": pooled}
+
+
 def sdxl_time_ids(size: int, crop: tuple[int, int] = (0, 0), original_size: tuple[int, int] | None = None,
                   n: int = 1) -> torch.Tensor:
     """SDXL add_time_ids for n images: original size, crop coordinates, target size (arXiv 2307.01952,
@@ -119,7 +144,16 @@ SD = SDFamily(
     weight_parts=("unet", "vae", "text_encoder"), profile="sd15",
     defaults={"train.resolution": 512}, lora_label="sd_v1",
 )
-FAMILIES = {f.pipeline: f for f in (SDXL, SD)}
+# FLUX.1-dev: 1024 px, bf16 on CUDA (its published weights' dtype), guidance 3.5 over 28 sampling steps
+# (FluxPipeline's defaults); rank 64 and 600 steps as SDXL's, not tuned on FLUX.
+FLUX = FluxFamily(
+    "flux", "FluxPipeline",
+    parts=("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
+    weight_parts=("transformer", "vae", "text_encoder", "text_encoder_2"), profile="flux",
+    defaults={"train.resolution": 1024, "sample.guidance_scale": 3.5, "sample.steps": 28}, lora_label="flux1",
+    denoiser="transformer", cuda_dtype="bfloat16",
+)
+FAMILIES = {f.pipeline: f for f in (SDXL, SD, FLUX)}
 
 
 def family_named(pipeline_class_name: str | None) -> Family | None:

@@ -131,10 +131,11 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-def pick_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
-    """Weight dtype of the frozen UNet: fp16 on CUDA (auto), fp32 on CPU (docs/method.md §6)."""
+def pick_dtype(mixed_precision: str, device: torch.device, family=None) -> torch.dtype:
+    """Weight dtype of the frozen denoiser: on CUDA (auto) the family's (SDXL, SD: fp16; FLUX: bf16,
+    its activations overflow fp16), fp32 on CPU (docs/method.md §6)."""
     if mixed_precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        return getattr(torch, family.cuda_dtype if family else "float16") if device.type == "cuda" else torch.float32
     if mixed_precision in ("fp16", "bf16") and device.type == "cpu":
         raise UnZipLoRAError(f"mixed precision {mixed_precision} needs a GPU; use --mixed-precision no on CPU")
     return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
