@@ -196,3 +196,28 @@ def test_the_quality_bench_has_an_inspiration_tree_row(tiny_base, tmp_path, monk
     assert set(METRICS) <= set(row) and row["train_s_per_image"] > 0
     manifest = json.loads((tmp_path / "work" / "inspiration-tree" / "img00" / "manifest.json").read_text())
     assert manifest["seed_selection"]["features"].startswith("toy-world oracles") and manifest["steps"] == 2
+
+
+def test_stable_diffusion_1x_has_one_encoder_and_one_token_file_each(tiny_image, tmp_path, clip_dir, small_selection):
+    """The reference's own family: one text encoder, one file per token; the webui file is SD 1.x's."""
+    from diffusers import StableDiffusionPipeline
+
+    from unziplora.decompose import decompose
+    from unziplora.methods import resolve_spec
+
+    from ..pipelines import save_tiny_sd_pipeline
+
+    base = save_tiny_sd_pipeline(tmp_path / "sd")
+    spec = resolve_spec({"model.base_model": str(base), "prompts.subject": "cat", "prompts.style": "sketch",
+                         "train.steps": 2, "train.resolution": 32, "sample.steps": 2, "train.clip_model": str(clip_dir)},
+                        method="inspiration-tree")
+    run = decompose(tiny_image, tmp_path / "it", spec, progress=False)
+    a = run.manifest.extra["token_assignment"]
+    assert sorted(p.name for p in (run.path / "content_tokens").iterdir()) == ["text_encoder.safetensors"]
+    export_run(run.path, "kohya", tmp_path / "k")
+    pipe = StableDiffusionPipeline.from_pretrained(str(base))
+    pipe.load_textual_inversion(str(tmp_path / "k" / "it_style.safetensors"), token=a["style"])  # emb_params
+    row = pipe.text_encoder.get_input_embeddings().weight[pipe.tokenizer.convert_tokens_to_ids(a["style"])]
+    assert torch.equal(row, load_file(run.path / "style_tokens" / "text_encoder.safetensors")[a["style"]])
+    paths = generate("A <c> cat in <s> style", tmp_path / "g", "both", run=run.path, sample=SampleConfig(steps=2, seeds=[0]))
+    assert paths[0].is_file()
