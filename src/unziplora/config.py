@@ -126,6 +126,10 @@ class TrainConfig:
     # (arXiv 2208.12242, Eq. 2); 0 = off.
     prior_images: int = option(0, "dreambooth-lora: class images for prior preservation (0: off)", flag="prior-images")
     prior_weight: float = 1.0
+    # inspiration-tree only: the CLIP model its seed selection and token assignment score with
+    # (the embedded toy-world model uses its world's oracles instead); batch --eval's CLIP too
+    clip_model: str = option("", "a local CLIP model folder: inspiration-tree's seed selection (not needed on the "
+                             "embedded model); with batch --eval, CLIP-I / CLIP-T", flag="clip")
 
     def __post_init__(self):
         _check(self.prior_images >= 0, f"train.prior_images must be >= 0 (0 = off), got {self.prior_images}")

@@ -78,6 +78,7 @@ def decompose(
     chosen, cfg = plugin(spec.method), spec.config
     device = pick_device(cfg.train.device)
     _check_sizes(spec, device)
+    chosen.check(spec)
     if resume and not chosen.resumable:
         raise UnZipLoRAError(f"--resume is not available for --method {spec.method.value}; rerun with --force")
     t_start = time.perf_counter()

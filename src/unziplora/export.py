@@ -18,6 +18,35 @@ from .run.folder import LORA_WEIGHT_NAME, RunFolder, atomic_output_dir, load_saf
 
 from .run.formats import EXPORT_FORMATS as FORMATS
 from .run.loras import lora_file
+from .run.sources import token_files
+
+# AUTOMATIC1111 / ComfyUI embedding keys per text encoder (SDXL's two: clip_l, clip_g; SD 1.x's one: emb_params)
+WEBUI_EMBEDDING_KEYS = {("text_encoder",): ("emb_params",), ("text_encoder", "text_encoder_2"): ("clip_l", "clip_g")}
+
+
+def _export_tokens(folder: RunFolder, fmt: str, out: Path, force: bool) -> list[Path]:
+    """A token run's (Inspiration Tree) tokens: diffusers' textual-inversion files ({token: embedding},
+    one per branch and text encoder) or one webui embedding file per branch."""
+    written = {}
+    for branch in (Branch.CONTENT, Branch.STYLE):
+        files = token_files(folder.path, branch)
+        states = {encoder: load_safetensors(path) for encoder, path in files.items()}
+        if any(len(state) != 1 or next(iter(state.values())).ndim != 1 for state in states.values()):
+            raise UnZipLoRAError(f"{folder.path / branch.value}_tokens holds no single token embedding; the run "
+                                 "folder is damaged: decompose it again")
+        if fmt == "diffusers":
+            for encoder, state in states.items():
+                written[f"{folder.path.name}_{branch.value}_{encoder}.safetensors"] = (state, {"text_encoder": encoder})
+        else:
+            keys = WEBUI_EMBEDDING_KEYS.get(tuple(states))
+            if keys is None:
+                raise UnZipLoRAError(f"no webui embedding format for text encoders {', '.join(states)}")
+            rows = [next(iter(states[encoder].values()))[None] for encoder in states]
+            written[f"{folder.path.name}_{branch.value}.safetensors"] = (dict(zip(keys, rows)), {})
+    with atomic_output_dir(out, force) as tmp:
+        for name, (state, metadata) in written.items():
+            save_safetensors(state, tmp / name, metadata)
+    return [out / name for name in written]
 
 
 def export_run(run: str | Path, fmt: str, out_dir: str | Path | None = None, force: bool = False) -> list[Path]:
@@ -34,6 +63,8 @@ def export_run(run: str | Path, fmt: str, out_dir: str | Path | None = None, for
     folder = RunFolder.open(run)
     out = Path(out_dir) if out_dir else folder.path / "export" / fmt
     refuse_existing(out, force)  # before reading anything
+    if token_files(folder.path, Branch.CONTENT):
+        return _export_tokens(folder, fmt, out, force)
     base = BaseModel.resolve(folder.manifest.base_model, folder.manifest.revision).shapes()
     states = {branch: _read_branch(folder, branch, base) for branch in (Branch.CONTENT, Branch.STYLE)}
     names = {branch: f"{folder.path.name}_{branch.value}.safetensors" for branch in states}

@@ -163,6 +163,8 @@ def generate(
 def _conditioning(pipe, plan: Plan, prompt: str, num_images: int, fused: bool) -> tuple[Conditioning, dict]:
     """Load the LoRAs into the pipeline as the mode needs and encode the prompt(s)."""
     mode, content, style = plan.mode, plan.content, plan.style
+    if content.tokens is not None or style.tokens is not None:
+        return _token_conditioning(pipe, plan, prompt, fused)
     # How two LoRAs combine is the content run's method's to say (methods/base.py `Combine`).
     combine = None if mode in (Mode.CONTENT, Mode.STYLE) else (
         plugin(content.method).combine(mode, style.method) if content.method else Combine.TWO_BRANCH)
@@ -198,6 +200,39 @@ def _conditioning(pipe, plan: Plan, prompt: str, num_images: int, fused: bool) -
         fuse_for_generation(pipe.unet, *batch)
         cond = Conditioning(cond.combined, cond.pooled)  # K/V are cached in the processors now
     return cond, {"combined": triple.combined, "content": triple.content, "style": triple.style}
+
+
+def _token_conditioning(pipe, plan: Plan, prompt: str, fused: bool) -> tuple[Conditioning, dict]:
+    """Learned text tokens (Inspiration Tree, textual inversion): the token of each source the mode
+    uses goes into every tokenizer and text encoder with diffusers' own `load_textual_inversion`
+    (one file per encoder; a LoRA source of a cross-run generation loads as an ordinary LoRA),
+    and the prompt is one ordinary prompt."""
+    used = {Mode.CONTENT: [plan.content], Mode.STYLE: [plan.style]}.get(plan.mode, [plan.content, plan.style])
+    words = {Branch.CONTENT: plan.identifier, Branch.STYLE: plan.style_words}
+    if len(used) == 2 and words[Branch.CONTENT] == words[Branch.STYLE]:  # two runs' tokens of one name
+        words[Branch.STYLE] = words[Branch.STYLE].rstrip(">") + "-style" + (">" if words[Branch.STYLE].endswith(">") else "")
+    encoders = [n for n in ("text_encoder", "text_encoder_2") if getattr(pipe, n, None) is not None]
+    for source in used:
+        if source.tokens is None:
+            pipe.load_lora_weights(source.stock_lora(), adapter_name=source.branch.value)
+            if fused:
+                pipe.fuse_lora(adapter_names=[source.branch.value])
+                pipe.unload_lora_weights()
+            continue
+        if sorted(source.tokens) != encoders:
+            raise UnZipLoRAError(f"{source.path} holds tokens for {', '.join(sorted(source.tokens))}, and "
+                                 f"{plan.base.source} has {', '.join(encoders)}; pass the base model it was trained on")
+        for name, file in source.tokens.items():
+            try:
+                pipe.load_textual_inversion(str(file), token=words[source.branch], text_encoder=getattr(pipe, name),
+                                            tokenizer=getattr(pipe, name.replace("text_encoder", "tokenizer")))
+            except (OSError, ValueError, RuntimeError, KeyError) as exc:
+                raise UnZipLoRAError(f"{file} does not load into {plan.base.source} "
+                                     f"({str(exc).strip().splitlines()[-1][:160]}); pass the base model it was trained "
+                                     "on") from None
+    text = expand_tags(prompt, words[Branch.CONTENT], words[Branch.STYLE])
+    embeds, pooled = _encode(pipe, [text])
+    return Conditioning(embeds, pooled), {"prompt": text}
 
 
 def _write(plan: Plan, images: list, prompts: dict, num_images: int, force: bool) -> list[Path]:

@@ -44,6 +44,7 @@ class Method(str, enum.Enum):
     UNZIPLORA_M2 = "unziplora-m2"  # ablation: + column separation, no block separation
     DREAMBOOTH_LORA = "dreambooth-lora"
     B_LORA = "b-lora"
+    INSPIRATION_TREE = "inspiration-tree"  # two textual-inversion tokens (arXiv 2305.18203)
 
 
 class MergeMethod(str, enum.Enum):

@@ -33,7 +33,8 @@ def _add_decompose(sub) -> None:
     p.add_argument("--method", default=Method.UNZIPLORA.value, choices=[m.value for m in Method],
                    help="unziplora (the default: full method, M3); ablations unziplora-m1 (prompt separation only), "
                         "unziplora-m2 (+ column separation, no block roles); baselines dreambooth-lora, b-lora (by "
-                        "default with its reference settings: rank 64, lr 5e-5, 1000 steps)")
+                        "default with its reference settings: rank 64, lr 5e-5, 1000 steps), inspiration-tree (two "
+                        "textual-inversion tokens; 1000 steps; needs --clip FOLDER except on the embedded model)")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in OUT.partial (finish it, if its outputs are complete)")
     p.add_argument("--force", action="store_true",
@@ -94,7 +95,7 @@ def _add_batch(sub) -> None:
     p.add_argument("--eval", action="store_true",
                    help="score each finished row: the toy world's oracles for toy-world images, else the paper's "
                         "metrics with --clip/--dino/--csd")
-    p.add_argument("--clip", help="--eval: CLIP folder (CLIP-I, CLIP-T)")
+    # --clip (the CLIP folder, of --eval too) is a decompose option: decompose_flags adds it
     p.add_argument("--dino", help="--eval: DINO ViT-S/16 folder (subject alignment)")
     p.add_argument("--csd", help="--eval: CSD folder (style alignment)")
     p.add_argument("--status", action="store_true",
@@ -253,8 +254,8 @@ def run_batch(args) -> int:
         print(summary_table(statuses))
         return int(any(s.status is Status.FAILED for s in statuses))
     models = {"clip": args.clip, "dino": args.dino, "csd": args.csd}
-    if any(models.values()) and not args.eval:
-        raise UnZipLoRAError("--clip, --dino and --csd choose the metrics of --eval; add --eval")
+    if (args.dino or args.csd) and not args.eval:
+        raise UnZipLoRAError("--dino and --csd choose the metrics of --eval; add --eval")
     options = BatchOptions(overrides=decompose_overrides(args), config_file=args.config, method=args.method,
                            retry_failed=args.retry_failed, force=args.force, progress=not args.quiet,
                            evaluation=Evaluation(models) if args.eval else None)

@@ -28,7 +28,8 @@ def write_report(json_path: str | Path | None, report: dict, table: str | None =
 BENCHES = ("base-model", "quality", "speed", "memory")
 # The rows `bench quality` can compare: the methods, and B-LoRA on SDXL's modules as a variant
 # (bench/quality.py METHODS; named here so the CLI needs no torch import).
-QUALITY_ROWS = ("unziplora", "unziplora-m1", "unziplora-m2", "b-lora", "b-lora-sdxl-blocks", "dreambooth-lora")
+QUALITY_ROWS = ("unziplora", "unziplora-m1", "unziplora-m2", "b-lora", "b-lora-sdxl-blocks", "dreambooth-lora",
+                "inspiration-tree")
 
 
 def run_bench(which: str, json_path: str | Path | None = None, base_model: str | None = None, device: str = "cpu",

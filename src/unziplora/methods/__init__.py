@@ -3,7 +3,8 @@
 UnZipLoRA (arXiv 2412.04465) and its ablations M1 / M2 (methods/unziplora.py) train two branches
 together; the baselines train one ordinary LoRA (methods/single_lora.py): DreamBooth-LoRA
 (arXiv 2208.12242 with LoRA, arXiv 2106.09685; methods/dreambooth.py) and B-LoRA (arXiv
-2403.14572; methods/blora.py). Merging two LoRAs (direct, ZipLoRA) is `merge.py` / `ziplora.py`.
+2403.14572; methods/blora.py); Inspiration Tree learns two text tokens instead (arXiv 2305.18203;
+methods/inspiration_tree.py). Merging two LoRAs (direct, ZipLoRA) is `merge.py` / `ziplora.py`.
 A new method is a module with its plugin and one line in PLUGINS.
 """
 
@@ -17,10 +18,11 @@ from ..errors import UnZipLoRAError
 from .base import Combine, MethodPlugin
 from .blora import BLoRA
 from .dreambooth import DreamBoothLoRA
+from .inspiration_tree import InspirationTree
 from .unziplora import UnZipLoRA, UnZipLoRAM1, UnZipLoRAM2
 
 PLUGINS: dict[Method, MethodPlugin] = {p.method: p for p in (
-    UnZipLoRA(), UnZipLoRAM1(), UnZipLoRAM2(), DreamBoothLoRA(), BLoRA(),
+    UnZipLoRA(), UnZipLoRAM1(), UnZipLoRAM2(), DreamBoothLoRA(), BLoRA(), InspirationTree(),
 )}
 
 __all__ = ["Combine", "Method", "MergeMethod", "MethodPlugin", "PLUGINS", "as_method", "plugin", "resolve_config",

@@ -23,6 +23,7 @@ class Combine(str, enum.Enum):
     TWO_BRANCH = "two-branch"  # UnZipLoRA's two-branch layers: three prompts, mergers (arXiv 2412.04465)
     ONE_LORA = "one-lora"  # the one LoRA of the run, once, with the whole prompt (DreamBooth-LoRA)
     BOTH_PARTS = "both-parts"  # both LoRAs loaded as ordinary adapters under one prompt (B-LoRA)
+    TOKENS = "tokens"  # learned text tokens (textual inversion) in one ordinary prompt (Inspiration Tree)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class ModelCardText:
     exports: str
     together: str
     files: str = ""
+    template: str | None = None  # the whole card (run/modelcard.py's fields) for a method without LoRAs
 
 
 class MethodPlugin:
@@ -61,6 +63,9 @@ class MethodPlugin:
         return dict(self.reference.values) if self.reference else {}
 
     # ----- training -------------------------------------------------------------------------------
+    def check(self, spec) -> None:
+        """Refuse a run this method cannot do (one line), before the base model loads."""
+
     def prepare(self, spec, pipe, image, prompts, profile, device, dtype, workdir: Path):
         """Build the loop on a loaded pipeline (spec: run.spec.RunSpec). The loop is what
         `core.train.fit` runs: step, total_steps, should_stop, history, timings, train_step(), and

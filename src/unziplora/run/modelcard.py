@@ -76,7 +76,7 @@ def write_model_card(folder: Path, manifest, thumbnail: Image.Image, final_path:
     export, together, files = card.exports, card.together, card.files
     final_path = Path(final_path).resolve()
     sample = cfg.sample
-    card = CARD.format(
+    card = (card.template or CARD).format(
         name=final_path.name, path=final_path.as_posix(), method=manifest.method.value, pipeline=pipeline,
         resolution=sample.resolution or cfg.train.resolution, sample_steps=sample.steps,
         guidance=sample.guidance_scale, guidance_rescale=sample.guidance_rescale, export=export, together=together,

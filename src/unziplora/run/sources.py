@@ -22,6 +22,15 @@ from ..names import Method
 from .folder import MANIFEST_FILE, RunFolder, load_safetensors
 
 
+TOKENS_DIR = "{}_tokens"  # a run's learned text token of one branch, one file per text encoder (Inspiration Tree)
+
+
+def token_files(run_path: str | Path, branch: Branch) -> dict[str, Path]:
+    """The branch's textual-inversion files of a token run ({"text_encoder": path, ...}); {} for a LoRA run."""
+    folder = Path(run_path) / TOKENS_DIR.format(branch.value)
+    return {p.stem: p for p in sorted(folder.glob("text_encoder*.safetensors"))} if folder.is_dir() else {}
+
+
 @dataclass
 class BranchSource:
     path: Path
@@ -29,6 +38,7 @@ class BranchSource:
     run: RunFolder | None = None  # gives the manifest (prompts, base model), and the state if plain is None
     plain: dict[str, torch.Tensor] | None = None  # PEFT keys without 'unet.'
     base: BaseShapes | None = None  # the shapes its files were checked against
+    tokens: dict[str, Path] | None = None  # a token run's textual-inversion files per text encoder (no LoRA)
 
     @classmethod
     def open(cls, path: str | Path, branch: Branch, base: BaseShapes | None = None) -> "BranchSource":
@@ -37,6 +47,9 @@ class BranchSource:
         path = Path(path)
         if (path / MANIFEST_FILE).is_file():
             run = RunFolder.open(path)
+            tokens = token_files(path, branch)
+            if tokens:  # learned text tokens, no LoRA (Inspiration Tree)
+                return cls(path, branch, run=run, base=base, tokens=tokens)
             if run.state_path.is_file():
                 check_lora_header(lora_file(run.lora_dir(branch)), base)  # what --mode content|style loads
                 run.check_state(base)
