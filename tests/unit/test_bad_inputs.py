@@ -201,10 +201,10 @@ def _pipeline_folder(root, class_name="StableDiffusionXLPipeline", weights="diff
     [
         (lambda r: r, "does not exist"),
         (lambda r: r.mkdir() or r, "no model_index.json"),
-        (lambda r: _pipeline_folder(r, class_name="StableDiffusionPipeline"), "not an SDXL-shaped"),
+        (lambda r: _pipeline_folder(r, class_name="KandinskyV22Pipeline"), "unziplora supports"),
         (lambda r: _pipeline_folder(r, weights="diffusion_pytorch_model.bin"), "loads safetensors only"),
     ],
-    ids=["missing", "empty-folder", "sd15-pipeline", "pickle-weights"],
+    ids=["missing", "empty-folder", "unsupported-pipeline", "pickle-weights"],
 )
 def test_bad_base_model_folders(tmp_path, make, message):
     with pytest.raises(UnZipLoRAError, match=message):
