@@ -34,7 +34,7 @@ from .methods import plugin, spec_of
 from .models.loading import check_resolution, pick_device, pick_dtype
 from .run.checkpoint import CHECKPOINT_DIR, Checkpointer, check_resumable, fingerprint, read_record, restore_checkpoint
 from .run.manifest import Manifest
-from .run.folder import MANIFEST_FILE, RUN_FORMAT_VERSION, RunFolder, resumable_output_dir, save_grid, write_text_atomic
+from .run.folder import MANIFEST_FILE, RUN_FORMAT_VERSION, RunFolder, check_output, resumable_output_dir, save_grid, write_text_atomic
 from .run.modelcard import write_model_card
 from .run.spec import RunSpec
 
@@ -81,6 +81,8 @@ def decompose(
     if resume and not chosen.resumable:
         raise UnZipLoRAError(f"--resume is not available for --method {spec.method.value}; rerun with --force")
     t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    check_output(out_dir, [image, spec.base.source], force, "decompose")  # an input is never replaced
     prompts = training_prompts(cfg.prompts)
     picture = load_image(image)
     out_dir = Path(out_dir)

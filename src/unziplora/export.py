@@ -14,7 +14,7 @@ import torch
 
 from .names import Branch
 from .errors import UnZipLoRAError
-from .run.folder import LORA_WEIGHT_NAME, RunFolder, atomic_output_dir, load_safetensors, refuse_existing, save_safetensors
+from .run.folder import LORA_WEIGHT_NAME, RunFolder, atomic_output_dir, check_output, load_safetensors, save_safetensors
 
 from .run.formats import EXPORT_FORMATS as FORMATS
 from .run.loras import lora_file
@@ -33,11 +33,11 @@ def export_run(run: str | Path, fmt: str, out_dir: str | Path | None = None, for
 
     folder = RunFolder.open(run)
     out = Path(out_dir) if out_dir else folder.path / "export" / fmt
-    refuse_existing(out, force)  # before reading anything
+    check_output(out, [folder.path, folder.manifest.base_model], force, "export")  # before reading anything
     base = BaseModel.resolve(folder.manifest.base_model, folder.manifest.revision).shapes()
     states = {branch: _read_branch(folder, branch, base) for branch in (Branch.CONTENT, Branch.STYLE)}
     names = {branch: f"{folder.path.name}_{branch.value}.safetensors" for branch in states}
-    with atomic_output_dir(out, force) as tmp:
+    with atomic_output_dir(out, force, "export") as tmp:
         for branch, (state, metadata) in states.items():
             if fmt == "diffusers":
                 save_safetensors(state, tmp / names[branch], metadata)

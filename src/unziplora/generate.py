@@ -33,7 +33,7 @@ from .models.families import family_of
 from .models.loading import check_resolution, pick_device
 from .models.profiles import INFERENCE_PROFILE
 from .core.prompts import CONTENT_TAG, STYLE_TAG, check_length, encode_prompts, expand_tags, split_prompt
-from .run.folder import atomic_output_dir, refuse_existing, save_grid
+from .run.folder import atomic_output_dir, check_output, save_grid
 from .run.sources import BranchSource
 
 
@@ -112,7 +112,7 @@ def plan_generation(prompt: str, out_dir: str | Path | None, mode: Mode | str, r
             raise UnZipLoRAError(f"the prompt uses {tag} but the LoRA file does not say what it stands for; pass {flag}")
     home = runs[0].path if runs else Path(".")
     out = Path(out_dir) if out_dir is not None else default_out_dir(home, mode)
-    refuse_existing(out, force)
+    check_output(out, [*paths.values(), base.source], force, "generate")
     return Plan(mode, content, style, base, sample, resolution, identifier or "", style_words or "", out)
 
 
@@ -203,7 +203,7 @@ def _conditioning(pipe, plan: Plan, prompt: str, num_images: int, fused: bool) -
 def _write(plan: Plan, images: list, prompts: dict, num_images: int, force: bool) -> list[Path]:
     """The images, their grid and generation.json, all or nothing."""
     sample = plan.sample
-    with atomic_output_dir(plan.out_dir, force) as tmp:
+    with atomic_output_dir(plan.out_dir, force, "generate") as tmp:
         paths = []
         for i, image in enumerate(images):
             name = f"seed{sample.seeds[i // num_images]}_{i % num_images}.png"
