@@ -14,7 +14,7 @@ ordinary prompt (arXiv 2403.14572; yardenfren1996/B-LoRA's inference.py).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -156,8 +156,18 @@ def generate(
     pipe.to(torch_device)
     pipe.vae.to(torch.float32)
     cond, prompts = _conditioning(pipe, plan, prompt, num_images, fused)
-    images = sample_images(pipe, cond, plan.sample, plan.resolution, num_images, progress, on_step)
-    return _write(plan, images, prompts, num_images, force)
+    done: list = []
+    try:
+        sample_images(pipe, cond, plan.sample, plan.resolution, num_images, progress, on_step, into=done)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the seeds already finished are kept
+        seeds = len(done) // num_images
+        if not seeds:
+            raise KeyboardInterrupt("interrupted before the first image was finished; nothing was written") from None
+        kept = replace(plan, sample=replace(plan.sample, seeds=list(plan.sample.seeds[:seeds])))
+        paths = _write(kept, done[: seeds * num_images], prompts, num_images, force)
+        raise KeyboardInterrupt(f"interrupted after {seeds} of {len(plan.sample.seeds)} seeds; their "
+                                f"{len(paths)} image(s) are in {plan.out_dir}") from None
+    return _write(plan, done, prompts, num_images, force)
 
 
 def _conditioning(pipe, plan: Plan, prompt: str, num_images: int, fused: bool) -> tuple[Conditioning, dict]:

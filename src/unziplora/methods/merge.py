@@ -14,6 +14,7 @@ import torch
 from ..names import Branch, MergeMethod, choice_error
 from ..errors import UnZipLoRAError
 from ..run.loras import load_lora_any
+from ..run.numbers import check_weights
 from ..run.folder import LORA_WEIGHT_NAME, RunFolder, atomic_output_dir, check_output
 from ..run.sources import BranchSource
 
@@ -81,6 +82,7 @@ def merge(content: str | Path, style: str | Path, out_dir: str | Path, method: M
         resolution = config.train.resolution if config else 1024
         merged = ziplora_merge(sources[0], sources[1], base, (prompt_c, prompt_s), resolution, steps, device=device,
                                progress=progress)
+    check_weights(merged, f"the {method.value} merge of {content} and {style}")  # never write NaNs silently
     with atomic_output_dir(out_dir, force, "merge") as tmp:
         # Ranks differ per module, so no single alpha: diffusers then uses alpha = rank (scale 1).
         (next((b for b in bases if b), None) or BaseModel.resolve()).family.pipeline_class().save_lora_weights(

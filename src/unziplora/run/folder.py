@@ -176,8 +176,12 @@ class RunFolder:
         check_state_header(self.state_path, self.rank, base, RUN_FORMAT_VERSION)
 
     def load_state(self, base=None) -> dict[str, torch.Tensor]:
+        from .numbers import check_weights
+
         self.check_state(base)
-        return load_safetensors(self.state_path)
+        state = load_safetensors(self.state_path)
+        check_weights(state, self.state_path)
+        return state
 
     def summary(self) -> str:
         """A few human-readable lines for `unziplora info`."""
