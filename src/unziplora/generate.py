@@ -159,14 +159,14 @@ def generate(
     done: list = []
     try:
         sample_images(pipe, cond, plan.sample, plan.resolution, num_images, progress, on_step, into=done)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the seeds already finished are kept
-        seeds = len(done) // num_images
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or the page's cancel: the seeds already finished are kept
+        reason, seeds = str(exc) or "interrupted", len(done) // num_images
         if not seeds:
-            raise KeyboardInterrupt("interrupted before the first image was finished; nothing was written") from None
+            raise KeyboardInterrupt(f"{reason}; no images were written") from None
         kept = replace(plan, sample=replace(plan.sample, seeds=list(plan.sample.seeds[:seeds])))
         paths = _write(kept, done[: seeds * num_images], prompts, num_images, force)
-        raise KeyboardInterrupt(f"interrupted after {seeds} of {len(plan.sample.seeds)} seeds; their "
-                                f"{len(paths)} image(s) are in {plan.out_dir}") from None
+        raise KeyboardInterrupt(f"{reason}; the {len(paths)} image(s) of the {seeds} of {len(plan.sample.seeds)} "
+                                f"seeds finished before are in {plan.out_dir}") from None
     return _write(plan, done, prompts, num_images, force)
 
 
