@@ -29,7 +29,7 @@ from typing import Callable
 from safetensors import SafetensorError
 
 from ..errors import UnZipLoRAError
-from .lock import RunInProgress, WorkLock, pid_alive
+from .lock import LOCK_FILE, RunInProgress, WorkLock, pid_alive
 
 # A hidden work folder with no lock file is another writer's only in the instant between its
 # mkdtemp and its lock (or an older unziplora's): removed only once older than this.
@@ -301,6 +301,11 @@ def atomic_output_dir(out_dir: str | Path, force: bool = False, kind: str | None
             lock.release()
 
 
+def _holds_work(work: Path) -> bool:
+    """Whether an OUT.partial holds anything but its lock and temp files."""
+    return any(p.name != LOCK_FILE and not re.fullmatch(r"\..+\.tmp-.+", p.name) for p in work.iterdir())
+
+
 def partial_dir(out_dir: Path) -> Path:
     """Where a run is written while it trains: OUT.partial, a stable name so it can be resumed."""
     return out_dir.with_name(f"{out_dir.name}.partial")
@@ -328,6 +333,9 @@ def resumable_output_dir(out_dir: str | Path, force: bool, resume: bool, keep: C
     if holder is not None:
         raise _live_run_error(work, holder)
     refuse_existing(out_dir, force)
+    if work.is_dir() and not work.is_symlink() and not _holds_work(work) and (
+            lock.path.exists() or time.time() - work.stat().st_mtime > UNLOCKED_GRACE_S):
+        _remove(work)  # a writer killed before it wrote anything (only its lock): nothing to resume or refuse
     existed = work.exists()
     if existed and not resume and not force:
         raise UnZipLoRAError(f"{work} holds an interrupted run (no process is writing it); pass --resume to "
