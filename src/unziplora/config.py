@@ -164,6 +164,9 @@ class SampleConfig:
         _check(len(self.seeds) > 0, "sample.seeds must hold at least one seed")
         bad = [s for s in self.seeds if not 0 <= s < 2**63]
         _check(not bad, f"sample.seeds (--seeds) must lie in [0, 2**63), got {bad[0] if bad else ''}")
+        twice = sorted({s for s in self.seeds if list(self.seeds).count(s) > 1})
+        _check(not twice, f"sample.seeds (--seeds) names seed {twice[0] if twice else ''} more than once; a seed "
+                          "always gives the same image: give each seed once (--num-images for more per seed)")
         _check(math.isfinite(self.guidance_scale) and self.guidance_scale >= 0,
                f"sample.guidance_scale (--guidance) must be a finite number >= 0, got {self.guidance_scale}")
         _check(self.resolution is None or (self.resolution >= 8 and self.resolution % 8 == 0),

@@ -8,6 +8,7 @@ written atomically, checkpoints, previews, the loss curve, the manifest and mode
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import hashlib
@@ -34,7 +35,7 @@ from .methods import plugin, spec_of
 from .models.loading import check_resolution, pick_device, pick_dtype
 from .run.checkpoint import CHECKPOINT_DIR, Checkpointer, check_resumable, fingerprint, read_record, restore_checkpoint
 from .run.manifest import Manifest
-from .run.folder import MANIFEST_FILE, RUN_FORMAT_VERSION, RunFolder, resumable_output_dir, save_grid, write_text_atomic
+from .run.folder import MANIFEST_FILE, RUN_FORMAT_VERSION, RunFolder, check_output, resumable_output_dir, save_grid, write_text_atomic
 from .run.modelcard import write_model_card
 from .run.spec import RunSpec
 
@@ -82,6 +83,8 @@ def decompose(
     if resume and not chosen.resumable:
         raise UnZipLoRAError(f"--resume is not available for --method {spec.method.value}; rerun with --force")
     t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    check_output(out_dir, [image, spec.base.source], force, "decompose")  # an input is never replaced
     prompts = training_prompts(cfg.prompts)
     picture = load_image(image)
     out_dir = Path(out_dir)
@@ -89,7 +92,7 @@ def decompose(
     profile = spec.profile()
     run_fingerprint = fingerprint(cfg, _image_sha256(picture), spec.base)
 
-    with resumable_output_dir(out_dir, force, resume, keep=_worth_keeping) as tmp:
+    with resumable_output_dir(out_dir, force, resume, keep=_worth_keeping) as tmp, contextlib.ExitStack() as stack:
         checkpointer = Checkpointer(tmp / CHECKPOINT_DIR, cfg.train.checkpoint_every if chosen.resumable else 0,
                                     run_fingerprint)
         if resume and _holds_finished_run(tmp, run_fingerprint, spec):
@@ -115,6 +118,7 @@ def decompose(
             every_step = [ProgressBar(progress), Previews(tmp / "previews", cfg.train.preview_every, _preview_writer(chosen)),
                           *([checkpointer] if chosen.resumable else []), *callbacks]
             _fit(loop, every_step, checkpointer, out_dir)
+            stack.enter_context(_finished_steps_kept(loop, checkpointer, chosen.resumable, out_dir))
 
             t0 = time.perf_counter()
             files = chosen.write_weights(loop, tmp)
@@ -197,6 +201,23 @@ def _fit(loop, callbacks: list, checkpointer: Checkpointer, out_dir: Path) -> No
         ) from None
     except NonFiniteLoss as exc:
         raise NonFiniteLoss(exc.step, exc.value, checkpointer.where()) from None
+
+
+@contextlib.contextmanager
+def _finished_steps_kept(loop, checkpointer: Checkpointer, resumable: bool, out_dir: Path):
+    """Ctrl-C or SIGTERM while the outputs are written: the trained steps are saved as a checkpoint
+    (the outputs are then written by --resume) and the message says so."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not resumable:
+            raise TrainingInterrupted(f"interrupted while writing the outputs after {loop.step} steps; this method "
+                                      "keeps no checkpoint, nothing was kept") from None
+        if checkpointer.saved_step != loop.step:
+            checkpointer.save(loop)
+        raise TrainingInterrupted(f"interrupted while writing the outputs; all {loop.step} steps are trained and "
+                                  f"{checkpointer.where()}: the same command plus --resume writes them "
+                                  f"(--out {out_dir})") from None
 
 
 def _check_sizes(spec: RunSpec, device) -> None:

@@ -14,7 +14,7 @@ import torch
 
 from .names import Branch
 from .errors import UnZipLoRAError
-from .run.folder import LORA_WEIGHT_NAME, RunFolder, atomic_output_dir, load_safetensors, refuse_existing, save_safetensors
+from .run.folder import LORA_WEIGHT_NAME, RunFolder, atomic_output_dir, check_output, load_safetensors, save_safetensors
 
 from .run.formats import EXPORT_FORMATS as FORMATS
 from .run.loras import lora_file
@@ -43,7 +43,7 @@ def _export_tokens(folder: RunFolder, fmt: str, out: Path, force: bool) -> list[
                 raise UnZipLoRAError(f"no webui embedding format for text encoders {', '.join(states)}")
             rows = [next(iter(states[encoder].values()))[None] for encoder in states]
             written[f"{folder.path.name}_{branch.value}.safetensors"] = (dict(zip(keys, rows)), {})
-    with atomic_output_dir(out, force) as tmp:
+    with atomic_output_dir(out, force, "export") as tmp:
         for name, (state, metadata) in written.items():
             save_safetensors(state, tmp / name, metadata)
     return [out / name for name in written]
@@ -62,13 +62,13 @@ def export_run(run: str | Path, fmt: str, out_dir: str | Path | None = None, for
 
     folder = RunFolder.open(run)
     out = Path(out_dir) if out_dir else folder.path / "export" / fmt
-    refuse_existing(out, force)  # before reading anything
+    check_output(out, [folder.path, folder.manifest.base_model], force, "export")  # before reading anything
     if token_files(folder.path, Branch.CONTENT):
         return _export_tokens(folder, fmt, out, force)
     base = BaseModel.resolve(folder.manifest.base_model, folder.manifest.revision).shapes()
     states = {branch: _read_branch(folder, branch, base) for branch in (Branch.CONTENT, Branch.STYLE)}
     names = {branch: f"{folder.path.name}_{branch.value}.safetensors" for branch in states}
-    with atomic_output_dir(out, force) as tmp:
+    with atomic_output_dir(out, force, "export") as tmp:
         for branch, (state, metadata) in states.items():
             if fmt == "diffusers":
                 save_safetensors(state, tmp / names[branch], metadata)

@@ -14,7 +14,7 @@ ordinary prompt (arXiv 2403.14572; yardenfren1996/B-LoRA's inference.py).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -33,7 +33,7 @@ from .models.families import family_of
 from .models.loading import check_resolution, pick_device
 from .models.profiles import INFERENCE_PROFILE
 from .core.prompts import CONTENT_TAG, STYLE_TAG, check_length, encode_prompts, expand_tags, split_prompt
-from .run.folder import atomic_output_dir, refuse_existing, save_grid
+from .run.folder import atomic_output_dir, check_output, save_grid
 from .run.sources import BranchSource
 
 
@@ -112,7 +112,7 @@ def plan_generation(prompt: str, out_dir: str | Path | None, mode: Mode | str, r
             raise UnZipLoRAError(f"the prompt uses {tag} but the LoRA file does not say what it stands for; pass {flag}")
     home = runs[0].path if runs else Path(".")
     out = Path(out_dir) if out_dir is not None else default_out_dir(home, mode)
-    refuse_existing(out, force)
+    check_output(out, [*paths.values(), base.source], force, "generate")
     return Plan(mode, content, style, base, sample, resolution, identifier or "", style_words or "", out)
 
 
@@ -156,8 +156,18 @@ def generate(
     pipe.to(torch_device)
     pipe.vae.to(torch.float32)
     cond, prompts = _conditioning(pipe, plan, prompt, num_images, fused)
-    images = sample_images(pipe, cond, plan.sample, plan.resolution, num_images, progress, on_step)
-    return _write(plan, images, prompts, num_images, force)
+    done: list = []
+    try:
+        sample_images(pipe, cond, plan.sample, plan.resolution, num_images, progress, on_step, into=done)
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or the page's cancel: the seeds already finished are kept
+        reason, seeds = str(exc) or "interrupted", len(done) // num_images
+        if not seeds:
+            raise KeyboardInterrupt(f"{reason}; no images were written") from None
+        kept = replace(plan, sample=replace(plan.sample, seeds=list(plan.sample.seeds[:seeds])))
+        paths = _write(kept, done[: seeds * num_images], prompts, num_images, force)
+        raise KeyboardInterrupt(f"{reason}; the {len(paths)} image(s) of the {seeds} of {len(plan.sample.seeds)} "
+                                f"seeds finished before are in {plan.out_dir}") from None
+    return _write(plan, done, prompts, num_images, force)
 
 
 def _conditioning(pipe, plan: Plan, prompt: str, num_images: int, fused: bool) -> tuple[Conditioning, dict]:
@@ -238,7 +248,7 @@ def _token_conditioning(pipe, plan: Plan, prompt: str, fused: bool) -> tuple[Con
 def _write(plan: Plan, images: list, prompts: dict, num_images: int, force: bool) -> list[Path]:
     """The images, their grid and generation.json, all or nothing."""
     sample = plan.sample
-    with atomic_output_dir(plan.out_dir, force) as tmp:
+    with atomic_output_dir(plan.out_dir, force, "generate") as tmp:
         paths = []
         for i, image in enumerate(images):
             name = f"seed{sample.seeds[i // num_images]}_{i % num_images}.png"

@@ -298,7 +298,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_sigterm_as_ctrl_c())
         return _run(args, stack)
+
+
+def _sigterm_as_ctrl_c():
+    """SIGTERM (what Slurm, Kubernetes and systemd send) stops a command as Ctrl-C does: training
+    saves its checkpoint between steps, generate keeps its finished images, work folders are cleaned."""
+    import contextlib
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return contextlib.nullcontext()
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt("stopped by SIGTERM")
+
+    @contextlib.contextmanager
+    def handled():
+        previous = signal.signal(signal.SIGTERM, stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+    return handled()
 
 
 def _run(args, stack) -> int:

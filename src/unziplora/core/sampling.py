@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image
 
 from ..config import SampleConfig
 from ..models.families import family_of
+from ..errors import UnZipLoRAError
 from .attention import CONTENT_KWARG, STYLE_KWARG
+
+
+class NonFiniteImage(UnZipLoRAError):
+    """A sampled image holds NaN or Inf values."""
 
 
 @dataclass
@@ -25,7 +31,7 @@ class Conditioning:
 
 @torch.no_grad()
 def sample_images(pipe, cond: Conditioning, sample: SampleConfig, resolution: int | None, num_images: int = 1,
-                  progress: bool = False, on_step=None) -> list[Image.Image]:
+                  progress: bool = False, on_step=None, into: list | None = None) -> list[Image.Image]:
     """Run the base model's pipeline once per seed from precomputed embeddings.
 
     The unconditional half of classifier-free guidance sees what the family's pipeline gives it
@@ -33,7 +39,8 @@ def sample_images(pipe, cond: Conditioning, sample: SampleConfig, resolution: in
     branch inputs get the same there, so unconditional K/V carry no prompt in any branch. `sample.guidance_rescale`
     is CFG rescale (arXiv 2305.08891, Sec. 3.4), which zero-terminal-SNR models need. With
     `progress`, one bar counts the denoising steps of every seed; `on_step(done, total)` is told
-    the same count (the web page's progress).
+    the same count (the web page's progress). Each seed's images are appended to `into` as they are
+    done, so an interrupted caller keeps them. An image that is not finite is NonFiniteImage.
     """
     from tqdm.auto import tqdm
 
@@ -72,10 +79,17 @@ def sample_images(pipe, cond: Conditioning, sample: SampleConfig, resolution: in
             generator=generator,
             guidance_rescale=sample.guidance_rescale,
             cross_attention_kwargs=extra or None,
-            output_type="pil",
+            output_type="np",
             callback_on_step_end=tick,
         )
-        images.extend(out.images)
+        if not np.isfinite(out.images).all():  # NaN would be written as a black image
+            bar.close()
+            raise NonFiniteImage(f"the image of seed {seed} holds NaN or Inf values (the weights or settings give "
+                                 "broken numbers); nothing of it was written")
+        pils = pipe.numpy_to_pil(out.images)
+        images.extend(pils)
+        if into is not None:
+            into.extend(pils)
     bar.close()
     return images
 

@@ -199,7 +199,7 @@ def fit(loop, callbacks=()) -> None:
     """The one training loop every method runs: `loop.train_step()` until `loop.step` reaches
     `loop.total_steps`, the callbacks (callbacks.py) seeing the loop after every step.
 
-    Ctrl-C (or a callback setting `loop.should_stop`) stops after the current step: every
+    Ctrl-C or SIGTERM (or a callback setting `loop.should_stop`) stops after the current step: every
     callback's on_interrupt runs (a checkpoint is saved), then KeyboardInterrupt propagates.
     `loop.timings` gets train_s and s_per_step.
     """
@@ -222,25 +222,33 @@ def fit(loop, callbacks=()) -> None:
         cb.on_end(loop)
 
 
+# What a user (Ctrl-C) and a scheduler (Slurm, Kubernetes, systemd: SIGTERM) send to stop a run.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def _interrupt_between_steps():
-    """Turn the first Ctrl-C into a flag the loop reads between steps, so a checkpoint never holds
-    half a step (parameters updated, step counter not). A second Ctrl-C interrupts at once."""
+    """Turn the first Ctrl-C or SIGTERM into a flag the loop reads between steps, so a checkpoint
+    never holds half a step (parameters updated, step counter not). A second one interrupts at once."""
     flag: list[bool] = []
     if threading.current_thread() is not threading.main_thread():
         yield flag  # signal handlers can only be set from the main thread
         return
-    previous = signal.getsignal(signal.SIGINT)
+    # None: a handler not set from Python; put the default back then
+    previous = {sig: signal.getsignal(sig) or signal.SIG_DFL for sig in STOP_SIGNALS}
 
     def handler(signum, frame):
         flag.append(True)
-        signal.signal(signal.SIGINT, previous)
+        for sig, before in previous.items():
+            signal.signal(sig, before)
 
-    signal.signal(signal.SIGINT, handler)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handler)
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, before in previous.items():
+            signal.signal(sig, before)
 
 
 def warn_ties(step: int, tied: list[str], threshold: float) -> None:

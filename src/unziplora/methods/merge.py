@@ -14,7 +14,8 @@ import torch
 from ..names import Branch, MergeMethod, choice_error
 from ..errors import UnZipLoRAError
 from ..run.loras import load_lora_any
-from ..run.folder import LORA_WEIGHT_NAME, RunFolder, atomic_output_dir
+from ..run.numbers import check_weights
+from ..run.folder import LORA_WEIGHT_NAME, RunFolder, atomic_output_dir, check_output
 from ..run.sources import BranchSource
 
 
@@ -58,6 +59,7 @@ def merge(content: str | Path, style: str | Path, out_dir: str | Path, method: M
         raise UnZipLoRAError(choice_error("merge method", method, MergeMethod)) from None
     from ..models.base import BaseModel
 
+    check_output(out_dir, [content, style, base_model], force, "merge")  # before anything loads
     runs = BranchSource.run_of(content), BranchSource.run_of(style)
     named = [(base_model, revision) if base_model else
              ((r.manifest.base_model, r.manifest.revision) if r else None) for r in runs]
@@ -80,7 +82,8 @@ def merge(content: str | Path, style: str | Path, out_dir: str | Path, method: M
         resolution = config.train.resolution if config else 1024
         merged = ziplora_merge(sources[0], sources[1], base, (prompt_c, prompt_s), resolution, steps, device=device,
                                progress=progress)
-    with atomic_output_dir(out_dir, force) as tmp:
+    check_weights(merged, f"the {method.value} merge of {content} and {style}")  # never write NaNs silently
+    with atomic_output_dir(out_dir, force, "merge") as tmp:
         # Ranks differ per module, so no single alpha: diffusers then uses alpha = rank (scale 1).
         (next((b for b in bases if b), None) or BaseModel.resolve()).family.pipeline_class().save_lora_weights(
             tmp, unet_lora_layers=merged, weight_name=LORA_WEIGHT_NAME, safe_serialization=True

@@ -22,6 +22,29 @@ def generated_images(folder: str | Path) -> list[Path]:
     return files
 
 
+def check_scores_path(path: Path, inputs) -> None:
+    """--json names a new file, or a scores file eval wrote before; never an input, a folder or another file."""
+    resolved = path.resolve()
+    for given in inputs:
+        if Path(given).exists() and Path(given).resolve() == resolved:
+            raise UnZipLoRAError(f"--json {path} is the input {given}; choose another file for the scores")
+    if not path.parent.is_dir():
+        raise UnZipLoRAError(f"--json {path}: the folder {path.parent} does not exist; create it or choose another file")
+    if path.is_dir():
+        raise UnZipLoRAError(f"--json {path} is a folder; give a file name for the scores, e.g. {path / 'scores.json'}")
+    if path.exists() and not _is_scores_file(path):
+        raise UnZipLoRAError(f"--json {path} exists and is not a scores file eval wrote; it is left as it is: "
+                             "choose another file")
+
+
+def _is_scores_file(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text()[:1_000_000])
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and set(data) == {"images", "scores"}
+
+
 def evaluate_folder(folder: str | Path, references: list[str | Path], prompt: str | None = None,
                     metrics=METRICS, models: dict[str, str] | None = None, json_path: str | Path | None = None
                     ) -> dict[str, float]:
@@ -41,6 +64,10 @@ def evaluate_folder(folder: str | Path, references: list[str | Path], prompt: st
     unknown = chosen - set(METRICS)
     if unknown:
         raise UnZipLoRAError(f"unknown metric {sorted(unknown)[0]!r}; choose from {', '.join(METRICS)}")
+    if not chosen:
+        raise UnZipLoRAError(f"no metric chosen; pass --metrics with some of {', '.join(METRICS)}")
+    if json_path:  # checked before any model loads or image is scored
+        check_scores_path(Path(json_path), [folder, *references])
     sources = {**DEFAULTS, **(models or {})}
     loaders = {"clip": encoders.ClipEncoder, "dino": encoders.DinoEncoder, "csd": encoders.CsdEncoder}
     loaded = {name: loaders[name](sources[name]) if name in chosen else None for name in METRICS}

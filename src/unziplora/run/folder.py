@@ -34,12 +34,14 @@ from .manifest import MANIFEST_FILE, RUN_FORMAT_VERSION, Manifest, read_manifest
 from .outputs import (  # noqa: F401  (the names every writer imports from here)
     apply_umask,
     atomic_output_dir,
+    check_output,
     disk_full_error,
     glob_escape,
     is_disk_full,
     partial_dir,
     refuse_existing,
     resumable_output_dir,
+    unique_suffix,
     writing_errors,
 )
 from .lock import pid_alive
@@ -54,15 +56,15 @@ def _fsync(path: Path) -> None:
 
 
 def _temp_for(path: Path) -> Path:
-    """The temp name a file is written under: hidden, beside it, with the writer's pid; a dead
-    writer's temp files of the same name are removed first (a kill leaves them behind)."""
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.tmp-(\d+)")
+    """The temp name a file is written under: hidden, beside it, with the writer's pid, thread and a
+    random part (two threads of one process never share one); a dead writer's temp files of the same name are removed first (a kill leaves them behind)."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.tmp-(\d+)(?:-.+)?")
     if path.parent.is_dir():
         for old in path.parent.glob(f".{glob_escape(path.name)}.tmp-*"):
             match = pattern.fullmatch(old.name)
             if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
                 old.unlink(missing_ok=True)
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    return path.with_name(f".{path.name}.tmp-{unique_suffix()}")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -174,8 +176,12 @@ class RunFolder:
         check_state_header(self.state_path, self.rank, base, RUN_FORMAT_VERSION)
 
     def load_state(self, base=None) -> dict[str, torch.Tensor]:
+        from .numbers import check_weights
+
         self.check_state(base)
-        return load_safetensors(self.state_path)
+        state = load_safetensors(self.state_path)
+        check_weights(state, self.state_path)
+        return state
 
     def summary(self) -> str:
         """A few human-readable lines for `unziplora info`."""

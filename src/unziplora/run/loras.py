@@ -12,6 +12,7 @@ import torch
 
 from ..errors import UnZipLoRAError
 from .folder import LORA_WEIGHT_NAME, load_safetensors
+from .numbers import check_weights
 
 B_LORA_PREFIX = "unet.unet."  # B-LoRA's published checkpoints double the prefix
 
@@ -38,6 +39,7 @@ def load_lora_any(path: str | Path, base=None) -> dict[str, torch.Tensor]:
 
     file = lora_file(path)
     state = load_safetensors(file, check=lambda p: check_lora_header(p, base))
+    check_weights(state, file)  # NaN / Inf / absurd values, alphas that are not one number: one line
     if any(k.startswith(B_LORA_PREFIX) for k in state):
         state = {k.replace(B_LORA_PREFIX, "unet.", 1): v for k, v in state.items()}
     try:

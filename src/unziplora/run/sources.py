@@ -20,6 +20,7 @@ from ..models.headers import BaseShapes, check_lora_header
 from ..core.inject import TwoBranchLoRA
 from ..names import Method
 from .folder import MANIFEST_FILE, RunFolder, load_safetensors
+from .numbers import check_weights
 
 
 TOKENS_DIR = "{}_tokens"  # a run's learned text token of one branch, one file per text encoder (Inspiration Tree)
@@ -93,7 +94,9 @@ class BranchSource:
         so a damaged file is our one-line error, not diffusers' traceback)."""
         if self.plain is None:
             file = lora_file(self.run.lora_dir(self.branch))
-            return load_safetensors(file, check=lambda p: check_lora_header(p, self.base))
+            state = load_safetensors(file, check=lambda p: check_lora_header(p, self.base))
+            check_weights(state, file)
+            return state
         return {f"unet.{k}": v for k, v in self.plain.items()}
 
     def branch_state(self, lora: TwoBranchLoRA) -> dict[str, torch.Tensor]:

@@ -56,6 +56,7 @@ class Job:
     error: str | None = None
     started: float | None = None
     finished: float | None = None
+    on_cancel: Callable[[], None] | None = None  # releases what submitting claimed, if the job never runs
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def report(self, progress: Progress) -> None:
@@ -84,10 +85,11 @@ class Worker:
         self._thread.start()
 
     def submit(self, kind: str, title: str, work: Callable[[Job], Any], target: str | None = None,
-               progress: Progress | None = None) -> Job:
-        """Queue `work`; `target` is the run it writes, `progress` what the bar shows while it waits."""
+               progress: Progress | None = None, on_cancel: Callable[[], None] | None = None) -> Job:
+        """Queue `work`; `target` is the run it writes, `progress` what the bar shows while it waits,
+        `on_cancel` what to undo if it is cancelled before it starts (a claimed run name)."""
         with self._wake:
-            job = Job(next(self._ids), kind, title, work, target, progress=progress)
+            job = Job(next(self._ids), kind, title, work, target, progress=progress, on_cancel=on_cancel)
             self._jobs[job.id] = job
             self._queue.append(job)
             self._wake.notify()
@@ -159,6 +161,8 @@ class Worker:
 
     @staticmethod
     def _finish(job: Job, state: JobState, error: str | None = None) -> None:
+        if state is JobState.CANCELLED and job.started is None and job.on_cancel is not None:
+            job.on_cancel()  # it never ran: nothing of it may block its run name
         job.error, job.finished = error, time.time()
         job.state = state  # last: whoever sees a finished state sees its error and result too
 

@@ -5,11 +5,13 @@ name is one plain folder name (letters, digits, `.`, `_`, `-`), never a path, an
 must resolve inside the folder (a link pointing out of it is refused). A run the page starts keeps
 its input image and settings in `RUNS/.unziplora-ui/NAME/` while it trains, so an interrupted run
 can be resumed from the page, after a restart too; that folder is removed when the run ends.
+Creating it is how a run name is claimed (`claim`, create-exclusive), before anything else is written.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -73,6 +75,34 @@ class RunsFolder:
             n += 1
             name = f"{stem}-{n}"
         return name
+
+    def claim(self, name: str) -> None:
+        """Make run `name` this request's, atomically: its kept-settings folder is created exclusively
+        (os.mkdir) before anything is written, so two sessions asking for one name at the same moment
+        get it once; a name a run or an interrupted run already has is refused too."""
+        out = self.path(name)
+        folder = self.pending(name)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            raise UnZipLoRAError(f"a run named {name!r} is being started or exists already in {self.root}; "
+                                 "choose another name") from None
+        if out.exists() or partial_dir(out).exists():
+            folder.rmdir()
+            raise UnZipLoRAError(f"a run named {name!r} exists already in {self.root}; choose another name")
+
+    def claim_free_name(self, subject: str, style: str) -> str:
+        """A new run name from the subject and style (free_name), claimed; the next one if another
+        session took it meanwhile."""
+        for _ in range(1000):
+            name = self.free_name(subject, style)
+            try:
+                self.claim(name)
+                return name
+            except UnZipLoRAError:
+                continue
+        raise UnZipLoRAError(f"no free run name for {subject!r} / {style!r} in {self.root}; type a name")
 
     # ----- listing -----------------------------------------------------------------------------
     def runs(self) -> list[RunInfo]:

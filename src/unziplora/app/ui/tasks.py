@@ -87,14 +87,19 @@ def submit_decompose(worker: Worker, runs: RunsFolder, base_model: str, upload: 
     load_image(upload)  # the command line's checks and messages, before anything is queued
     if not request.subject.strip() or not request.style.strip():
         raise UnZipLoRAError("type the subject word (e.g. cat) and the style words (e.g. watercolor)")
-    name = name.strip() or runs.free_name(request.subject, request.style)
-    out = runs.path(name)
-    if out.exists() or partial_dir(out).exists() or runs.pending(name).exists():
-        raise UnZipLoRAError(f"a run named {name!r} exists already in {runs.root}; choose another name")
     method, resolved = resolve(request, base_model)
-    image = runs.keep_request(name, upload, dataclasses.asdict(request))
-    return worker.submit("decompose", f"decompose {name}", _decompose_work(runs, name, image, method, resolved), name,
-                         Progress(0, resolved.config.train.steps))
+    if name.strip():
+        name = name.strip()
+        runs.claim(name)  # atomic: a second session asking for the same name now is refused here
+    else:
+        name = runs.claim_free_name(request.subject, request.style)
+    try:
+        image = runs.keep_request(name, upload, dataclasses.asdict(request))
+        return worker.submit("decompose", f"decompose {name}", _decompose_work(runs, name, image, method, resolved),
+                             name, Progress(0, resolved.config.train.steps), on_cancel=lambda: runs.forget(name))
+    except BaseException:
+        runs.forget(name)  # the claim is released: nothing was queued
+        raise
 
 
 def submit_resume(worker: Worker, runs: RunsFolder, base_model: str, name: str) -> Job:
@@ -186,8 +191,8 @@ def submit_generate(worker: Worker, runs: RunsFolder, request: GenerateRequest) 
 
     def work(job: Job) -> list[Path]:
         def on_step(done: int, total: int) -> None:
-            if job.cancel_requested:  # images are written only after the last step: nothing to clean up
-                raise KeyboardInterrupt(f"cancelled at denoising step {done} of {total}; no images were written")
+            if job.cancel_requested:  # generate keeps the seeds finished before and says so
+                raise KeyboardInterrupt(f"cancelled at denoising step {done} of {total}")
             job.report(Progress(done, total))
 
         return generate(request.prompt, None, mode, num_images=num_images, seeds=seeds, steps=request.steps,
