@@ -98,7 +98,7 @@ def decompose(
             t0 = time.perf_counter()
             pipe = spec.base.load(dtype)
             load_s = time.perf_counter() - t0
-            profile.check_against([name for name, _ in attention_modules(pipe.unet)])
+            profile.check_against([name for name, _ in attention_modules(spec.base.family.denoiser_of(pipe))])
             _print_prompt_notes(pipe, prompts)
             note = crop_note(picture, cfg.train.resolution)
             if note:

@@ -1,0 +1,112 @@
+"""FLUX.1 through the commands SDXL and SD pass: sampling with the branch streams, decompose (API,
+CLI, previews), generation in every mode, fused generation, exports, resume."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FluxPipeline
+from PIL import Image
+
+from unziplora.core.inject import inject_two_branch_lora
+from unziplora.core.prompts import encode_prompts
+from unziplora.core.sampling import Conditioning, sample_images
+from unziplora.config import SampleConfig
+from unziplora.models.base import BaseModel
+from unziplora.models.profiles import uniform_profile
+from unziplora.names import Branch, Role
+
+from ..pipelines import save_tiny_flux_pipeline
+
+SETTINGS = {"prompts.subject": "cat", "prompts.style": "sketch", "train.steps": 4, "train.resolution": 64,
+            "lora.rank": 4, "masks.refresh_every": 2, "sample.steps": 2, "sample.seeds": [0],
+            "train.checkpoint_every": 2, "train.preview_every": 2}
+
+
+@pytest.fixture(scope="module")
+def flux_base(tmp_path_factory):
+    return BaseModel.resolve(save_tiny_flux_pipeline(tmp_path_factory.mktemp("flux") / "tiny-flux"))
+
+
+def pixels(images) -> np.ndarray:
+    return np.stack([np.asarray(image, dtype=np.float32) for image in images])
+
+
+def test_sampling_carries_each_branchs_stream_to_the_processor(flux_base):
+    """FluxPipeline is called with p, its pooled embedding and the guidance value; p_c's and p_s's
+    streams reach the prompt-separated processor at every step, as in training."""
+    pipe = flux_base.load()
+    lora = inject_two_branch_lora(pipe.transformer, uniform_profile(Role.ALL, Role.ALL, "all"), 4)
+    states, pooled = encode_prompts(pipe, ["A monadikos cat in sketch style", "A monadikos cat",
+                                           "A cat in sketch style", "A dog in ink style"], "cpu")
+    sample = SampleConfig(steps=2, seeds=[0], guidance_scale=3.5)
+
+    def images(content, style):
+        return pixels(sample_images(pipe, Conditioning(states[0:1], pooled[0:1], content, style), sample, 32))
+
+    both = images(states[1:2], states[2:3])
+    assert both.shape == (1, 32, 32, 3) and both.std() > 0
+    assert np.abs(both - images(states[1:2], states[3:4])).max() > 0  # the style branch reads p_s's stream
+    lora.set_active({Branch.CONTENT})
+    assert np.array_equal(images(states[1:2], states[2:3]), images(states[1:2], states[3:4]))  # content ignores p_s
+    assert np.abs(images(states[1:2], states[2:3]) - images(states[3:4], states[2:3])).max() > 0
+
+
+def test_cfg_rescale_is_refused_on_flux(flux_base):
+    from unziplora.errors import UnZipLoRAError
+
+    pipe = flux_base.load()
+    states, pooled = encode_prompts(pipe, ["A cat"], "cpu")
+    with pytest.raises(UnZipLoRAError, match="guidance_rescale 0.7 is CFG rescale"):
+        sample_images(pipe, Conditioning(states, pooled), SampleConfig(steps=2, seeds=[0], guidance_rescale=0.7), 32)
+
+
+@pytest.fixture(scope="module")
+def flux_run(flux_base, tiny_image, tmp_path_factory):
+    from unziplora.decompose import decompose
+    from unziplora.methods import resolve_spec
+
+    spec = resolve_spec(SETTINGS, base=flux_base)
+    return decompose(tiny_image, tmp_path_factory.mktemp("fluxrun") / "run", spec, progress=False)
+
+
+def test_decompose_writes_previews_loras_and_a_card_for_flux(flux_base, flux_run):
+    assert flux_run.manifest.prompts.combined == "A monadikos cat in sketch style"
+    assert flux_run.manifest.mask_fraction["content"] > 0
+    assert Image.open(flux_run.path / "preview.png").size[0] > 0
+    assert (flux_run.path / "previews" / "step_00002.png").is_file()  # written during training
+    card = (flux_run.path / "README.md").read_text()
+    assert "FluxPipeline.from_pretrained" in card and "torch.bfloat16" in card
+    assert "guidance_rescale" not in card  # FluxPipeline takes no CFG rescale
+    pipe = FluxPipeline.from_pretrained(flux_base.source)
+    pipe.load_lora_weights(str(flux_run.path / "style_lora"), adapter_name="style")
+    assert "style" in pipe.get_list_adapters()["transformer"]
+
+
+@pytest.mark.parametrize("mode", ["content", "style", "both", "cross"])
+def test_generate_in_every_mode(flux_run, tmp_path, mode):
+    from unziplora.generate import generate
+
+    sources = {"content_run": flux_run.path, "style_run": flux_run.path} if mode == "cross" else {"run": flux_run.path}
+    paths = generate("A <c> cat in <s> style", tmp_path / mode, mode, steps=2, **sources)
+    image = np.asarray(Image.open(paths[0]), dtype=np.float32)
+    assert image.shape == (64, 64, 3) and image.std() > 0
+
+
+def test_fused_generation_folds_the_image_projections_and_draws_the_same_image(flux_run, tmp_path):
+    """FLUX's fused path folds the double blocks' image projections (one input for both branches) and
+    keeps every text projection two-branch: the images are those of the unfused layers."""
+    import unziplora.core.flux_sampling as flux_sampling
+    from unziplora.generate import generate
+
+    folded = []
+    real = flux_sampling.fold_image_projections
+    flux_sampling.fold_image_projections = lambda transformer: folded.append(real(transformer)) or folded[-1]
+    try:
+        fused = generate("A <c> cat in <s> style", tmp_path / "fused", "both", run=flux_run.path, steps=2, fused=True)
+    finally:
+        flux_sampling.fold_image_projections = real
+    plain = generate("A <c> cat in <s> style", tmp_path / "plain", "both", run=flux_run.path, steps=2, fused=False)
+    assert folded == [2 * 4]  # two double blocks, to_q/k/v and to_out.0 each
+    difference = pixels([Image.open(fused[0])]) - pixels([Image.open(plain[0])])
+    assert np.abs(difference).max() <= 1  # equal up to rounding to 8-bit pixels
+
