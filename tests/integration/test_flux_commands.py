@@ -110,3 +110,45 @@ def test_fused_generation_folds_the_image_projections_and_draws_the_same_image(f
     difference = pixels([Image.open(fused[0])]) - pixels([Image.open(plain[0])])
     assert np.abs(difference).max() <= 1  # equal up to rounding to 8-bit pixels
 
+
+def test_exports_load_in_stock_diffusers(flux_base, flux_run, tmp_path):
+    from unziplora.export import export_run
+    from unziplora.run.folder import load_safetensors
+
+    diffusers_files = export_run(flux_run.path, "diffusers", tmp_path / "diffusers")
+    kohya_files = export_run(flux_run.path, "kohya", tmp_path / "kohya")
+    pipe = FluxPipeline.from_pretrained(flux_base.source)
+    pipe.load_lora_weights(str(diffusers_files[0]), adapter_name="content")
+    assert "content" in pipe.get_list_adapters()["transformer"]
+    kohya = load_safetensors(kohya_files[0])
+    assert {k.split(".")[0] for k in kohya} == {
+        f"lora_unet_double_blocks_{i}_{m}" for i in (0, 1) for m in ("img_attn_qkv", "img_attn_proj", "txt_attn_qkv",
+                                                                     "txt_attn_proj")} | {
+        f"lora_unet_single_blocks_{i}_linear1" for i in (0, 1)}
+
+
+def test_the_kohya_layout_is_what_diffusers_reads_back_exactly():
+    """Round trip on FLUX.1-dev's full-size modules (diffusers' converter names its 19 + 38 blocks and
+    3072 / 12288 widths): our kohya file, read by FluxPipeline.lora_state_dict (diffusers'
+    from-kohya converter), is the diffusers LoRA we started from, plus a zero LoRA on each single
+    block's proj_mlp (part of linear1)."""
+    from accelerate import init_empty_weights
+    from diffusers import FluxTransformer2DModel
+
+    from unziplora.core.flux import flux_projections
+    from unziplora.run.flux_kohya import flux_to_kohya
+
+    with init_empty_weights():
+        transformer = FluxTransformer2DModel()
+    generator, rank, ours = torch.Generator().manual_seed(0), 2, {}
+    for name, linear in flux_projections(transformer):
+        ours[f"transformer.{name}.lora_A.weight"] = torch.randn(rank, linear.in_features, generator=generator)
+        ours[f"transformer.{name}.lora_B.weight"] = torch.randn(linear.out_features, rank, generator=generator)
+    back = FluxPipeline.lora_state_dict(flux_to_kohya(ours))
+    back = back[0] if isinstance(back, tuple) else back
+    mlp = {k: v for k, v in back.items() if ".proj_mlp." in k}
+    assert len(mlp) == 2 * 38 and all(not v.any() for v in mlp.values())
+    rest = {k: v for k, v in back.items() if k not in mlp}
+    assert sorted(rest) == sorted(ours)
+    assert all(torch.equal(rest[k], ours[k]) for k in ours)
+
