@@ -27,6 +27,7 @@ from .core.callbacks import Callback, Previews, ProgressBar
 from .core.data import centre_crop, crop_note, load_image
 from .core.inject import attention_modules
 from .names import Method
+from .core.sampling import check_sampling
 from .core.prompts import check_length, training_prompts, unknown_words
 from .core.train import NonFiniteLoss, fit
 from .errors import TrainingInterrupted, UnZipLoRAError
@@ -78,6 +79,7 @@ def decompose(
     chosen, cfg = plugin(spec.method), spec.config
     device = pick_device(cfg.train.device)
     _check_sizes(spec, device)
+    check_sampling(spec.base.family, cfg.sample)  # previews sample as the family's pipeline can
     if resume and not chosen.resumable:
         raise UnZipLoRAError(f"--resume is not available for --method {spec.method.value}; rerun with --force")
     t_start = time.perf_counter()

@@ -24,7 +24,7 @@ from .core.attention import CONTENT_KWARG, STYLE_KWARG
 from .names import Branch, Mode
 from .config import SampleConfig
 from .errors import UnZipLoRAError
-from .core.sampling import Conditioning, sample_images, sampling_for
+from .core.sampling import Conditioning, check_sampling, sample_images, sampling_for
 from .core.inject import inject_two_branch_lora
 from .methods import Combine, plugin
 from .models.base import BaseModel
@@ -102,6 +102,7 @@ def plan_generation(prompt: str, out_dir: str | Path | None, mode: Mode | str, r
     if sample is None:
         given = {k: v for k, v in settings.items() if v is not None}
         sample = SampleConfig(**{**(config.to_dict()["sample"] if config else {}), **given})
+    check_sampling(base.family, sample)
     # A plain LoRA file says nothing of its resolution: then the base model's default size.
     resolution = sample.resolution or (config.train.resolution if config else None)
     identifier = identifier or content.manifest_value("prompts", "identifier")

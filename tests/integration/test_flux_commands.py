@@ -51,13 +51,20 @@ def test_sampling_carries_each_branchs_stream_to_the_processor(flux_base):
     assert np.abs(images(states[1:2], states[2:3]) - images(states[3:4], states[2:3])).max() > 0
 
 
-def test_cfg_rescale_is_refused_on_flux(flux_base):
+def test_cfg_rescale_is_refused_on_flux_before_anything_loads(flux_base, tiny_image, tmp_path, monkeypatch):
+    from unziplora.decompose import decompose
     from unziplora.errors import UnZipLoRAError
+    from unziplora.methods import resolve_spec
 
     pipe = flux_base.load()
     states, pooled = encode_prompts(pipe, ["A cat"], "cpu")
     with pytest.raises(UnZipLoRAError, match="guidance_rescale 0.7 is CFG rescale"):
         sample_images(pipe, Conditioning(states, pooled), SampleConfig(steps=2, seeds=[0], guidance_rescale=0.7), 32)
+    monkeypatch.setattr(BaseModel, "load", lambda *a, **k: pytest.fail("loaded the model before refusing"))
+    spec = resolve_spec({**SETTINGS, "sample.guidance_rescale": 0.7}, base=flux_base)
+    with pytest.raises(UnZipLoRAError, match="FLUX.1 samples without a CFG batch"):
+        decompose(tiny_image, tmp_path / "run", spec, progress=False)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +185,12 @@ def test_an_interrupted_run_resumes(flux_base, tiny_image, tmp_path):
     assert main(argv + ["--resume"]) == 0
     assert (tmp_path / "run" / "content_lora" / "pytorch_lora_weights.safetensors").is_file()
     assert (tmp_path / "run" / "preview.png").is_file()
+
+
+def test_generate_refuses_cfg_rescale_on_flux_before_loading(flux_run, tmp_path, monkeypatch):
+    from unziplora.errors import UnZipLoRAError
+    from unziplora.generate import generate
+
+    monkeypatch.setattr(BaseModel, "load", lambda *a, **k: pytest.fail("loaded the model before refusing"))
+    with pytest.raises(UnZipLoRAError, match="guidance_rescale 0.7 is CFG rescale"):
+        generate("A <c> cat", tmp_path / "out", "content", run=flux_run.path, guidance_rescale=0.7)

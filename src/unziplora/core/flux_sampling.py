@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 
 from ..config import SampleConfig
-from ..errors import UnZipLoRAError
 from ..models.families import Family
 from .flux import STREAMS_KWARG, BranchStreams, _get, _set, flux_attention_modules
 from .layer import TwoBranchLoraLinear
+from .sampling import check_sampling
 
 IMAGE_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")  # double blocks: image tokens only, one input per branch
 
@@ -27,9 +27,7 @@ class FluxSampling:
         self.family = family
 
     def call_arguments(self, pipe, cond, sample: SampleConfig, num_images: int) -> dict:
-        if sample.guidance_rescale:
-            raise UnZipLoRAError(f"guidance_rescale {sample.guidance_rescale:g} is CFG rescale; FLUX.1 samples "
-                                 "without a CFG batch (guidance is an input of the model): set it to 0")
+        check_sampling(self.family, sample)
         transformer = self.family.denoiser_of(pipe)
         device, dtype = transformer.device, transformer.dtype
         arguments = {**{k: v.to(device, dtype) for k, v in self.family.pipeline_embeds(

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from ..config import SampleConfig
+from ..errors import UnZipLoRAError
 from ..models.families import Family, family_of
 from .attention import CONTENT_KWARG, STYLE_KWARG
 
@@ -67,6 +68,14 @@ def sample_images(pipe, cond: Conditioning, sample: SampleConfig, resolution: in
         images.extend(out.images)
     bar.close()
     return images
+
+
+def check_sampling(family: Family, sample: SampleConfig) -> None:
+    """Refuse, before anything loads, what the family's pipeline cannot take: CFG rescale without a
+    CFG batch (FLUX.1's guidance is an input of the model)."""
+    if not family.cfg and sample.guidance_rescale:
+        raise UnZipLoRAError(f"guidance_rescale {sample.guidance_rescale:g} is CFG rescale; {family.title} samples "
+                             "without a CFG batch (guidance is an input of the model): set it to 0")
 
 
 def sampling_for(pipe):
