@@ -28,6 +28,7 @@ from .core.callbacks import Callback, Previews, ProgressBar
 from .core.data import centre_crop, crop_note, load_image
 from .core.inject import attention_modules
 from .names import Method
+from .core.sampling import check_sampling
 from .core.prompts import check_length, training_prompts, unknown_words
 from .core.train import NonFiniteLoss, fit
 from .errors import TrainingInterrupted, UnZipLoRAError
@@ -80,6 +81,7 @@ def decompose(
     device = pick_device(cfg.train.device)
     _check_sizes(spec, device)
     chosen.check(spec)
+    check_sampling(spec.base.family, cfg.sample)  # previews sample as the family's pipeline can
     if resume and not chosen.resumable:
         raise UnZipLoRAError(f"--resume is not available for --method {spec.method.value}; rerun with --force")
     t_start = time.perf_counter()
@@ -102,7 +104,7 @@ def decompose(
             t0 = time.perf_counter()
             pipe = spec.base.load(dtype)
             load_s = time.perf_counter() - t0
-            profile.check_against([name for name, _ in attention_modules(pipe.unet)])
+            profile.check_against([name for name, _ in attention_modules(spec.base.family.denoiser_of(pipe))])
             _print_prompt_notes(pipe, prompts)
             note = crop_note(picture, cfg.train.resolution)
             if note:

@@ -3,7 +3,9 @@
 Key conversion is diffusers' own (`convert_state_dict_to_kohya` out, `lora_state_dict` in):
 no hand-written key maps. Exported kohya files use diffusers-style module names under the
 `lora_unet_` prefix with an `.alpha` per module (alpha = rank: scale 1, as trained); ComfyUI
-and AUTOMATIC1111 map those names to their own.
+and AUTOMATIC1111 map those names to their own. FLUX.1 has no converter to kohya keys in
+diffusers: its files are written in sd-scripts' layout by run/flux_kohya.py, checked against
+diffusers' converter from that layout.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from .errors import UnZipLoRAError
 from .run.folder import LORA_WEIGHT_NAME, RunFolder, atomic_output_dir, check_output, load_safetensors, save_safetensors
 
 from .run.formats import EXPORT_FORMATS as FORMATS
+from .run.flux_kohya import flux_to_kohya
 from .run.loras import lora_file
 from .run.sources import token_files
 
@@ -65,19 +68,23 @@ def export_run(run: str | Path, fmt: str, out_dir: str | Path | None = None, for
     check_output(out, [folder.path, folder.manifest.base_model], force, "export")  # before reading anything
     if token_files(folder.path, Branch.CONTENT):
         return _export_tokens(folder, fmt, out, force)
-    base = BaseModel.resolve(folder.manifest.base_model, folder.manifest.revision).shapes()
-    states = {branch: _read_branch(folder, branch, base) for branch in (Branch.CONTENT, Branch.STYLE)}
+    model = BaseModel.resolve(folder.manifest.base_model, folder.manifest.revision)
+    denoiser, base = model.family.denoiser, model.shapes()
+    states = {branch: _read_branch(folder, branch, base, denoiser) for branch in (Branch.CONTENT, Branch.STYLE)}
+    convert, network_module = KOHYA[denoiser]
     names = {branch: f"{folder.path.name}_{branch.value}.safetensors" for branch in states}
     with atomic_output_dir(out, force, "export") as tmp:
         for branch, (state, metadata) in states.items():
             if fmt == "diffusers":
                 save_safetensors(state, tmp / names[branch], metadata)
             else:
-                save_safetensors(to_kohya(state), tmp / names[branch], kohya_metadata(folder, branch, state))
+                save_safetensors(convert(state), tmp / names[branch],
+                                 {**kohya_metadata(folder, branch, state), "ss_network_module": network_module})
     return [out / names[branch] for branch in states]
 
 
-def _read_branch(folder: RunFolder, branch: Branch, base=None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _read_branch(folder: RunFolder, branch: Branch, base=None,
+                 denoiser: str = "unet") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """A branch's LoRA file, read (never copied unseen) and checked: inside the run, a LoRA whose
     header fits the run's base model (headers.py) before any tensor is loaded."""
     from .models.headers import check_lora_header, read_header
@@ -86,8 +93,8 @@ def _read_branch(folder: RunFolder, branch: Branch, base=None) -> tuple[dict[str
     if not source.resolve().is_relative_to(folder.path.resolve()):
         raise UnZipLoRAError(f"{source} leads out of the run folder (to {source.resolve()}); refusing to export it")
     shapes, metadata = read_header(source)
-    if not shapes or not all(k.startswith("unet.") and ".lora_" in k for k in shapes):
-        raise UnZipLoRAError(f"{source} is not a UNet LoRA file; the run folder is damaged: decompose it again")
+    if not shapes or not all(k.startswith(f"{denoiser}.") and ".lora_" in k for k in shapes):
+        raise UnZipLoRAError(f"{source} is not a {denoiser} LoRA file; the run folder is damaged: decompose it again")
     return load_safetensors(source, check=lambda p: check_lora_header(p, base)), metadata
 
 
@@ -98,6 +105,8 @@ def to_kohya(diffusers_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return {k: v.contiguous() for k, v in convert_state_dict_to_kohya(diffusers_state).items()}
 
 
+# the kohya writer and kohya's network module per denoiser (UNet: diffusers' converter; FLUX: sd-scripts' layout)
+KOHYA = {"unet": (to_kohya, "networks.lora"), "transformer": (flux_to_kohya, "networks.lora_flux")}
 SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 
 

@@ -24,13 +24,12 @@ from .core.attention import CONTENT_KWARG, STYLE_KWARG
 from .names import Branch, Mode
 from .config import SampleConfig
 from .errors import UnZipLoRAError
-from .core.fuse import fuse_for_generation
-from .core.sampling import Conditioning, sample_images, step_batch
+from .core.sampling import Conditioning, check_sampling, sample_images, sampling_for
 from .core.inject import inject_two_branch_lora
 from .methods import Combine, plugin
 from .models.base import BaseModel
 from .models.families import family_of
-from .models.loading import check_resolution, pick_device
+from .models.loading import check_resolution, pick_device, pick_dtype
 from .models.profiles import INFERENCE_PROFILE
 from .core.prompts import CONTENT_TAG, STYLE_TAG, check_length, encode_prompts, expand_tags, split_prompt
 from .run.folder import atomic_output_dir, check_output, save_grid
@@ -42,7 +41,7 @@ def _encode(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         warning = check_length(pipe.tokenizer, prompt)
         if warning:
             print(f"note: {warning}")
-    return encode_prompts(pipe, prompts, pipe.unet.device)
+    return encode_prompts(pipe, prompts, family_of(pipe).denoiser_of(pipe).device)
 
 
 @dataclass
@@ -103,6 +102,7 @@ def plan_generation(prompt: str, out_dir: str | Path | None, mode: Mode | str, r
     if sample is None:
         given = {k: v for k, v in settings.items() if v is not None}
         sample = SampleConfig(**{**(config.to_dict()["sample"] if config else {}), **given})
+    check_sampling(base.family, sample)
     # A plain LoRA file says nothing of its resolution: then the base model's default size.
     resolution = sample.resolution or (config.train.resolution if config else None)
     identifier = identifier or content.manifest_value("prompts", "identifier")
@@ -143,8 +143,9 @@ def generate(
     kohya, B-LoRA); for plain files pass `identifier` / `style_words` if the prompt uses <c> / <s>,
     and `base_model`. Sampling settings default to the run's; `settings` (steps, guidance_scale,
     seeds, resolution, guidance_rescale) or a whole `sample` replace them. `fused` folds the LoRAs
-    into the weights and computes the separated cross-attention K/V once (fuse.py); False runs
-    the two-branch layers at every step. `on_step(done, total)` follows the denoising steps.
+    into the weights as far as the denoiser allows (a UNet: everything, and the separated
+    cross-attention K/V computed once, fuse.py; FLUX: the projections that see image tokens only,
+    flux_sampling.py); False runs the two-branch layers at every step. `on_step(done, total)` follows the denoising steps.
     """
     if num_images <= 0:
         raise UnZipLoRAError(f"--num-images must be positive, got {num_images}")
@@ -152,9 +153,11 @@ def generate(
                            style_words, force, revision, **settings)
     torch_device = pick_device(device)
     check_resolution(plan.resolution, plan.base, torch_device, num_images)
-    pipe = plan.base.load(torch.float16 if torch_device.type == "cuda" else torch.float32)
+    family = plan.base.family
+    pipe = plan.base.load(pick_dtype("auto", torch_device, family))  # the family's dtype on CUDA, fp32 on a CPU
     pipe.to(torch_device)
-    pipe.vae.to(torch.float32)
+    if family.upcast_vae:
+        pipe.vae.to(torch.float32)
     cond, prompts = _conditioning(pipe, plan, prompt, num_images, fused)
     done: list = []
     try:
@@ -198,17 +201,13 @@ def _conditioning(pipe, plan: Plan, prompt: str, num_images: int, fused: bool) -
               f'prompt; write e.g. "A {CONTENT_TAG} cat in {STYLE_TAG} style" to give each its part')
     triple = split_prompt(prompt, plan.identifier, plan.style_words)
     embeds, pooled = _encode(pipe, [triple.combined, triple.content, triple.style])
-    lora = inject_two_branch_lora(pipe.unet, INFERENCE_PROFILE, max(content.rank, style.rank))
+    lora = inject_two_branch_lora(family_of(pipe).denoiser_of(pipe), INFERENCE_PROFILE, max(content.rank, style.rank))
     lora.load_branch(content.branch_state(lora), Branch.CONTENT, str(content.path))
     lora.load_branch(style.branch_state(lora), Branch.STYLE, str(style.path))
     lora.set_masking(True)
     cond = Conditioning(embeds[0:1], None if pooled is None else pooled[0:1], embeds[1:2], embeds[2:3])
-    if fused:  # every K/V is cached, the unconditional half's too: what the family's pipeline gives it
-        family = family_of(pipe)
-        batch = [step_batch(e, num_images, plan.sample.guidance_scale, family.unconditional(pipe, e))
-                 .to(pipe.unet.device, pipe.unet.dtype) for e in (cond.combined, cond.content, cond.style)]
-        fuse_for_generation(pipe.unet, *batch)
-        cond = Conditioning(cond.combined, cond.pooled)  # K/V are cached in the processors now
+    if fused:  # what the branches share folded into the weights, as the denoiser's sampling can (sampling.py)
+        cond = sampling_for(pipe).fuse(pipe, cond, plan.sample, num_images)
     return cond, {"combined": triple.combined, "content": triple.content, "style": triple.style}
 
 

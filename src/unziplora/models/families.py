@@ -28,6 +28,9 @@ class Family:
     lora_label: str = ""  # kohya's ss_base_model_version for its base checkpoint
     denoiser: str = "unet"  # the pipeline part that denoises (and that training's objective drives)
     cuda_dtype: str = "float16"  # the frozen weights' dtype on CUDA under mixed_precision auto
+    title: str = "SDXL"  # how a user names its checkpoints (the model card's ComfyUI line)
+    cfg: bool = True  # its pipeline runs classifier-free guidance (a negative prompt, guidance_rescale)
+    upcast_vae: bool = True  # generation decodes in fp32 (SDXL's VAE overflows fp16); False: the pipeline's dtype
 
     def denoiser_of(self, pipe):
         """The pipeline's denoising network (SDXL, SD: its UNet; FLUX: its transformer)."""
@@ -142,7 +145,7 @@ SD = SDFamily(
     "sd", "StableDiffusionPipeline",
     parts=("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
     weight_parts=("unet", "vae", "text_encoder"), profile="sd15",
-    defaults={"train.resolution": 512}, lora_label="sd_v1",
+    defaults={"train.resolution": 512}, lora_label="sd_v1", title="Stable Diffusion",
 )
 # FLUX.1-dev: 1024 px, bf16 on CUDA (its published weights' dtype), guidance 3.5 over 28 sampling steps
 # (FluxPipeline's defaults); rank 64 and 600 steps as SDXL's, not tuned on FLUX.
@@ -151,7 +154,7 @@ FLUX = FluxFamily(
     parts=("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
     weight_parts=("transformer", "vae", "text_encoder", "text_encoder_2"), profile="flux",
     defaults={"train.resolution": 1024, "sample.guidance_scale": 3.5, "sample.steps": 28}, lora_label="flux1",
-    denoiser="transformer", cuda_dtype="bfloat16",
+    denoiser="transformer", cuda_dtype="bfloat16", upcast_vae=False, title="FLUX.1", cfg=False,  # FluxPipeline decodes without a cast
 )
 FAMILIES = {f.pipeline: f for f in (SDXL, SD, FLUX)}
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..models.families import SDXL, family_named
+
 
 CARD = """---
 base_model: {base_model}
@@ -38,10 +40,9 @@ from diffusers import {pipeline}
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
 pipe = {pipeline}.from_pretrained(
-    "{base_model}", dtype=torch.float16 if device == "cuda" else torch.float32).to(device)
+    "{base_model}", dtype=torch.{cuda_dtype} if device == "cuda" else torch.float32).to(device)
 pipe.load_lora_weights("{path}/content_lora", adapter_name="content")
-settings = dict(height={resolution}, width={resolution}, num_inference_steps={sample_steps}, guidance_scale={guidance},
-                guidance_rescale={guidance_rescale})
+settings = dict(height={resolution}, width={resolution}, num_inference_steps={sample_steps}, guidance_scale={guidance}{rescale})
 image = pipe("A {identifier} {subject} on the beach", **settings).images[0]
 pipe.load_lora_weights("{path}/style_lora", adapter_name="style")  # both, by plain addition
 pipe.set_adapters(["content", "style"], adapter_weights=[1.0, 1.0])
@@ -52,7 +53,7 @@ image = pipe("A {identifier} {subject} in {style} style", **settings).images[0]
 
 Export kohya-format files first: `unziplora export "{path}" --format kohya` writes
 `{path}/export/kohya/{name}_content.safetensors` and `..._style.safetensors`.
-- ComfyUI: copy them to `models/loras/`, add a *LoraLoader* node (strength 1.0) after the SDXL checkpoint.
+- ComfyUI: copy them to `models/loras/`, add a *LoraLoader* node (strength 1.0) after the {title} checkpoint.
 - AUTOMATIC1111 / Forge: copy them to `models/Lora/` and prompt
   `A {identifier} {subject} on the beach <lora:{name}_content:1>` or
   `A truck in {style} style <lora:{name}_style:1>`.
@@ -76,10 +77,14 @@ def write_model_card(folder: Path, manifest, thumbnail: Image.Image, final_path:
     export, together, files = card.exports, card.together, card.files
     final_path = Path(final_path).resolve()
     sample = cfg.sample
+    family = family_named(pipeline) or SDXL
+    # guidance_rescale is CFG rescale: only a pipeline with a CFG batch takes it (FluxPipeline does not)
+    rescale = f",\n                guidance_rescale={sample.guidance_rescale}" if family.cfg else ""
     card = (card.template or CARD).format(
+        cuda_dtype=family.cuda_dtype, rescale=rescale, title=family.title, guidance_rescale=sample.guidance_rescale,
         name=final_path.name, path=final_path.as_posix(), method=manifest.method.value, pipeline=pipeline,
         resolution=sample.resolution or cfg.train.resolution, sample_steps=sample.steps,
-        guidance=sample.guidance_scale, guidance_rescale=sample.guidance_rescale, export=export, together=together,
+        guidance=sample.guidance_scale, export=export, together=together,
         files=files, base_model=manifest.base_model, subject=p.subject, style=p.style_words,
         style_phrase=cfg.prompts.style or p.style_words,
         identifier=p.identifier, steps=manifest.steps, rank=cfg.lora.rank, seed=manifest.seed,

@@ -1,0 +1,196 @@
+"""FLUX.1 through the commands SDXL and SD pass: sampling with the branch streams, decompose (API,
+CLI, previews), generation in every mode, fused generation, exports, resume."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FluxPipeline
+from PIL import Image
+
+from unziplora.core.inject import inject_two_branch_lora
+from unziplora.core.prompts import encode_prompts
+from unziplora.core.sampling import Conditioning, sample_images
+from unziplora.config import SampleConfig
+from unziplora.models.base import BaseModel
+from unziplora.models.profiles import uniform_profile
+from unziplora.names import Branch, Role
+
+from ..pipelines import save_tiny_flux_pipeline
+
+SETTINGS = {"prompts.subject": "cat", "prompts.style": "sketch", "train.steps": 4, "train.resolution": 64,
+            "lora.rank": 4, "masks.refresh_every": 2, "sample.steps": 2, "sample.seeds": [0],
+            "train.checkpoint_every": 2, "train.preview_every": 2}
+
+
+@pytest.fixture(scope="module")
+def flux_base(tmp_path_factory):
+    return BaseModel.resolve(save_tiny_flux_pipeline(tmp_path_factory.mktemp("flux") / "tiny-flux"))
+
+
+def pixels(images) -> np.ndarray:
+    return np.stack([np.asarray(image, dtype=np.float32) for image in images])
+
+
+def test_sampling_carries_each_branchs_stream_to_the_processor(flux_base):
+    """FluxPipeline is called with p, its pooled embedding and the guidance value; p_c's and p_s's
+    streams reach the prompt-separated processor at every step, as in training."""
+    pipe = flux_base.load()
+    lora = inject_two_branch_lora(pipe.transformer, uniform_profile(Role.ALL, Role.ALL, "all"), 4)
+    states, pooled = encode_prompts(pipe, ["A monadikos cat in sketch style", "A monadikos cat",
+                                           "A cat in sketch style", "A dog in ink style"], "cpu")
+    sample = SampleConfig(steps=2, seeds=[0], guidance_scale=3.5)
+
+    def images(content, style):
+        return pixels(sample_images(pipe, Conditioning(states[0:1], pooled[0:1], content, style), sample, 32))
+
+    both = images(states[1:2], states[2:3])
+    assert both.shape == (1, 32, 32, 3) and both.std() > 0
+    assert np.abs(both - images(states[1:2], states[3:4])).max() > 0  # the style branch reads p_s's stream
+    lora.set_active({Branch.CONTENT})
+    assert np.array_equal(images(states[1:2], states[2:3]), images(states[1:2], states[3:4]))  # content ignores p_s
+    assert np.abs(images(states[1:2], states[2:3]) - images(states[3:4], states[2:3])).max() > 0
+
+
+def test_cfg_rescale_is_refused_on_flux_before_anything_loads(flux_base, tiny_image, tmp_path, monkeypatch):
+    from unziplora.decompose import decompose
+    from unziplora.errors import UnZipLoRAError
+    from unziplora.methods import resolve_spec
+
+    pipe = flux_base.load()
+    states, pooled = encode_prompts(pipe, ["A cat"], "cpu")
+    with pytest.raises(UnZipLoRAError, match="guidance_rescale 0.7 is CFG rescale"):
+        sample_images(pipe, Conditioning(states, pooled), SampleConfig(steps=2, seeds=[0], guidance_rescale=0.7), 32)
+    monkeypatch.setattr(BaseModel, "load", lambda *a, **k: pytest.fail("loaded the model before refusing"))
+    spec = resolve_spec({**SETTINGS, "sample.guidance_rescale": 0.7}, base=flux_base)
+    with pytest.raises(UnZipLoRAError, match="FLUX.1 samples without a CFG batch"):
+        decompose(tiny_image, tmp_path / "run", spec, progress=False)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+
+
+@pytest.fixture(scope="module")
+def flux_run(flux_base, tiny_image, tmp_path_factory):
+    from unziplora.decompose import decompose
+    from unziplora.methods import resolve_spec
+
+    spec = resolve_spec(SETTINGS, base=flux_base)
+    return decompose(tiny_image, tmp_path_factory.mktemp("fluxrun") / "run", spec, progress=False)
+
+
+def test_decompose_writes_previews_loras_and_a_card_for_flux(flux_base, flux_run):
+    assert flux_run.manifest.prompts.combined == "A monadikos cat in sketch style"
+    assert flux_run.manifest.mask_fraction["content"] > 0
+    assert Image.open(flux_run.path / "preview.png").size[0] > 0
+    assert (flux_run.path / "previews" / "step_00002.png").is_file()  # written during training
+    card = (flux_run.path / "README.md").read_text()
+    assert "FluxPipeline.from_pretrained" in card and "torch.bfloat16" in card
+    assert "guidance_rescale" not in card  # FluxPipeline takes no CFG rescale
+    pipe = FluxPipeline.from_pretrained(flux_base.source)
+    pipe.load_lora_weights(str(flux_run.path / "style_lora"), adapter_name="style")
+    assert "style" in pipe.get_list_adapters()["transformer"]
+
+
+@pytest.mark.parametrize("mode", ["content", "style", "both", "cross"])
+def test_generate_in_every_mode(flux_run, tmp_path, mode):
+    from unziplora.generate import generate
+
+    sources = {"content_run": flux_run.path, "style_run": flux_run.path} if mode == "cross" else {"run": flux_run.path}
+    paths = generate("A <c> cat in <s> style", tmp_path / mode, mode, steps=2, **sources)
+    image = np.asarray(Image.open(paths[0]), dtype=np.float32)
+    assert image.shape == (64, 64, 3) and image.std() > 0
+
+
+def test_fused_generation_folds_the_image_projections_and_draws_the_same_image(flux_run, tmp_path):
+    """FLUX's fused path folds the double blocks' image projections (one input for both branches) and
+    keeps every text projection two-branch: the images are those of the unfused layers."""
+    import unziplora.core.flux_sampling as flux_sampling
+    from unziplora.generate import generate
+
+    folded = []
+    real = flux_sampling.fold_image_projections
+    flux_sampling.fold_image_projections = lambda transformer: folded.append(real(transformer)) or folded[-1]
+    try:
+        fused = generate("A <c> cat in <s> style", tmp_path / "fused", "both", run=flux_run.path, steps=2, fused=True)
+    finally:
+        flux_sampling.fold_image_projections = real
+    plain = generate("A <c> cat in <s> style", tmp_path / "plain", "both", run=flux_run.path, steps=2, fused=False)
+    assert folded == [2 * 4]  # two double blocks, to_q/k/v and to_out.0 each
+    difference = pixels([Image.open(fused[0])]) - pixels([Image.open(plain[0])])
+    assert np.abs(difference).max() <= 1  # equal up to rounding to 8-bit pixels
+
+
+def test_exports_load_in_stock_diffusers(flux_base, flux_run, tmp_path):
+    from unziplora.export import export_run
+    from unziplora.run.folder import load_safetensors
+
+    diffusers_files = export_run(flux_run.path, "diffusers", tmp_path / "diffusers")
+    kohya_files = export_run(flux_run.path, "kohya", tmp_path / "kohya")
+    pipe = FluxPipeline.from_pretrained(flux_base.source)
+    pipe.load_lora_weights(str(diffusers_files[0]), adapter_name="content")
+    assert "content" in pipe.get_list_adapters()["transformer"]
+    kohya = load_safetensors(kohya_files[0])
+    assert {k.split(".")[0] for k in kohya} == {
+        f"lora_unet_double_blocks_{i}_{m}" for i in (0, 1) for m in ("img_attn_qkv", "img_attn_proj", "txt_attn_qkv",
+                                                                     "txt_attn_proj")} | {
+        f"lora_unet_single_blocks_{i}_linear1" for i in (0, 1)}
+
+
+def test_the_kohya_layout_is_what_diffusers_reads_back_exactly():
+    """Round trip on FLUX.1-dev's full-size modules (diffusers' converter names its 19 + 38 blocks and
+    3072 / 12288 widths): our kohya file, read by FluxPipeline.lora_state_dict (diffusers'
+    from-kohya converter), is the diffusers LoRA we started from, plus a zero LoRA on each single
+    block's proj_mlp (part of linear1)."""
+    from accelerate import init_empty_weights
+    from diffusers import FluxTransformer2DModel
+
+    from unziplora.core.flux import flux_projections
+    from unziplora.run.flux_kohya import flux_to_kohya
+
+    with init_empty_weights():
+        transformer = FluxTransformer2DModel()
+    generator, rank, ours = torch.Generator().manual_seed(0), 2, {}
+    for name, linear in flux_projections(transformer):
+        ours[f"transformer.{name}.lora_A.weight"] = torch.randn(rank, linear.in_features, generator=generator)
+        ours[f"transformer.{name}.lora_B.weight"] = torch.randn(linear.out_features, rank, generator=generator)
+    back = FluxPipeline.lora_state_dict(flux_to_kohya(ours))
+    back = back[0] if isinstance(back, tuple) else back
+    mlp = {k: v for k, v in back.items() if ".proj_mlp." in k}
+    assert len(mlp) == 2 * 38 and all(not v.any() for v in mlp.values())
+    rest = {k: v for k, v in back.items() if k not in mlp}
+    assert sorted(rest) == sorted(ours)
+    assert all(torch.equal(rest[k], ours[k]) for k in ours)
+
+
+def test_an_interrupted_run_resumes(flux_base, tiny_image, tmp_path):
+    from unziplora.app.cli import main
+    import unziplora.core.train as train
+
+    tiny_image.save(tmp_path / "in.png")
+    argv = ["decompose", str(tmp_path / "in.png"), "--out", str(tmp_path / "run"), "--base-model", flux_base.source,
+            "--subject", "cat", "--style", "sketch", "--steps", "4", "--resolution", "64", "--rank", "4",
+            "--checkpoint-every", "2", "--sample-steps", "2", "--quiet"]
+    real = train.Trainer.train_step
+
+    def stop_after_two(self):
+        log = real(self)
+        if self.step == 3:
+            raise KeyboardInterrupt
+        return log
+
+    train.Trainer.train_step = stop_after_two
+    try:
+        assert main(argv) == 130
+    finally:
+        train.Trainer.train_step = real
+    assert (tmp_path / "run.partial" / "checkpoint").is_dir()
+    assert main(argv + ["--resume"]) == 0
+    assert (tmp_path / "run" / "content_lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert (tmp_path / "run" / "preview.png").is_file()
+
+
+def test_generate_refuses_cfg_rescale_on_flux_before_loading(flux_run, tmp_path, monkeypatch):
+    from unziplora.errors import UnZipLoRAError
+    from unziplora.generate import generate
+
+    monkeypatch.setattr(BaseModel, "load", lambda *a, **k: pytest.fail("loaded the model before refusing"))
+    with pytest.raises(UnZipLoRAError, match="guidance_rescale 0.7 is CFG rescale"):
+        generate("A <c> cat", tmp_path / "out", "content", run=flux_run.path, guidance_rescale=0.7)
