@@ -175,6 +175,10 @@ def probe_block_roles(base, out_dir: str | Path, images: list | None = None, sco
     from .models.loading import CHECKSUM_FILE, write_checksums
     from .run.folder import write_text_atomic
 
+    if base.family.denoiser != "unet":  # the probe trains one PEFT LoRA on a UNet's module groups
+        raise UnZipLoRAError(f"probe measures UNet base models (SDXL, SD 1.x/2.x), not {base.family.title}; "
+                             f"{base.family.title}'s block roles come from its built-in profile "
+                             f"(models/profiles/{base.family.profile}.yaml)")
     if images is None:
         from .toyworld import heldout_images
 

@@ -194,3 +194,29 @@ def test_generate_refuses_cfg_rescale_on_flux_before_loading(flux_run, tmp_path,
     monkeypatch.setattr(BaseModel, "load", lambda *a, **k: pytest.fail("loaded the model before refusing"))
     with pytest.raises(UnZipLoRAError, match="guidance_rescale 0.7 is CFG rescale"):
         generate("A <c> cat", tmp_path / "out", "content", run=flux_run.path, guidance_rescale=0.7)
+
+
+@pytest.mark.parametrize("method", ["dreambooth-lora", "b-lora", "inspiration-tree"])
+def test_unet_only_methods_refuse_flux_in_one_line_before_loading(flux_base, tiny_image, tmp_path, monkeypatch,
+                                                                   method):
+    from unziplora.decompose import decompose
+    from unziplora.errors import UnZipLoRAError
+    from unziplora.methods import resolve_spec
+
+    monkeypatch.setattr(BaseModel, "load", lambda *a, **k: pytest.fail("loaded the model before refusing"))
+    spec = resolve_spec({**SETTINGS, "sample.guidance_rescale": 0.0}, base=flux_base, method=method)
+    with pytest.raises(UnZipLoRAError, match=f"--method {method} trains UNet base models .* use --method unziplora"):
+        decompose(tiny_image, tmp_path / "run", spec, progress=False)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+
+
+def test_merge_and_probe_refuse_flux_in_one_line(flux_base, flux_run, tmp_path):
+    from unziplora.errors import UnZipLoRAError
+    from unziplora.methods.merge import merge
+    from unziplora.probe import probe_block_roles
+
+    with pytest.raises(UnZipLoRAError, match="merge works on UNet base models .*not FLUX.1"):
+        merge(flux_run.path, flux_run.path, tmp_path / "merged")
+    with pytest.raises(UnZipLoRAError, match="probe measures UNet base models .*not FLUX.1"):
+        probe_block_roles(flux_base, tmp_path / "probe", progress=False)
+    assert not (tmp_path / "merged").exists() and not (tmp_path / "probe").exists()

@@ -14,6 +14,7 @@ import enum
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UnZipLoRAError
 from ..names import Method, Mode
 
 
@@ -56,6 +57,7 @@ class MethodPlugin:
     resumable: bool = False  # keeps checkpoints: `decompose --resume` continues it
     has_preview: bool = False  # draws content / style / together previews while it trains
     card: ModelCardText = ModelCardText("", "")
+    denoisers: tuple[str, ...] = ("unet",)  # the base models' denoisers it trains (FLUX.1's: "transformer")
 
     # ----- settings -------------------------------------------------------------------------------
     @property
@@ -65,6 +67,11 @@ class MethodPlugin:
     # ----- training -------------------------------------------------------------------------------
     def check(self, spec) -> None:
         """Refuse a run this method cannot do (one line), before the base model loads."""
+        family = spec.base.family
+        if family.denoiser not in self.denoisers:
+            able = ", ".join(p.method.value for p in _plugins() if family.denoiser in p.denoisers)
+            raise UnZipLoRAError(f"--method {self.method.value} trains UNet base models (SDXL, SD 1.x/2.x), not "
+                                 f"{family.title}; on {family.title} use --method {able}")
 
     def prepare(self, spec, pipe, image, prompts, profile, device, dtype, workdir: Path):
         """Build the loop on a loaded pipeline (spec: run.spec.RunSpec). The loop is what
@@ -94,3 +101,9 @@ class MethodPlugin:
         """How this run's content LoRA combines with a style LoRA (of `style_method`, None for a
         plain file) in `mode` (both or cross)."""
         return Combine.TWO_BRANCH
+
+
+def _plugins():
+    from . import PLUGINS  # the registry imports this module: read it when asked
+
+    return PLUGINS.values()

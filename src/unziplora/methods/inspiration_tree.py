@@ -315,6 +315,7 @@ class InspirationTree(MethodPlugin):
     )
 
     def check(self, spec) -> None:
+        super().check(spec)
         require_features(spec)
 
     def prepare(self, spec, pipe, image, prompts, profile, device, dtype, workdir: Path):

@@ -65,6 +65,10 @@ def merge(content: str | Path, style: str | Path, out_dir: str | Path, method: M
              ((r.manifest.base_model, r.manifest.revision) if r else None) for r in runs]
     # each checked against its own base model (a plain file: the other's; neither: ranks and sizes only)
     bases = [BaseModel.resolve(*(n or named[1 - i])) if (n or named[1 - i]) else None for i, n in enumerate(named)]
+    for b in bases:
+        if b is not None and b.family.denoiser != "unet":  # the merges read and write UNet LoRAs
+            raise UnZipLoRAError(f"merge works on UNet base models (SDXL, SD 1.x/2.x), not {b.family.title}; "
+                                 "load the two LoRAs as two adapters instead (the run's model card shows how)")
     shapes = [b.shapes() if b else None for b in bases]
     sources = (_plain_source(content, Branch.CONTENT, runs[0], shapes[0]),
                _plain_source(style, Branch.STYLE, runs[1], shapes[1]))

@@ -20,6 +20,7 @@ from .base import MethodPlugin, ModelCardText
 
 class UnZipLoRA(MethodPlugin):
     method = Method.UNZIPLORA
+    denoisers = ("unet", "transformer")  # FLUX.1's transformer: core/flux.py
     help = "UnZipLoRA (the full method: prompt, column and block separation)"
     resumable = True
     has_preview = True
