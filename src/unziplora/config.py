@@ -101,7 +101,7 @@ class PromptConfig:
             _check(bool(self.style.strip()), "the style words are empty: pass --style, e.g. --style watercolor")
         _check(bool(self.identifier.strip()), "prompts.identifier must not be empty")
         _check(len(self.identifier.split()) == 1,
-               f"prompts.identifier (--identifier) must be one word, got {self.identifier!r}; e.g. --identifier sks")
+               f"prompts.identifier (--identifier) must be one word, got {short_repr(self.identifier)}; e.g. --identifier sks")
 
 
 @dataclass
@@ -269,10 +269,10 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], where)
     if origin is Literal:
-        _check(value in args, f"{where} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        _check(value in args, f"{where} must be one of {', '.join(map(repr, args))}, got {short_repr(value)}")
         return value
     if origin in (list, tuple):
-        _check(isinstance(value, (list, tuple)), f"{where} must be a list, got {value!r}")
+        _check(isinstance(value, (list, tuple)), f"{where} must be a list, got {short_repr(value)}")
         item_type = args[0]
         items = [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
         if origin is tuple:
@@ -280,17 +280,17 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return tuple(items)
         return items
     if annotation is bool:
-        _check(isinstance(value, bool), f"{where} must be true or false, got {value!r}")
+        _check(isinstance(value, bool), f"{where} must be true or false, got {short_repr(value)}")
         return value
     if annotation is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), f"{where} must be an integer, got {value!r}")
+        _check(isinstance(value, int) and not isinstance(value, bool), f"{where} must be an integer, got {short_repr(value)}")
         return value
     if annotation is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= sys.float_info.max
-        _check(ok, f"{where} must be a finite number, got {value!r}")  # NaN, inf and huge ints fail `<=`
+        _check(ok, f"{where} must be a finite number, got {short_repr(value)}")  # NaN, inf and huge ints fail `<=`
         return float(value)
     if annotation is str:
-        _check(isinstance(value, str), f"{where} must be a string, got {value!r}")
+        _check(isinstance(value, str), f"{where} must be a string, got {short_repr(value)}")
         return value
     raise TypeError(f"unsupported annotation {annotation} at {where}")
 
@@ -320,8 +320,52 @@ def config_from_dict(data: dict[str, Any] | None) -> RunConfig:
 def load_config(path: str | Path) -> RunConfig:
     path = Path(path)
     _check(path.is_file(), f"config file {path} does not exist")
+    return config_from_dict(read_yaml(path, "config file"))
+
+
+# A settings file is a few dozen values: bounded by its size on disk and by what it parses into
+# (YAML aliases let 600 bytes stand for billions of values).
+MAX_YAML_BYTES = 1_000_000
+MAX_YAML_VALUES = 10_000
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """A small YAML settings file, parsed; one line if it is too large, expands too far, or is no YAML."""
+    path = Path(path)
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise UnZipLoRAError(f"{what} {path} is {path.stat().st_size:,} bytes; a settings file is at most "
+                             f"{MAX_YAML_BYTES:,}: give the right file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UnZipLoRAError(f"{what} {path} is not UTF-8 text; save it as UTF-8") from None
     except yaml.YAMLError as exc:
-        raise UnZipLoRAError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    return config_from_dict(data)
+        raise UnZipLoRAError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0][:200]}") from None
+    budget = [MAX_YAML_VALUES]
+
+    def count(value) -> None:  # counts aliased values every time they are used, stops at the budget
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise UnZipLoRAError(f"{what} {path} expands to more than {MAX_YAML_VALUES:,} values (YAML aliases?); "
+                                 "a settings file holds a few dozen: write them out")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                count(key)
+                count(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                count(item)
+
+    count(data)
+    return data
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """repr() for error lines, bounded however large or deep `value` is."""
+    import reprlib
+
+    shortener = reprlib.Repr()
+    shortener.maxlevel, shortener.maxlist, shortener.maxdict, shortener.maxstring = 3, 6, 6, limit
+    shortener.maxother, shortener.maxlong = limit, 40
+    text = shortener.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
