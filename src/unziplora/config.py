@@ -24,6 +24,11 @@ import yaml
 
 from .errors import UnZipLoRAError
 
+# Limits that keep a typo from queueing days of work (with the reason in each message).
+MAX_TRAIN_STEPS = 100_000
+MAX_SAMPLE_STEPS = 1000
+MAX_SEEDS = 1000
+
 DEFAULT_BASE_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 # SDXL's attention projections are 320 to 1280 wide: a rank above this is no low-rank update
 # (and a two-branch layer of rank r allocates 2 r (in + out) numbers per projection).
@@ -131,6 +136,8 @@ class TrainConfig:
         _check(self.prior_images >= 0, f"train.prior_images must be >= 0 (0 = off), got {self.prior_images}")
         _check(self.prior_weight >= 0, f"train.prior_weight must be >= 0, got {self.prior_weight}")
         _check(self.steps > 0, f"train.steps must be a positive integer, got {self.steps}")
+        _check(self.steps <= MAX_TRAIN_STEPS, f"train.steps (--steps) must be at most {MAX_TRAIN_STEPS:,}, got "
+               f"{short_repr(self.steps)}: the paper trains 600, and {MAX_TRAIN_STEPS:,} is days of a GPU")
         _check(self.resolution >= 8 and self.resolution % 8 == 0, "train.resolution must be a multiple of 8")
         _check(self.batch_size > 0, "train.batch_size must be > 0")
         _check(self.max_grad_norm > 0, "train.max_grad_norm must be > 0")
@@ -157,6 +164,10 @@ class SampleConfig:
 
     def __post_init__(self):
         _check(self.steps > 0, f"sample.steps (--steps) must be > 0, got {self.steps}")
+        _check(self.steps <= MAX_SAMPLE_STEPS, f"sample.steps (--steps) must be at most {MAX_SAMPLE_STEPS}, got "
+               f"{short_repr(self.steps)}: the schedulers have {MAX_SAMPLE_STEPS} timesteps, more would repeat them")
+        _check(len(self.seeds) <= MAX_SEEDS, f"sample.seeds (--seeds) holds {len(self.seeds)} seeds; at most "
+               f"{MAX_SEEDS} per call (one image each: split a longer list over several calls)")
         _check(len(self.seeds) > 0, "sample.seeds must hold at least one seed")
         bad = [s for s in self.seeds if not 0 <= s < 2**63]
         _check(not bad, f"sample.seeds (--seeds) must lie in [0, 2**63), got {bad[0] if bad else ''}")

@@ -54,3 +54,32 @@ def test_a_huge_value_is_shown_shortened_in_its_error(tmp_path):
     with pytest.raises(UnZipLoRAError, match="train.steps must be an integer") as caught:
         load_config(config)
     assert len(str(caught.value)) < 200
+
+
+@pytest.mark.parametrize("key, value, reason", [
+    ("train.steps", 10**18, "days of a GPU"),
+    ("sample.steps", 10**18, "1000 timesteps"),
+    ("sample.seeds", list(range(5000)), "at most 1000 per call"),
+])
+def test_step_and_seed_counts_are_bounded_with_the_reason(key, value, reason):
+    from unziplora.config import RunConfig
+
+    with pytest.raises(UnZipLoRAError, match=reason):
+        RunConfig().with_overrides({key: value})
+
+
+def test_the_page_refuses_a_huge_step_count_before_queueing(tiny_image, tmp_path):
+    from unziplora.app.ui.runs import RunsFolder
+    from unziplora.app.ui.tasks import DecomposeRequest, submit_decompose
+
+    class NoWorker:
+        def submit(self, *args, **kwargs):
+            raise AssertionError("queued")
+
+    upload = tmp_path / "in.png"
+    tiny_image.save(upload)
+    runs = RunsFolder(tmp_path / "runs")
+    with pytest.raises(UnZipLoRAError, match="at most 100,000"):
+        submit_decompose(NoWorker(), runs, "embedded", upload, "big", DecomposeRequest("cat", "sketch", steps=10**18),
+                         2**20)
+    assert not runs.pending("big").exists() and not (runs.root / "big").exists()
