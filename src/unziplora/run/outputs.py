@@ -59,7 +59,7 @@ OUTPUT_FILES = {
     "export": ("*.safetensors",),
     "merge": ("pytorch_lora_weights.safetensors",),
 }
-RUN_OUTPUT_FOLDERS = ("samples", "export")  # where generate and export write inside a run by default
+RUN_OUTPUT_FOLDERS = ("samples", "export", "eval")  # where generate, export and batch --eval write in a run
 _IGNORED = (".DS_Store",)
 
 
@@ -75,7 +75,7 @@ def check_output(out: str | Path, inputs, force: bool, kind: str) -> Path:
 
     `inputs` are the paths the command reads (run folders, LoRA files, images, a base-model folder;
     None and non-paths are skipped). An `out` equal to an input, holding one, or inside one is refused
-    whatever the flags (inside a run folder only its samples/ and export/ may be written). An existing
+    whatever the flags (inside a run folder only its samples/, export/ and eval/ may be written). An existing
     non-empty `out` needs `force`, and `force` replaces only a previous output of `kind`.
     """
     out = Path(out)
@@ -93,11 +93,11 @@ def check_output(out: str | Path, inputs, force: bool, kind: str) -> Path:
                                  "choose another --out")
         if where.is_relative_to(source) and not _in_run_outputs(where, source):
             raise UnZipLoRAError(f"--out {out} is inside the input {given}; choose an --out outside it"
-                                 + (" (or under its samples/ or export/)" if _is_run(source) else ""))
+                                 + (" (or under its samples/, export/ or eval/)" if _is_run(source) else ""))
     if where is not None:  # a run folder's own parts are never an output, an input of this command or not
         for run in where.parents:
             if _is_run(run) and not _in_run_outputs(where, run):
-                raise UnZipLoRAError(f"--out {out} is inside the run folder {run}; only its samples/ and export/ "
+                raise UnZipLoRAError(f"--out {out} is inside the run folder {run}; only its samples/, export/ and eval/ "
                                      "take outputs: choose another --out")
     refuse_existing(out, force)
     if force:
