@@ -32,3 +32,29 @@ def test_a_run_deleted_while_generating_gets_no_samples_recreated(tiny_run, tmp_
     with pytest.raises(UnZipLoRAError, match="was deleted while generating"):
         generate("a <c>", None, "content", run=run, steps=1, seeds=[0], on_step=delete_it)
     assert not run.exists()
+
+
+def test_a_resumed_run_counts_the_time_of_every_process(tiny_base, tiny_image, tmp_path, monkeypatch):
+    import time
+
+    from unziplora.core.callbacks import Callback
+    from unziplora.core.train import Trainer
+    from unziplora.decompose import decompose
+    from unziplora.errors import TrainingInterrupted
+
+    from ..conftest import tiny_config
+
+    class StopAt4(Callback):
+        def on_step(self, loop, log):
+            loop.should_stop = loop.should_stop or loop.step == 4
+
+    config = tiny_config(tiny_base, **{"train.steps": 8, "train.checkpoint_every": 2})
+    step = Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", lambda self: (time.sleep(1.0), step(self))[1])  # a slow first process
+    with pytest.raises(TrainingInterrupted):
+        decompose(tiny_image, tmp_path / "run", config, progress=False, callbacks=[StopAt4()])
+    monkeypatch.setattr(Trainer, "train_step", step)
+    run = decompose(tiny_image, tmp_path / "run", config, progress=False, resume=True)
+    timings = run.manifest.timings
+    assert timings["total_s"] >= 4.0  # the first process alone slept 4 s
+    assert timings["earlier_processes_s"] >= 4.0
