@@ -106,7 +106,8 @@ class PromptConfig:
             _check(bool(self.style.strip()), "the style words are empty: pass --style, e.g. --style watercolor")
         _check(bool(self.identifier.strip()), "prompts.identifier must not be empty")
         _check(len(self.identifier.split()) == 1,
-               f"prompts.identifier (--identifier) must be one word, got {short_repr(self.identifier)}; e.g. --identifier sks")
+               f"prompts.identifier (--identifier) must be one word, got {short_repr(self.identifier)}; "
+               "e.g. --identifier sks")
 
 
 @dataclass
@@ -294,7 +295,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         _check(isinstance(value, bool), f"{where} must be true or false, got {short_repr(value)}")
         return value
     if annotation is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), f"{where} must be an integer, got {short_repr(value)}")
+        _check(isinstance(value, int) and not isinstance(value, bool),
+               f"{where} must be an integer, got {short_repr(value)}")
         return value
     if annotation is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= sys.float_info.max

@@ -35,7 +35,8 @@ from .methods import plugin, spec_of
 from .models.loading import check_resolution, pick_device, pick_dtype
 from .run.checkpoint import CHECKPOINT_DIR, Checkpointer, check_resumable, fingerprint, read_record, restore_checkpoint
 from .run.manifest import Manifest
-from .run.folder import MANIFEST_FILE, RUN_FORMAT_VERSION, RunFolder, check_output, resumable_output_dir, save_grid, write_text_atomic
+from .run.folder import (MANIFEST_FILE, RUN_FORMAT_VERSION, RunFolder, check_output, resumable_output_dir, save_grid,
+                         write_text_atomic)
 from .run.modelcard import write_model_card
 from .run.spec import RunSpec
 

@@ -87,7 +87,8 @@ def check_output(out: str | Path, inputs, force: bool, kind: str) -> Path:
         if where is None or source is None or not source.exists():
             continue
         if where == source:
-            raise UnZipLoRAError(f"--out {out} is the input {given}; writing there would destroy it: choose another --out")
+            raise UnZipLoRAError(f"--out {out} is the input {given}; writing there would destroy it: "
+                                 "choose another --out")
         if source.is_relative_to(where):
             raise UnZipLoRAError(f"--out {out} holds the input {given}; writing there would destroy it: "
                                  "choose another --out")
@@ -130,7 +131,8 @@ def check_replaceable(out: Path, kind: str) -> None:
         raise UnZipLoRAError(f"{out} is not a run folder (no manifest.json); --force replaces only a previous run: "
                              "choose another --out")
     if _is_run(out):
-        raise UnZipLoRAError(f"{out} is a run folder; `unziplora {kind} --force` never replaces a run: choose another --out")
+        raise UnZipLoRAError(f"{out} is a run folder; `unziplora {kind} --force` never replaces a run: "
+                             "choose another --out")
     patterns = OUTPUT_FILES[kind]
     for entry in out.iterdir():
         if entry.name in _IGNORED:

@@ -215,7 +215,8 @@ def _read_csv(path: Path, aliases: dict[str, str]) -> list[Job]:
                     continue  # a blank line
                 jobs.append(_make_job({k: v for k, v in row.items() if k}, where, path.parent, aliases))
     except UnicodeDecodeError:
-        raise UnZipLoRAError(f"{path.name} line {_undecodable_line(path)} is not UTF-8 text; save it as CSV (UTF-8)") from None
+        raise UnZipLoRAError(f"{path.name} line {_undecodable_line(path)} is not UTF-8 text; "
+                             "save it as CSV (UTF-8)") from None
     except csv.Error as exc:  # strict quoting: a stray quote is found where its cell ends
         raise UnZipLoRAError(f"{path.name} line {ended + 1} is not valid CSV ({exc}; a stray quote?)") from None
     return jobs
@@ -239,7 +240,8 @@ def _read_jsonl(path: Path, aliases: dict[str, str]) -> list[Job]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
-        raise UnZipLoRAError(f"{path.name} line {_undecodable_line(path)} is not UTF-8 text; save the file as UTF-8") from None
+        raise UnZipLoRAError(f"{path.name} line {_undecodable_line(path)} is not UTF-8 text; "
+                             "save the file as UTF-8") from None
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
