@@ -24,6 +24,11 @@ import yaml
 
 from .errors import UnZipLoRAError
 
+# Limits that keep a typo from queueing days of work (with the reason in each message).
+MAX_TRAIN_STEPS = 100_000
+MAX_SAMPLE_STEPS = 1000
+MAX_SEEDS = 1000
+
 DEFAULT_BASE_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 # SDXL's attention projections are 320 to 1280 wide: a rank above this is no low-rank update
 # (and a two-branch layer of rank r allocates 2 r (in + out) numbers per projection).
@@ -101,7 +106,8 @@ class PromptConfig:
             _check(bool(self.style.strip()), "the style words are empty: pass --style, e.g. --style watercolor")
         _check(bool(self.identifier.strip()), "prompts.identifier must not be empty")
         _check(len(self.identifier.split()) == 1,
-               f"prompts.identifier (--identifier) must be one word, got {self.identifier!r}; e.g. --identifier sks")
+               f"prompts.identifier (--identifier) must be one word, got {short_repr(self.identifier)}; "
+               "e.g. --identifier sks")
 
 
 @dataclass
@@ -135,6 +141,8 @@ class TrainConfig:
         _check(self.prior_images >= 0, f"train.prior_images must be >= 0 (0 = off), got {self.prior_images}")
         _check(self.prior_weight >= 0, f"train.prior_weight must be >= 0, got {self.prior_weight}")
         _check(self.steps > 0, f"train.steps must be a positive integer, got {self.steps}")
+        _check(self.steps <= MAX_TRAIN_STEPS, f"train.steps (--steps) must be at most {MAX_TRAIN_STEPS:,}, got "
+               f"{short_repr(self.steps)}: the paper trains 600, and {MAX_TRAIN_STEPS:,} is days of a GPU")
         _check(self.resolution >= 8 and self.resolution % 8 == 0, "train.resolution must be a multiple of 8")
         _check(self.batch_size > 0, "train.batch_size must be > 0")
         _check(self.max_grad_norm > 0, "train.max_grad_norm must be > 0")
@@ -161,6 +169,10 @@ class SampleConfig:
 
     def __post_init__(self):
         _check(self.steps > 0, f"sample.steps (--steps) must be > 0, got {self.steps}")
+        _check(self.steps <= MAX_SAMPLE_STEPS, f"sample.steps (--steps) must be at most {MAX_SAMPLE_STEPS}, got "
+               f"{short_repr(self.steps)}: the schedulers have {MAX_SAMPLE_STEPS} timesteps, more would repeat them")
+        _check(len(self.seeds) <= MAX_SEEDS, f"sample.seeds (--seeds) holds {len(self.seeds)} seeds; at most "
+               f"{MAX_SEEDS} per call (one image each: split a longer list over several calls)")
         _check(len(self.seeds) > 0, "sample.seeds must hold at least one seed")
         bad = [s for s in self.seeds if not 0 <= s < 2**63]
         _check(not bad, f"sample.seeds (--seeds) must lie in [0, 2**63), got {bad[0] if bad else ''}")
@@ -273,10 +285,10 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], where)
     if origin is Literal:
-        _check(value in args, f"{where} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        _check(value in args, f"{where} must be one of {', '.join(map(repr, args))}, got {short_repr(value)}")
         return value
     if origin in (list, tuple):
-        _check(isinstance(value, (list, tuple)), f"{where} must be a list, got {value!r}")
+        _check(isinstance(value, (list, tuple)), f"{where} must be a list, got {short_repr(value)}")
         item_type = args[0]
         items = [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
         if origin is tuple:
@@ -284,17 +296,18 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return tuple(items)
         return items
     if annotation is bool:
-        _check(isinstance(value, bool), f"{where} must be true or false, got {value!r}")
+        _check(isinstance(value, bool), f"{where} must be true or false, got {short_repr(value)}")
         return value
     if annotation is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), f"{where} must be an integer, got {value!r}")
+        _check(isinstance(value, int) and not isinstance(value, bool),
+               f"{where} must be an integer, got {short_repr(value)}")
         return value
     if annotation is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= sys.float_info.max
-        _check(ok, f"{where} must be a finite number, got {value!r}")  # NaN, inf and huge ints fail `<=`
+        _check(ok, f"{where} must be a finite number, got {short_repr(value)}")  # NaN, inf and huge ints fail `<=`
         return float(value)
     if annotation is str:
-        _check(isinstance(value, str), f"{where} must be a string, got {value!r}")
+        _check(isinstance(value, str), f"{where} must be a string, got {short_repr(value)}")
         return value
     raise TypeError(f"unsupported annotation {annotation} at {where}")
 
@@ -324,8 +337,52 @@ def config_from_dict(data: dict[str, Any] | None) -> RunConfig:
 def load_config(path: str | Path) -> RunConfig:
     path = Path(path)
     _check(path.is_file(), f"config file {path} does not exist")
+    return config_from_dict(read_yaml(path, "config file"))
+
+
+# A settings file is a few dozen values: bounded by its size on disk and by what it parses into
+# (YAML aliases let 600 bytes stand for billions of values).
+MAX_YAML_BYTES = 1_000_000
+MAX_YAML_VALUES = 10_000
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """A small YAML settings file, parsed; one line if it is too large, expands too far, or is no YAML."""
+    path = Path(path)
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise UnZipLoRAError(f"{what} {path} is {path.stat().st_size:,} bytes; a settings file is at most "
+                             f"{MAX_YAML_BYTES:,}: give the right file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UnZipLoRAError(f"{what} {path} is not UTF-8 text; save it as UTF-8") from None
     except yaml.YAMLError as exc:
-        raise UnZipLoRAError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    return config_from_dict(data)
+        raise UnZipLoRAError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0][:200]}") from None
+    budget = [MAX_YAML_VALUES]
+
+    def count(value) -> None:  # counts aliased values every time they are used, stops at the budget
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise UnZipLoRAError(f"{what} {path} expands to more than {MAX_YAML_VALUES:,} values (YAML aliases?); "
+                                 "a settings file holds a few dozen: write them out")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                count(key)
+                count(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                count(item)
+
+    count(data)
+    return data
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """repr() for error lines, bounded however large or deep `value` is."""
+    import reprlib
+
+    shortener = reprlib.Repr()
+    shortener.maxlevel, shortener.maxlist, shortener.maxdict, shortener.maxstring = 3, 6, 6, limit
+    shortener.maxother, shortener.maxlong = limit, 40
+    text = shortener.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -36,7 +36,8 @@ from .methods import plugin, spec_of
 from .models.loading import check_resolution, pick_device, pick_dtype
 from .run.checkpoint import CHECKPOINT_DIR, Checkpointer, check_resumable, fingerprint, read_record, restore_checkpoint
 from .run.manifest import Manifest
-from .run.folder import MANIFEST_FILE, RUN_FORMAT_VERSION, RunFolder, check_output, resumable_output_dir, save_grid, write_text_atomic
+from .run.folder import (MANIFEST_FILE, RUN_FORMAT_VERSION, RunFolder, check_output, resumable_output_dir, save_grid,
+                         write_text_atomic)
 from .run.modelcard import write_model_card
 from .run.spec import RunSpec
 
@@ -117,6 +118,8 @@ def decompose(
             if record is not None:
                 restore_checkpoint(loop, checkpointer.folder, record)
                 checkpointer.saved_step = loop.step
+                earlier = record.get("elapsed_s")
+                checkpointer.earlier_s = float(earlier) if isinstance(earlier, (int, float)) else 0.0
             every_step = [ProgressBar(progress), Previews(tmp / "previews", cfg.train.preview_every, _preview_writer(chosen)),
                           *([checkpointer] if chosen.resumable else []), *callbacks]
             _fit(loop, every_step, checkpointer, out_dir)
@@ -134,7 +137,10 @@ def decompose(
             files["loss"] = "loss.csv"
             (tmp / "config.yaml").write_text(cfg.to_yaml())
             timings = {"load_s": load_s, "prepare_s": prepare_s, **loop.timings, "save_s": time.perf_counter() - t0}
-            timings["total_s"] = time.perf_counter() - t_start
+            # every process that worked on the run: a resumed run's earlier ones too
+            timings["total_s"] = time.perf_counter() - t_start + checkpointer.earlier_s
+            if checkpointer.earlier_s:
+                timings["earlier_processes_s"] = checkpointer.earlier_s
             manifest = base_manifest(spec, profile, prompts, picture)
             manifest.update({
                 "method": spec.method.value,

@@ -247,6 +247,9 @@ def _token_conditioning(pipe, plan: Plan, prompt: str, fused: bool) -> tuple[Con
 def _write(plan: Plan, images: list, prompts: dict, num_images: int, force: bool) -> list[Path]:
     """The images, their grid and generation.json, all or nothing."""
     sample = plan.sample
+    for source in (plan.content.path, plan.style.path):  # a run deleted meanwhile gets no samples/ recreated
+        if plan.out_dir.is_relative_to(source) and not source.is_dir():
+            raise UnZipLoRAError(f"the run folder {source} was deleted while generating; nothing was written")
     with atomic_output_dir(plan.out_dir, force, "generate") as tmp:
         paths = []
         for i, image in enumerate(images):

@@ -297,9 +297,17 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(_sigterm_as_ctrl_c())
-        return _run(args, stack)
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_sigterm_as_ctrl_c())
+            status = _run(args, stack)
+            sys.stdout.flush()  # here, where a closed pipe can still be handled
+            return status
+    except BrokenPipeError:  # `unziplora info RUN | head`: the reader has all it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
 
 
 def _sigterm_as_ctrl_c():

@@ -20,6 +20,9 @@ from ..errors import UnZipLoRAError
 
 MIN_IMAGE_SIDE = 8
 MAX_IMAGE_PIXELS = 8192 * 8192  # decompression-bomb guard
+# Training resizes the SHORTER side to the resolution: a long thin strip becomes a huge image
+# (8 x 2,000,000 px at 1024 px is 256 billion pixels). No picture is longer than this per width.
+MAX_ASPECT = 16
 
 
 def load_image(source) -> Image.Image:
@@ -42,12 +45,21 @@ def load_image(source) -> Image.Image:
         raise
     except Exception as exc:  # any decoder failure means the file is unusable
         raise UnZipLoRAError(f"{name} could not be decoded ({exc}); re-export it as PNG or JPEG") from None
+    _check_aspect(image.size, name)
     if min(image.size) < MIN_IMAGE_SIDE:
         raise UnZipLoRAError(
             f"{name} is {image.size[0]}x{image.size[1]} px; the smallest side must be at least {MIN_IMAGE_SIDE} px "
             "(upscale it first)"
         )
     return image
+
+
+def _check_aspect(size: tuple[int, int], name: str) -> None:
+    width, height = size
+    if min(width, height) >= MIN_IMAGE_SIDE and max(width, height) > MAX_ASPECT * min(width, height):
+        raise UnZipLoRAError(f"{name} is {width}x{height} px, more than {MAX_ASPECT} times as long as it is wide; "
+                             "training scales its shorter side to the resolution, which would make it huge: "
+                             "crop it to the part to learn from")
 
 
 def _check_file(path: Path) -> None:
@@ -69,6 +81,7 @@ def _open(path: Path) -> Image.Image:
         width, height = image.size
         if width * height > MAX_IMAGE_PIXELS:
             raise Image.DecompressionBombError(f"{width}x{height}")
+        _check_aspect(image.size, f"image {path}")  # from the header, before any pixel is decoded
         image.seek(0)
         image.load()
         return image
@@ -82,9 +95,11 @@ def _open(path: Path) -> Image.Image:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array / peak * 255.0, 0, 255).astype(np.uint8))
+        # In PIL, 4 bytes a pixel at most: a float64 copy (and its temporaries) of a 16-bit image
+        # took 30 bytes a pixel (2 GB for a 143 KB file).
+        image = image.convert("I")
+        peak = 65535.0 if image.getextrema()[1] > 255 else 255.0
+        image = image.point(lambda v: v * (255.0 / peak)).convert("L")
     if image.mode == "F":  # 32-bit float (TIFF): scale its own range to 8 bits
         array = np.nan_to_num(np.asarray(image, dtype=np.float64))
         span = float(array.max() - array.min()) or 1.0

@@ -22,6 +22,7 @@ import json
 import math
 import random
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +64,9 @@ def _sha256(data: bytes) -> str:
 
 
 # ----- saving -----------------------------------------------------------------------------------
-def save_checkpoint(trainer, folder: Path, run_fingerprint: dict[str, str]) -> None:
-    """Write the trainer's full state to `folder` (see the module docstring for the layout)."""
+def save_checkpoint(trainer, folder: Path, run_fingerprint: dict[str, str], elapsed_s: float | None = None) -> None:
+    """Write the trainer's full state to `folder` (see the module docstring for the layout);
+    `elapsed_s`: the run's time so far, every process that worked on it included."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"lora.{k}": v for k, v in trainer.lora.state_dict(raw=True).items()}
     tensors.update(_rng_tensors(trainer.generator))
@@ -82,6 +84,7 @@ def save_checkpoint(trainer, folder: Path, run_fingerprint: dict[str, str]) -> N
         "rng": {"python": _python_rng_to_json(), "numpy": _numpy_rng_scalars()},
         "fingerprint": run_fingerprint,
         "tensors": name,
+        **({"elapsed_s": round(elapsed_s, 3)} if elapsed_s is not None else {}),
     }
     write_text_atomic(folder / RECORD_FILE, json.dumps(record))  # the commit point
     for old in folder.glob("tensors-*.safetensors"):
@@ -317,6 +320,12 @@ class Checkpointer(Callback):
     def __init__(self, folder: Path, every: int, run_fingerprint: dict[str, str]):
         self.folder, self.every, self.fingerprint = folder, every, run_fingerprint
         self.saved_step: int | None = None
+        # The run's time before this process (set from the record on resume), so a resumed run's
+        # total time counts every process that worked on it.
+        self.earlier_s, self.started = 0.0, time.perf_counter()
+
+    def elapsed_s(self) -> float:
+        return self.earlier_s + time.perf_counter() - self.started
 
     def on_step(self, trainer, log) -> None:
         done = trainer.step
@@ -327,7 +336,7 @@ class Checkpointer(Callback):
         self.save(trainer)
 
     def save(self, trainer) -> None:
-        save_checkpoint(trainer, self.folder, self.fingerprint)
+        save_checkpoint(trainer, self.folder, self.fingerprint, self.elapsed_s())
         self.saved_step = trainer.step
 
     def where(self) -> str:

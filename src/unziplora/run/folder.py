@@ -57,7 +57,8 @@ def _fsync(path: Path) -> None:
 
 def _temp_for(path: Path) -> Path:
     """The temp name a file is written under: hidden, beside it, with the writer's pid, thread and a
-    random part (two threads of one process never share one); a dead writer's temp files of the same name are removed first (a kill leaves them behind)."""
+    random part (two threads of one process never share one); a dead writer's temp files of the
+    same name are removed first (a kill leaves them behind)."""
     pattern = re.compile(rf"\.{re.escape(path.name)}\.tmp-(\d+)(?:-.+)?")
     if path.parent.is_dir():
         for old in path.parent.glob(f".{glob_escape(path.name)}.tmp-*"):

@@ -59,7 +59,7 @@ OUTPUT_FILES = {
     "export": ("*.safetensors",),
     "merge": ("pytorch_lora_weights.safetensors",),
 }
-RUN_OUTPUT_FOLDERS = ("samples", "export")  # where generate and export write inside a run by default
+RUN_OUTPUT_FOLDERS = ("samples", "export", "eval")  # where generate, export and batch --eval write in a run
 _IGNORED = (".DS_Store",)
 
 
@@ -75,7 +75,7 @@ def check_output(out: str | Path, inputs, force: bool, kind: str) -> Path:
 
     `inputs` are the paths the command reads (run folders, LoRA files, images, a base-model folder;
     None and non-paths are skipped). An `out` equal to an input, holding one, or inside one is refused
-    whatever the flags (inside a run folder only its samples/ and export/ may be written). An existing
+    whatever the flags (inside a run folder only its samples/, export/ and eval/ may be written). An existing
     non-empty `out` needs `force`, and `force` replaces only a previous output of `kind`.
     """
     out = Path(out)
@@ -87,17 +87,18 @@ def check_output(out: str | Path, inputs, force: bool, kind: str) -> Path:
         if where is None or source is None or not source.exists():
             continue
         if where == source:
-            raise UnZipLoRAError(f"--out {out} is the input {given}; writing there would destroy it: choose another --out")
+            raise UnZipLoRAError(f"--out {out} is the input {given}; writing there would destroy it: "
+                                 "choose another --out")
         if source.is_relative_to(where):
             raise UnZipLoRAError(f"--out {out} holds the input {given}; writing there would destroy it: "
                                  "choose another --out")
         if where.is_relative_to(source) and not _in_run_outputs(where, source):
             raise UnZipLoRAError(f"--out {out} is inside the input {given}; choose an --out outside it"
-                                 + (" (or under its samples/ or export/)" if _is_run(source) else ""))
+                                 + (" (or under its samples/, export/ or eval/)" if _is_run(source) else ""))
     if where is not None:  # a run folder's own parts are never an output, an input of this command or not
         for run in where.parents:
             if _is_run(run) and not _in_run_outputs(where, run):
-                raise UnZipLoRAError(f"--out {out} is inside the run folder {run}; only its samples/ and export/ "
+                raise UnZipLoRAError(f"--out {out} is inside the run folder {run}; only its samples/, export/ and eval/ "
                                      "take outputs: choose another --out")
     refuse_existing(out, force)
     if force:
@@ -130,7 +131,8 @@ def check_replaceable(out: Path, kind: str) -> None:
         raise UnZipLoRAError(f"{out} is not a run folder (no manifest.json); --force replaces only a previous run: "
                              "choose another --out")
     if _is_run(out):
-        raise UnZipLoRAError(f"{out} is a run folder; `unziplora {kind} --force` never replaces a run: choose another --out")
+        raise UnZipLoRAError(f"{out} is a run folder; `unziplora {kind} --force` never replaces a run: "
+                             "choose another --out")
     patterns = OUTPUT_FILES[kind]
     for entry in out.iterdir():
         if entry.name in _IGNORED:

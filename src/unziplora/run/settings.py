@@ -21,9 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..config import RunConfig, load_config
+from ..config import RunConfig, load_config, read_yaml, short_repr
 from ..errors import UnZipLoRAError
 from ..models.base import MODEL_DEFAULTS_FILE, BaseModel
 
@@ -50,10 +48,7 @@ def model_defaults(base: BaseModel) -> dict[str, Any]:
     path = base.own_file(MODEL_DEFAULTS_FILE)
     if path is None:
         return {}
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UnZipLoRAError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    data = read_yaml(path, "model defaults") or {}
     if not isinstance(data, dict) or not set(data) <= set(MODEL_SECTIONS):
         raise UnZipLoRAError(f"{path} may only hold the sections {', '.join(MODEL_SECTIONS)}")
     values = flatten(data)
@@ -73,8 +68,8 @@ def layered_config(overrides: dict[str, Any] | None = None, config_file: str | P
     explicit = {**{k: from_file[k] for k in file_set}, **given}
     for key, value in (defining or {}).items():
         if key in explicit and explicit[key] != value:
-            raise UnZipLoRAError(f"{method_name} is defined by {key} = {value!r}; it cannot run with {key} = "
-                                 f"{explicit[key]!r} (drop that setting, or pick another --method)")
+            raise UnZipLoRAError(f"{method_name} is defined by {key} = {short_repr(value)}; it cannot run with {key} = "
+                                 f"{short_repr(explicit[key])} (drop that setting, or pick another --method)")
     if base is None:
         name = explicit.get("model.base_model")
         base = BaseModel.resolve(name, explicit.get("model.revision"))
@@ -92,4 +87,4 @@ def layered_config(overrides: dict[str, Any] | None = None, config_file: str | P
 
 def _explicit_in_file(path: str | Path) -> dict[str, Any]:
     """The keys a config file spells out (load_config has validated it)."""
-    return flatten(yaml.safe_load(Path(path).read_text()) or {})
+    return flatten(read_yaml(Path(path), "config file") or {})

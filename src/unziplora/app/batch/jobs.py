@@ -37,6 +37,8 @@ ROW_KEYS = ("id", "image", "method", "config")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 # Values that are paths: relative ones are read from the jobs file's folder when they exist there.
 _PATH_KEYS = ("model.base_model", "model.profile")
+# Names the batch's own files take in OUT/ (state.py): never a row's run folder.
+RESERVED_IDS = ("index.html",)
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,9 @@ def _make_job(values: dict[str, Any], where: str, base_dir: Path, aliases: dict[
     if not job_id or not _ID.fullmatch(job_id) or job_id.endswith(".partial"):
         raise UnZipLoRAError(f"{where}: {job_id!r} cannot name a run folder: use letters, digits and . _ + - "
                              "(starting with a letter or digit, at most 100), e.g. fill its id column")
+    if job_id.lower() in RESERVED_IDS:
+        raise UnZipLoRAError(f"{where}: the id {job_id!r} is the name of the batch's own results page; "
+                             "give the row another id")
     if "method" in row:
         from ...names import Method, choice_error
 
@@ -160,45 +165,89 @@ def _make_job(values: dict[str, Any], where: str, base_dir: Path, aliases: dict[
 
 
 def _check_columns(columns, source: str, aliases: dict[str, str]) -> None:
+    """Every column known, none empty, no two naming one setting (`steps` and `train.steps` too)."""
+    if any(not str(c).strip() for c in columns):
+        raise UnZipLoRAError(f"{source}: a column has no name; name every column of the first line")
+    named: dict[str, str] = {}
+    for column in columns:
+        key = column_key(str(column), aliases)
+        key = aliases.get(key, key) if key else key
+        if key is not None and key in named:
+            raise UnZipLoRAError(f"{source}: the columns {named[key]!r} and {str(column)!r} both set {key}; keep one")
+        if key is not None:
+            named[key] = str(column)
     unknown = [c for c in columns if column_key(str(c), aliases) is None]
     if unknown:
         raise UnZipLoRAError(f"{source}: unknown column {str(unknown[0])!r}; use {', '.join(ROW_KEYS)}, an option of "
                              f"decompose ({', '.join(sorted(aliases))}) or a config key such as train.steps")
 
 
+def _undecodable_line(path: Path) -> int:
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return raw[: exc.start].count(b"\n") + 1
+    return 1
+
+
 def _read_csv(path: Path, aliases: dict[str, str]) -> list[Job]:
+    ended = 0  # the last line of the rows read so far
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
+            reader = csv.DictReader(fh, strict=True)
             columns = [c for c in (reader.fieldnames or [])]
-            _check_columns([c for c in columns if c], path.name, aliases)
+            _check_columns(columns, f"{path.name} line 1", aliases)
             if not any(column_key(c, aliases) == "image" for c in columns if c):
                 raise UnZipLoRAError(f"{path}: no image column; the first line names the columns, e.g. "
                                      "id,image,subject,style")
-            jobs = []
+            jobs, ended = [], reader.line_num
             for row in reader:
                 extra = row.pop(None, None)  # more cells than columns
-                where = f"{path.name} line {reader.line_num}"
+                where = f"{path.name} line {ended + 1}"
+                if reader.line_num > ended + 1:  # no value of a row holds a line break: a stray quote
+                    raise UnZipLoRAError(f"{where}: a quoted cell runs on to line {reader.line_num}, swallowing the "
+                                         "lines between; close the quote (or remove the stray \")")
+                ended = reader.line_num
                 if extra and any(str(v).strip() for v in extra):
                     raise UnZipLoRAError(f"{where} has more cells than the header has columns")
                 if not any((v or "").strip() for v in row.values()):
                     continue  # a blank line
                 jobs.append(_make_job({k: v for k, v in row.items() if k}, where, path.parent, aliases))
     except UnicodeDecodeError:
-        raise UnZipLoRAError(f"{path} is not a UTF-8 text file; save it as CSV (UTF-8)") from None
-    except csv.Error as exc:
-        raise UnZipLoRAError(f"{path} is not valid CSV ({exc})") from None
+        raise UnZipLoRAError(f"{path.name} line {_undecodable_line(path)} is not UTF-8 text; "
+                             "save it as CSV (UTF-8)") from None
+    except csv.Error as exc:  # strict quoting: a stray quote is found where its cell ends
+        raise UnZipLoRAError(f"{path.name} line {ended + 1} is not valid CSV ({exc}; a stray quote?)") from None
     return jobs
 
 
+def _no_duplicate_keys(where: str):
+    def pairs(items):
+        seen = {}
+        for key, value in items:
+            if key in seen:
+                raise UnZipLoRAError(f"{where}: the key {key!r} is given twice; keep one")
+            seen[key] = value
+        return seen
+
+    return pairs
+
+
 def _read_jsonl(path: Path, aliases: dict[str, str]) -> list[Job]:
+    """One JSON object per line, read as strictly as the CSV: UTF-8 (a BOM allowed), no duplicate keys."""
     jobs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise UnZipLoRAError(f"{path.name} line {_undecodable_line(path)} is not UTF-8 text; "
+                             "save the file as UTF-8") from None
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path.name} line {number}"
         try:
-            values = json.loads(line)
+            values = json.loads(line, object_pairs_hook=_no_duplicate_keys(where))
         except json.JSONDecodeError as exc:
             raise UnZipLoRAError(f"{where} is not valid JSON ({exc.msg}); one object per line") from None
         if not isinstance(values, dict):
