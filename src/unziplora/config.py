@@ -103,6 +103,11 @@ class PromptConfig:
         _check(len(self.identifier.split()) == 1,
                f"prompts.identifier (--identifier) must be one word, got {self.identifier!r}; e.g. --identifier sks")
 
+    def require_words(self) -> None:
+        """A decomposition needs both words (a config may leave them empty for a later layer to fill)."""
+        _check(bool(self.subject.strip() and self.style.strip()),
+               "subject and style words are required: pass --subject WORD --style WORDS")
+
 
 @dataclass
 class TrainConfig:

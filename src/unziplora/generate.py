@@ -35,6 +35,7 @@ from .models.profiles import INFERENCE_PROFILE
 from .core.prompts import CONTENT_TAG, STYLE_TAG, check_length, encode_prompts, expand_tags, split_prompt
 from .run.folder import atomic_output_dir, refuse_existing, save_grid
 from .run.sources import BranchSource
+from .run.manifest import check_source
 
 
 def _encode(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,8 +88,7 @@ def plan_generation(prompt: str, out_dir: str | Path | None, mode: Mode | str, r
         raise UnZipLoRAError("give the run folder to generate from: unziplora generate RUN ...")
     paths = {Branch.CONTENT: content_run or run, Branch.STYLE: style_run or run}
     for path in paths.values():
-        if not Path(path).exists():
-            raise UnZipLoRAError(f"{path} does not exist; give a run folder or a LoRA .safetensors file")
+        check_source(path)
     runs = [r for r in map(BranchSource.run_of, paths.values()) if r is not None]
     bases = {(r.manifest.base_model, r.manifest.revision) for r in runs}
     if base_model is None and len(bases) != 1:

@@ -15,6 +15,7 @@ from ..run.formats import EXPORT_FORMATS
 from ..config import DEFAULT_BASE_MODEL, user_options
 from ..names import MergeMethod, Method
 from ..metrics import DEFAULTS, METRICS
+from .preflight import preflight
 
 
 def decompose_flags(parser) -> None:
@@ -301,11 +302,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args, stack) -> int:
-    if not args.debug:
-        from ..models.loading import quiet_libraries
-
-        stack.enter_context(quiet_libraries())  # library logs would bury our one-line errors
     try:
+        # arguments and paths first: a mistake is answered before torch and diffusers load (seconds)
+        preflight(args, decompose_overrides(args) if args.command == "decompose" else None)
+        if not args.debug:
+            from ..models.loading import quiet_libraries
+
+            stack.enter_context(quiet_libraries())  # library logs would bury our one-line errors
         if args.command == "decompose":
             run_decompose(args)
         elif args.command == "batch":

@@ -17,6 +17,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ..errors import UnZipLoRAError
+from .image_file import check_image_file
 
 MIN_IMAGE_SIDE = 8
 MAX_IMAGE_PIXELS = 8192 * 8192  # decompression-bomb guard
@@ -34,7 +35,7 @@ def load_image(source) -> Image.Image:
         image, name = source, "the image"
     else:
         path = Path(source)
-        _check_file(path)
+        check_image_file(path)
         image, name = _open(path), f"image {path}"
     try:
         image = _to_rgb(ImageOps.exif_transpose(image))
@@ -48,15 +49,6 @@ def load_image(source) -> Image.Image:
             "(upscale it first)"
         )
     return image
-
-
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise UnZipLoRAError(f"image {path} does not exist; check the path")
-    if path.is_dir():
-        raise UnZipLoRAError(f"{path} is a folder; give one image file (PNG, JPEG, WebP, ...)")
-    if path.stat().st_size == 0:
-        raise UnZipLoRAError(f"image {path} is an empty file (0 bytes); give a real image")
 
 
 def _open(path: Path) -> Image.Image:

@@ -55,8 +55,7 @@ def fill_template(template: str, fields: dict[str, str], key: str) -> str:
 
 def training_prompts(cfg: PromptConfig) -> PromptTriple:
     """p, p_c and p_s from the templates; with separation off all three are p (ablation)."""
-    if not cfg.subject.strip() or not cfg.style.strip():
-        raise UnZipLoRAError("subject and style words are required: pass --subject WORD --style WORDS")
+    cfg.require_words()
     fields = {"identifier": cfg.identifier, "subject": cfg.subject.strip(), "style": cfg.style.strip()}
     triple = PromptTriple(fill_template(cfg.combined, fields, "combined"), fill_template(cfg.content, fields, "content"),
                           fill_template(cfg.style_prompt, fields, "style_prompt"))

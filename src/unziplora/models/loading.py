@@ -7,11 +7,15 @@ import json
 import os
 import warnings
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import UnZipLoRAError
 
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where it is used: resolving a base model (check_pipeline_folder) and checking
+# arguments happen before it loads, so a mistake is answered at once (app/preflight.py).
 _WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
@@ -94,6 +98,8 @@ def load_pipeline(base, dtype: torch.dtype | None = None):
     The VAE is kept in fp32 (SDXL's VAE overflows in fp16; docs/method.md §6). Library logs are
     hidden while loading (`quiet_libraries`).
     """
+    import torch
+
     dtype = dtype or torch.float32
     try:
         with quiet_libraries():
@@ -116,6 +122,8 @@ def load_pipeline(base, dtype: torch.dtype | None = None):
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -133,6 +141,8 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def pick_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
     """Weight dtype of the frozen UNet: fp16 on CUDA (auto), fp32 on CPU (docs/method.md §6)."""
+    import torch
+
     if mixed_precision == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     if mixed_precision in ("fp16", "bf16") and device.type == "cpu":
@@ -161,6 +171,8 @@ LATENT_MULTIPLE = 8
 
 def available_memory(device: torch.device) -> int | None:
     """Bytes free for one process: the GPU's memory on CUDA, MemAvailable on the CPU (None if unknown)."""
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory
     if device.type != "cpu":
@@ -184,23 +196,30 @@ def decode_bytes(resolution: int, first_channels: int, images: int = 1) -> int:
     return 2 * images * resolution * resolution * first_channels * 4
 
 
-def check_resolution(resolution: int | None, base, device: torch.device, images: int = 1,
-                     what: str = "--resolution") -> None:
-    """Refuse, before anything is allocated, a size the base model cannot use: not a multiple of its
-    VAE factor x 8 (64 for SDXL, 32 for the embedded 4x model), or beyond this machine's memory."""
-    if resolution is None:
-        return
+def check_resolution_multiple(resolution: int | None, base, what: str = "--resolution") -> None:
+    """Refuse a size that is not a multiple of the base model's VAE factor x 8 (64 for SDXL, 32 for
+    the embedded 4x model); needs no torch, so the CLI checks it before anything loads."""
     vae = base.config("vae")
-    if vae is None or not vae.get("block_out_channels"):
+    if resolution is None or vae is None or not vae.get("block_out_channels"):
         return  # not available before loading (an uncached hub id): the loader fails first
-    channels, factor = vae["block_out_channels"], base.vae_factor
+    factor = base.vae_factor
     multiple = factor * LATENT_MULTIPLE
-    own = base.native_resolution
     if resolution % multiple:
         lower = max(multiple, resolution // multiple * multiple)
         raise UnZipLoRAError(f"{what} {resolution} does not suit this base model: use a multiple of {multiple} px "
                              f"(its VAE downsamples {factor}x, latents must be multiples of {LATENT_MULTIPLE}), "
                              f"e.g. {lower} or {lower + multiple}")
+
+
+def check_resolution(resolution: int | None, base, device: torch.device, images: int = 1,
+                     what: str = "--resolution") -> None:
+    """Refuse, before anything is allocated, a size the base model cannot use: not a multiple of its
+    VAE factor x 8 (64 for SDXL, 32 for the embedded 4x model), or beyond this machine's memory."""
+    check_resolution_multiple(resolution, base, what)
+    vae = base.config("vae")
+    if resolution is None or vae is None or not vae.get("block_out_channels"):
+        return  # not available before loading (an uncached hub id): the loader fails first
+    channels, own = vae["block_out_channels"], base.native_resolution
     need, free = decode_bytes(resolution, int(channels[0]), images), available_memory(device)
     if free is not None and need > free:
         where = "GPU memory" if device.type == "cuda" else "free memory"
