@@ -28,10 +28,10 @@ from .core.data import centre_crop, crop_note, load_image
 from .core.inject import attention_modules
 from .names import Method
 from .core.prompts import check_length, training_prompts, unknown_words
-from .core.train import NonFiniteLoss, fit
+from .core.train import NonFiniteLoss, fit, tie_note
 from .errors import TrainingInterrupted, UnZipLoRAError
 from .methods import plugin, spec_of
-from .models.loading import check_resolution, pick_device, pick_dtype
+from .models.loading import check_resolution, pick_device, pick_dtype, quietly
 from .run.checkpoint import CHECKPOINT_DIR, Checkpointer, check_resumable, fingerprint, read_record, restore_checkpoint
 from .run.manifest import Manifest
 from .run.folder import MANIFEST_FILE, RUN_FORMAT_VERSION, RunFolder, resumable_output_dir, save_grid, write_text_atomic
@@ -51,6 +51,7 @@ def library_versions() -> dict[str, str]:
     return found
 
 
+@quietly
 def decompose(
     image,
     out_dir: str | Path,
@@ -114,6 +115,9 @@ def decompose(
             every_step = [ProgressBar(progress), Previews(tmp / "previews", cfg.train.preview_every, _preview_writer(chosen)),
                           *([checkpointer] if chosen.resumable else []), *callbacks]
             _fit(loop, every_step, checkpointer, out_dir)
+            ties = tie_note(loop)
+            if ties:
+                print(f"note: {ties}")
 
             t0 = time.perf_counter()
             files = chosen.write_weights(loop, tmp)

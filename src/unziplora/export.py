@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .models.loading import quietly
 from .names import Branch
 from .errors import UnZipLoRAError
 from .run.folder import LORA_WEIGHT_NAME, RunFolder, atomic_output_dir, load_safetensors, refuse_existing, save_safetensors
@@ -20,6 +21,7 @@ from .run.formats import EXPORT_FORMATS as FORMATS
 from .run.loras import lora_file
 
 
+@quietly
 def export_run(run: str | Path, fmt: str, out_dir: str | Path | None = None, force: bool = False) -> list[Path]:
     """Write the run's content and style LoRAs in `fmt` into `out_dir` (default RUN/export/FMT).
 

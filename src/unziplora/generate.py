@@ -30,7 +30,7 @@ from .core.inject import inject_two_branch_lora
 from .methods import Combine, plugin
 from .models.base import BaseModel
 from .models.families import family_of
-from .models.loading import check_resolution, pick_device
+from .models.loading import check_resolution, pick_device, quietly
 from .models.profiles import INFERENCE_PROFILE
 from .core.prompts import CONTENT_TAG, STYLE_TAG, check_length, encode_prompts, expand_tags, split_prompt
 from .run.folder import atomic_output_dir, refuse_existing, save_grid
@@ -116,6 +116,7 @@ def plan_generation(prompt: str, out_dir: str | Path | None, mode: Mode | str, r
     return Plan(mode, content, style, base, sample, resolution, identifier or "", style_words or "", out)
 
 
+@quietly
 def generate(
     prompt: str,
     out_dir: str | Path | None = None,

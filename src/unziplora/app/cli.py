@@ -6,6 +6,7 @@ Each command parses its arguments and calls the Python API of the same name.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from ..errors import UnZipLoRAError
@@ -128,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                "Help for a command: unziplora COMMAND --help")
     parser.add_argument("--version", action="version", version=f"unziplora {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print the details behind a run's notes (e.g. cone-score ties at each mask refresh)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_decompose(sub)
     _add_batch(sub)
@@ -297,8 +300,27 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verbose:
+        _show_details()
     with contextlib.ExitStack() as stack:
         return _run(args, stack)
+
+
+class _AboveTheBar(logging.Handler):
+    """Log lines written above the progress bar (tqdm.write), not through it."""
+
+    def emit(self, record):
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"detail: {self.format(record)}", file=sys.stderr)
+
+
+def _show_details() -> None:
+    """The package's INFO log lines (core/train.py: cone-score ties) on stderr."""
+    logger = logging.getLogger("unziplora")
+    logger.setLevel(logging.INFO)
+    if not any(isinstance(h, _AboveTheBar) for h in logger.handlers):
+        logger.addHandler(_AboveTheBar())
 
 
 def _run(args, stack) -> int:

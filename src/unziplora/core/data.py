@@ -110,9 +110,12 @@ def crop_note(image: Image.Image, resolution: int) -> str | None:
     if (width, height) == (resolution, resolution):
         return None
     scaled = resize_shorter_side(image, resolution).size
+    crop = f"each step trains on a random {resolution}x{resolution} crop along the longer side"
+    if scaled == (width, height):  # its shorter side is the size already: cropped, not resized
+        return f"{crop} of the {width}x{height} image (--resolution sets the size)"
     what = f"resized from {width}x{height} to {scaled[0]}x{scaled[1]}"
     if scaled != (resolution, resolution):
-        what += f"; each step trains on a random {resolution}x{resolution} crop along the longer side"
+        what += f"; {crop}"
     return f"the image is {what} (--resolution sets the size)"
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,6 +31,9 @@ from .inject import TwoBranchLoRA, inject_two_branch_lora
 from ..models.profiles import Profile, uniform_profile
 from ..models.families import SDXL, Family, family_of
 from .prompts import EmbeddedTriple, PromptTriple, encode_triple
+
+
+log = logging.getLogger("unziplora")
 
 
 class NonFiniteLoss(UnZipLoRAError):
@@ -75,6 +78,8 @@ class Trainer:
     # Seconds spent in the last step's forward (through the loss), backward and update (bench speed).
     last_phases: dict[str, float] = field(default_factory=dict)
     family: Family = SDXL  # what the UNet is conditioned on beside the text (models/families.py)
+    # Per mask refresh: (step, how many layer branches' cone scores all tied); the manifest keeps it.
+    cone_ties: list[tuple[int, int]] = field(default_factory=list)
 
     @classmethod
     def prepare(cls, config, pipe, image, prompts: PromptTriple, profile: Profile, device, dtype):
@@ -177,7 +182,8 @@ class Trainer:
             if not self.refresh_pending:  # the scaler skips this step too; score again next step
                 # Scored before clipping, at the loss scale, as the authors do (cone_grad_scale).
                 tied = self.lora.refresh_masks(cfg.masks.fraction, cfg.masks.cone_threshold, self.cone_grad_scale())
-                warn_ties(step, tied, cfg.masks.cone_threshold)
+                self.cone_ties.append((step, len(tied)))
+                log_ties(step, tied, cfg.masks.cone_threshold)
         else:
             self.lora.restrict_merger_grads()
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
@@ -246,18 +252,38 @@ def _interrupt_between_steps():
         signal.signal(signal.SIGINT, previous)
 
 
-def warn_ties(step: int, tied: list[str], threshold: float) -> None:
-    """One warning line per refresh where some layers' cone scores all tied: there the threshold
-    told no column apart. It names the first such layer and counts them, so a run with many
-    refreshes stays readable."""
-    if not tied:
-        return
-    from tqdm.auto import tqdm
+def log_ties(step: int, tied: list[str], threshold: float) -> None:
+    """Where some layers' cone scores all tied at a refresh, the threshold told no column apart there:
+    one log line per refresh (shown with --verbose), naming the first such layer and counting them.
+    Ties are common and mostly harmless, so the run itself says at most one sentence (`tie_note`)."""
+    if tied:
+        log.info("step %d: %d layer branch%s tie (first: %s): every column has the same cone score at "
+                 "masks.cone_threshold %g; their columns are picked by the cone's magnitude alone (by index where "
+                 "that ties too)", step, len(tied), "es" if len(tied) > 1 else "", tied[0], threshold)
 
-    layers = f"{len(tied)} layer{'s' if len(tied) > 1 else ''}"
-    tqdm.write(f"warning: step {step}: {layers} tie (first: {tied[0]}): every column has the same cone score at "
-               f"masks.cone_threshold {threshold:g}; their columns are picked by the cone's magnitude alone "
-               "(by index where that ties too)", file=sys.stderr)
+
+def tie_record(loop) -> dict | None:
+    """The manifest's `cone_score_ties`: how many layer branches the refreshes score (the masked ones)
+    and, per refresh, how many of them tied."""
+    ties = getattr(loop, "cone_ties", None)
+    if ties is None:
+        return None
+    scored = sum(role is Role.MASKED for layer in loop.lora.layers.values() for role in layer.roles.values())
+    return {"branches": scored, "per_refresh": [[step, n] for step, n in ties]}
+
+
+def tie_note(loop) -> str | None:
+    """One plain sentence when ties decided much of the masks: at some refresh at least half of the
+    layer branches could not tell their columns apart by the cone score. None otherwise."""
+    record = tie_record(loop)
+    if not record or not record["per_refresh"]:
+        return None
+    worst = max(n for _, n in record["per_refresh"])
+    if 2 * worst < record["branches"]:
+        return None
+    return (f"the column scores tied in up to {worst} of {record['branches']} layer branches, so their columns were "
+            "chosen by gradient size alone and the split may be weaker (details: manifest.json cone_score_ties, "
+            "or --verbose)")
 
 
 def text_encoders(pipe) -> list:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import warnings
@@ -90,6 +91,16 @@ def quiet_libraries():
         for enabled, library in zip(bars, (diffusers_logging, transformers_logging)):
             if enabled:
                 library.enable_progress_bar()
+
+
+def quietly(function):
+    """`function` run inside `quiet_libraries`: each command of the Python API (decompose, generate,
+    export, merge, probe) prints as little as the CLI, whatever the libraries say while it runs."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with quiet_libraries():
+            return function(*args, **kwargs)
+    return wrapper
 
 
 def load_pipeline(base, dtype: torch.dtype | None = None):
