@@ -31,7 +31,7 @@ from .core.prompts import check_length, training_prompts, unknown_words
 from .core.train import NonFiniteLoss, fit, tie_note
 from .errors import TrainingInterrupted, UnZipLoRAError
 from .methods import plugin, spec_of
-from .models.loading import check_resolution, pick_device, pick_dtype, quietly
+from .models.loading import check_native_size, check_resolution, pick_device, pick_dtype, quietly
 from .run.checkpoint import CHECKPOINT_DIR, Checkpointer, check_resumable, fingerprint, read_record, restore_checkpoint
 from .run.manifest import Manifest
 from .run.folder import MANIFEST_FILE, RUN_FORMAT_VERSION, RunFolder, resumable_output_dir, save_grid, write_text_atomic
@@ -63,6 +63,7 @@ def decompose(
     resume: bool = False,
     sources: dict[str, str] | None = None,
     callbacks: Sequence[Callback] = (),
+    allow_large_resolution: bool = False,
 ) -> RunFolder:
     """Train the content and style LoRAs of one image with `method` and write the run folder.
 
@@ -74,11 +75,12 @@ def decompose(
     train.checkpoint_every steps and `resume` continues an interrupted OUT.partial/ (same inputs
     only). `callbacks` (core/callbacks.py: ProgressReport, StopOnRequest) run after the built-in
     ones at every step; a stop they request ends like Ctrl-C (TrainingInterrupted, the checkpoint kept).
+    A size more than twice the base model's own is refused unless `allow_large_resolution`.
     """
     spec = config if isinstance(config, RunSpec) else spec_of(config, method, sources)
     chosen, cfg = plugin(spec.method), spec.config
     device = pick_device(cfg.train.device)
-    _check_sizes(spec, device)
+    _check_sizes(spec, device, allow_large_resolution)
     if resume and not chosen.resumable:
         raise UnZipLoRAError(f"--resume is not available for --method {spec.method.value}; rerun with --force")
     t_start = time.perf_counter()
@@ -202,12 +204,15 @@ def _fit(loop, callbacks: list, checkpointer: Checkpointer, out_dir: Path) -> No
         raise NonFiniteLoss(exc.step, exc.value, checkpointer.where()) from None
 
 
-def _check_sizes(spec: RunSpec, device) -> None:
+def _check_sizes(spec: RunSpec, device, allow_large: bool = False) -> None:
     """The training and sampling sizes against the base model and this machine, before anything loads."""
     config = spec.config
     for what, size in (("train.resolution (--resolution)", config.train.resolution),
                        ("sample.resolution", config.sample.resolution)):
         check_resolution(size, spec.base, device, config.train.batch_size, what)
+        warning = check_native_size(size, spec.base, allow_large, what)
+        if warning:
+            print(f"warning: {warning}")
 
 
 def _worth_keeping(work: Path) -> bool:

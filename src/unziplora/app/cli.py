@@ -40,6 +40,9 @@ def _add_decompose(sub) -> None:
                    help="continue the interrupted run in OUT.partial (finish it, if its outputs are complete)")
     p.add_argument("--force", action="store_true",
                    help="replace an existing run folder (and discard an interrupted OUT.partial, never a live run's)")
+    p.add_argument("--allow-large-resolution", action="store_true",
+                   help="train at more than twice the base model's own size (refused by default: each step costs the "
+                        "square of the ratio, e.g. 4096x at 4096 px on the 64 px embedded model)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -241,7 +244,8 @@ def run_decompose(args) -> None:
 
     resolved = resolve_config(decompose_overrides(args), args.config, args.method)
     run = decompose(args.image, args.out, resolved.config, method=args.method, force=args.force,
-                    progress=not args.quiet, resume=args.resume, sources=resolved.sources)
+                    progress=not args.quiet, resume=args.resume, sources=resolved.sources,
+                    allow_large_resolution=args.allow_large_resolution)
     print(run.summary())
 
 

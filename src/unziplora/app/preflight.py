@@ -12,7 +12,7 @@ from pathlib import Path
 from ..config import SampleConfig
 from ..core.image_file import check_image_file
 from ..models.base import BaseModel
-from ..models.loading import check_resolution_multiple
+from ..models.loading import check_native_size, check_resolution_multiple
 from ..run.manifest import check_run_folder, check_source
 from ..run.outputs import refuse_existing
 
@@ -32,8 +32,10 @@ def _decompose(args, overrides: dict) -> None:
     refuse_existing(Path(args.out), args.force)
     resolved = layered_config(overrides, args.config)  # every value, the config file, the base model
     resolved.config.prompts.require_words()
-    check_resolution_multiple(resolved.config.train.resolution, resolved.base, "train.resolution (--resolution)")
-    check_resolution_multiple(resolved.config.sample.resolution, resolved.base, "sample.resolution")
+    for what, size in (("train.resolution (--resolution)", resolved.config.train.resolution),
+                       ("sample.resolution", resolved.config.sample.resolution)):
+        check_resolution_multiple(size, resolved.base, what)
+        check_native_size(size, resolved.base, args.allow_large_resolution, what)
 
 
 def _generate(args, _) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import signal
 import threading
 import time
@@ -209,16 +210,19 @@ def fit(loop, callbacks=()) -> None:
     `loop.total_steps`, the callbacks (callbacks.py) seeing the loop after every step.
 
     Ctrl-C (or a callback setting `loop.should_stop`) stops after the current step: every
-    callback's on_interrupt runs (a checkpoint is saved), then KeyboardInterrupt propagates.
+    callback's on_interrupt runs (a checkpoint is saved), then KeyboardInterrupt propagates. Before
+    the first step has finished there is nothing new to save, so Ctrl-C stops at once (a first step
+    can take minutes at a large size).
     `loop.timings` gets train_s and s_per_step.
     """
     t0 = time.perf_counter()
     first = loop.step
     for cb in callbacks:
         cb.on_start(loop)
-    with _interrupt_between_steps() as interrupted:
+    with _interrupt_between_steps() as (interrupted, finished):
         while loop.step < loop.total_steps:
             log = loop.train_step()
+            finished.append(True)
             for cb in callbacks:
                 cb.on_step(loop, log)
             if interrupted or loop.should_stop:
@@ -234,20 +238,26 @@ def fit(loop, callbacks=()) -> None:
 @contextlib.contextmanager
 def _interrupt_between_steps():
     """Turn the first Ctrl-C into a flag the loop reads between steps, so a checkpoint never holds
-    half a step (parameters updated, step counter not). A second Ctrl-C interrupts at once."""
+    half a step (parameters updated, step counter not), and say so at once. Before any step has
+    finished (the `finished` list is empty) and at a second Ctrl-C it interrupts at once."""
     flag: list[bool] = []
+    finished: list[bool] = []
     if threading.current_thread() is not threading.main_thread():
-        yield flag  # signal handlers can only be set from the main thread
+        yield flag, finished  # signal handlers can only be set from the main thread
         return
     previous = signal.getsignal(signal.SIGINT)
 
     def handler(signum, frame):
-        flag.append(True)
         signal.signal(signal.SIGINT, previous)
+        if not finished:
+            raise KeyboardInterrupt
+        flag.append(True)
+        # os.write: a print here could re-enter a print the signal interrupted
+        os.write(2, b"\nstopping after this step to save a checkpoint (Ctrl-C again stops now, without it)\n")
 
     signal.signal(signal.SIGINT, handler)
     try:
-        yield flag
+        yield flag, finished
     finally:
         signal.signal(signal.SIGINT, previous)
 

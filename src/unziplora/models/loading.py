@@ -222,6 +222,26 @@ def check_resolution_multiple(resolution: int | None, base, what: str = "--resol
                              f"e.g. {lower} or {lower + multiple}")
 
 
+# Training far above the size a base model was trained at costs the square of the ratio per step (and
+# more in attention) and teaches the model a size it never drew: refused unless asked for.
+LARGE_RESOLUTION_RATIO = 2
+
+
+def check_native_size(resolution: int | None, base, allow_large: bool = False,
+                      what: str = "--resolution") -> str | None:
+    """Refuse a size more than LARGE_RESOLUTION_RATIO x the base model's own unless `allow_large`
+    (then a warning to print is returned), with what a step costs; None when the size is near it."""
+    own = base.native_resolution
+    if resolution is None or not own or resolution <= LARGE_RESOLUTION_RATIO * own:
+        return None
+    ratio = (resolution / own) ** 2
+    cost = (f"{what} {resolution} is {resolution / own:g}x this base model's own {own} px: every step costs at least "
+            f"{ratio:,.0f}x a step at {own} px, and the model never saw images that size")
+    if not allow_large:
+        raise UnZipLoRAError(f"{cost}; use --resolution {own}, or pass --allow-large-resolution to train at it anyway")
+    return cost
+
+
 def check_resolution(resolution: int | None, base, device: torch.device, images: int = 1,
                      what: str = "--resolution") -> None:
     """Refuse, before anything is allocated, a size the base model cannot use: not a multiple of its
