@@ -27,7 +27,7 @@ from .core.callbacks import Callback, Previews, ProgressBar
 from .core.data import centre_crop, crop_note, load_image
 from .core.inject import attention_modules
 from .names import Method
-from .core.prompts import check_length, training_prompts, unknown_words
+from .core.prompts import check_length, training_prompts, unknown_words_warning
 from .core.train import NonFiniteLoss, fit, tie_note
 from .errors import TrainingInterrupted, UnZipLoRAError
 from .methods import plugin, spec_of
@@ -247,11 +247,9 @@ def _print_prompt_notes(pipe, prompts) -> None:
         warning = check_length(pipe.tokenizer, prompt)
         if warning:
             print(f"note: {warning}")
-    unknown = unknown_words(pipe.tokenizer, prompts.combined)
+    unknown = unknown_words_warning(pipe.tokenizer, prompts.combined)
     if unknown:
-        known = sorted(w[:-4] for w in pipe.tokenizer.get_vocab() if w.endswith("</w>") and len(w) > 5)
-        print(f"warning: the base model never learned the word(s) {', '.join(unknown)}; it knows only: "
-              f"{', '.join(known)}")
+        print(f"warning: {unknown}")
 
 
 def _preview_writer(chosen):

@@ -32,7 +32,8 @@ from .models.base import BaseModel
 from .models.families import family_of
 from .models.loading import check_resolution, pick_device, quietly
 from .models.profiles import INFERENCE_PROFILE
-from .core.prompts import CONTENT_TAG, STYLE_TAG, check_length, encode_prompts, expand_tags, split_prompt
+from .core.prompts import (CONTENT_TAG, STYLE_TAG, check_length, encode_prompts, expand_tags, split_prompt,
+                           unknown_words_warning)
 from .run.folder import atomic_output_dir, refuse_existing, save_grid
 from .run.sources import BranchSource
 from .run.manifest import check_source
@@ -154,6 +155,9 @@ def generate(
     torch_device = pick_device(device)
     check_resolution(plan.resolution, plan.base, torch_device, num_images)
     pipe = plan.base.load(torch.float16 if torch_device.type == "cuda" else torch.float32)
+    unknown = unknown_words_warning(pipe.tokenizer, expand_tags(prompt, plan.identifier, plan.style_words))
+    if unknown:  # a small model draws something else for them, as decompose says of its prompts
+        print(f"warning: {unknown}")
     pipe.to(torch_device)
     pipe.vae.to(torch.float32)
     cond, prompts = _conditioning(pipe, plan, prompt, num_images, fused)

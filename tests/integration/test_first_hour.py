@@ -95,6 +95,14 @@ def test_articles_and_words_the_model_never_learned(tiny_base, capsys):
     assert "never learned the word(s) astronaut, plasma" in out and "sketch" in out
 
 
+def test_generate_warns_about_words_the_model_never_learned(run, capsys):
+    generate("A <c> cat on a surfboard near lighthouses", None, "content", run=run, steps=1, seeds=[0])
+    out = capsys.readouterr().out  # the tiny model's words: cat, beach, sketch, ... (tests/pipelines.py)
+    assert "never learned the word(s) lighthouses, near, surfboard" in out and "sketch" in out  # and what it knows
+    generate("A <c> cat in <s> style", None, "both", run=run, steps=1, seeds=[0])
+    assert "never learned" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("key, value, match", [
     ("prompts.combined", "A {identifier.__class__}", "use only {identifier}, {subject}, {style}"),
     ("prompts.content", "A {identifier", "not a valid template"),

@@ -102,6 +102,16 @@ def unknown_words(tokenizer, text: str) -> list[str]:
     return sorted({w for w in words if f"{w}</w>" not in vocab})
 
 
+def unknown_words_warning(tokenizer, text: str) -> str | None:
+    """A warning line naming the words of `text` the base model never learned and the ones it
+    knows (decompose's prompts, generate's prompt); None when it knows them all."""
+    unknown = unknown_words(tokenizer, text)
+    if not unknown:
+        return None
+    known = sorted(w[:-4] for w in tokenizer.get_vocab() if w.endswith("</w>") and len(w) > 5)
+    return f"the base model never learned the word(s) {', '.join(unknown)}; it knows only: {', '.join(known)}"
+
+
 def check_length(tokenizer, prompt: str) -> str | None:
     """A warning line when the prompt is longer than CLIP's 77 tokens, naming what is cut."""
     ids = tokenizer(prompt, truncation=False, add_special_tokens=True)["input_ids"]
