@@ -32,6 +32,16 @@ def test_generate_help_states_the_defaults_it_uses():
     assert "0 1000 111 1234" not in text and "default 50" not in text
 
 
+def test_every_argument_of_every_command_is_described():
+    import argparse
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    bare = [f"{name} {a.dest}" for name, p in sub.choices.items() for a in p._actions if not a.help]
+    assert not bare, bare
+    assert "a run folder (the --out of decompose" in " ".join(subcommand_help("info").split())
+    assert "the run folder whose content and style LoRAs" in " ".join(subcommand_help("export").split())
+
+
 def test_an_existing_output_is_refused_before_the_model_loads(run, monkeypatch):
     (run / "samples" / "mine").mkdir(parents=True)
     (run / "samples" / "mine" / "a.png").write_bytes(b"x")
@@ -177,3 +187,14 @@ def test_info_shows_where_the_settings_came_from(tmp_path, tiny_base, tiny_image
         (tiny_base / "unziplora_defaults.yaml").unlink()
     out = capsys.readouterr().out
     assert "lora.rank=2 (model)" in out and "train.steps=2 (given)" in out
+
+
+def test_input_png_is_what_the_readme_says(tiny_run, tiny_image):
+    from pathlib import Path
+
+    from PIL import Image
+
+    assert Image.open(tiny_run.path / "input.png").size == tiny_image.size  # 52x40, trained at 32 px
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `input.png`"))
+    assert "original size" in row and "as trained on" not in row

@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_ui(sub)
     info = sub.add_parser("info", help="describe a run folder")
-    info.add_argument("run")
+    info.add_argument("run", help="a run folder (the --out of decompose, e.g. runs/cat): its base model, prompts, "
+                                  "settings and where each came from, files, timings")
     merge = sub.add_parser("merge", help="merge a content LoRA and a style LoRA into one ordinary LoRA")
     merge.add_argument("content", help="run folder (its content LoRA) or a LoRA file (diffusers, kohya, B-LoRA)")
     merge.add_argument("style", help="run folder (its style LoRA) or a LoRA file")
@@ -153,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--style-prompt", help="ziplora: the style LoRA's prompt (default: the run's p_s)")
     merge.add_argument("--steps", type=int, default=100, help="ziplora optimisation steps")
     merge.add_argument("--out", required=True, help="folder for pytorch_lora_weights.safetensors")
-    merge.add_argument("--force", action="store_true")
+    merge.add_argument("--force", action="store_true", help="replace an existing output folder")
     bench = sub.add_parser("bench", help="benchmarks: ratios against a baseline measured in the same run")
     bench.add_argument("which", choices=BENCHES,
                        help="base-model, quality, speed: on the embedded toy-world model; memory: the full-size SDXL UNet "
@@ -192,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CSD folder: CLIPVisionModel + csd_heads.safetensors (default %(default)s)")
     ev.add_argument("--json", help="write the scores here")
     export = sub.add_parser("export", help="write a run's LoRAs in diffusers or kohya/webui (ComfyUI, A1111) format")
-    export.add_argument("run")
+    export.add_argument("run", help="the run folder whose content and style LoRAs to write (the --out of decompose, "
+                                    "e.g. runs/cat)")
     export.add_argument("--format", choices=EXPORT_FORMATS, default="kohya",
                         help="kohya (the default): for ComfyUI, AUTOMATIC1111, kohya; diffusers: plain diffusers files")
     export.add_argument("--out", help="output folder (default RUN/export/FORMAT)")
