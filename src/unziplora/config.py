@@ -109,6 +109,11 @@ class PromptConfig:
                f"prompts.identifier (--identifier) must be one word, got {short_repr(self.identifier)}; "
                "e.g. --identifier sks")
 
+    def require_words(self) -> None:
+        """A decomposition needs both words (a config may leave them empty for a later layer to fill)."""
+        _check(bool(self.subject.strip() and self.style.strip()),
+               "subject and style words are required: pass --subject WORD --style WORDS")
+
 
 @dataclass
 class TrainConfig:

@@ -29,11 +29,11 @@ from .core.data import centre_crop, crop_note, load_image
 from .core.inject import attention_modules
 from .names import Method
 from .core.sampling import check_sampling
-from .core.prompts import check_length, training_prompts, unknown_words
-from .core.train import NonFiniteLoss, fit
+from .core.prompts import check_length, training_prompts, unknown_words_warning
+from .core.train import NonFiniteLoss, fit, tie_note
 from .errors import TrainingInterrupted, UnZipLoRAError
 from .methods import plugin, spec_of
-from .models.loading import check_resolution, pick_device, pick_dtype
+from .models.loading import check_native_size, check_resolution, pick_device, pick_dtype, quietly
 from .run.checkpoint import CHECKPOINT_DIR, Checkpointer, check_resumable, fingerprint, read_record, restore_checkpoint
 from .run.manifest import Manifest
 from .run.folder import (MANIFEST_FILE, RUN_FORMAT_VERSION, RunFolder, check_output, resumable_output_dir, save_grid,
@@ -54,6 +54,7 @@ def library_versions() -> dict[str, str]:
     return found
 
 
+@quietly
 def decompose(
     image,
     out_dir: str | Path,
@@ -65,6 +66,7 @@ def decompose(
     resume: bool = False,
     sources: dict[str, str] | None = None,
     callbacks: Sequence[Callback] = (),
+    allow_large_resolution: bool = False,
 ) -> RunFolder:
     """Train the content and style LoRAs of one image with `method` and write the run folder.
 
@@ -76,11 +78,12 @@ def decompose(
     train.checkpoint_every steps and `resume` continues an interrupted OUT.partial/ (same inputs
     only). `callbacks` (core/callbacks.py: ProgressReport, StopOnRequest) run after the built-in
     ones at every step; a stop they request ends like Ctrl-C (TrainingInterrupted, the checkpoint kept).
+    A size more than twice the base model's own is refused unless `allow_large_resolution`.
     """
     spec = config if isinstance(config, RunSpec) else spec_of(config, method, sources)
     chosen, cfg = plugin(spec.method), spec.config
     device = pick_device(cfg.train.device)
-    _check_sizes(spec, device)
+    _check_sizes(spec, device, allow_large_resolution)
     chosen.check(spec)
     check_sampling(spec.base.family, cfg.sample)  # previews sample as the family's pipeline can
     if resume and not chosen.resumable:
@@ -124,6 +127,9 @@ def decompose(
                           *([checkpointer] if chosen.resumable else []), *callbacks]
             _fit(loop, every_step, checkpointer, out_dir)
             stack.enter_context(_finished_steps_kept(loop, checkpointer, chosen.resumable, out_dir))
+            ties = tie_note(loop)
+            if ties:
+                print(f"note: {ties}")
 
             t0 = time.perf_counter()
             files = chosen.write_weights(loop, tmp)
@@ -228,12 +234,15 @@ def _finished_steps_kept(loop, checkpointer: Checkpointer, resumable: bool, out_
                                   f"(--out {out_dir})") from None
 
 
-def _check_sizes(spec: RunSpec, device) -> None:
+def _check_sizes(spec: RunSpec, device, allow_large: bool = False) -> None:
     """The training and sampling sizes against the base model and this machine, before anything loads."""
     config = spec.config
     for what, size in (("train.resolution (--resolution)", config.train.resolution),
                        ("sample.resolution", config.sample.resolution)):
         check_resolution(size, spec.base, device, config.train.batch_size, what)
+        warning = check_native_size(size, spec.base, allow_large, what)
+        if warning:
+            print(f"warning: {warning}")
 
 
 def _worth_keeping(work: Path) -> bool:
@@ -268,11 +277,9 @@ def _print_prompt_notes(pipe, prompts) -> None:
         warning = check_length(pipe.tokenizer, prompt)
         if warning:
             print(f"note: {warning}")
-    unknown = unknown_words(pipe.tokenizer, prompts.combined)
+    unknown = unknown_words_warning(pipe.tokenizer, prompts.combined)
     if unknown:
-        known = sorted(w[:-4] for w in pipe.tokenizer.get_vocab() if w.endswith("</w>") and len(w) > 5)
-        print(f"warning: the base model never learned the word(s) {', '.join(unknown)}; it knows only: "
-              f"{', '.join(known)}")
+        print(f"warning: {unknown}")
 
 
 def _preview_writer(chosen):

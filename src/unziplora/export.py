@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .models.loading import quietly
 from .names import Branch
 from .errors import UnZipLoRAError
 from .run.folder import LORA_WEIGHT_NAME, RunFolder, atomic_output_dir, check_output, load_safetensors, save_safetensors
@@ -52,6 +53,7 @@ def _export_tokens(folder: RunFolder, fmt: str, out: Path, force: bool) -> list[
     return [out / name for name in written]
 
 
+@quietly
 def export_run(run: str | Path, fmt: str, out_dir: str | Path | None = None, force: bool = False) -> list[Path]:
     """Write the run's content and style LoRAs in `fmt` into `out_dir` (default RUN/export/FMT).
 

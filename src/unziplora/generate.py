@@ -29,11 +29,13 @@ from .core.inject import inject_two_branch_lora
 from .methods import Combine, plugin
 from .models.base import BaseModel
 from .models.families import family_of
-from .models.loading import check_resolution, pick_device, pick_dtype
+from .models.loading import check_resolution, pick_device, pick_dtype, quietly
 from .models.profiles import INFERENCE_PROFILE
-from .core.prompts import CONTENT_TAG, STYLE_TAG, check_length, encode_prompts, expand_tags, split_prompt
+from .core.prompts import (CONTENT_TAG, STYLE_TAG, check_length, encode_prompts, expand_tags, split_prompt,
+                           unknown_words_warning)
 from .run.folder import atomic_output_dir, check_output, save_grid
 from .run.sources import BranchSource
+from .run.manifest import check_source
 
 
 def _encode(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,8 +88,7 @@ def plan_generation(prompt: str, out_dir: str | Path | None, mode: Mode | str, r
         raise UnZipLoRAError("give the run folder to generate from: unziplora generate RUN ...")
     paths = {Branch.CONTENT: content_run or run, Branch.STYLE: style_run or run}
     for path in paths.values():
-        if not Path(path).exists():
-            raise UnZipLoRAError(f"{path} does not exist; give a run folder or a LoRA .safetensors file")
+        check_source(path)
     runs = [r for r in map(BranchSource.run_of, paths.values()) if r is not None]
     bases = {(r.manifest.base_model, r.manifest.revision) for r in runs}
     if base_model is None and len(bases) != 1:
@@ -116,6 +117,7 @@ def plan_generation(prompt: str, out_dir: str | Path | None, mode: Mode | str, r
     return Plan(mode, content, style, base, sample, resolution, identifier or "", style_words or "", out)
 
 
+@quietly
 def generate(
     prompt: str,
     out_dir: str | Path | None = None,
@@ -155,6 +157,9 @@ def generate(
     check_resolution(plan.resolution, plan.base, torch_device, num_images)
     family = plan.base.family
     pipe = plan.base.load(pick_dtype("auto", torch_device, family))  # the family's dtype on CUDA, fp32 on a CPU
+    unknown = unknown_words_warning(pipe.tokenizer, expand_tags(prompt, plan.identifier, plan.style_words))
+    if unknown:  # a small model draws something else for them, as decompose says of its prompts
+        print(f"warning: {unknown}")
     pipe.to(torch_device)
     if family.upcast_vae:
         pipe.vae.to(torch.float32)

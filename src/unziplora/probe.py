@@ -24,6 +24,7 @@ from typing import Callable
 
 import yaml
 
+from .models.loading import quietly
 from .config import SampleConfig
 from .errors import UnZipLoRAError
 from .core.sampling import Conditioning, sample_images
@@ -159,6 +160,7 @@ def markdown_table(mean_scores: list[GroupScore], roles: dict[str, str]) -> str:
 PROFILE_FILE, EVIDENCE_FILE = "unziplora_profile.yaml", "block_roles.md"
 
 
+@quietly
 def probe_block_roles(base, out_dir: str | Path, images: list | None = None, scorer: Scorer | None = None,
                       name: str | None = None, steps: int = 300, rank: int = 16, lr: float = 1e-3,
                       resolution: int | None = None, sample: SampleConfig | None = None,

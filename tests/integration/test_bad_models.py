@@ -190,7 +190,8 @@ def test_sizes_the_base_model_cannot_use_are_refused_before_loading(tiny_base, t
     tiny_image.save(tmp_path / "in.png")
     argv = {
         "decompose": ["decompose", str(tmp_path / "in.png"), "--subject", "cat", "--style", "x", "--out",
-                      str(tmp_path / "o"), "--base-model", str(tiny_base), "--steps", "1", "--quiet"],
+                      str(tmp_path / "o"), "--base-model", str(tiny_base), "--steps", "1", "--quiet",
+                      "--allow-large-resolution"],  # the flag lifts the size rule, never what memory cannot hold
         "generate": ["generate", str(tiny_run.path), "--prompt", "A <c> cat", "--out", str(tmp_path / "o"), "--quiet"],
     }[command]
     assert main(argv + ["--resolution", resolution]) == 2

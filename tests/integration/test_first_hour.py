@@ -32,6 +32,16 @@ def test_generate_help_states_the_defaults_it_uses():
     assert "0 1000 111 1234" not in text and "default 50" not in text
 
 
+def test_every_argument_of_every_command_is_described():
+    import argparse
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    bare = [f"{name} {a.dest}" for name, p in sub.choices.items() for a in p._actions if not a.help]
+    assert not bare, bare
+    assert "a run folder (the --out of decompose" in " ".join(subcommand_help("info").split())
+    assert "the run folder whose content and style LoRAs" in " ".join(subcommand_help("export").split())
+
+
 def test_an_existing_output_is_refused_before_the_model_loads(run, monkeypatch):
     (run / "samples" / "mine").mkdir(parents=True)
     (run / "samples" / "mine" / "a.png").write_bytes(b"x")
@@ -93,6 +103,14 @@ def test_articles_and_words_the_model_never_learned(tiny_base, capsys):
     _print_prompt_notes(BaseModel.resolve(tiny_base).load(), prompts)  # the tiny model's words: cat, sketch, ...
     out = capsys.readouterr().out
     assert "never learned the word(s) astronaut, plasma" in out and "sketch" in out
+
+
+def test_generate_warns_about_words_the_model_never_learned(run, capsys):
+    generate("A <c> cat on a surfboard near lighthouses", None, "content", run=run, steps=1, seeds=[0])
+    out = capsys.readouterr().out  # the tiny model's words: cat, beach, sketch, ... (tests/pipelines.py)
+    assert "never learned the word(s) lighthouses, near, surfboard" in out and "sketch" in out  # and what it knows
+    generate("A <c> cat in <s> style", None, "both", run=run, steps=1, seeds=[0])
+    assert "never learned" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("key, value, match", [
@@ -169,3 +187,14 @@ def test_info_shows_where_the_settings_came_from(tmp_path, tiny_base, tiny_image
         (tiny_base / "unziplora_defaults.yaml").unlink()
     out = capsys.readouterr().out
     assert "lora.rank=2 (model)" in out and "train.steps=2 (given)" in out
+
+
+def test_input_png_is_what_the_readme_says(tiny_run, tiny_image):
+    from pathlib import Path
+
+    from PIL import Image
+
+    assert Image.open(tiny_run.path / "input.png").size == tiny_image.size  # 52x40, trained at 32 px
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `input.png`"))
+    assert "original size" in row and "as trained on" not in row

@@ -1,6 +1,7 @@
 """Training switches: gradient checkpointing, 8-bit AdamW, previews, latent caching, ablations."""
 
 import builtins
+import logging
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from unziplora.decompose import decompose
 from unziplora.errors import UnZipLoRAError
 from unziplora.models.profiles import load_profile
 from unziplora.core.prompts import training_prompts
-from unziplora.core.train import Trainer
+from unziplora.core.train import Trainer, tie_note, tie_record
 
 from ..conftest import tiny_config
 
@@ -100,8 +101,8 @@ def test_training_time_ids_are_the_ones_generation_uses(tiny_base, tiny_image):
     assert torch.isfinite(torch.tensor(trainer.train_step().loss))
 
 
-def test_cone_scores_use_the_loss_scale_and_ties_are_named(tiny_base, tiny_image, capsys, monkeypatch):
-    """fp32 runs score at 2^16 (the authors' fp16 loss scale); ties are one warning line per refresh."""
+def test_cone_scores_use_the_loss_scale_and_ties_are_named(tiny_base, tiny_image, capsys, caplog, monkeypatch):
+    """fp32 runs score at 2^16 (the authors' fp16 loss scale); ties are one log line per refresh."""
     trainer = prepared_trainer(tiny_base, tiny_image, **{"train.steps": 1})
     assert trainer.cone_grad_scale() == 2.0**16
     seen = []
@@ -113,14 +114,18 @@ def test_cone_scores_use_the_loss_scale_and_ties_are_named(tiny_base, tiny_image
         for layer in trainer.lora.layers.values():
             layer.up_weight.zero_()
             layer.masks.zero_()
-    trainer.step = 0
+    trainer.step, trainer.cone_ties = 0, []
     capsys.readouterr()
-    trainer.train_step()
-    lines = capsys.readouterr().err.strip().splitlines()
+    with caplog.at_level(logging.INFO, logger="unziplora"):
+        trainer.train_step()
+    assert capsys.readouterr().err == ""  # the log (--verbose) and the manifest, not the terminal
+    lines = [r.getMessage() for r in caplog.records if r.name == "unziplora"]
     masked = sum(role is Role.MASKED for layer in trainer.lora.layers.values() for role in layer.roles.values())
-    assert len(lines) == 1 and lines[0].startswith(f"warning: step 0: {masked} layers tie (first: ")  # all of them
+    assert len(lines) == 1 and lines[0].startswith(f"step 0: {masked} layer branches tie (first: ")  # all of them
     assert "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q (content)" in lines[0]
     assert "same cone score" in lines[0]
+    assert trainer.cone_ties == [(0, masked)] and tie_record(trainer)["branches"] == masked
+    assert "tied in up to" in tie_note(trainer)
 
 
 @pytest.fixture(scope="module")

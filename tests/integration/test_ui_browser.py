@@ -238,6 +238,10 @@ def test_the_whole_job_in_a_browser(server, page, setup, tmp_path, shots, monkey
     # 4. the result: grid, loss curve, mask fractions; the Result tab opens by itself
     page.locator("#uz-grid img").wait_for()
     page.locator("#uz-loss img").wait_for()
+    image = page.locator("#uz-grid img").bounding_box()
+    for label in page.locator("#uz-grid label").all():  # nothing drawn over the grid's top rows
+        box = label.bounding_box() if label.is_visible() else None
+        assert box is None or box["y"] + box["height"] <= image["y"] or box["y"] >= image["y"] + image["height"], box
     page.locator("#uz-run-previews img").first.wait_for()
     assert page.locator("#uz-run-previews img").count() == 2  # at steps/3 and 2 steps/3 (none at the end)
     summary = page.locator("#uz-summary").inner_text()

@@ -181,7 +181,7 @@ def test_a_corrupt_upload_is_the_cli_message(worker, tiny_base, tmp_path, capsys
         submit_decompose(worker, runs, str(tiny_base), bad, "x", request(), 2**20)
     monkeypatch.chdir(tmp_path)
     assert main(["decompose", str(bad), "--out", "x", "--subject", "cat", "--style", "sketch",
-                 "--base-model", str(tiny_base)]) == 2
+                 "--base-model", str(tiny_base), "--resolution", "32"]) == 2  # the page's size (request())
     assert capsys.readouterr().err.strip() == f"error: {page_error.value}"
     assert list(runs.root.iterdir()) == []  # nothing queued, nothing kept
 

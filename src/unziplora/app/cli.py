@@ -6,6 +6,8 @@ Each command parses its arguments and calls the Python API of the same name.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 
 from ..errors import UnZipLoRAError
@@ -15,6 +17,7 @@ from ..run.formats import EXPORT_FORMATS
 from ..config import DEFAULT_BASE_MODEL, user_options
 from ..names import MergeMethod, Method
 from ..metrics import DEFAULTS, METRICS
+from .preflight import preflight
 
 
 def decompose_flags(parser) -> None:
@@ -39,6 +42,9 @@ def _add_decompose(sub) -> None:
                    help="continue the interrupted run in OUT.partial (finish it, if its outputs are complete)")
     p.add_argument("--force", action="store_true",
                    help="replace an existing run folder (and discard an interrupted OUT.partial, never a live run's)")
+    p.add_argument("--allow-large-resolution", action="store_true",
+                   help="train at more than twice the base model's own size (refused by default: each step costs the "
+                        "square of the ratio, e.g. 4096x at 4096 px on the 64 px embedded model)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -128,13 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
                "Help for a command: unziplora COMMAND --help")
     parser.add_argument("--version", action="version", version=f"unziplora {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print the details behind a run's notes (e.g. cone-score ties at each mask refresh)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_decompose(sub)
     _add_batch(sub)
     _add_generate(sub)
     _add_ui(sub)
     info = sub.add_parser("info", help="describe a run folder")
-    info.add_argument("run")
+    info.add_argument("run", help="a run folder (the --out of decompose, e.g. runs/cat): its base model, prompts, "
+                                  "settings and where each came from, files, timings")
     merge = sub.add_parser("merge", help="merge a content LoRA and a style LoRA into one ordinary LoRA")
     merge.add_argument("content", help="run folder (its content LoRA) or a LoRA file (diffusers, kohya, B-LoRA)")
     merge.add_argument("style", help="run folder (its style LoRA) or a LoRA file")
@@ -146,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--style-prompt", help="ziplora: the style LoRA's prompt (default: the run's p_s)")
     merge.add_argument("--steps", type=int, default=100, help="ziplora optimisation steps")
     merge.add_argument("--out", required=True, help="folder for pytorch_lora_weights.safetensors")
-    merge.add_argument("--force", action="store_true")
+    merge.add_argument("--force", action="store_true", help="replace an existing output folder")
     bench = sub.add_parser("bench", help="benchmarks: ratios against a baseline measured in the same run")
     bench.add_argument("which", choices=BENCHES,
                        help="base-model, quality, speed: on the embedded toy-world model; memory: the full-size SDXL UNet "
@@ -185,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CSD folder: CLIPVisionModel + csd_heads.safetensors (default %(default)s)")
     ev.add_argument("--json", help="write the scores here")
     export = sub.add_parser("export", help="write a run's LoRAs in diffusers or kohya/webui (ComfyUI, A1111) format")
-    export.add_argument("run")
+    export.add_argument("run", help="the run folder whose content and style LoRAs to write (the --out of decompose, "
+                                    "e.g. runs/cat)")
     export.add_argument("--format", choices=EXPORT_FORMATS, default="kohya",
                         help="kohya (the default): for ComfyUI, AUTOMATIC1111, kohya; diffusers: plain diffusers files")
     export.add_argument("--out", help="output folder (default RUN/export/FORMAT)")
@@ -238,7 +248,8 @@ def run_decompose(args) -> None:
 
     resolved = resolve_config(decompose_overrides(args), args.config, args.method)
     run = decompose(args.image, args.out, resolved.config, method=args.method, force=args.force,
-                    progress=not args.quiet, resume=args.resume, sources=resolved.sources)
+                    progress=not args.quiet, resume=args.resume, sources=resolved.sources,
+                    allow_large_resolution=args.allow_large_resolution)
     print(run.summary())
 
 
@@ -280,6 +291,11 @@ def run_ui(args) -> None:
     from .ui.app import serve
 
     serve(args.runs, args.base_model, args.host, args.port, args.share, args.max_upload_mb)
+    # Ctrl-C has stopped the server and the worker: leave now. Tearing down gradio's and torch's
+    # modules at exit takes seconds more, and the page is to stop within a few.
+    print("unziplora ui: stopped", flush=True)
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_eval(args) -> None:
@@ -297,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verbose:
+        _show_details()
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(_sigterm_as_ctrl_c())
@@ -334,12 +352,31 @@ def _sigterm_as_ctrl_c():
     return handled()
 
 
-def _run(args, stack) -> int:
-    if not args.debug:
-        from ..models.loading import quiet_libraries
+class _AboveTheBar(logging.Handler):
+    """Log lines written above the progress bar (tqdm.write), not through it."""
 
-        stack.enter_context(quiet_libraries())  # library logs would bury our one-line errors
+    def emit(self, record):
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"detail: {self.format(record)}", file=sys.stderr)
+
+
+def _show_details() -> None:
+    """The package's INFO log lines (core/train.py: cone-score ties) on stderr."""
+    logger = logging.getLogger("unziplora")
+    logger.setLevel(logging.INFO)
+    if not any(isinstance(h, _AboveTheBar) for h in logger.handlers):
+        logger.addHandler(_AboveTheBar())
+
+
+def _run(args, stack) -> int:
     try:
+        # arguments and paths first: a mistake is answered before torch and diffusers load (seconds)
+        preflight(args, decompose_overrides(args) if args.command == "decompose" else None)
+        if not args.debug:
+            from ..models.loading import quiet_libraries
+
+            stack.enter_context(quiet_libraries())  # library logs would bury our one-line errors
         if args.command == "decompose":
             run_decompose(args)
         elif args.command == "batch":

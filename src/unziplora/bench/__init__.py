@@ -11,16 +11,35 @@ from pathlib import Path
 
 
 
+# The repository (or installed package) the benchmarks run from: results name paths relative to it,
+# so a committed result says "src/unziplora/assets/toyworld-sdxl", not where one machine keeps it.
+SOURCE_ROOT = Path(__file__).resolve().parents[3]
+
+
+def portable(value, root: Path = SOURCE_ROOT):
+    """`value` with every absolute path inside `root` made relative to it (lists and mappings too)."""
+    if isinstance(value, dict):
+        return {k: portable(v, root) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v, root) for v in value]
+    if isinstance(value, str) and value.startswith("/"):
+        try:
+            return Path(value).resolve().relative_to(root.resolve()).as_posix()
+        except (ValueError, OSError):
+            return value
+    return value
+
+
 def write_report(json_path: str | Path | None, report: dict, table: str | None = None) -> None:
-    """The report as JSON at `json_path`, written atomically, and, given a table, the same table
-    as Markdown beside it (FILE.md)."""
+    """The report as JSON at `json_path` (paths inside the repository relative to it), written
+    atomically, and, given a table, the same table as Markdown beside it (FILE.md)."""
     from ..run.folder import write_text_atomic
 
     if not json_path:
         return
     path = Path(json_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(report, indent=2))
+    write_text_atomic(path, json.dumps(portable(report), indent=2))
     if table is not None:
         write_text_atomic(path.with_suffix(".md"), table + "\n")
 

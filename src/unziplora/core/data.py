@@ -17,6 +17,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ..errors import UnZipLoRAError
+from .image_file import check_image_file
 
 MIN_IMAGE_SIDE = 8
 MAX_IMAGE_PIXELS = 8192 * 8192  # decompression-bomb guard
@@ -37,7 +38,7 @@ def load_image(source) -> Image.Image:
         image, name = source, "the image"
     else:
         path = Path(source)
-        _check_file(path)
+        check_image_file(path)
         image, name = _open(path), f"image {path}"
     try:
         image = _to_rgb(ImageOps.exif_transpose(image))
@@ -60,15 +61,6 @@ def _check_aspect(size: tuple[int, int], name: str) -> None:
         raise UnZipLoRAError(f"{name} is {width}x{height} px, more than {MAX_ASPECT} times as long as it is wide; "
                              "training scales its shorter side to the resolution, which would make it huge: "
                              "crop it to the part to learn from")
-
-
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise UnZipLoRAError(f"image {path} does not exist; check the path")
-    if path.is_dir():
-        raise UnZipLoRAError(f"{path} is a folder; give one image file (PNG, JPEG, WebP, ...)")
-    if path.stat().st_size == 0:
-        raise UnZipLoRAError(f"image {path} is an empty file (0 bytes); give a real image")
 
 
 def _open(path: Path) -> Image.Image:
@@ -133,9 +125,12 @@ def crop_note(image: Image.Image, resolution: int) -> str | None:
     if (width, height) == (resolution, resolution):
         return None
     scaled = resize_shorter_side(image, resolution).size
+    crop = f"each step trains on a random {resolution}x{resolution} crop along the longer side"
+    if scaled == (width, height):  # its shorter side is the size already: cropped, not resized
+        return f"{crop} of the {width}x{height} image (--resolution sets the size)"
     what = f"resized from {width}x{height} to {scaled[0]}x{scaled[1]}"
     if scaled != (resolution, resolution):
-        what += f"; each step trains on a random {resolution}x{resolution} crop along the longer side"
+        what += f"; {crop}"
     return f"the image is {what} (--resolution sets the size)"
 
 

@@ -55,8 +55,7 @@ def fill_template(template: str, fields: dict[str, str], key: str) -> str:
 
 def training_prompts(cfg: PromptConfig) -> PromptTriple:
     """p, p_c and p_s from the templates; with separation off all three are p (ablation)."""
-    if not cfg.subject.strip() or not cfg.style.strip():
-        raise UnZipLoRAError("subject and style words are required: pass --subject WORD --style WORDS")
+    cfg.require_words()
     fields = {"identifier": cfg.identifier, "subject": cfg.subject.strip(), "style": cfg.style.strip()}
     triple = PromptTriple(fill_template(cfg.combined, fields, "combined"), fill_template(cfg.content, fields, "content"),
                           fill_template(cfg.style_prompt, fields, "style_prompt"))
@@ -101,6 +100,16 @@ def unknown_words(tokenizer, text: str) -> list[str]:
         return []
     words = re.findall(r"[a-z]+", text.lower())
     return sorted({w for w in words if f"{w}</w>" not in vocab})
+
+
+def unknown_words_warning(tokenizer, text: str) -> str | None:
+    """A warning line naming the words of `text` the base model never learned and the ones it
+    knows (decompose's prompts, generate's prompt); None when it knows them all."""
+    unknown = unknown_words(tokenizer, text)
+    if not unknown:
+        return None
+    known = sorted(w[:-4] for w in tokenizer.get_vocab() if w.endswith("</w>") and len(w) > 5)
+    return f"the base model never learned the word(s) {', '.join(unknown)}; it knows only: {', '.join(known)}"
 
 
 def check_length(tokenizer, prompt: str) -> str | None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
+import os
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,9 @@ from .inject import TwoBranchLoRA, inject_two_branch_lora
 from ..models.profiles import Profile, uniform_profile
 from ..models.families import SDXL, Family, family_of
 from .prompts import EmbeddedTriple, PromptTriple, encode_triple
+
+
+log = logging.getLogger("unziplora")
 
 
 class NonFiniteLoss(UnZipLoRAError):
@@ -76,6 +80,8 @@ class Trainer:
     last_phases: dict[str, float] = field(default_factory=dict)
     family: Family = SDXL  # what the UNet is conditioned on beside the text (models/families.py)
     objective: object = None  # the denoising loss and its conditioning (`denoising_for`); None: the UNet's
+    # Per mask refresh: (step, how many layer branches' cone scores all tied); the manifest keeps it.
+    cone_ties: list[tuple[int, int]] = field(default_factory=list)
 
     def __post_init__(self):
         if self.objective is None:
@@ -174,7 +180,8 @@ class Trainer:
             if not self.refresh_pending:  # the scaler skips this step too; score again next step
                 # Scored before clipping, at the loss scale, as the authors do (cone_grad_scale).
                 tied = self.lora.refresh_masks(cfg.masks.fraction, cfg.masks.cone_threshold, self.cone_grad_scale())
-                warn_ties(step, tied, cfg.masks.cone_threshold)
+                self.cone_ties.append((step, len(tied)))
+                log_ties(step, tied, cfg.masks.cone_threshold)
         else:
             self.lora.restrict_merger_grads()
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
@@ -200,16 +207,19 @@ def fit(loop, callbacks=()) -> None:
     `loop.total_steps`, the callbacks (callbacks.py) seeing the loop after every step.
 
     Ctrl-C or SIGTERM (or a callback setting `loop.should_stop`) stops after the current step: every
-    callback's on_interrupt runs (a checkpoint is saved), then KeyboardInterrupt propagates.
+    callback's on_interrupt runs (a checkpoint is saved), then KeyboardInterrupt propagates. Before
+    the first step has finished there is nothing new to save, so it stops at once (a first step can
+    take minutes at a large size).
     `loop.timings` gets train_s and s_per_step.
     """
     t0 = time.perf_counter()
     first = loop.step
     for cb in callbacks:
         cb.on_start(loop)
-    with _interrupt_between_steps() as interrupted:
+    with _interrupt_between_steps() as (interrupted, finished):
         while loop.step < loop.total_steps:
             log = loop.train_step()
+            finished.append(True)
             for cb in callbacks:
                 cb.on_step(loop, log)
             if interrupted or loop.should_stop:
@@ -229,40 +239,66 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 @contextlib.contextmanager
 def _interrupt_between_steps():
     """Turn the first Ctrl-C or SIGTERM into a flag the loop reads between steps, so a checkpoint
-    never holds half a step (parameters updated, step counter not). A second one interrupts at once."""
+    never holds half a step (parameters updated, step counter not), and say so at once. Before any
+    step has finished (the `finished` list is empty) and at a second one it interrupts at once."""
     flag: list[bool] = []
+    finished: list[bool] = []
     if threading.current_thread() is not threading.main_thread():
-        yield flag  # signal handlers can only be set from the main thread
+        yield flag, finished  # signal handlers can only be set from the main thread
         return
     # None: a handler not set from Python; put the default back then
     previous = {sig: signal.getsignal(sig) or signal.SIG_DFL for sig in STOP_SIGNALS}
 
     def handler(signum, frame):
-        flag.append(True)
         for sig, before in previous.items():
             signal.signal(sig, before)
+        if not finished:
+            raise KeyboardInterrupt
+        flag.append(True)
+        # os.write: a print here could re-enter a print the signal interrupted
+        os.write(2, b"\nstopping after this step to save a checkpoint (Ctrl-C again stops now, without it)\n")
 
     for sig in STOP_SIGNALS:
         signal.signal(sig, handler)
     try:
-        yield flag
+        yield flag, finished
     finally:
         for sig, before in previous.items():
             signal.signal(sig, before)
 
 
-def warn_ties(step: int, tied: list[str], threshold: float) -> None:
-    """One warning line per refresh where some layers' cone scores all tied: there the threshold
-    told no column apart. It names the first such layer and counts them, so a run with many
-    refreshes stays readable."""
-    if not tied:
-        return
-    from tqdm.auto import tqdm
+def log_ties(step: int, tied: list[str], threshold: float) -> None:
+    """Where some layers' cone scores all tied at a refresh, the threshold told no column apart there:
+    one log line per refresh (shown with --verbose), naming the first such layer and counting them.
+    Ties are common and mostly harmless, so the run itself says at most one sentence (`tie_note`)."""
+    if tied:
+        log.info("step %d: %d layer branch%s tie (first: %s): every column has the same cone score at "
+                 "masks.cone_threshold %g; their columns are picked by the cone's magnitude alone (by index where "
+                 "that ties too)", step, len(tied), "es" if len(tied) > 1 else "", tied[0], threshold)
 
-    layers = f"{len(tied)} layer{'s' if len(tied) > 1 else ''}"
-    tqdm.write(f"warning: step {step}: {layers} tie (first: {tied[0]}): every column has the same cone score at "
-               f"masks.cone_threshold {threshold:g}; their columns are picked by the cone's magnitude alone "
-               "(by index where that ties too)", file=sys.stderr)
+
+def tie_record(loop) -> dict | None:
+    """The manifest's `cone_score_ties`: how many layer branches the refreshes score (the masked ones)
+    and, per refresh, how many of them tied."""
+    ties = getattr(loop, "cone_ties", None)
+    if ties is None:
+        return None
+    scored = sum(role is Role.MASKED for layer in loop.lora.layers.values() for role in layer.roles.values())
+    return {"branches": scored, "per_refresh": [[step, n] for step, n in ties]}
+
+
+def tie_note(loop) -> str | None:
+    """One plain sentence when ties decided much of the masks: at some refresh at least half of the
+    layer branches could not tell their columns apart by the cone score. None otherwise."""
+    record = tie_record(loop)
+    if not record or not record["per_refresh"]:
+        return None
+    worst = max(n for _, n in record["per_refresh"])
+    if 2 * worst < record["branches"]:
+        return None
+    return (f"the column scores tied in up to {worst} of {record['branches']} layer branches, so their columns were "
+            "chosen by gradient size alone and the split may be weaker (details: manifest.json cone_score_ties, "
+            "or --verbose)")
 
 
 def text_encoders(pipe) -> list:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..models.loading import quietly
 from ..names import Branch, MergeMethod, choice_error
 from ..errors import UnZipLoRAError
 from ..run.loras import load_lora_any
@@ -43,6 +44,7 @@ def direct_merge(content: dict[str, torch.Tensor], style: dict[str, torch.Tensor
     return merged
 
 
+@quietly
 def merge(content: str | Path, style: str | Path, out_dir: str | Path, method: MergeMethod | str = MergeMethod.DIRECT,
           force: bool = False, base_model: str | None = None, prompts: tuple[str | None, str | None] = (None, None),
           steps: int = 100, device: str = "auto", revision: str | None = None, progress: bool = False) -> Path:

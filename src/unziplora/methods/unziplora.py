@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..names import Branch, Method
 from ..core.sampling import Conditioning, sample_images
-from ..core.train import Trainer, branch_fractions
+from ..core.train import Trainer, branch_fractions, tie_record
 from ..run.folder import LORA_WEIGHT_NAME, RUN_FORMAT_VERSION, STATE_FILE, save_safetensors
 from .base import MethodPlugin, ModelCardText
 
@@ -72,7 +72,8 @@ class UnZipLoRA(MethodPlugin):
         return images
 
     def manifest_fields(self, spec, loop) -> dict:
-        return {"final_loss": loop.history[-1].loss, "mask_fraction": branch_fractions(loop.lora)}
+        return {"final_loss": loop.history[-1].loss, "mask_fraction": branch_fractions(loop.lora),
+                "cone_score_ties": tie_record(loop)}
 
 
 class UnZipLoRAM1(UnZipLoRA):

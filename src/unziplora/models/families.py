@@ -12,9 +12,24 @@ one it is.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+
+def _no_grad(method):
+    """torch.no_grad, with torch imported at the call: resolving a base model (its family, parts and
+    defaults) happens before torch loads, so argument errors are answered at once."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return method(*args, **kwargs)
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -42,7 +57,7 @@ class Family:
         return getattr(diffusers, self.pipeline)
 
     # ----- conditioning ------------------------------------------------------------------------
-    @torch.no_grad()
+    @_no_grad
     def encode(self, pipe, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(N, 77, D) text states of each prompt and, where the family has one, its pooled embedding."""
         raise NotImplementedError
@@ -53,6 +68,8 @@ class Family:
 
     def unconditional(self, pipe, like: torch.Tensor) -> torch.Tensor:
         """The text states the unconditional half of classifier-free guidance sees (shaped like `like`)."""
+        import torch
+
         return torch.zeros_like(like)
 
     def keep_unconditional(self, pipe) -> None:
@@ -64,7 +81,7 @@ class Family:
 
 
 class SDXLFamily(Family):
-    @torch.no_grad()
+    @_no_grad
     def encode(self, pipe, prompts, device):
         # StableDiffusionXLPipeline.encode_prompt: both encoders' penultimate states, concatenated,
         # and the second encoder's pooled projection (arXiv 2307.01952, Sec. 2.1)
@@ -78,13 +95,15 @@ class SDXLFamily(Family):
 
     def pipeline_embeds(self, pipe, states, pooled):
         # SDXL's unconditional half is zeros for an empty negative prompt (force_zeros_for_empty_prompt)
+        import torch
+
         return {"prompt_embeds": states, "pooled_prompt_embeds": pooled,
                 "negative_prompt_embeds": torch.zeros_like(states),
                 "negative_pooled_prompt_embeds": torch.zeros_like(pooled)}
 
 
 class SDFamily(Family):
-    @torch.no_grad()
+    @_no_grad
     def encode(self, pipe, prompts, device):
         states, _ = pipe.encode_prompt(prompts, device, 1, False)  # one CLIP encoder's last states
         return states, None
@@ -94,7 +113,7 @@ class SDFamily(Family):
         self.keep_unconditional(pipe)
         return pipe._unziplora_unconditional.to(like).expand(like.shape[0], -1, -1)
 
-    @torch.no_grad()
+    @_no_grad
     def keep_unconditional(self, pipe):
         # kept on the pipeline: training releases the text encoders, previews still need it
         if getattr(pipe, "_unziplora_unconditional", None) is None:
@@ -113,7 +132,7 @@ class FluxFamily(Family):
     max_sequence_length = 512  # T5 tokens: FluxPipeline's default for FLUX.1-dev (schnell: 256)
     training_guidance = 3.5  # the guidance input while training (diffusers' train_dreambooth_lora_flux.py)
 
-    @torch.no_grad()
+    @_no_grad
     def encode(self, pipe, prompts, device):
         states, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=device, num_images_per_prompt=1,
                                                max_sequence_length=self.max_sequence_length)
@@ -129,6 +148,8 @@ def sdxl_time_ids(size: int, crop: tuple[int, int] = (0, 0), original_size: tupl
     """SDXL add_time_ids for n images: original size, crop coordinates, target size (arXiv 2307.01952,
     Sec. 2.2); the original size defaults to the target's (an uncropped image generated at `size`),
     as the UnZipLoRA authors condition training on the ids inference uses."""
+    import torch
+
     values = [*(original_size or (size, size)), *crop, size, size]
     return torch.tensor([values], dtype=torch.float32).expand(n, -1)
 

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import warnings
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import UnZipLoRAError
 
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where it is used: resolving a base model (check_pipeline_folder) and checking
+# arguments happen before it loads, so a mistake is answered at once (app/preflight.py).
 _WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
@@ -88,12 +93,24 @@ def quiet_libraries():
                 library.enable_progress_bar()
 
 
+def quietly(function):
+    """`function` run inside `quiet_libraries`: each command of the Python API (decompose, generate,
+    export, merge, probe) prints as little as the CLI, whatever the libraries say while it runs."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with quiet_libraries():
+            return function(*args, **kwargs)
+    return wrapper
+
+
 def load_pipeline(base, dtype: torch.dtype | None = None):
     """The family's pipeline (`from_pretrained`) of a resolved `BaseModel` (base.py), safetensors only.
 
     The VAE is kept in fp32 (SDXL's VAE overflows in fp16; docs/method.md §6). Library logs are
     hidden while loading (`quiet_libraries`).
     """
+    import torch
+
     dtype = dtype or torch.float32
     try:
         with quiet_libraries():
@@ -116,6 +133,8 @@ def load_pipeline(base, dtype: torch.dtype | None = None):
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -134,6 +153,8 @@ def pick_device(name: str = "auto") -> torch.device:
 def pick_dtype(mixed_precision: str, device: torch.device, family=None) -> torch.dtype:
     """Weight dtype of the frozen denoiser: on CUDA (auto) the family's (SDXL, SD: fp16; FLUX: bf16,
     its activations overflow fp16), fp32 on CPU (docs/method.md §6)."""
+    import torch
+
     if mixed_precision == "auto":
         return getattr(torch, family.cuda_dtype if family else "float16") if device.type == "cuda" else torch.float32
     if mixed_precision in ("fp16", "bf16") and device.type == "cpu":
@@ -162,6 +183,8 @@ LATENT_MULTIPLE = 8
 
 def available_memory(device: torch.device) -> int | None:
     """Bytes free for one process: the GPU's memory on CUDA, MemAvailable on the CPU (None if unknown)."""
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory
     if device.type != "cpu":
@@ -185,23 +208,50 @@ def decode_bytes(resolution: int, first_channels: int, images: int = 1) -> int:
     return 2 * images * resolution * resolution * first_channels * 4
 
 
-def check_resolution(resolution: int | None, base, device: torch.device, images: int = 1,
-                     what: str = "--resolution") -> None:
-    """Refuse, before anything is allocated, a size the base model cannot use: not a multiple of its
-    VAE factor x 8 (64 for SDXL, 32 for the embedded 4x model), or beyond this machine's memory."""
-    if resolution is None:
-        return
+def check_resolution_multiple(resolution: int | None, base, what: str = "--resolution") -> None:
+    """Refuse a size that is not a multiple of the base model's VAE factor x 8 (64 for SDXL, 32 for
+    the embedded 4x model); needs no torch, so the CLI checks it before anything loads."""
     vae = base.config("vae")
-    if vae is None or not vae.get("block_out_channels"):
+    if resolution is None or vae is None or not vae.get("block_out_channels"):
         return  # not available before loading (an uncached hub id): the loader fails first
-    channels, factor = vae["block_out_channels"], base.vae_factor
+    factor = base.vae_factor
     multiple = factor * LATENT_MULTIPLE
-    own = base.native_resolution
     if resolution % multiple:
         lower = max(multiple, resolution // multiple * multiple)
         raise UnZipLoRAError(f"{what} {resolution} does not suit this base model: use a multiple of {multiple} px "
                              f"(its VAE downsamples {factor}x, latents must be multiples of {LATENT_MULTIPLE}), "
                              f"e.g. {lower} or {lower + multiple}")
+
+
+# Training far above the size a base model was trained at costs the square of the ratio per step (and
+# more in attention) and teaches the model a size it never drew: refused unless asked for.
+LARGE_RESOLUTION_RATIO = 2
+
+
+def check_native_size(resolution: int | None, base, allow_large: bool = False,
+                      what: str = "--resolution") -> str | None:
+    """Refuse a size more than LARGE_RESOLUTION_RATIO x the base model's own unless `allow_large`
+    (then a warning to print is returned), with what a step costs; None when the size is near it."""
+    own = base.native_resolution
+    if resolution is None or not own or resolution <= LARGE_RESOLUTION_RATIO * own:
+        return None
+    ratio = (resolution / own) ** 2
+    cost = (f"{what} {resolution} is {resolution / own:g}x this base model's own {own} px: every step costs at least "
+            f"{ratio:,.0f}x a step at {own} px, and the model never saw images that size")
+    if not allow_large:
+        raise UnZipLoRAError(f"{cost}; use --resolution {own}, or pass --allow-large-resolution to train at it anyway")
+    return cost
+
+
+def check_resolution(resolution: int | None, base, device: torch.device, images: int = 1,
+                     what: str = "--resolution") -> None:
+    """Refuse, before anything is allocated, a size the base model cannot use: not a multiple of its
+    VAE factor x 8 (64 for SDXL, 32 for the embedded 4x model), or beyond this machine's memory."""
+    check_resolution_multiple(resolution, base, what)
+    vae = base.config("vae")
+    if resolution is None or vae is None or not vae.get("block_out_channels"):
+        return  # not available before loading (an uncached hub id): the loader fails first
+    channels, own = vae["block_out_channels"], base.native_resolution
     need, free = decode_bytes(resolution, int(channels[0]), images), available_memory(device)
     if free is not None and need > free:
         where = "GPU memory" if device.type == "cuda" else "free memory"

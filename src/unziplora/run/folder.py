@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from ..names import Branch
 from ..errors import UnZipLoRAError
-from .manifest import MANIFEST_FILE, RUN_FORMAT_VERSION, Manifest, read_manifest
+from .manifest import MANIFEST_FILE, RUN_FORMAT_VERSION, Manifest, check_run_folder, read_manifest
 from .outputs import (  # noqa: F401  (the names every writer imports from here)
     apply_umask,
     atomic_output_dir,
@@ -147,11 +147,7 @@ class RunFolder:
 
     @classmethod
     def open(cls, path: str | Path) -> "RunFolder":
-        path = Path(path)
-        if not path.is_dir():
-            raise UnZipLoRAError(f"run folder {path} does not exist; give the --out folder of a decompose run")
-        if not (path / MANIFEST_FILE).is_file():
-            raise UnZipLoRAError(f"{path} is not an unziplora run folder (no {MANIFEST_FILE})")
+        path = check_run_folder(path)
         return cls(path, read_manifest(path))
 
     @property

@@ -160,6 +160,23 @@ class Manifest:
                 **self.extra}
 
 
+def check_run_folder(path: str | Path) -> Path:
+    """`path` as a run folder that exists and has a manifest (read before torch loads: a wrong path
+    is answered at once)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UnZipLoRAError(f"run folder {path} does not exist; give the --out folder of a decompose run")
+    if not (path / MANIFEST_FILE).is_file():
+        raise UnZipLoRAError(f"{path} is not an unziplora run folder (no {MANIFEST_FILE})")
+    return path
+
+
+def check_source(path: str | Path) -> None:
+    """A branch source (generate, merge) must at least exist: a run folder or a LoRA file."""
+    if not Path(path).exists():
+        raise UnZipLoRAError(f"{path} does not exist; give a run folder or a LoRA .safetensors file")
+
+
 def read_manifest(folder: Path) -> Manifest:
     """The manifest of run folder `folder`, checked whole (one UnZipLoRAError naming the field)."""
     path = folder / MANIFEST_FILE

@@ -20,6 +20,7 @@ from ..models.headers import BaseShapes, check_lora_header
 from ..core.inject import TwoBranchLoRA
 from ..names import Method
 from .folder import MANIFEST_FILE, RunFolder, load_safetensors
+from .manifest import check_source
 from .numbers import check_weights
 
 
@@ -57,8 +58,7 @@ class BranchSource:
                 return cls(path, branch, run=run, base=base)
             # a baseline's run folder (no two-branch state): its branch LoRA as a plain LoRA
             return cls(path, branch, run=run, plain=load_lora_any(run.lora_dir(branch), base), base=base)
-        if not path.exists():
-            raise UnZipLoRAError(f"{path} does not exist; give a run folder or a LoRA .safetensors file")
+        check_source(path)
         return cls(path, branch, plain=load_lora_any(path, base), base=base)
 
     @staticmethod

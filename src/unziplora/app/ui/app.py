@@ -76,6 +76,6 @@ def serve(runs: str | Path = "runs", base_model: str | None = None, host: str = 
         try:
             blocks.block_thread()
         finally:
-            page.worker.close()
+            page.worker.close(timeout=2)  # a running job stops after its step, checkpoint kept; Ctrl-C is answered in seconds
             blocks.close()
     return page, blocks, local

@@ -82,9 +82,13 @@ def build_blocks(page: Page) -> gr.Blocks:
                     resume = gr.Button("Resume", elem_id="uz-resume")
             with gr.Tab("Result", id="result"):
                 with gr.Row():
-                    grid = gr.Image(label="input | content alone | style alone | together", type="filepath",
-                                    interactive=False, elem_id="uz-grid")
-                    loss = gr.Image(label="loss curve", type="filepath", interactive=False, elem_id="uz-loss")
+                    # captions above the images: Gradio's label floats over an image's top edge
+                    with gr.Column():
+                        gr.Markdown("**input · content alone · style alone · together**")
+                        grid = gr.Image(show_label=False, type="filepath", interactive=False, elem_id="uz-grid")
+                    with gr.Column():
+                        gr.Markdown("**loss curve**")
+                        loss = gr.Image(show_label=False, type="filepath", interactive=False, elem_id="uz-loss")
                 summary = gr.HTML(elem_id="uz-summary")
                 run_previews = gr.Gallery(label="previews during training", columns=2, height="auto",
                                           fit_columns=False, elem_id="uz-run-previews", object_fit="contain", buttons=[])

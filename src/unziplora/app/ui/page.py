@@ -80,7 +80,9 @@ def progress_html(job: Job | None) -> str:
         parts.append(f"step {done}/{total}")
     if p and p.loss is not None:
         parts.append(f"loss {p.loss:.4f}")
-    if job.state is JobState.RUNNING and p and p.seconds_left is not None:
+    if job.state is JobState.RUNNING and total and done >= total:  # trained; the run folder is being written
+        parts.append("finishing: writing the LoRAs and the preview")
+    elif job.state is JobState.RUNNING and p and p.seconds_left is not None:
         parts.append(f"{p.seconds_left:.0f} s left")
     return (f'<div class="uz-progress" data-state="{job.state.value}" data-step="{done}" data-total="{total}">'
             f'<div class="uz-bar"><div class="uz-fill" style="width:{share:.1f}%"></div></div>'
