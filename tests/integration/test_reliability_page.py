@@ -187,3 +187,61 @@ def test_a_partial_the_page_cannot_resume_is_listed_to_be_deleted(page, tmp_path
     msg, _ = page.on_discard("cli-run")
     assert "deleted" in msg and not work.exists()
     runs.claim("cli-run")
+
+
+def test_uploads_are_decoded_a_few_at_a_time_and_the_rest_told_to_wait(page, upload, monkeypatch):
+    from unziplora.app.ui import page as page_module
+    from unziplora.core import data
+
+    MAX_DECODES = getattr(page_module, "MAX_DECODES", 2)
+
+    release, reading, load = threading.Event(), threading.Semaphore(0), data.load_image
+
+    def slow(path):
+        reading.release()
+        release.wait(30)
+        return load(path)
+
+    monkeypatch.setattr(data, "load_image", slow)
+    held = [threading.Thread(target=page.on_upload, args=(str(upload),)) for _ in range(MAX_DECODES)]
+    for thread in held:
+        thread.start()
+    try:
+        for _ in held:
+            assert reading.acquire(timeout=10)
+        answer = []
+        extra = threading.Thread(target=lambda: answer.append(page.on_upload(str(upload))))
+        extra.start()
+        extra.join(5)
+        assert answer, "a further upload waited for the others instead of being refused"
+        msg, preview, box = answer[0]
+        assert "wait a moment" in msg and preview is None and box is None
+    finally:
+        release.set()
+        for thread in held:
+            thread.join()
+    assert page.on_upload(str(upload))[0] == ""  # the slots are free again
+
+
+def test_the_pages_temp_files_are_deleted_when_it_stops(tiny_base, tmp_path, monkeypatch):
+    import socket
+
+    import httpx
+
+    from unziplora.app.ui.app import serve
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio-cache"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    page, blocks, url = serve(tmp_path / "runs", str(tiny_base), port=port, block=False)
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            response = client.post("gradio_api/upload", files={"files": ("photo.png", b"\x89PNG" + b"0" * 100,
+                                                                         "image/png")})
+        kept = [p for p in (tmp_path / "gradio-cache").rglob("*") if p.is_file()]
+        assert response.status_code == 200 and kept
+    finally:
+        page.worker.close()
+        blocks.close()
+    assert [p for p in (tmp_path / "gradio-cache").rglob("*") if p.is_file()] == []

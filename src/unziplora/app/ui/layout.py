@@ -11,6 +11,8 @@ from ...core.prompts import CONTENT_TAG, STYLE_TAG
 from .page import METHOD_LABELS, Page, mode_choices
 from .tasks import form_defaults
 
+CACHE_AGE_S = 6 * 3600
+
 CSS = """
 .uz-msg { padding: 8px 12px; border-radius: 6px; margin: 4px 0; }
 .uz-error { background: #fde8e8; color: #8a1c1c; border: 1px solid #f5b5b5; }
@@ -34,7 +36,9 @@ TOKENS_HELP = (f"**Prompt tokens.** `{CONTENT_TAG}` stands for the run's subject
 
 def build_blocks(page: Page) -> gr.Blocks:
     """The whole page: decompose, result, generate, download, runs."""
-    with gr.Blocks(title="unziplora", analytics_enabled=False) as blocks:
+    # Gradio's copies of uploads and of the images it shows (previews, galleries) are deleted once an
+    # hour when older than CACHE_AGE_S, and all of them when the page stops
+    with gr.Blocks(title="unziplora", analytics_enabled=False, delete_cache=(3600, CACHE_AGE_S)) as blocks:
         state = gr.BrowserState({}, storage_key="unziplora-page")  # kept across reloads: the session's jobs
         gr.Markdown(f"## unziplora: one image → a content LoRA and a style LoRA\n"
                     f"Base model `{page.base_model}` · runs in `{page.runs.root}`")

@@ -7,6 +7,7 @@ Every UnZipLoRAError becomes one message line on the page, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import html
 import secrets
@@ -33,6 +34,7 @@ from .tasks import (
 )
 
 METHOD_LABELS = {m: PLUGINS[m].help for m in Method}
+MAX_DECODES = 2  # uploads decoded at once: each can take a few hundred MB while it is read
 
 
 def message(text: str, error: bool = False) -> str:
@@ -119,6 +121,8 @@ class Page:
     worker: Worker
     max_upload_bytes: int
     sessions: dict = field(default_factory=dict)  # session token (kept by the browser) -> its job ids
+    _decodes: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(MAX_DECODES),
+                                                 repr=False)
     _sessions_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # ----- decompose ---------------------------------------------------------------------------------
@@ -131,9 +135,20 @@ class Page:
         if not upload:
             return gr.skip(), None, gr.skip()
         try:
-            return "", load_image(upload), gr.skip()
+            with self.decoding():
+                return "", load_image(upload), gr.skip()
         except UnZipLoRAError as exc:
             return _shown_error(exc, upload), None, None
+
+    @contextlib.contextmanager
+    def decoding(self):
+        """At most MAX_DECODES uploads are read at once, whoever sends them; another is refused at once."""
+        if not self._decodes.acquire(blocking=False):
+            raise UnZipLoRAError(f"{MAX_DECODES} images are being read already; wait a moment and drop it again")
+        try:
+            yield
+        finally:
+            self._decodes.release()
 
     def on_method(self, method):
         """The form's numbers become the chosen method's defaults (B-LoRA trains with its reference's)."""
@@ -148,8 +163,9 @@ class Page:
         defaults = form_defaults(self.base_model, method)
         given = {k: (None if v == defaults[k] else v) for k, v in given.items()}
         request = DecomposeRequest(subject or "", style or "", method, previews=_int(previews) or 0, **given)
-        job = submit_decompose(self.worker, self.runs, self.base_model, upload, name or "", request,
-                               self.max_upload_bytes)
+        with self.decoding():  # submitting reads the image again, with the command line's checks
+            job = submit_decompose(self.worker, self.runs, self.base_model, upload, name or "", request,
+                                   self.max_upload_bytes)
         state = self._with_job(state, "job", job)
         return message(f"queued: {job.title} ({job.progress.total} steps)"), state, progress_html(job)
 
