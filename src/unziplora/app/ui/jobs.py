@@ -119,17 +119,25 @@ class Worker:
         with self._wake:
             return list(self._queue)
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop taking jobs; ask the running one to stop and wait for it a little."""
+    def close(self, timeout: float | None = None) -> None:
+        """Stop taking jobs; ask the running one to stop and wait until it has (`timeout`: at most that long).
+
+        A job loading the model reaches its first step before it can stop; the process must not end
+        under it, or its half-written run folder is left behind and the interpreter aborts."""
         with self._wake:
             self._closed = True
             for job in list(self._queue):
                 self._finish(job, JobState.CANCELLED, "the page closed")
             self._queue.clear()
-            if self._running is not None:
-                self._running.cancel_event.set()
+            running = self._running
+            if running is not None:
+                running.cancel_event.set()
             self._wake.notify_all()
-        self._thread.join(timeout)
+        self._thread.join(1.0 if timeout is None else min(1.0, timeout))
+        if self._thread.is_alive() and running is not None:
+            print(f"stopping: waiting for {running.title} to reach a step it can stop at", file=sys.__stderr__,
+                  flush=True)
+            self._thread.join(None if timeout is None else max(0.0, timeout - 1.0))
 
     # ----- the thread ----------------------------------------------------------------------------
     def _loop(self) -> None:

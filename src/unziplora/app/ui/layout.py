@@ -11,6 +11,8 @@ from ...core.prompts import CONTENT_TAG, STYLE_TAG
 from .page import METHOD_LABELS, Page, mode_choices
 from .tasks import form_defaults
 
+CACHE_AGE_S = 6 * 3600
+
 CSS = """
 .uz-msg { padding: 8px 12px; border-radius: 6px; margin: 4px 0; }
 .uz-error { background: #fde8e8; color: #8a1c1c; border: 1px solid #f5b5b5; }
@@ -34,8 +36,10 @@ TOKENS_HELP = (f"**Prompt tokens.** `{CONTENT_TAG}` stands for the run's subject
 
 def build_blocks(page: Page) -> gr.Blocks:
     """The whole page: decompose, result, generate, download, runs."""
-    with gr.Blocks(title="unziplora", analytics_enabled=False) as blocks:
-        state = gr.State({})
+    # Gradio's copies of uploads and of the images it shows (previews, galleries) are deleted once an
+    # hour when older than CACHE_AGE_S, and all of them when the page stops
+    with gr.Blocks(title="unziplora", analytics_enabled=False, delete_cache=(3600, CACHE_AGE_S)) as blocks:
+        state = gr.BrowserState({}, storage_key="unziplora-page")  # kept across reloads: the session's jobs
         gr.Markdown(f"## unziplora: one image → a content LoRA and a style LoRA\n"
                     f"Base model `{page.base_model}` · runs in `{page.runs.root}`")
         msg = gr.HTML(elem_id="uz-message")
@@ -70,6 +74,8 @@ def build_blocks(page: Page) -> gr.Blocks:
                         with gr.Row():
                             go = gr.Button("Decompose", variant="primary", elem_id="uz-decompose")
                             cancel = gr.Button("Cancel", variant="stop", elem_id="uz-cancel")
+                        cancel_job = gr.Dropdown(label="Job to cancel", choices=[], value=None, elem_id="uz-cancel-job",
+                                                 info="blank: the latest decompose")
                 progress = gr.HTML(elem_id="uz-progress")
                 queue = gr.HTML(elem_id="uz-queue")
                 notes = gr.HTML(elem_id="uz-notes")
@@ -79,7 +85,9 @@ def build_blocks(page: Page) -> gr.Blocks:
                 with gr.Accordion("Resume an interrupted run", open=False, elem_id="uz-resume-box"):
                     resume_run = gr.Dropdown(label="Interrupted run (checkpoint kept)", choices=[],
                                              elem_id="uz-resume-run")
-                    resume = gr.Button("Resume", elem_id="uz-resume")
+                    with gr.Row():
+                        resume = gr.Button("Resume", elem_id="uz-resume")
+                        discard = gr.Button("Delete it", elem_id="uz-discard")
             with gr.Tab("Result", id="result"):
                 with gr.Row():
                     # captions above the images: Gradio's label floats over an image's top edge
@@ -129,13 +137,16 @@ def build_blocks(page: Page) -> gr.Blocks:
 
         choices = [run, content_run, style_run, resume_run, runs_gallery, runs_table]
         blocks.load(page.refresh, [run], choices)
+        blocks.load(page.on_reload, [state], [state])
         refresh.click(page.refresh, [run], choices)
         upload.change(page.on_upload, [upload], [msg, shown_input, upload])
         go.click(page.on_decompose,
                  [upload, subject, style, name, method, steps, rank, resolution, seed, previews_per_run, state],
                  [msg, state, progress])
         method.input(page.on_method, [method], [steps, rank, resolution, seed])  # the user's choice only
-        cancel.click(page.on_cancel, [state], [msg])
+        cancel_job.focus(page.cancel_choices, [state], [cancel_job])
+        cancel.click(page.on_cancel, [state, cancel_job], [msg])
+        discard.click(page.on_discard, [resume_run], [msg, resume_run])
         cancel_gen.click(page.on_cancel_generate, [state], [msg])
         resume.click(page.on_resume, [resume_run, state], [msg, state])
         run.change(page.on_select_run, [run], [msg, grid, loss, summary, run_previews, prompt, gen_steps, guidance])

@@ -7,9 +7,12 @@ Every UnZipLoRAError becomes one message line on the page, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import html
-from dataclasses import dataclass
+import secrets
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
@@ -31,6 +34,7 @@ from .tasks import (
 )
 
 METHOD_LABELS = {m: PLUGINS[m].help for m in Method}
+MAX_DECODES = 2  # uploads decoded at once: each can take a few hundred MB while it is read
 
 
 def message(text: str, error: bool = False) -> str:
@@ -89,13 +93,18 @@ def progress_html(job: Job | None) -> str:
             f'<div class="uz-text">{" · ".join(parts)}</div></div>')
 
 
+def job_label(job: Job) -> str:
+    return f"#{job.id} {job.title}"
+
+
 def queue_html(worker: Worker) -> str:
+    """The running job and the waiting ones, each with its id (what a cancel names)."""
     running, waiting = worker.running, worker.waiting()
     if running is None and not waiting:
         return '<div class="uz-queue">worker idle</div>'
-    text = f"running: {html.escape(running.title)}" if running else "starting"
+    text = f"running: {html.escape(job_label(running))}" if running else "starting"
     if waiting:
-        text += f" · waiting ({len(waiting)}): " + ", ".join(html.escape(j.title) for j in waiting)
+        text += f" · waiting ({len(waiting)}): " + ", ".join(html.escape(job_label(j)) for j in waiting)
     return f'<div class="uz-queue">{text}</div>'
 
 
@@ -113,6 +122,10 @@ class Page:
     base_model: str
     worker: Worker
     max_upload_bytes: int
+    sessions: dict = field(default_factory=dict)  # session token (kept by the browser) -> its job ids
+    _decodes: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(MAX_DECODES),
+                                                 repr=False)
+    _sessions_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # ----- decompose ---------------------------------------------------------------------------------
     def on_upload(self, upload):
@@ -124,9 +137,20 @@ class Page:
         if not upload:
             return gr.skip(), None, gr.skip()
         try:
-            return "", load_image(upload), gr.skip()
+            with self.decoding():
+                return "", load_image(upload), gr.skip()
         except UnZipLoRAError as exc:
             return _shown_error(exc, upload), None, None
+
+    @contextlib.contextmanager
+    def decoding(self):
+        """At most MAX_DECODES uploads are read at once, whoever sends them; another is refused at once."""
+        if not self._decodes.acquire(blocking=False):
+            raise UnZipLoRAError(f"{MAX_DECODES} images are being read already; wait a moment and drop it again")
+        try:
+            yield
+        finally:
+            self._decodes.release()
 
     def on_method(self, method):
         """The form's numbers become the chosen method's defaults (B-LoRA trains with its reference's)."""
@@ -141,23 +165,80 @@ class Page:
         defaults = form_defaults(self.base_model, method)
         given = {k: (None if v == defaults[k] else v) for k, v in given.items()}
         request = DecomposeRequest(subject or "", style or "", method, previews=_int(previews) or 0, **given)
-        job = submit_decompose(self.worker, self.runs, self.base_model, upload, name or "", request,
-                               self.max_upload_bytes)
-        state = {**state, "job": job.id}
+        with self.decoding():  # submitting reads the image again, with the command line's checks
+            job = submit_decompose(self.worker, self.runs, self.base_model, upload, name or "", request,
+                                   self.max_upload_bytes)
+        state = self._with_job(state, "job", job)
         return message(f"queued: {job.title} ({job.progress.total} steps)"), state, progress_html(job)
 
     @guarded(2)
     def on_resume(self, name, state):
+        if name in self.runs.leftovers():
+            raise UnZipLoRAError(f"run {name!r} was not started from this page, so the page kept no image to resume "
+                                 "it with: resume it with the command line (unziplora decompose ... --resume) or "
+                                 "delete it here")
         job = submit_resume(self.worker, self.runs, self.base_model, name or "")
-        return message(f"queued: {job.title}"), {**state, "job": job.id}
+        return message(f"queued: {job.title}"), self._with_job(state, "job", job)
+
+    @guarded(2)
+    def on_discard(self, name):
+        """Delete an interrupted run (its NAME.partial and what the page kept), freeing its name."""
+        if not name:
+            raise UnZipLoRAError("pick an interrupted run first")
+        self.runs.discard(name)
+        return message(f"{name}: interrupted run deleted; its name is free"), self.resume_update()
+
+    # ----- the session's jobs: the browser keeps the session's token, so a reloaded page can still cancel them
+    def _with_job(self, state, kind: str, job: Job) -> dict:
+        """The state with `job` recorded as the session's latest of `kind` ("job": decompose, "gen": generate)."""
+        state = dict(state or {})
+        if not state.get("session"):
+            state = self.on_reload(state)
+        with self._sessions_lock:
+            record = self.sessions.setdefault(state["session"], {"jobs": []})
+            record[kind] = job.id
+            record["jobs"].append(job.id)
+        return state
+
+    def _record(self, state) -> dict:
+        """The server's record of the session's jobs (empty for a token an earlier process gave)."""
+        with self._sessions_lock:
+            record = self.sessions.get((state or {}).get("session") or "", {"jobs": []})
+            return {**record, "jobs": list(record["jobs"])}
+
+    def session_jobs(self, state) -> list[Job]:
+        return [j for j in (self.worker.get(i) for i in self._record(state)["jobs"]) if j is not None]
+
+    def on_reload(self, state) -> dict:
+        """A page (re)opened with what its browser kept: its session token (a new one if none), and
+        everything drawn again."""
+        state = {k: v for k, v in (state or {}).items() if k != "shown"}
+        if not isinstance(state.get("session"), str) or not state["session"]:
+            state["session"] = secrets.token_hex(16)
+        return state
+
+    def cancel_choices(self, state):
+        """The session's jobs that can still be cancelled, for the job list beside Cancel."""
+        return gr.update(choices=[job_label(j) for j in self.session_jobs(state) if not j.state.finished])
 
     @guarded(1)
-    def on_cancel(self, state):
-        return (message(self.worker.cancel(state.get("job"))),)
+    def on_cancel(self, state, chosen=None):
+        """Cancel the job named in the list beside Cancel (one of this session's), else the session's latest
+        decompose."""
+        mine = {j.id: j for j in self.session_jobs(state)}
+        if chosen:
+            try:
+                job_id = int(str(chosen).split()[0].lstrip("#"))
+            except ValueError:
+                raise UnZipLoRAError(f"{chosen!r} names no job; pick one from the list") from None
+            if job_id not in mine:
+                raise UnZipLoRAError(f"job #{job_id} is not one of this page's jobs; pick one from the list")
+            return (message(self.worker.cancel(job_id)),)
+        return (message(self.worker.cancel(self._record(state).get("job"))),)
 
     @guarded(1)
     def on_cancel_generate(self, state):
-        return (message(self.worker.cancel(state.get("gen"))),)
+        return (message(self.worker.cancel(self._record(state).get("gen"))),)
 
     # ----- a run's result ------------------------------------------------------------------------------
     @guarded(8)
@@ -190,7 +271,7 @@ class Page:
         request = GenerateRequest(mode, prompt or "", run, content_run, style_run, seeds or "", _int(steps),
                                   _float(guidance), _int(num_images) or 1)
         job = submit_generate(self.worker, self.runs, request)
-        return message(f"queued: {job.title}"), {**state, "gen": job.id}
+        return message(f"queued: {job.title}"), self._with_job(state, "gen", job)
 
     # ----- download ----------------------------------------------------------------------------------------
     @guarded(2)
@@ -221,12 +302,18 @@ class Page:
             return gr.skip(), gr.skip()
         return gr.update(choices=self.runs.names(), value=shown[evt.index]), gr.Tabs(selected="result")
 
+    def resume_update(self):
+        """The interrupted runs: those the page can resume, then those it can only delete (each named so)."""
+        interrupted = self.runs.interrupted()
+        choices = [*interrupted, *[(f"{n} (started elsewhere: delete it, or resume with the command line)", n)
+                                   for n in self.runs.leftovers()]]
+        return gr.update(choices=choices, value=choices[0] if interrupted else None)
+
     def refresh(self, current):
-        names, interrupted = self.run_choices()
+        names = self.runs.names()
         value = current if current in names else (names[0] if names else None)
         return (gr.update(choices=names, value=value), gr.update(choices=names), gr.update(choices=names),
-                gr.update(choices=interrupted, value=interrupted[0] if interrupted else None), self.runs_gallery(),
-                self.runs_table())
+                self.resume_update(), self.runs_gallery(), self.runs_table())
 
     # ----- the timer -------------------------------------------------------------------------------------------
     def poll(self, state, current):
@@ -237,10 +324,11 @@ class Page:
         every tick.
         """
         state = dict(state or {})
+        record = self._record(state)  # job ids live on the server: a poll that overlaps a click loses none
         shown = dict(state.get("shown") or {})
         out = {key: gr.skip() for key in ("msg", "run", "content", "style", "gallery", "runs", "table", "resume",
                                            "tabs")}
-        job = self.worker.get(state.get("job"))
+        job = self.worker.get(record.get("job"))
         view = {"progress": progress_html(job), "notes": notes_html(job), "queue": queue_html(self.worker),
                 "previews": _previews_key(self.runs, job)}
         for key in ("progress", "notes", "queue", "previews"):
@@ -253,14 +341,14 @@ class Page:
             shown["started-job"] = job.id  # the message said "queued" until now
             steps = f" ({job.progress.total} steps)" if job.progress is not None else ""
             out["msg"] = message(f"running: {job.title}{steps}")
-        gen = self.worker.get(state.get("gen"))
+        gen = self.worker.get(record.get("gen"))
         if gen is not None and not gen.state.finished and gen.progress is not None:  # denoising steps, streamed
             text = f"{gen.title}: denoising step {gen.progress.step} of {gen.progress.total}"
             if shown.get("gen-progress") != text:
                 shown["gen-progress"] = text
                 out["msg"] = message(text)
         for kind in ("job", "gen"):
-            job = self.worker.get(state.get(kind))
+            job = self.worker.get(record.get(kind))
             if job is None or not job.state.finished or shown.get(f"ended-{kind}") == job.id:
                 continue
             shown[f"ended-{kind}"] = job.id
@@ -281,9 +369,8 @@ class Page:
                 out["gallery"] = [str(p) for p in paths]
                 out["msg"] = message(f"{job.title}: {len(paths)} image(s) in {paths[0].parent}" if paths else "no images")
             if kind == "job":
-                names, interrupted = self.run_choices()
                 out["runs"], out["table"] = self.runs_gallery(), self.runs_table()
-                out["resume"] = gr.update(choices=interrupted, value=interrupted[0] if interrupted else None)
+                out["resume"] = self.resume_update()
         state["shown"] = shown
         return (state, out["msg"], out["progress"], out["previews"], out["notes"], out["queue"], out["run"],
                 out["content"], out["style"], out["gallery"], out["runs"], out["table"], out["resume"], out["tabs"])

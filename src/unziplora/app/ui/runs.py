@@ -5,7 +5,12 @@ name is one plain folder name (letters, digits, `.`, `_`, `-`), never a path, an
 must resolve inside the folder (a link pointing out of it is refused). A run the page starts keeps
 its input image and settings in `RUNS/.unziplora-ui/NAME/` while it trains, so an interrupted run
 can be resumed from the page, after a restart too; that folder is removed when the run ends.
-Creating it is how a run name is claimed (`claim`, create-exclusive), before anything else is written.
+Creating it is how a run name is claimed (`claim`, create-exclusive), before anything else is written;
+its lock (run/lock.py) says the claim is alive while the job waits or runs.
+
+Nothing left over blocks a name: a `NAME.partial/` no process writes is resumable from the page
+(`interrupted`), listed to be deleted (`leftovers`, `discard`), or, holding nothing (a process
+that ended while it loaded the model), removed with its kept settings (`clean`).
 """
 
 from __future__ import annotations
@@ -14,14 +19,16 @@ import json
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ...run.checkpoint import CHECKPOINT_DIR, RECORD_FILE
 from ...errors import UnZipLoRAError
 from ...run.manifest import MANIFEST_FILE
-from ...run.outputs import partial_dir
+from ...run.outputs import UNLOCKED_GRACE_S, partial_dir
 from ...run.folder import RunFolder, write_text_atomic
+from ...run.lock import LOCK_FILE, WorkLock
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
 PENDING_DIR = ".unziplora-ui"  # hidden: never listed as a run
@@ -51,6 +58,7 @@ class RunsFolder:
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._claims: dict[str, WorkLock] = {}  # the names this process claimed, held while their job lives
 
     # ----- names and paths ---------------------------------------------------------------------
     def path(self, name: str | None) -> Path:
@@ -71,16 +79,20 @@ class RunsFolder:
         """A new run name from the subject and style: 'cat-watercolor', else 'cat-watercolor-2', ..."""
         stem = re.sub(r"[^A-Za-z0-9]+", "-", f"{subject}-{style}").strip("-").lower()[:60] or "run"
         name, n = stem, 1
-        while (self.root / name).exists() or partial_dir(self.root / name).exists() or self.pending(name).exists():
+        while True:
+            self.clean(name)
+            if not any(p.exists() for p in (self.root / name, partial_dir(self.root / name), self.pending(name))):
+                return name
             n += 1
             name = f"{stem}-{n}"
-        return name
 
     def claim(self, name: str) -> None:
         """Make run `name` this request's, atomically: its kept-settings folder is created exclusively
         (os.mkdir) before anything is written, so two sessions asking for one name at the same moment
-        get it once; a name a run or an interrupted run already has is refused too."""
+        get it once, and locked while its job lives; a name a run or an interrupted run already has
+        is refused too (what a dead process left holding nothing is removed first)."""
         out = self.path(name)
+        self.clean(name)
         folder = self.pending(name)
         folder.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -88,9 +100,18 @@ class RunsFolder:
         except FileExistsError:
             raise UnZipLoRAError(f"a run named {name!r} is being started or exists already in {self.root}; "
                                  "choose another name") from None
+        lock = WorkLock(folder)
+        try:
+            lock.acquire()
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        self._claims[name] = lock
         if out.exists() or partial_dir(out).exists():
-            folder.rmdir()
-            raise UnZipLoRAError(f"a run named {name!r} exists already in {self.root}; choose another name")
+            self.forget(name)
+            where = ("an interrupted run of that name is kept: resume or delete it under \"Resume an interrupted "
+                     "run\", or " if partial_dir(out).exists() else "")
+            raise UnZipLoRAError(f"a run named {name!r} exists already in {self.root}; {where}choose another name")
 
     def claim_free_name(self, subject: str, style: str) -> str:
         """A new run name from the subject and style (free_name), claimed; the next one if another
@@ -128,11 +149,58 @@ class RunsFolder:
         names = []
         pending = self.root / PENDING_DIR
         for folder in sorted(pending.iterdir()) if pending.is_dir() else []:
-            if not NAME.fullmatch(folder.name):
-                continue
-            if (partial_dir(self.root / folder.name) / CHECKPOINT_DIR / RECORD_FILE).is_file():
+            if NAME.fullmatch(folder.name) and self._resumable(folder.name):
                 names.append(folder.name)
         return names
+
+    def leftovers(self) -> list[str]:
+        """Interrupted runs the page cannot resume (started by the command line, or damaged) that no
+        process is writing: each blocks its name until it is resumed from the command line or deleted."""
+        self.clean()
+        resumable = set(self.interrupted())
+        found = []
+        for work in sorted(self.root.glob("*.partial")):
+            name = work.name[:-len(".partial")]
+            if NAME.fullmatch(name) and name not in resumable and work.is_dir() and not work.is_symlink() \
+                    and WorkLock(work).holder() is None:
+                found.append(name)
+        return found
+
+    def discard(self, name: str) -> None:
+        """Delete an interrupted run that no process is writing: its OUT.partial and what the page kept."""
+        work = partial_dir(self.path(name))
+        if not work.is_dir() or work.is_symlink():
+            raise UnZipLoRAError(f"there is no interrupted run {name!r} in {self.root}")
+        holder = WorkLock(work).holder()
+        if holder is not None:
+            raise UnZipLoRAError(f"run {name!r} is being written ({holder.describe()}); cancel it first")
+        if self._claims.get(name) is not None or WorkLock(self.pending(name)).holder() is not None:
+            raise UnZipLoRAError(f"run {name!r} is queued or being resumed; cancel it first")
+        shutil.rmtree(work)
+        shutil.rmtree(self.pending(name), ignore_errors=True)
+
+    def clean(self, name: str | None = None) -> None:
+        """Remove what a process that ended without cleaning up left holding nothing to resume: an
+        OUT.partial with only its lock and temp files, kept settings whose claim no process holds.
+        A live writer's or claim's folders are never touched; one with no lock is given a grace period
+        (another process may be between creating it and locking it)."""
+        if name is not None:
+            names = [self.path(name).name]
+        else:
+            pending = self.root / PENDING_DIR
+            names = {p.name for p in pending.iterdir()} if pending.is_dir() else set()
+            names |= {p.name[:-len(".partial")] for p in self.root.glob("*.partial")}
+            names = sorted(n for n in names if NAME.fullmatch(n) and not n.endswith(".partial"))
+        for each in names:
+            work = partial_dir(self.root / each)
+            if _abandoned(work) and not any(p.name != LOCK_FILE and ".tmp-" not in p.name for p in work.iterdir()):
+                shutil.rmtree(work, ignore_errors=True)
+            kept = self.root / PENDING_DIR / each
+            if each not in self._claims and _abandoned(kept) and not self._resumable(each):
+                shutil.rmtree(kept, ignore_errors=True)
+
+    def _resumable(self, name: str) -> bool:
+        return (partial_dir(self.root / name) / CHECKPOINT_DIR / RECORD_FILE).is_file()
 
     # ----- what a page-started run keeps while it trains --------------------------------------
     def pending(self, name: str) -> Path:
@@ -159,9 +227,29 @@ class RunsFolder:
                                  "(unziplora decompose ... --resume)") from None
         return image, request
 
+    def release(self, name: str) -> None:
+        """The job of run `name` ended: its claim is no longer held (what it kept stays, to resume)."""
+        lock = self._claims.pop(name, None)
+        if lock is not None:
+            lock.release()
+
     def forget(self, name: str) -> None:
         """Drop the kept image and settings (the run finished, or left nothing to resume)."""
+        self.release(name)
         shutil.rmtree(self.pending(name), ignore_errors=True)
+
+
+def _abandoned(folder: Path) -> bool:
+    """A folder no live process holds: its lock is stale, or it has none and is past the grace period."""
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    lock = WorkLock(folder)
+    if lock.holder() is not None:
+        return False
+    try:
+        return lock.path.exists() or time.time() - folder.stat().st_mtime > UNLOCKED_GRACE_S
+    except OSError:
+        return False
 
 
 def _thumbnail(run: Path) -> Path | None:

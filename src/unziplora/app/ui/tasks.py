@@ -127,6 +127,7 @@ def _decompose_work(runs: RunsFolder, name: str, image: Path, method: Method, re
         except BaseException:
             if name not in runs.interrupted():  # nothing to resume from: drop the kept image
                 runs.forget(name)
+            runs.release(name)  # resumable: the kept image stays, the name is no longer being worked on
             raise
         runs.forget(name)
         return name
