@@ -66,7 +66,9 @@ def test_decompose_writes_loras_that_stock_diffusers_loads_and_that_change_its_o
     pipe.load_lora_weights(str(sd_run.path / "content_lora"), adapter_name="content")
     with_lora = pipe("A monadikos cat", generator=torch.Generator().manual_seed(0), **settings).images[0]
     assert np.isfinite(with_lora).all() and np.abs(with_lora - bare).max() > 1e-4
-    assert "StableDiffusionPipeline.from_pretrained" in (sd_run.path / "README.md").read_text()
+    card = (sd_run.path / "README.md").read_text()
+    assert "StableDiffusionPipeline.from_pretrained" in card
+    assert "tags: [lora, unziplora, stable-diffusion, text-to-image]" in card  # the family's hub tag, not SDXL's
 
 
 @pytest.mark.parametrize("mode", ["content", "style", "both", "cross"])

@@ -26,7 +26,7 @@ from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
 
 from ..names import Branch
-from ..config import RunConfig, SampleConfig
+from ..config import MAX_TRAIN_STEPS, RunConfig, SampleConfig
 from ..core.sampling import Conditioning, sample_images, step_batch
 from ..core.fuse import fuse_for_generation
 from ..core.inject import inject_two_branch_lora
@@ -63,7 +63,8 @@ class Timing:
 def _trainer(base, image, rank: int, resolution: int) -> Trainer:
     config = RunConfig().with_overrides({
         "model.base_model": base.source, "prompts.subject": "star", "prompts.style": "bands",
-        "lora.rank": rank, "train.resolution": resolution, "train.steps": 10**6, "masks.refresh_every": 10**6,
+        "lora.rank": rank, "train.resolution": resolution, "train.steps": MAX_TRAIN_STEPS,
+        "masks.refresh_every": MAX_TRAIN_STEPS,  # timed steps are steady ones: no refresh, never the last
     })
     pipe = base.load()
     profile = resolve_profile("auto", base)

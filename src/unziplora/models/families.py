@@ -43,6 +43,7 @@ class Family:
     lora_label: str = ""  # kohya's ss_base_model_version for its base checkpoint
     denoiser: str = "unet"  # the pipeline part that denoises (and that training's objective drives)
     cuda_dtype: str = "float16"  # the frozen weights' dtype on CUDA under mixed_precision auto
+    hub_tag: str = "stable-diffusion-xl"  # the Hugging Face hub's tag for models of this family (model cards)
     title: str = "SDXL"  # how a user names its checkpoints (the model card's ComfyUI line)
     cfg: bool = True  # its pipeline runs classifier-free guidance (a negative prompt, guidance_rescale)
     upcast_vae: bool = True  # generation decodes in fp32 (SDXL's VAE overflows fp16); False: the pipeline's dtype
@@ -166,7 +167,7 @@ SD = SDFamily(
     "sd", "StableDiffusionPipeline",
     parts=("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
     weight_parts=("unet", "vae", "text_encoder"), profile="sd15",
-    defaults={"train.resolution": 512}, lora_label="sd_v1", title="Stable Diffusion",
+    defaults={"train.resolution": 512}, lora_label="sd_v1", title="Stable Diffusion", hub_tag="stable-diffusion",
 )
 # FLUX.1-dev: 1024 px, bf16 on CUDA (its published weights' dtype), guidance 3.5 over 28 sampling steps
 # (FluxPipeline's defaults); rank 64 and 600 steps as SDXL's, not tuned on FLUX.
@@ -175,7 +176,7 @@ FLUX = FluxFamily(
     parts=("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
     weight_parts=("transformer", "vae", "text_encoder", "text_encoder_2"), profile="flux",
     defaults={"train.resolution": 1024, "sample.guidance_scale": 3.5, "sample.steps": 28}, lora_label="flux1",
-    denoiser="transformer", cuda_dtype="bfloat16", upcast_vae=False, title="FLUX.1", cfg=False,  # FluxPipeline decodes without a cast
+    denoiser="transformer", cuda_dtype="bfloat16", upcast_vae=False, title="FLUX.1", hub_tag="flux", cfg=False,  # FluxPipeline decodes without a cast
 )
 FAMILIES = {f.pipeline: f for f in (SDXL, SD, FLUX)}
 

@@ -12,7 +12,7 @@ from ..models.families import SDXL, family_named
 CARD = """---
 base_model: {base_model}
 library_name: diffusers
-tags: [lora, unziplora, stable-diffusion-xl, text-to-image]
+tags: [lora, unziplora, {hub_tag}, text-to-image]
 ---
 # {name}: content and style LoRAs from one image
 
@@ -81,7 +81,8 @@ def write_model_card(folder: Path, manifest, thumbnail: Image.Image, final_path:
     # guidance_rescale is CFG rescale: only a pipeline with a CFG batch takes it (FluxPipeline does not)
     rescale = f",\n                guidance_rescale={sample.guidance_rescale}" if family.cfg else ""
     card = (card.template or CARD).format(
-        cuda_dtype=family.cuda_dtype, rescale=rescale, title=family.title, guidance_rescale=sample.guidance_rescale,
+        cuda_dtype=family.cuda_dtype, rescale=rescale, title=family.title, hub_tag=family.hub_tag,
+        guidance_rescale=sample.guidance_rescale,
         name=final_path.name, path=final_path.as_posix(), method=manifest.method.value, pipeline=pipeline,
         resolution=sample.resolution or cfg.train.resolution, sample_steps=sample.steps,
         guidance=sample.guidance_scale, export=export, together=together,
