@@ -123,7 +123,7 @@ class TrainConfig:
     adam_betas: tuple[float, float] = option((0.9, 0.999), "AdamW's betas", flag="adam-betas")
     adam_eps: float = option(1e-8, "AdamW's epsilon", flag="adam-eps")
     weight_decay: float = option(1e-4, "AdamW's weight decay", flag="weight-decay")
-    max_grad_norm: float = option(1.0, "gradient-norm clipping", flag="max-grad-norm")
+    max_grad_norm: float = option(1.0, "gradient-norm clipping (0: none)", flag="max-grad-norm")
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = option(
         "auto", "auto: fp16 on CUDA, fp32 on CPU; fp16 / bf16 need a GPU", flag="mixed-precision")
     gradient_checkpointing: bool = option(False, "trade speed for memory (SDXL under 9 GB of GPU memory)",
@@ -150,7 +150,7 @@ class TrainConfig:
                f"{short_repr(self.steps)}: the paper trains 600, and {MAX_TRAIN_STEPS:,} is days of a GPU")
         _check(self.resolution >= 8 and self.resolution % 8 == 0, "train.resolution must be a multiple of 8")
         _check(self.batch_size > 0, "train.batch_size must be > 0")
-        _check(self.max_grad_norm > 0, "train.max_grad_norm must be > 0")
+        _check(self.max_grad_norm >= 0, "train.max_grad_norm must be >= 0 (0: no clipping)")
         _check(all(0 <= b < 1 for b in self.adam_betas),
                f"train.adam_betas must both lie in [0, 1), got {list(self.adam_betas)}; e.g. [0.9, 0.999]")
         _check(self.adam_eps >= 0, f"train.adam_eps must be >= 0, got {self.adam_eps}")

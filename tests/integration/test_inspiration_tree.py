@@ -22,31 +22,6 @@ from ..pipelines import build_clip_tokenizer
 TOKENS = ("<*>", "<&>")
 
 
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    """A tiny random CLIP model folder (what --clip takes)."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    root = tmp_path_factory.mktemp("clip") / "clip"
-    torch.manual_seed(0)
-    tokenizer = build_clip_tokenizer(["a", "cat", "in", "style", "sketch"])
-    text = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
-                vocab_size=len(tokenizer), max_position_embeddings=77, eos_token_id=tokenizer.eos_token_id,
-                bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)
-    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-                  patch_size=8)
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(root)
-    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-                  tokenizer=tokenizer).save_pretrained(root)
-    return root
-
-
-@pytest.fixture()
-def small_selection(monkeypatch):
-    """The reference's four seeds, with fewer and shorter generations to score them."""
-    monkeypatch.setattr(seeds, "SELECTION", seeds.Selection(gen_seeds=(4321, 95), images_per_seed=2, steps=2))
-
-
 @pytest.fixture()
 def run(tiny_base, tiny_image, tmp_path, clip_dir, small_selection):
     image = tmp_path / "in.png"

@@ -63,6 +63,7 @@ def test_force_replaces_only_a_previous_output_of_the_same_command(parent, tmp_p
     shutil.copytree(parent / "b", elsewhere / "b")
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    shutil.copy(run / "input.png", tmp_path / "x.png")  # a real image: the output check is what refuses
     before = tree(tmp_path)
     refused(["export", run, "--out", elsewhere / "b", "--force"], capsys, "is a run folder")
     refused(["merge", run, run, "--out", out, "--force"], capsys, "does not write")  # export's, not merge's

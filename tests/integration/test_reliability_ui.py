@@ -33,16 +33,17 @@ def request():
     return DecomposeRequest(subject="cat", style="sketch", steps=6, rank=4, resolution=32, previews=0)
 
 
-def race(runs, tiny_base, upload, names, monkeypatch):
+def race(runs, tiny_base, upload, names, monkeypatch, wait: float = 3.0):
     """Two sessions submit at the same moment; both are held at the point where they write the
-    kept image, so a check-then-claim would let both through."""
+    kept image, so a check-then-claim would let both through. `wait`: how long the first waits for
+    the second (both arrive when neither is refused: long enough for a loaded machine)."""
     worker, errors = Recorder(), []
     barrier = threading.Barrier(2)
     keep = RunsFolder.keep_request
 
     def held(self, *args, **kwargs):
         try:
-            barrier.wait(timeout=3)  # a second session that was refused earlier never arrives
+            barrier.wait(timeout=wait)  # a second session that was refused earlier never arrives
         except threading.BrokenBarrierError:
             pass
         return keep(self, *args, **kwargs)
@@ -71,7 +72,7 @@ def test_two_sessions_asking_for_one_name_get_it_once(tiny_base, upload, tmp_pat
 
 def test_two_sessions_without_a_name_get_two_names(tiny_base, upload, tmp_path, monkeypatch):
     runs = RunsFolder(tmp_path / "runs")
-    jobs, errors = race(runs, tiny_base, upload, ["", ""], monkeypatch)
+    jobs, errors = race(runs, tiny_base, upload, ["", ""], monkeypatch, wait=120)
     assert not errors and sorted(jobs) == ["cat-sketch", "cat-sketch-2"]
 
 

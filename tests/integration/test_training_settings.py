@@ -25,14 +25,15 @@ SETTINGS = {"train.adam_betas": (0.5, 0.6), "train.adam_eps": 1e-6, "train.weigh
 
 @pytest.mark.parametrize("method", list(Method))
 def test_every_method_trains_with_the_users_optimiser_clipping_and_checkpointing(method, tiny_base, tiny_image,
-                                                                                 tmp_path):
-    config = tiny_config(tiny_base, **{"train.steps": 2, "sample.seeds": [0]}, **SETTINGS)
+                                                                                 tmp_path, clip_dir, small_selection):
+    clip = {"train.clip_model": str(clip_dir)}  # what Inspiration Tree scores its seeds with; the others ignore it
+    config = tiny_config(tiny_base, **{"train.steps": 2, "sample.seeds": [0]}, **SETTINGS, **clip)
     run = decompose(tiny_image, tmp_path / "run", config, method, progress=False)
     used = run.manifest.training  # read off the optimiser and the UNet that trained, not the config
     assert (used["adam_betas"], used["adam_eps"], used["weight_decay"]) == ([0.5, 0.6], 1e-6, 0.25)
     assert used["max_grad_norm"] == 0.3 and used["gradient_checkpointing"] is True
     assert (used["dtype"], used["grad_scaler"], used["optimizer"]) == ("float32", False, "AdamW")
-    default = decompose(tiny_image, tmp_path / "default", tiny_config(tiny_base, **{"train.steps": 1}), method,
+    default = decompose(tiny_image, tmp_path / "default", tiny_config(tiny_base, **{"train.steps": 1}, **clip), method,
                         progress=False).manifest.training
     assert (default["adam_betas"], default["weight_decay"], default["gradient_checkpointing"]) == ([0.9, 0.999], 1e-4,
                                                                                                  False)
@@ -45,10 +46,10 @@ def test_every_method_trains_with_the_users_optimiser_clipping_and_checkpointing
     ({"train.use_8bit_adam": True}, "8-bit AdamW .* runs on CUDA only"),
 ])
 def test_settings_this_machine_cannot_honour_are_refused_by_name(method, setting, message, tiny_base, tiny_image,
-                                                                 tmp_path):
+                                                                 tmp_path, clip_dir):
+    config = tiny_config(tiny_base, **{"train.steps": 1, "train.clip_model": str(clip_dir)}, **setting)
     with pytest.raises(UnZipLoRAError, match=message):
-        decompose(tiny_image, tmp_path / "run", tiny_config(tiny_base, **{"train.steps": 1}, **setting), method,
-                  progress=False)
+        decompose(tiny_image, tmp_path / "run", config, method, progress=False)
     assert not (tmp_path / "run").exists()
 
 

@@ -60,7 +60,7 @@ def test_bad_profiles_give_clear_errors(tmp_path):
     with pytest.raises(UnZipLoRAError, match="role"):
         profile_from_dict({"name": "x", "default": {"content": "some", "style": "masked"}})
     with pytest.raises(UnZipLoRAError, match="no built-in profile"):
-        load_profile("sd15")
+        load_profile("sd3")  # no built-in profile: sdxl, sd15 and flux are
     own = tmp_path / "unziplora_profile.yaml"
     own.write_text("name: mine\ndefault: {content: all, style: all}\nmodules: []\n")
     assert resolve_profile("auto", BaseModel(str(tmp_path), local=True)).name == "mine"

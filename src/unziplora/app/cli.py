@@ -6,6 +6,7 @@ Each command parses its arguments and calls the Python API of the same name.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -98,6 +99,8 @@ def _add_batch(sub) -> None:
     p.add_argument("--force", action="store_true",
                    help="start interrupted rows over instead of resuming them (finished rows are never redone: "
                         "delete a run folder to redo its row)")
+    p.add_argument("--allow-large-resolution", action="store_true",
+                   help="train rows at more than twice the base model's own size (refused by default, as in decompose)")
     p.add_argument("--eval", action="store_true",
                    help="score each finished row: the toy world's oracles for toy-world images, else the paper's "
                         "metrics with --clip/--dino/--csd")
@@ -269,6 +272,7 @@ def run_batch(args) -> int:
         raise UnZipLoRAError("--dino and --csd choose the metrics of --eval; add --eval")
     options = BatchOptions(overrides=decompose_overrides(args), config_file=args.config, method=args.method,
                            retry_failed=args.retry_failed, force=args.force, progress=not args.quiet,
+                           allow_large_resolution=args.allow_large_resolution,
                            evaluation=Evaluation(models) if args.eval else None)
     result = batch(args.jobs, args.out, options, parse_shard(args.shard) if args.shard else None, aliases)
     return int(result.failed)
@@ -309,14 +313,13 @@ def run_eval(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import contextlib
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.verbose:
-        _show_details()
     try:
         with contextlib.ExitStack() as stack:
+            if args.verbose:
+                stack.enter_context(_show_details())
             stack.enter_context(_sigterm_as_ctrl_c())
             status = _run(args, stack)
             sys.stdout.flush()  # here, where a closed pipe can still be handled
@@ -331,7 +334,6 @@ def main(argv: list[str] | None = None) -> int:
 def _sigterm_as_ctrl_c():
     """SIGTERM (what Slurm, Kubernetes and systemd send) stops a command as Ctrl-C does: training
     saves its checkpoint between steps, generate keeps its finished images, work folders are cleaned."""
-    import contextlib
     import signal
     import threading
 
@@ -361,12 +363,19 @@ class _AboveTheBar(logging.Handler):
         tqdm.write(f"detail: {self.format(record)}", file=sys.stderr)
 
 
-def _show_details() -> None:
-    """The package's INFO log lines (core/train.py: cone-score ties) on stderr."""
-    logger = logging.getLogger("unziplora")
+@contextlib.contextmanager
+def _show_details():
+    """The package's INFO log lines (core/train.py: cone-score ties) on stderr, for this command only
+    (main may run again in the same process: the API's callers, tests)."""
+    logger, handler = logging.getLogger("unziplora"), _AboveTheBar()
+    level = logger.level
     logger.setLevel(logging.INFO)
-    if not any(isinstance(h, _AboveTheBar) for h in logger.handlers):
-        logger.addHandler(_AboveTheBar())
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _run(args, stack) -> int:

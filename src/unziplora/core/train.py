@@ -185,7 +185,7 @@ class Trainer:
         else:
             self.lora.restrict_merger_grads()
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        clip_gradients(params, self.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.lora.clamp_mergers()
@@ -393,6 +393,12 @@ def diffusion_mse(unet, noise_scheduler, latents, generator, dtype, unet_kwargs:
     with torch.autocast(latents.device.type, dtype=dtype, enabled=dtype != torch.float32):
         pred = unet(noisy.to(dtype), timesteps, **unet_kwargs).sample
     return F.mse_loss(pred.float(), target.float())
+
+
+def clip_gradients(params, max_norm: float) -> None:
+    """Clip the gradients' joint norm to `max_norm` (0: no clipping, e.g. textual inversion's reference)."""
+    if max_norm:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
 def build_optimizer(config: RunConfig, lora: TwoBranchLoRA) -> torch.optim.Optimizer:

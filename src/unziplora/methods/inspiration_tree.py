@@ -27,7 +27,7 @@ from diffusers import DDPMScheduler
 from PIL import Image
 
 from ..core.data import resize_shorter_side, to_tensor
-from ..core.train import NonFiniteLoss, StepLog, fit, prediction_type, text_encoders
+from ..core.train import NonFiniteLoss, StepLog, clip_gradients, fit, make_optimizer, prediction_type, text_encoders
 from ..errors import UnZipLoRAError
 from ..models.families import family_of
 from ..names import Branch, Method, Mode
@@ -37,7 +37,8 @@ from .base import Combine, MethodPlugin, ModelCardText, ReferenceSettings
 from .inspiration_seeds import assign_tokens, features_for, require_features, select_seed
 
 REFERENCE = ReferenceSettings("google/inspiration_tree (arXiv 2305.18203)",
-                              {"train.steps": 1000, "train.weight_decay": 1e-2})  # main_multiseed.py:106; t_i_d.py:262
+                              {"train.steps": 1000, "train.weight_decay": 1e-2,  # main_multiseed.py:106; t_i_d.py:262
+                               "train.max_grad_norm": 0.0})  # 0: no clipping; the reference clips no gradient
 TOKENS = ("<*>", "<&>")  # main_multiseed.py:48
 INITIALIZER = "object"  # textual_inversion_decomposed.py:185 ("object object": both tokens start as "object")
 BATCH, ACCUMULATION, BASE_LR = 2, 4, 5e-4  # textual_inversion_decomposed.py:209, :221, :232
@@ -227,11 +228,9 @@ class TokenLoop:
         self.encode = _with_grad(self.family)
         self.unet = pipe.unet
         self.rows = [torch.nn.Parameter(s.initial.clone()) for s in slots]
-        self.optimizer = torch.optim.AdamW(self.rows, lr=LR, betas=tuple(train.adam_betas), eps=train.adam_eps,
-                                           weight_decay=train.weight_decay)
+        self.optimizer = make_optimizer([{"params": self.rows, "lr": LR}], train)  # 8-bit AdamW refused off CUDA
+        self.max_grad_norm = train.max_grad_norm  # the reference's 0: no clipping
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype == torch.float16)
-
-    max_grad_norm = None  # the reference clips no gradient
 
     def write_rows(self) -> None:
         with torch.no_grad():
@@ -269,6 +268,8 @@ class TokenLoop:
         for slot, rows in zip(self.slots, self.rows):  # only the two tokens' rows move (:832-836)
             rows.grad = slot.weight.grad[slot.ids].float()
             slot.weight.grad = None
+        self.scaler.unscale_(self.optimizer)
+        clip_gradients(self.rows, self.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -384,7 +385,7 @@ class InspirationTree(MethodPlugin):
                                   "templates": len(known_templates(loop.pipe.tokenizer)),
                                   "text_encoders": [s.name for s in loop.slots]},
             "reference_settings": reference,
-            "not_used": ["lora.rank", "lora.lr", "lora.merger_lr", "masks", "train.max_grad_norm"],
+            "not_used": ["lora.rank", "lora.lr", "lora.merger_lr", "masks"],
         }
 
     def combine(self, mode: Mode, style_method: Method | None) -> Combine:

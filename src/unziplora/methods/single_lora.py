@@ -23,7 +23,8 @@ from ..config import TrainConfig
 from ..core.data import CroppedLatents
 from ..core.inject import PROJECTIONS, attention_modules
 from ..core.prompts import encode_prompts
-from ..core.train import NonFiniteLoss, StepLog, diffusion_mse, fit, make_optimizer, prediction_type, text_encoders
+from ..core.train import (NonFiniteLoss, StepLog, clip_gradients, diffusion_mse, fit, make_optimizer, prediction_type,
+                          text_encoders)
 from ..models.families import family_of
 
 
@@ -115,7 +116,7 @@ class SingleLoraLoop:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        clip_gradients(self.params, self.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         log = StepLog(self.step, loss.item(), loss.item(), 0.0, False)

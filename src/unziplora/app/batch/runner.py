@@ -41,6 +41,7 @@ class BatchOptions:
     method: str = Method.UNZIPLORA.value
     retry_failed: bool = False  # rerun the rows that failed (by default a failed row stays failed)
     force: bool = False  # start interrupted rows over instead of resuming them
+    allow_large_resolution: bool = False  # train rows at more than twice the base model's own size
     evaluation: Evaluation | None = None
     progress: bool = True
 
@@ -187,7 +188,8 @@ class RowRunner:
         t0 = time.perf_counter()
         with row_output(self.layout.log_file(job), header):
             decompose(job.image, self.layout.run_dir(job), resolved.config, method=method, force=force,
-                      resume=resume, progress=self.step_progress, sources=resolved.sources)
+                      resume=resume, progress=self.step_progress, sources=resolved.sources,
+                      allow_large_resolution=self.options.allow_large_resolution)
         self.events.write("done", job, seconds=round(time.perf_counter() - t0, 3))
         return "resumed" if resume else "done"
 

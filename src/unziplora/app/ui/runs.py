@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,9 @@ class RunsFolder:
         self.root = Path(root).expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self._claims: dict[str, WorkLock] = {}  # the names this process claimed, held while their job lives
+        # Claims and cleaning in this process take turns: a lock held by this process reads as no
+        # holder (run/lock.py), so cleaning must never see a claim between its mkdir and _claims.
+        self._turns = threading.RLock()
 
     # ----- names and paths ---------------------------------------------------------------------
     def path(self, name: str | None) -> Path:
@@ -91,6 +95,10 @@ class RunsFolder:
         (os.mkdir) before anything is written, so two sessions asking for one name at the same moment
         get it once, and locked while its job lives; a name a run or an interrupted run already has
         is refused too (what a dead process left holding nothing is removed first)."""
+        with self._turns:
+            self._claim(name)
+
+    def _claim(self, name: str) -> None:
         out = self.path(name)
         self.clean(name)
         folder = self.pending(name)
@@ -184,6 +192,10 @@ class RunsFolder:
         OUT.partial with only its lock and temp files, kept settings whose claim no process holds.
         A live writer's or claim's folders are never touched; one with no lock is given a grace period
         (another process may be between creating it and locking it)."""
+        with self._turns:
+            self._clean(name)
+
+    def _clean(self, name: str | None) -> None:
         if name is not None:
             names = [self.path(name).name]
         else:
@@ -229,9 +241,10 @@ class RunsFolder:
 
     def release(self, name: str) -> None:
         """The job of run `name` ended: its claim is no longer held (what it kept stays, to resume)."""
-        lock = self._claims.pop(name, None)
-        if lock is not None:
-            lock.release()
+        with self._turns:
+            lock = self._claims.pop(name, None)
+            if lock is not None:
+                lock.release()
 
     def forget(self, name: str) -> None:
         """Drop the kept image and settings (the run finished, or left nothing to resume)."""
