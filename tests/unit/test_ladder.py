@@ -47,8 +47,11 @@ def test_ladder_rungs_follow_their_bounds_and_the_paired_rule():
 
 def test_ablations_are_compared_with_the_full_method_on_every_metric():
     results = {"unziplora": row(style_leakage=[0.1, 0.2, 0.1, 0.2], subject_alignment=[0.5] * 4),
-               "unziplora-m1": row(style_leakage=[0.3, 0.4, 0.3, 0.4], subject_alignment=[0.6, 0.7, 0.6, 0.7])}
+               "unziplora-m1": row(style_leakage=[0.3, 0.4, 0.3, 0.4], subject_alignment=[0.6, 0.7, 0.6, 0.7]),
+               "inspiration-tree": row(style_leakage=[0.1, 0.2, 0.1, 0.2], subject_alignment=[0.3, 0.35, 0.3, 0.35]),
+               "ceiling": row(style_leakage=[0.0] * 4, subject_alignment=[1.0] * 4)}
     rows = ablation_rows(results, ("style_leakage", "subject_alignment"))
-    assert [(r["ablation"], r["metric"], r["verdict"]) for r in rows] == [
-        ("unziplora-m1", "style_leakage", "ahead"), ("unziplora-m1", "subject_alignment", "behind")]
+    assert [(r["versus"], r["metric"], r["verdict"]) for r in rows] == [  # ablations first, then the other methods
+        ("unziplora-m1", "style_leakage", "ahead"), ("unziplora-m1", "subject_alignment", "behind"),
+        ("inspiration-tree", "style_leakage", "not distinguishable"), ("inspiration-tree", "subject_alignment", "ahead")]
     assert "| unziplora-m1 | subject_alignment | -0.150 |" in ablation_table(rows)

@@ -106,20 +106,21 @@ def _versus(results: dict, ours: str, theirs: str, metric: str) -> dict:
 
 
 def ablation_rows(results: dict, metrics) -> list[dict]:
-    """The full method against each ablation on every metric: paired verdicts (the README says where an
-    ablation is ahead)."""
+    """The full method against each ablation, then each other method that ran, on every metric:
+    paired verdicts (the README says where another is ahead)."""
+    others = [*ABLATIONS, *(r for r in results if r not in ("unziplora", "ceiling", "floor", *ABLATIONS))]
     rows = []
-    for ablation in ABLATIONS:
+    for other in others:
         for metric in metrics:
-            found = compare(results, "unziplora", ablation, metric)
+            found = compare(results, "unziplora", other, metric)
             if found:
-                rows.append({"ablation": ablation, "metric": metric, **found})
+                rows.append({"versus": other, "metric": metric, **found})
     return rows
 
 
 def ablation_table(rows: list[dict]) -> str:
     lines = ["| UnZipLoRA vs | metric | difference (better > 0) | s.e. | verdict for UnZipLoRA |", "|---|---|---|---|---|"]
-    lines += [f"| {r['ablation']} | {r['metric']} | {r['diff']:+.3f} | {r['se']:.3f} | {r['verdict']} |" for r in rows]
+    lines += [f"| {r['versus']} | {r['metric']} | {r['diff']:+.3f} | {r['se']:.3f} | {r['verdict']} |" for r in rows]
     return "\n".join(lines)
 
 
