@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny SDXL-shaped pipeline saved to disk and loaded like a real one."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be downloaded in tests
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -59,6 +60,43 @@ def small_selection(monkeypatch):
     from unziplora.methods import inspiration_seeds as seeds
 
     monkeypatch.setattr(seeds, "SELECTION", seeds.Selection(gen_seeds=(4321, 95), images_per_seed=2, steps=2))
+
+
+@pytest.fixture
+def upload(tiny_image, tmp_path):
+    """The tiny image as a file a user uploads to the page."""
+    path = tmp_path / "upload" / "photo.png"
+    path.parent.mkdir()
+    tiny_image.save(path)
+    return path
+
+
+def interrupt_and_resume(base_source: str, image, tmp_path) -> Path:
+    """Decompose on `base_source` through the CLI, Ctrl-C after step 3 (exit 130, a checkpoint kept),
+    then `--resume` to the end; returns the finished run folder."""
+    import unziplora.core.train as train
+    from unziplora.app.cli import main
+
+    image.save(tmp_path / "in.png")
+    argv = ["decompose", str(tmp_path / "in.png"), "--out", str(tmp_path / "run"), "--base-model", base_source,
+            "--subject", "cat", "--style", "sketch", "--steps", "4", "--resolution", "64", "--rank", "4",
+            "--checkpoint-every", "2", "--sample-steps", "2", "--quiet"]
+    real = train.Trainer.train_step
+
+    def stop_after_three(self):
+        log = real(self)
+        if self.step == 3:
+            raise KeyboardInterrupt
+        return log
+
+    train.Trainer.train_step = stop_after_three
+    try:
+        assert main(argv) == 130
+    finally:
+        train.Trainer.train_step = real
+    assert (tmp_path / "run.partial" / "checkpoint").is_dir()
+    assert main(argv + ["--resume"]) == 0
+    return tmp_path / "run"
 
 
 def tiny_config(base, **overrides) -> RunConfig:

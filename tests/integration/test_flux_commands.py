@@ -15,6 +15,7 @@ from unziplora.models.base import BaseModel
 from unziplora.models.profiles import uniform_profile
 from unziplora.names import Branch, Role
 
+from ..conftest import interrupt_and_resume
 from ..pipelines import save_tiny_flux_pipeline
 
 SETTINGS = {"prompts.subject": "cat", "prompts.style": "sketch", "train.steps": 4, "train.resolution": 64,
@@ -161,30 +162,9 @@ def test_the_kohya_layout_is_what_diffusers_reads_back_exactly():
 
 
 def test_an_interrupted_run_resumes(flux_base, tiny_image, tmp_path):
-    from unziplora.app.cli import main
-    import unziplora.core.train as train
-
-    tiny_image.save(tmp_path / "in.png")
-    argv = ["decompose", str(tmp_path / "in.png"), "--out", str(tmp_path / "run"), "--base-model", flux_base.source,
-            "--subject", "cat", "--style", "sketch", "--steps", "4", "--resolution", "64", "--rank", "4",
-            "--checkpoint-every", "2", "--sample-steps", "2", "--quiet"]
-    real = train.Trainer.train_step
-
-    def stop_after_two(self):
-        log = real(self)
-        if self.step == 3:
-            raise KeyboardInterrupt
-        return log
-
-    train.Trainer.train_step = stop_after_two
-    try:
-        assert main(argv) == 130
-    finally:
-        train.Trainer.train_step = real
-    assert (tmp_path / "run.partial" / "checkpoint").is_dir()
-    assert main(argv + ["--resume"]) == 0
-    assert (tmp_path / "run" / "content_lora" / "pytorch_lora_weights.safetensors").is_file()
-    assert (tmp_path / "run" / "preview.png").is_file()
+    run = interrupt_and_resume(flux_base.source, tiny_image, tmp_path)
+    assert (run / "content_lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert (run / "preview.png").is_file()
 
 
 def test_generate_refuses_cfg_rescale_on_flux_before_loading(flux_run, tmp_path, monkeypatch):

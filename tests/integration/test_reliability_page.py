@@ -23,14 +23,6 @@ pytest.importorskip("gradio", reason="the web page needs gradio: pip install -e 
 
 
 @pytest.fixture
-def upload(tiny_image, tmp_path):
-    path = tmp_path / "upload" / "photo.png"
-    path.parent.mkdir()
-    tiny_image.save(path)
-    return path
-
-
-@pytest.fixture
 def page(tiny_base, tmp_path):
     page = Page(RunsFolder(tmp_path / "runs"), str(tiny_base), Worker(), 2**20)
     yield page

@@ -21,14 +21,6 @@ class Recorder:
         return target
 
 
-@pytest.fixture
-def upload(tiny_image, tmp_path):
-    path = tmp_path / "upload" / "photo.png"
-    path.parent.mkdir()
-    tiny_image.save(path)
-    return path
-
-
 def request():
     return DecomposeRequest(subject="cat", style="sketch", steps=6, rank=4, resolution=32, previews=0)
 

@@ -18,6 +18,7 @@ from unziplora.models.base import BaseModel
 from unziplora.models.profiles import resolve_profile
 from unziplora.names import Branch
 
+from ..conftest import interrupt_and_resume
 from ..pipelines import save_tiny_sd_pipeline
 
 SETTINGS = {"prompts.subject": "cat", "prompts.style": "sketch", "train.steps": 4, "train.resolution": 64,
@@ -86,29 +87,9 @@ def test_exports_load_in_stock_diffusers(sd_base, sd_run, tmp_path):
     assert "content_kohya" in pipe.get_list_adapters()["unet"]
 
 
-def test_an_interrupted_run_resumes(sd_base, tiny_image, tmp_path, capsys):
-    tiny_image.save(tmp_path / "in.png")
-    argv = ["decompose", str(tmp_path / "in.png"), "--out", str(tmp_path / "run"), "--base-model", sd_base.source,
-            "--subject", "cat", "--style", "sketch", "--steps", "4", "--resolution", "64", "--rank", "4",
-            "--checkpoint-every", "2", "--sample-steps", "2", "--quiet"]
-    import unziplora.core.train as train
-
-    real = train.Trainer.train_step
-
-    def stop_after_two(self):
-        log = real(self)
-        if self.step == 3:
-            raise KeyboardInterrupt
-        return log
-
-    train.Trainer.train_step = stop_after_two
-    try:
-        assert main(argv) == 130
-    finally:
-        train.Trainer.train_step = real
-    assert (tmp_path / "run.partial" / "checkpoint").is_dir()
-    assert main(argv + ["--resume"]) == 0
-    assert (tmp_path / "run" / "content_lora" / "pytorch_lora_weights.safetensors").is_file()
+def test_an_interrupted_run_resumes(sd_base, tiny_image, tmp_path):
+    run = interrupt_and_resume(sd_base.source, tiny_image, tmp_path)
+    assert (run / "content_lora" / "pytorch_lora_weights.safetensors").is_file()
 
 
 def test_the_probe_runs_on_the_family(sd_base, tmp_path):

@@ -50,14 +50,6 @@ def worker():
     w.close()
 
 
-@pytest.fixture
-def upload(tiny_image, tmp_path):
-    path = tmp_path / "upload" / "photo.png"
-    path.parent.mkdir()
-    tiny_image.save(path)
-    return path
-
-
 def request(**kw):
     values = {"subject": "cat", "style": "sketch", "steps": 6, "rank": 4, "resolution": 32, "previews": 0}
     values.update(kw)

@@ -29,9 +29,8 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 from torch import nn
 
-from ..errors import UnZipLoRAError
 from ..models.profiles import Profile
-from .inject import TwoBranchLoRA
+from .inject import TwoBranchLoRA, _get, _set, wrap_projections
 from .layer import TwoBranchLoraLinear
 
 STREAMS_KWARG = "unziplora_streams"  # the joint_attention_kwargs entry that carries `BranchStreams`
@@ -297,15 +296,6 @@ def flux_projections(transformer: nn.Module):
             yield f"{name}.{projection}", _get(attn, projection)
 
 
-def _get(attn, projection: str) -> nn.Module:
-    return attn.to_out[0] if projection == "to_out.0" else getattr(attn, projection)
-
-
-def _set(attn, projection: str, layer: nn.Module) -> None:
-    if projection == "to_out.0":
-        attn.to_out[0] = layer
-    else:
-        setattr(attn, projection, layer)
 
 
 def inject_flux(transformer: nn.Module, profile: Profile, rank: int, init: str = "gaussian",
@@ -318,14 +308,9 @@ def inject_flux(transformer: nn.Module, profile: Profile, rank: int, init: str =
     layers: dict[str, TwoBranchLoraLinear] = {}
     hooks = [transformer.register_forward_pre_hook(_begin_streams, with_kwargs=True)]
     for name, attn, block, position, double in modules:
-        roles = profile.roles_for(name)
-        for projection in DOUBLE_PROJECTIONS if double else SINGLE_PROJECTIONS:
-            base = _get(attn, projection)
-            if isinstance(base, TwoBranchLoraLinear):
-                raise UnZipLoRAError(f"{name}.{projection} already has UnZipLoRA layers; load a fresh transformer")
-            layer = TwoBranchLoraLinear(base, rank, roles, init, generator)
-            _set(attn, projection, layer)
-            layers[f"{name}.{projection}"] = layer
+        projections = DOUBLE_PROJECTIONS if double else SINGLE_PROJECTIONS
+        layers.update(wrap_projections(attn, name, projections, profile.roles_for(name), rank, init, generator,
+                                       "transformer"))
         attn.set_processor(FluxSeparatedAttnProcessor(position))
         hooks += _hook_block(block, position, *((_before_double, _after_double) if double
                                                 else (_before_single, _after_single)))

@@ -65,6 +65,20 @@ def _set(attn: Attention, projection: str, layer: nn.Module) -> None:
         setattr(attn, projection, layer)
 
 
+def wrap_projections(attn, name: str, projections, roles, rank: int, init: str, generator, owner: str) -> dict:
+    """Replace each of `attn`'s `projections` by a TwoBranchLoraLinear around it; {"name.projection": layer}.
+    `owner` names the model in the error for a module that already has them ("UNet", "transformer")."""
+    layers = {}
+    for projection in projections:
+        base = _get(attn, projection)
+        if isinstance(base, TwoBranchLoraLinear):
+            raise UnZipLoRAError(f"{name}.{projection} already has UnZipLoRA layers; load a fresh {owner}")
+        layer = TwoBranchLoraLinear(base, rank, roles, init, generator)
+        _set(attn, projection, layer)
+        layers[f"{name}.{projection}"] = layer
+    return layers
+
+
 @dataclass
 class TwoBranchLoRA:
     """Handle on the injected layers of one UNet, keyed by their module name (without 'unet.')."""
@@ -257,14 +271,7 @@ def inject_two_branch_lora(
     generator = torch.Generator().manual_seed(seed)
     layers: dict[str, TwoBranchLoraLinear] = {}
     for name, attn in modules:
-        roles = profile.roles_for(name)
-        for projection in PROJECTIONS:
-            base = _get(attn, projection)
-            if isinstance(base, TwoBranchLoraLinear):
-                raise UnZipLoRAError(f"{name}.{projection} already has UnZipLoRA layers; load a fresh UNet")
-            layer = TwoBranchLoraLinear(base, rank, roles, init, generator)
-            _set(attn, projection, layer)
-            layers[f"{name}.{projection}"] = layer
+        layers.update(wrap_projections(attn, name, PROJECTIONS, profile.roles_for(name), rank, init, generator, "UNet"))
         attn.set_processor(SeparatedAttnProcessor())
     return TwoBranchLoRA(layers, rank)
 
