@@ -41,6 +41,8 @@ def main() -> int:
                                          "wall time")
     parser.add_argument("--render-workers", type=int, help="processes drawing the renders (default 0: in-process)")
     parser.add_argument("--pool-size", type=int, help="renders encoded once after the VAE phase (default 24000)")
+    parser.add_argument("--skip-vae-gate", action="store_true",
+                        help="train the UNet even when the VAE misses its check (dry runs of the pipeline only)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     overrides = {k: v for k, v in (("vae_steps", args.vae_steps), ("unet_steps", args.unet_steps),
@@ -57,7 +59,7 @@ def main() -> int:
             print(json.dumps({"exported": str(path), "phase": trainer.phase, "step": trainer.step}))
             return 0
         if args.vae_check or (trainer.phase == "unet" and not args.vae_only and not trainer.config.from_model):
-            if not checked_vae(trainer, force=args.vae_check):
+            if not checked_vae(trainer, force=args.vae_check) and not args.skip_vae_gate:
                 return 1
             if args.vae_check:
                 return 0
