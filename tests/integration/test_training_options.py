@@ -145,7 +145,7 @@ def v_prediction_base(tmp_path_factory):
 def test_v_prediction_trains_against_the_velocity(v_prediction_base):
     from diffusers import DDPMScheduler
 
-    from unziplora.core.train import diffusion_mse
+    from unziplora.core.objective import diffusion_mse
 
     pipe = BaseModel.resolve(v_prediction_base).load()
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import sys
 
@@ -19,6 +18,7 @@ from ..config import DEFAULT_BASE_MODEL, user_options
 from ..names import MergeMethod, Method
 from ..metrics import DEFAULTS, METRICS
 from .preflight import preflight
+from .terminal import show_details, sigterm_as_ctrl_c
 
 
 def decompose_flags(parser) -> None:
@@ -319,8 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.ExitStack() as stack:
             if args.verbose:
-                stack.enter_context(_show_details())
-            stack.enter_context(_sigterm_as_ctrl_c())
+                stack.enter_context(show_details())
+            stack.enter_context(sigterm_as_ctrl_c())
             status = _run(args, stack)
             sys.stdout.flush()  # here, where a closed pipe can still be handled
             return status
@@ -329,53 +329,6 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
-
-
-def _sigterm_as_ctrl_c():
-    """SIGTERM (what Slurm, Kubernetes and systemd send) stops a command as Ctrl-C does: training
-    saves its checkpoint between steps, generate keeps its finished images, work folders are cleaned."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return contextlib.nullcontext()
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt("stopped by SIGTERM")
-
-    @contextlib.contextmanager
-    def handled():
-        previous = signal.signal(signal.SIGTERM, stop)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-
-    return handled()
-
-
-class _AboveTheBar(logging.Handler):
-    """Log lines written above the progress bar (tqdm.write), not through it."""
-
-    def emit(self, record):
-        from tqdm.auto import tqdm
-
-        tqdm.write(f"detail: {self.format(record)}", file=sys.stderr)
-
-
-@contextlib.contextmanager
-def _show_details():
-    """The package's INFO log lines (core/train.py: cone-score ties) on stderr, for this command only
-    (main may run again in the same process: the API's callers, tests)."""
-    logger, handler = logging.getLogger("unziplora"), _AboveTheBar()
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 def _run(args, stack) -> int:

@@ -33,7 +33,8 @@ from ..core.inject import inject_two_branch_lora
 from ..methods.single_lora import target_modules
 from ..models.profiles import INFERENCE_PROFILE, resolve_profile
 from ..core.prompts import training_prompts
-from ..core.train import Trainer, adamw, diffusion_mse
+from ..core.objective import diffusion_mse
+from ..core.train import Trainer, adamw
 from ..models.families import SDXL
 from . import write_report
 

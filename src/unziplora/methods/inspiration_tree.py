@@ -27,7 +27,8 @@ from diffusers import DDPMScheduler
 from PIL import Image
 
 from ..core.data import resize_shorter_side, to_tensor
-from ..core.train import NonFiniteLoss, StepLog, clip_gradients, fit, make_optimizer, prediction_type, text_encoders
+from ..core.objective import prediction_type
+from ..core.train import NonFiniteLoss, StepLog, clip_gradients, fit, make_optimizer, text_encoders
 from ..errors import UnZipLoRAError
 from ..models.families import family_of
 from ..names import Branch, Method, Mode

@@ -23,8 +23,8 @@ from ..config import TrainConfig
 from ..core.data import CroppedLatents
 from ..core.inject import PROJECTIONS, attention_modules
 from ..core.prompts import encode_prompts
-from ..core.train import (NonFiniteLoss, StepLog, clip_gradients, diffusion_mse, fit, make_optimizer, prediction_type,
-                          text_encoders)
+from ..core.objective import diffusion_mse, prediction_type
+from ..core.train import NonFiniteLoss, StepLog, clip_gradients, fit, make_optimizer, text_encoders
 from ..models.families import family_of
 
 

@@ -36,7 +36,8 @@ from ..errors import UnZipLoRAError
 from ..models.loading import pick_device
 from ..core.prompts import encode_prompts
 from ..run.sources import BranchSource
-from ..core.train import StepLog, adamw, add_training_noise, fit
+from ..core.objective import add_training_noise
+from ..core.train import StepLog, adamw, fit
 
 DEFAULTS = {"steps": 100, "lr": 5e-5, "weight": 0.01}  # mkshing/ziplora-pytorch README command
 
