@@ -206,10 +206,15 @@ def test_the_whole_job_in_a_browser(server, page, setup, tmp_path, shots, monkey
     monkeypatch.setattr(Trainer, "train_step", slow_step)
     page.fill("#uz-name textarea", "")
     page.click("#uz-advanced")
+    page.locator("#uz-steps input").wait_for()
+    page.wait_for_timeout(500)  # the accordion opens with an animation; numbers typed into it meanwhile can be lost
     for field, value in (("uz-steps", steps), ("uz-previews-per-run", 3)):
-        page.fill(f"#{field} input", str(value))
-        page.press(f"#{field} input", "Tab")  # a number is sent when it loses focus
-    page.wait_for_timeout(500)  # a loaded machine commits the typed numbers later than the click
+        for _ in range(3):  # typed again only if the field shows something else once settled
+            page.fill(f"#{field} input", str(value))
+            page.press(f"#{field} input", "Tab")  # a number is sent when it loses focus
+            page.wait_for_timeout(300)
+            if page.input_value(f"#{field} input") == str(value):
+                break
     page.click("#uz-decompose")
     message(page).filter(has_text=re.compile(rf"decompose {name} \(\d+ steps\)")).wait_for()  # queued, then running
     assert f"({steps} steps)" in message(page).inner_text(), message(page).inner_text()  # the form's count, not the default
