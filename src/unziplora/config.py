@@ -267,11 +267,6 @@ def user_options() -> list[UserOption]:
     return found
 
 
-def option_named(key: str) -> UserOption:
-    """The declared option of a dotted key (the web form's labels and help)."""
-    return next(o for o in user_options() if o.key == key)
-
-
 def _plain(value):
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
