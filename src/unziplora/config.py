@@ -131,6 +131,8 @@ class TrainConfig:
     use_8bit_adam: bool = option(False, "8-bit AdamW (needs bitsandbytes and CUDA)", flag="use-8bit-adam")
     seed: int = option(0, "random seed", flag="seed", label="Seed")
     preview_every: int = option(0, "write previews every N steps (0: only the final grid)", flag="preview-every")
+    no_preview: bool = option(False, "skip the final preview grid (content alone, style alone, together: three "
+                              "generations)", flag="no-preview")
     checkpoint_every: int = option(100, "save a resumable checkpoint every N steps (0: off)", flag="checkpoint-every")
     device: str = option("auto", "auto (cuda if there is one, else cpu), cpu or cuda", flag="device")
     # dreambooth-lora baseline only: class images the base model draws for prior preservation

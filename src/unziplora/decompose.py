@@ -134,7 +134,9 @@ def decompose(
             t0 = time.perf_counter()
             files = chosen.write_weights(loop, tmp)
             picture.save(tmp / "input.png")
-            preview = chosen.preview(loop)
+            t_preview = time.perf_counter()
+            preview = None if cfg.train.no_preview else chosen.preview(loop)
+            preview_s = time.perf_counter() - t_preview
             if preview:
                 save_grid([centre_crop(picture, cfg.train.resolution), *preview], tmp / "preview.png",
                           columns=4, labels=["input", "content alone", "style alone", "together"])
@@ -142,7 +144,8 @@ def decompose(
             _write_loss(loop, tmp)
             files["loss"] = "loss.csv"
             (tmp / "config.yaml").write_text(cfg.to_yaml())
-            timings = {"load_s": load_s, "prepare_s": prepare_s, **loop.timings, "save_s": time.perf_counter() - t0}
+            timings = {"load_s": load_s, "prepare_s": prepare_s, **loop.timings, "save_s": time.perf_counter() - t0,
+                       "preview_s": preview_s}  # part of save_s
             # every process that worked on the run: a resumed run's earlier ones too
             timings["total_s"] = time.perf_counter() - t_start + checkpointer.earlier_s
             if checkpointer.earlier_s:

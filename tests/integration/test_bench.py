@@ -11,12 +11,16 @@ def test_speed_benchmark_reports_ratios(tiny_base, tiny_image, tmp_path):
                        steps=2, repeats=1, train_steps=2, rounds=2)
     saved = json.loads((tmp_path / "speed.json").read_text())
     e2e = saved["decomposition"]["methods"]
-    assert set(e2e) == {"unziplora", "dreambooth-lora", "b-lora-sdxl-blocks"} and saved["decomposition"]["rounds"] == 2
+    assert set(e2e) == {"unziplora", "dreambooth-lora", "b-lora-sdxl-blocks", "unziplora with its preview"}
+    assert saved["decomposition"]["rounds"] == 2
     assert e2e["dreambooth-lora"]["ratio_to_dreambooth"] == 1.0 and e2e["dreambooth-lora"]["ratio_se"] == 0.0
     assert saved["decomposition_ratio"] == e2e["unziplora"]["ratio_to_dreambooth"] > 0
-    for row in e2e.values():  # the phases of a whole decomposition are parts of it
-        assert set(row["phases_median_s"]) == {"load_s", "prepare_s", "train_s", "save_s"}
-        assert sum(row["phases_median_s"].values()) <= row["median_s"] * 1.05
+    for name, row in e2e.items():  # the phases of a whole decomposition are parts of it; the preview, of saving
+        phases = row["phases_median_s"]
+        assert set(phases) == {"load_s", "prepare_s", "train_s", "save_s", "preview_s"}
+        assert sum(v for k, v in phases.items() if k != "preview_s") <= row["median_s"] * 1.05
+        assert (phases["preview_s"] > 0) == (name == "unziplora with its preview")  # the compared rows draw none
+        assert phases["preview_s"] <= phases["save_s"]
     for key in ("train_step_ratio", "train_step_ratio_vs_default_adamw", "train_step_ratio_vs_rank_2r",
                 "combined_inference_ratio", "fused_inference_ratio"):
         assert saved[key] == result[key] and saved[key] > 0

@@ -291,3 +291,19 @@ def test_exported_branch_is_mask_times_update_without_mergers():
                           mask * (layer.up(Branch.CONTENT) @ layer.down(Branch.CONTENT)))
     assert torch.allclose(style["m.lora_B.weight"], layer.up(Branch.STYLE))  # all columns, merger not folded
     assert torch.equal(lora.state_dict()["m.content.merger"], torch.full((8,), 0.3))  # the full state keeps m
+
+
+def test_separated_inputs_are_stacked_once_and_restacked_when_they_change():
+    """K and V of every cross-attention layer share the stacked (p_c, p_s) pair of a pass; a tensor
+    changed in place, or one that needs a gradient, is stacked afresh."""
+    from unziplora.core.layer import _stacked
+
+    content, style = torch.randn(1, 3, 4), torch.randn(1, 3, 4)
+    first = _stacked(content, style, torch.float32)
+    assert _stacked(content, style, torch.float32) is first
+    assert torch.equal(first, torch.stack([content, style]).flatten(1, -2))
+    content.mul_(2)  # same object, new values
+    assert torch.equal(_stacked(content, style, torch.float32)[0], content.flatten(0, -2))
+    assert _stacked(content.clone(), style, torch.float32) is not _stacked(content, style, torch.float32)
+    grad = content.clone().requires_grad_(True)
+    assert _stacked(grad, style, torch.float32) is not _stacked(grad, style, torch.float32)

@@ -200,7 +200,7 @@ class TwoBranchLoraLinear(nn.Module):
         inputs = [x if given is None else given for given in (content_input, style_input)]
         if len(self.active) == 2 and inputs[0].shape == inputs[1].shape == x.shape:
             # Separated inputs (cross-attn K/V): both branches in one batched matmul per factor.
-            xs = torch.stack(inputs).to(dtype).flatten(1, -2)  # (2, tokens, in)
+            xs = _stacked(inputs[0], inputs[1], dtype)  # (2, tokens, in)
             h = torch.bmm(torch.bmm(xs, self.down_weight.transpose(1, 2)), ups.permute(1, 2, 0))
             return out + h.sum(0).view(out.shape).to(out.dtype)
         for branch in BRANCHES:
@@ -276,3 +276,24 @@ class TwoBranchLoraLinear(nn.Module):
     def extra_repr(self) -> str:
         roles = ", ".join(f"{b.value}={self.roles[b].value}" for b in BRANCHES)
         return f"rank={self.rank}, {roles}"
+
+
+# The last stacked (p_c, p_s) pair: every cross-attention K and V projection of a forward pass gets the
+# same two text embeddings, so they are stacked once per pass instead of once per projection (SDXL: 140).
+_last_stacked: tuple = ()
+
+
+def _stacked(content: torch.Tensor, style: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """torch.stack([content, style]).to(dtype).flatten(1, -2), reused while the same two tensors come back
+    unchanged (same objects, same in-place version). Inputs that need a gradient are stacked afresh:
+    a graph node is not reused across passes."""
+    global _last_stacked
+    if content.requires_grad or style.requires_grad:
+        return torch.stack([content, style]).to(dtype).flatten(1, -2)
+    key = (content._version, style._version, dtype)
+    last = _last_stacked
+    if last and last[0] is content and last[1] is style and last[2] == key:
+        return last[3]
+    stacked = torch.stack([content, style]).to(dtype).flatten(1, -2)
+    _last_stacked = (content, style, key, stacked)
+    return stacked

@@ -41,7 +41,7 @@ CHECKPOINT_FORMAT = 2
 # state.json names its tensors file; anything else (a path, "../x") is refused, not opened.
 _TENSORS_NAME = re.compile(r"tensors-\d{6,}\.safetensors")
 # Keys that change only what is written around training, not the trained numbers.
-_NEUTRAL_KEYS = {"train": ("preview_every", "checkpoint_every"), "sample": None}
+_NEUTRAL_KEYS = {"train": ("preview_every", "no_preview", "checkpoint_every"), "sample": None}
 
 
 # ----- what a checkpoint must match -------------------------------------------------------------
