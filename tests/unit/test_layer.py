@@ -115,8 +115,9 @@ def test_mergers_learn_only_where_both_masks_are_on_and_stay_clamped():
     roles = {Branch.CONTENT: Role.ALL, Branch.STYLE: Role.MASKED}
     layer = make_layer(roles)
     layer.mask(Branch.STYLE)[[2, 5]] = True
-    layer(torch.randn(4, 5)).pow(2).sum().backward()
     lora = TwoBranchLoRA({"layer": layer}, rank=3)
+    layer(torch.randn(4, 5)).pow(2).sum().backward()
+    assert all(layer.grads(b)[2].abs().sum() > 0 for b in Branch)  # the pooled mergers' gradient, per layer
     lora.restrict_merger_grads()
     for branch in Branch:
         nonzero = (layer.grads(branch)[2] != 0).nonzero().flatten().tolist()
@@ -224,30 +225,30 @@ def test_unet_wide_merger_ops_equal_the_per_layer_definitions():
                 layer.merger(b).copy_(torch.rand(layer.out_features, generator=g) * 1.4 - 0.2)
             layer.mask(b).copy_(torch.rand(layer.out_features, generator=g) < 0.5)
 
+    (pooled,) = lora.merger_parameters()  # one parameter: every layer's (2, out) block, end to end
+    assert pooled.shape == (2, sum(layer.out_features for layer in layers.values()))
     batched = lora.orthogonality_loss()
     batched.backward()
-    batched_grads = [p.grad.clone() for p in lora.merger_parameters()]
-    for p in lora.merger_parameters():
-        p.grad = None
-    # The paper's form: mean over layers of mean_j |m_c M_c * m_s M_s|.
+    batched_grad = pooled.grad.clone()
+    pooled.grad = None
+    # The paper's form: mean over layers of mean_j |m_c M_c * m_s M_s|, through each layer's own slice.
     per_layer = torch.stack([(layer.column_scale(Branch.CONTENT) * layer.column_scale(Branch.STYLE)).abs().mean()
                              for layer in layers.values()]).mean()
     per_layer.backward()
     assert batched.item() > 0
     torch.testing.assert_close(batched, per_layer)
-    for a, p in zip(batched_grads, lora.merger_parameters()):
-        torch.testing.assert_close(a, p.grad)
+    torch.testing.assert_close(batched_grad, pooled.grad)
 
     expected = []
     for layer in layers.values():
         shared = layer.effective_mask(Branch.CONTENT) & layer.effective_mask(Branch.STYLE)
-        expected.append(layer.mergers.grad * shared)
+        expected.append(torch.stack([layer.grads(b)[2] for b in Branch]) * shared)
     lora.restrict_merger_grads()
-    assert all(torch.equal(e, p.grad) for e, p in zip(expected, lora.merger_parameters()))
+    assert torch.equal(torch.cat(expected, dim=1), pooled.grad)
 
     lora.clamp_mergers()
-    values = torch.cat([p.detach().flatten() for p in lora.merger_parameters()])
-    assert values.min() == 0.0 and values.max() == 1.0
+    assert pooled.min() == 0.0 and pooled.max() == 1.0
+    assert all(0 <= layer.mergers.min() and layer.mergers.max() <= 1 for layer in layers.values())
 
 
 def test_mask_derived_values_follow_every_mask_change():
@@ -261,10 +262,9 @@ def test_mask_derived_values_follow_every_mask_change():
                             for l in layers.values()]).mean()
 
     def restricted():
-        for layer in layers.values():
-            layer.mergers.grad = torch.ones_like(layer.mergers)
+        lora.pool.weight.grad = torch.ones_like(lora.pool.weight)
         lora.restrict_merger_grads()
-        return [layer.mergers.grad.clone() for layer in layers.values()]
+        return [torch.stack([layer.grads(b)[2] for b in Branch]) for layer in layers.values()]
 
     assert lora.orthogonality_loss().item() == 0 and all(g.sum() == 0 for g in restricted())  # empty masks
     layers["l1"].mask(Branch.CONTENT)[[1, 2]] = True

@@ -126,7 +126,16 @@ def grow_masks(
     return content_mask, style_mask
 
 
-def orthogonality_loss(content: torch.Tensor, style: torch.Tensor, widths: Sequence[int]) -> torch.Tensor:
+def layer_mean_weights(widths: Sequence[int], device=None, dtype=torch.float32) -> torch.Tensor:
+    """1 / (layers * width) per column: a weighted sum with these is the mean over layers of each layer's mean."""
+    if not widths:
+        raise ValueError("orthogonality_loss: no layers given")
+    sizes = torch.tensor(list(widths), device=device)
+    return torch.repeat_interleave(1.0 / (sizes * len(sizes)), sizes).to(dtype)
+
+
+def orthogonality_loss(content: torch.Tensor, style: torch.Tensor, widths: Sequence[int],
+                       weights: torch.Tensor | None = None) -> torch.Tensor:
     """L_orth = mean over layers of mean_j |m_c[j] M_c[j] * m_s[j] M_s[j]| (arXiv 2412.04465, Sec. 3, "Column separation", orthogonality loss).
 
     `content` and `style` hold every layer's masked merger vectors (m_c * M_c, m_s * M_s) laid
@@ -134,8 +143,6 @@ def orthogonality_loss(content: torch.Tensor, style: torch.Tensor, widths: Seque
     different width weigh the same: a weighted sum with weight 1 / (layers * width) per column,
     a handful of kernels for the whole UNet instead of several per layer (SDXL has 560).
     """
-    if not widths:
-        raise ValueError("orthogonality_loss: no layers given")
-    sizes = torch.tensor(list(widths), device=content.device)
-    weights = torch.repeat_interleave(1.0 / (sizes * len(sizes)), sizes).to(content.dtype)
+    if weights is None:  # `layer_mean_weights(widths)`, which a caller may keep
+        weights = layer_mean_weights(widths, content.device, content.dtype)
     return ((content * style).abs() * weights).sum()

@@ -19,8 +19,8 @@ from .attention import SeparatedAttnProcessor
 from ..names import Branch, Role
 from ..errors import UnZipLoRAError
 from ..models.profiles import Profile
-from .columns import orthogonality_loss
-from .layer import BRANCHES, TwoBranchLoraLinear
+from .columns import layer_mean_weights, orthogonality_loss
+from .layer import BRANCHES, MergerPool, TwoBranchLoraLinear
 
 PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -87,6 +87,11 @@ class TwoBranchLoRA:
     rank: int
     # The masks change only at a refresh (or a load): what is derived from them is kept until they do.
     _mask_cache: dict = field(default_factory=dict, repr=False)
+    pool: MergerPool | None = field(default=None, repr=False)  # every layer's mergers, one parameter
+
+    def __post_init__(self):
+        if self.pool is None and self.layers:
+            self.pool = MergerPool(list(self.layers.values()))
 
     # ----- training-time switches ---------------------------------------------------------
     def set_masking(self, on: bool) -> None:
@@ -102,36 +107,35 @@ class TwoBranchLoRA:
         return [p for layer in self.layers.values() for p in (layer.down_weight, layer.up_weight)]
 
     def merger_parameters(self) -> list[nn.Parameter]:
-        """m_c and m_s of every layer (one (2, out) tensor per layer)."""
-        return [layer.mergers for layer in self.layers.values()]
+        """m_c and m_s of every layer: one (2, columns) parameter, the layers' blocks end to end (MergerPool)."""
+        return [self.pool.weight]
 
     def set_mergers_trainable(self, on: bool) -> None:
-        for p in self.merger_parameters():
-            p.requires_grad_(on)
+        self.pool.weight.requires_grad_(on)
 
     def orthogonality_loss(self) -> torch.Tensor:
         """L_orth over every layer (arXiv 2412.04465, Sec. 3; `columns.orthogonality_loss`)."""
-        content, style = self._flat("merger") * self._flat("mask")
-        return orthogonality_loss(content, style, self._widths())
+        merged = self.pool.weight
+        content, style = merged * self._flat_masks().to(merged.dtype)
+        weights = self._from_masks(f"weights {merged.dtype} {merged.device}",
+                                   lambda: layer_mean_weights(self.pool.widths, merged.device, merged.dtype))
+        return orthogonality_loss(content, style, self.pool.widths, weights)
 
-    def _flat(self, what: str) -> torch.Tensor:
-        """Both branches' merger vectors or effective masks of every layer, laid end to end: (2, columns)."""
-        if what == "merger":
-            return torch.cat([layer.mergers for layer in self.layers.values()], dim=1)
+    def _flat_masks(self) -> torch.Tensor:
+        """Both branches' effective masks of every layer, laid end to end as the pooled mergers: (2, columns)."""
         return self._from_masks("flat", lambda: torch.cat([l.effective_masks() for l in self.layers.values()], dim=1))
 
     def _from_masks(self, name: str, compute):
         """compute(), reused while no mask changed in place and no layer switched masking."""
-        key = tuple((layer.masks.data_ptr(), layer.masks._version, layer.masking) for layer in self.layers.values())
+        # _buffers: nn.Module's attribute lookup would cost ~2 µs a layer, twice a step
+        key = tuple((m.data_ptr(), m._version, layer.masking)
+                    for layer in self.layers.values() for m in (layer._buffers["masks"],))
         if self._mask_cache.get("key") != key:
             self._mask_cache.clear()
             self._mask_cache["key"] = key
         if name not in self._mask_cache:
             self._mask_cache[name] = compute()
         return self._mask_cache[name]
-
-    def _widths(self) -> list[int]:
-        return [layer.out_features for layer in self.layers.values()]
 
     def refresh_masks(self, fraction: float, threshold: float, grad_scale: float = 1.0) -> list[str]:
         """Grow every layer's masks from the last backward pass (`TwoBranchLoraLinear.refresh_masks`).
@@ -147,25 +151,22 @@ class TwoBranchLoRA:
     def restrict_merger_grads(self) -> None:
         """Mergers learn only on columns both effective masks hold (arXiv 2412.04465, Sec. 3; the
         authors' `set_gradient_mask`): in a block-separated layer the masked branch's columns,
-        in a layer where both are masked their overlap. All layers at once, one multiply each."""
-        def per_layer_keep():
-            content, style = self._flat("mask")
-            dtype = next(iter(self.layers.values())).mergers.dtype
-            return [keep.expand(2, -1) for keep in (content & style).to(dtype).split(self._widths())]
+        in a layer where both are masked their overlap. All layers at once: one multiply."""
+        grad = self.pool.weight.grad
+        if grad is None:
+            return
 
-        keeps = self._from_masks("shared", per_layer_keep)
-        pairs = [(layer.mergers.grad, keep) for layer, keep in zip(self.layers.values(), keeps)
-                 if layer.mergers.grad is not None]
-        if pairs:
-            torch._foreach_mul_([g for g, _ in pairs], [keep for _, keep in pairs])
+        def shared():
+            content, style = self._flat_masks()
+            return (content & style).to(grad.dtype).expand(2, -1)
+
+        grad.mul_(self._from_masks(f"shared {grad.dtype}", shared))
 
     @torch.no_grad()
     def clamp_mergers(self) -> None:
         """Keep m in [0, 1] after every optimiser step (arXiv 2412.04465, Sec. 3, "Column
-        separation"); all layers at once, two kernels in all."""
-        mergers = self.merger_parameters()
-        torch._foreach_clamp_min_(mergers, 0.0)
-        torch._foreach_clamp_max_(mergers, 1.0)
+        separation"); all layers at once, one kernel."""
+        self.pool.weight.clamp_(0.0, 1.0)
 
     def mask_fraction(self, branch: Branch) -> float:
         """Share of columns a branch holds, over its masked layers only."""

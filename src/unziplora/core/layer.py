@@ -11,7 +11,8 @@ x_c and x_s default to x; the prompt-separated cross-attention processor feeds K
 projections the content and style prompt embeddings instead (Sec. 3, "Prompt separation").
 
 Storage: both branches live in one parameter per kind (A: (2, r, in), B: (out, 2, r),
-m: (2, out), M: (2, out)), branch 0 = content, 1 = style. Where both branches see one input
+m: (2, out), M: (2, out)), branch 0 = content, 1 = style; injected into a model, every layer's m is a
+slice of one `MergerPool` parameter. Where both branches see one input
 the update is then one LoRA of rank 2r, [B_c | B_s] [A_c; A_s] x, with no per-step
 concatenation: half the operations and optimiser tensors of two separate LoRAs, which is what
 a training step costs on a model of narrow layers (bench speed). `down`, `up`, `merger` and
@@ -62,13 +63,22 @@ class TwoBranchLoraLinear(nn.Module):
         device = base.weight.device
         self.down_weight = nn.Parameter(torch.empty(2, rank, in_features, device=device))
         self.up_weight = nn.Parameter(torch.empty(out_features, 2, rank, device=device))
-        self.mergers = nn.Parameter(torch.ones(2, out_features, device=device))
+        self.merger_weight = nn.Parameter(torch.ones(2, out_features, device=device))
+        self._pool_ref: tuple = ()  # (MergerPool, index) once the layer's mergers moved into a pool
         self.register_buffer("masks", torch.zeros(2, out_features, dtype=torch.bool, device=device))
         owns_all = [[self.roles[b] is Role.ALL] for b in BRANCHES]
         self.register_buffer("owns_all", torch.tensor(owns_all, device=device), persistent=False)
         self.any_owns_all = any(row[0] for row in owns_all)
         self._mask_factor: tuple | None = None  # (key, (2, out) float M): the masks change only at a refresh
         self.reset_parameters(init, generator)
+
+    @property
+    def mergers(self) -> torch.Tensor:
+        """m of both branches, (2, out): the layer's own parameter, or its slice of a MergerPool."""
+        if self._pool_ref:
+            pool, index = self._pool_ref
+            return pool.slice(index)
+        return self.merger_weight
 
     @property
     def in_features(self) -> int:
@@ -98,7 +108,12 @@ class TwoBranchLoraLinear(nn.Module):
     def grads(self, branch: Branch) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """Gradients of (A, B, m) of one branch from the last backward pass (None where absent)."""
         i = INDEX[branch]
-        a, b, m = self.down_weight.grad, self.up_weight.grad, self.mergers.grad
+        a, b = self.down_weight.grad, self.up_weight.grad
+        if self._pool_ref:
+            pool, index = self._pool_ref
+            m = pool.grad_slice(index)
+        else:
+            m = self.merger_weight.grad
         return None if a is None else a[i], None if b is None else b[:, i], None if m is None else m[i]
 
     def reset_parameters(self, init: str, generator: torch.Generator | None = None) -> None:
@@ -138,9 +153,10 @@ class TwoBranchLoraLinear(nn.Module):
     def mask_factor(self) -> torch.Tensor:
         """M of both branches as a (2, out) float factor, rebuilt only when the masks or the masking
         switch changed: every forward pass needs it, a refresh changes it every few hundred steps."""
-        key = (self.masks._version, self.masks.data_ptr(), self.masking, self.mergers.dtype, self.mergers.device)
+        weight = self.down_weight  # the mergers' dtype and device: every LoRA tensor of the layer shares them
+        key = (self.masks._version, self.masks.data_ptr(), self.masking, weight.dtype, weight.device)
         if self._mask_factor is None or self._mask_factor[0] != key:
-            self._mask_factor = (key, self.effective_masks().to(self.mergers.dtype))
+            self._mask_factor = (key, self.effective_masks().to(weight.dtype))
         return self._mask_factor[1]
 
     def column_scales(self) -> torch.Tensor:
@@ -276,6 +292,45 @@ class TwoBranchLoraLinear(nn.Module):
     def extra_repr(self) -> str:
         roles = ", ".join(f"{b.value}={self.roles[b].value}" for b in BRANCHES)
         return f"rank={self.rank}, {roles}"
+
+
+class MergerPool(nn.Module):
+    """The merger vectors m_c, m_s of many layers in one (2, columns) parameter, each layer's (2, out)
+    block a slice of it (arXiv 2412.04465, Sec. 3, "Column separation": the mergers and L_orth).
+
+    Why: L_orth, the merger-gradient restriction, the [0, 1] clamp, clipping and AdamW then handle
+    one tensor instead of one per layer (the embedded model has 88, SDXL 560), which on a model of
+    narrow layers is most of what the mergers add to a training step (bench speed). The slices are
+    cut once per parameter version (once per optimiser step) and per gradient mode; a layer reads
+    its own through `TwoBranchLoraLinear.mergers`. Not a submodule of the denoiser: it stays where
+    the layers were made (every caller moves the denoiser before injecting).
+    """
+
+    def __init__(self, layers: list[TwoBranchLoraLinear]):
+        super().__init__()
+        if not layers:
+            raise ValueError("MergerPool needs at least one layer")
+        self.widths = [layer.out_features for layer in layers]
+        self.weight = nn.Parameter(torch.cat([layer.mergers.detach() for layer in layers], dim=1))
+        self._slices: tuple = (None, ())
+        for index, layer in enumerate(layers):
+            layer._parameters.pop("merger_weight", None)
+            layer._pool_ref = (self, index)
+
+    def __getstate__(self):  # a copy (deepcopy of the denoiser) cuts its own slices
+        return {**self.__dict__, "_slices": (None, ())}
+
+    def slice(self, index: int) -> torch.Tensor:
+        """The (2, out) mergers of layer `index`, a view of the pooled parameter."""
+        w = self.weight
+        key = (w._version, w.data_ptr(), w.requires_grad and torch.is_grad_enabled())
+        if self._slices[0] != key:
+            self._slices = (key, w.split(self.widths, dim=1))
+        return self._slices[1][index]
+
+    def grad_slice(self, index: int) -> torch.Tensor | None:
+        grad = self.weight.grad
+        return None if grad is None else grad.split(self.widths, dim=1)[index]
 
 
 # The last stacked (p_c, p_s) pair: every cross-attention K and V projection of a forward pass gets the

@@ -238,6 +238,11 @@ def check_native_size(resolution: int | None, base, allow_large: bool = False,
     ratio = (resolution / own) ** 2
     cost = (f"{what} {resolution} is {resolution / own:g}x this base model's own {own} px: every step costs at least "
             f"{ratio:,.0f}x a step at {own} px, and the model never saw images that size")
+    from .step_cost import duration, step_seconds_floor
+
+    floor = step_seconds_floor(base, resolution)
+    if floor is not None:
+        cost += f"; expect at least {duration(floor[0])} per training step here ({floor[1]})"
     if not allow_large:
         raise UnZipLoRAError(f"{cost}; use --resolution {own}, or pass --allow-large-resolution to train at it anyway")
     return cost

@@ -37,7 +37,7 @@ from .folder import load_safetensors, save_safetensors, write_text_atomic
 CHECKPOINT_DIR = "checkpoint"
 RECORD_FILE = "state.json"
 # 2: one parameter per kind for both branches (lora.layer), so AdamW state is indexed differently.
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3  # 3: the mergers are one AdamW parameter (MergerPool), not one per layer
 # state.json names its tensors file; anything else (a path, "../x") is refused, not opened.
 _TENSORS_NAME = re.compile(r"tensors-\d{6,}\.safetensors")
 # Keys that change only what is written around training, not the trained numbers.
