@@ -19,7 +19,7 @@ from .attention import SeparatedAttnProcessor
 from ..names import Branch, Role
 from ..errors import UnZipLoRAError
 from ..models.profiles import Profile
-from .columns import layer_mean_weights, orthogonality_loss
+from .columns import orthogonality_loss
 from .layer import BRANCHES, MergerPool, TwoBranchLoraLinear
 
 PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -115,11 +115,9 @@ class TwoBranchLoRA:
 
     def orthogonality_loss(self) -> torch.Tensor:
         """L_orth over every layer (arXiv 2412.04465, Sec. 3; `columns.orthogonality_loss`)."""
-        merged = self.pool.weight
-        content, style = merged * self._flat_masks().to(merged.dtype)
-        weights = self._from_masks(f"weights {merged.dtype} {merged.device}",
-                                   lambda: layer_mean_weights(self.pool.widths, merged.device, merged.dtype))
-        return orthogonality_loss(content, style, self.pool.widths, weights)
+        pool = self.pool
+        content, style = pool.weight * self._flat_masks().to(pool.weight.dtype)
+        return orthogonality_loss(content, style, pool.widths, pool.mean_weights)
 
     def _flat_masks(self) -> torch.Tensor:
         """Both branches' effective masks of every layer, laid end to end as the pooled mergers: (2, columns)."""

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..names import Branch, Role
-from .columns import CONE_THRESHOLD, columns_per_refresh, cone_ranking, grow_masks
+from .columns import CONE_THRESHOLD, columns_per_refresh, cone_ranking, grow_masks, layer_mean_weights
 
 BRANCHES = (Branch.CONTENT, Branch.STYLE)
 INDEX = {Branch.CONTENT: 0, Branch.STYLE: 1}
@@ -312,6 +312,9 @@ class MergerPool(nn.Module):
             raise ValueError("MergerPool needs at least one layer")
         self.widths = [layer.out_features for layer in layers]
         self.weight = nn.Parameter(torch.cat([layer.mergers.detach() for layer in layers], dim=1))
+        # L_orth's per-column weights, 1 / (layers * width): its mean over layers of each layer's mean
+        self.register_buffer("mean_weights", layer_mean_weights(self.widths, self.weight.device, self.weight.dtype),
+                             persistent=False)
         self._slices: tuple = (None, ())
         for index, layer in enumerate(layers):
             layer._parameters.pop("merger_weight", None)
