@@ -28,19 +28,22 @@ from .models.loading import quietly
 from .config import SampleConfig
 from .errors import UnZipLoRAError
 from .core.sampling import Conditioning, sample_images
-from .core.inject import attention_modules
+from .core.inject import attention_modules, is_mmdit
 from .methods.single_lora import SingleLoraSpec, keep_modules, train_single_lora
 from .core.prompts import encode_prompts
+from .models.families import family_of
 
 # (generated images, the reference image) -> (content score, style score)
 Scorer = Callable[[list, object], tuple[float, float]]
 
 
-def module_groups(unet) -> list[str]:
-    """Attention groups (e.g. up_blocks.0.attentions.1): the unit B-LoRA assigns roles to."""
+def module_groups(denoiser) -> list[str]:
+    """The units roles are assigned to: a UNet's attention groups (e.g. up_blocks.0.attentions.1), as
+    B-LoRA's; FLUX's blocks (transformer_blocks.N double-stream, single_transformer_blocks.N
+    single-stream), as SplitFlux assigns roles per block and the FLUX profile names them."""
     groups = []
-    for name, _ in attention_modules(unet):
-        group = name.split(".transformer_blocks.")[0]
+    for name, _ in attention_modules(denoiser):
+        group = name.removesuffix(".attn") if is_mmdit(denoiser) else name.split(".transformer_blocks.")[0]
         if group not in groups:
             groups.append(group)
     return groups
@@ -79,15 +82,17 @@ def metric_scorer(dino, style_encoder) -> Scorer:
 def probe_image(pipe, image, identifier: str, spec: SingleLoraSpec, sample: SampleConfig,
                 scorer: Scorer = oracle_scorer) -> list[GroupScore]:
     """Gains of every module group for one image (pipe is left without adapters)."""
-    device = pipe.unet.device
+    family = family_of(pipe)
+    denoiser = family.denoiser_of(pipe)
+    device = denoiser.device
     prompt = f"A {identifier}"
     embeds, pooled = encode_prompts(pipe, [prompt], device)
     cond = Conditioning(embeds, pooled)
     floor_c, floor_s = scorer(sample_images(pipe, cond, sample, spec.resolution), image)
     state = train_single_lora(pipe, image, spec, device)
     scores = []
-    for group in module_groups(pipe.unet):
-        part = {f"unet.{k}": v for k, v in keep_modules(state, (group,)).items()}
+    for group in module_groups(denoiser):
+        part = {f"{family.denoiser}.{k}": v for k, v in keep_modules(state, (group,)).items()}
         pipe.load_lora_weights(copy.copy(part), adapter_name="probe")
         c, s = scorer(sample_images(pipe, cond, sample, spec.resolution), image)
         pipe.delete_adapters("probe")
@@ -177,10 +182,6 @@ def probe_block_roles(base, out_dir: str | Path, images: list | None = None, sco
     from .models.loading import CHECKSUM_FILE, write_checksums
     from .run.folder import write_text_atomic
 
-    if base.family.denoiser != "unet":  # the probe trains one PEFT LoRA on a UNet's module groups
-        raise UnZipLoRAError(f"probe measures UNet base models (SDXL, SD 1.x/2.x), not {base.family.title}; "
-                             f"{base.family.title}'s block roles come from its built-in profile "
-                             f"(models/profiles/{base.family.profile}.yaml)")
     if images is None:
         from .toyworld import heldout_images
 
@@ -193,7 +194,9 @@ def probe_block_roles(base, out_dir: str | Path, images: list | None = None, sco
         raise UnZipLoRAError("give at least one image to probe with")
     scorer = scorer or oracle_scorer
     resolution = resolution or 1024
-    sample = sample or SampleConfig(steps=25, guidance_scale=5.0, seeds=[0, 1000, 111, 1234])
+    # 25 sampling steps per image at the family's guidance (SDXL, SD: CFG 5; FLUX.1-dev: its guidance input 3.5)
+    guidance = base.family.defaults.get("sample.guidance_scale", 5.0)
+    sample = sample or SampleConfig(steps=25, guidance_scale=guidance, seeds=[0, 1000, 111, 1234])
     pipe = base.load()
     spec = SingleLoraSpec("A sks", rank=rank, steps=steps, lr=lr, resolution=resolution)
     per_image = [probe_image(pipe, image, "sks", spec, sample, scorer)
@@ -204,7 +207,7 @@ def probe_block_roles(base, out_dir: str | Path, images: list | None = None, sco
     name = name or Path(base.source).name
     profile = profile_dict(name, roles, f"block roles of {name}, measured by unziplora probe", mean)
     settings = (f"{len(images)} images, LoRA rank {rank}, {steps} steps, lr {lr}, prompt 'A sks', "
-                f"{len(sample.seeds)} seeds x {sample.steps} steps, CFG {sample.guidance_scale}")
+                f"{len(sample.seeds)} seeds x {sample.steps} steps, guidance {sample.guidance_scale}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / PROFILE_FILE, yaml.safe_dump(profile, sort_keys=False))

@@ -190,13 +190,125 @@ def test_unet_only_methods_refuse_flux_in_one_line_before_loading(flux_base, tin
     assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
 
 
-def test_merge_and_probe_refuse_flux_in_one_line(flux_base, flux_run, tmp_path):
+FLUX_KWARGS = dict(prompt="A monadikos cat in sketch style", num_inference_steps=2, height=32, width=32,
+                   guidance_scale=3.5, output_type="np")
+
+
+def flux_images(pipe):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(**FLUX_KWARGS, generator=torch.Generator().manual_seed(0)).images
+
+
+def test_direct_merge_of_flux_loras_is_both_adapters_in_stock_diffusers(flux_base, flux_run, tmp_path):
+    """The merged FLUX LoRA (a run's content + an exported style file) is one `transformer.` LoRA that
+    FluxPipeline loads, and draws what the two adapters draw together, not the base model's image.
+    (diffusers reads kohya FLUX files for FLUX.1's own widths only, so the tiny model's is diffusers'.)"""
+    from unziplora.export import export_run
+    from unziplora.methods.merge import merge
+    from unziplora.run.folder import load_safetensors
+
+    style_file = export_run(flux_run.path, "diffusers", tmp_path / "d")[1]
+    out = merge(flux_run.path, style_file, tmp_path / "merged")
+    merged_state = load_safetensors(out / "pytorch_lora_weights.safetensors")
+    assert merged_state and all(k.startswith("transformer.") for k in merged_state)
+    pipe = FluxPipeline.from_pretrained(flux_base.source)
+    plain = flux_images(pipe)
+    pipe.load_lora_weights(str(flux_run.lora_dir(Branch.CONTENT)), adapter_name="content")
+    pipe.load_lora_weights(str(flux_run.lora_dir(Branch.STYLE)), adapter_name="style")
+    pipe.set_adapters(["content", "style"], [1.0, 1.0])
+    both = flux_images(pipe)
+    pipe.delete_adapters(["content", "style"])
+    pipe.load_lora_weights(str(out), adapter_name="merged")
+    merged = flux_images(pipe)
+    assert np.allclose(both, merged, atol=1e-4)
+    assert np.abs(merged - plain).max() > 1e-3  # the LoRA changes the image
+
+
+def test_ziplora_merge_trains_mergers_on_the_flux_transformer(flux_base, flux_run, tmp_path):
+    """ZipLoRA on FLUX: the mergers train with the flow-matching path (the loss falls from its first
+    value as they learn) and the result is an ordinary FLUX LoRA; B is untouched, A's columns scaled."""
+    from unziplora.methods.merge import merge
+    from unziplora.run.folder import load_safetensors
+
+    direct = load_safetensors(merge(flux_run.path, flux_run.path, tmp_path / "d") / "pytorch_lora_weights.safetensors")
+    zipped_dir = merge(flux_run.path, flux_run.path, tmp_path / "zip", method="ziplora", steps=3, device="cpu")
+    zipped = load_safetensors(zipped_dir / "pytorch_lora_weights.safetensors")
+    assert zipped.keys() == direct.keys() and all(k.startswith("transformer.") for k in zipped)
+    assert all(torch.equal(zipped[k], direct[k]) for k in zipped if "lora_B" in k)
+    assert any(not torch.allclose(zipped[k], direct[k]) for k in zipped if "lora_A" in k)
+    pipe = FluxPipeline.from_pretrained(flux_base.source)
+    pipe.load_lora_weights(str(zipped_dir), adapter_name="zip")
+    assert "zip" in pipe.get_list_adapters()["transformer"]
+
+
+def test_ziplora_on_flux_distils_each_lora_with_the_flow_objective(flux_base, flux_run):
+    """One ZipLoRA step on FLUX noises both latents on one straight path (same noise, same sigma) and
+    compares the merged transformer's velocity with each LoRA's own: with mergers 1 and one LoRA
+    merged with itself the merged model is the LoRA at twice the update, so the MSE is positive."""
+    from unziplora.core.flow import FlowMatching
+    from unziplora.methods.ziplora import ziplora_merge
+    from unziplora.run.sources import BranchSource
+
+    sources = [BranchSource.plain_lora(flux_run.path, b, flux_base.shapes(), flux_run) for b in (Branch.CONTENT, Branch.STYLE)]
+    history = []
+
+    class Log:
+        def on_step(self, loop, log):
+            assert isinstance(loop.objective, FlowMatching)
+            history.append(log)
+
+        def __getattr__(self, name):
+            return lambda *a, **k: None
+
+    ziplora_merge(sources[0], sources[1], flux_base, ("A monadikos cat", "A cat in sketch style"), 64, steps=2,
+                  device="cpu", callbacks=[Log()])
+    assert len(history) == 2 and all(np.isfinite(log.loss) and log.loss > 0 for log in history)
+
+
+def test_merge_refuses_loras_of_two_families_in_one_line(flux_run, tiny_run, tmp_path):
     from unziplora.errors import UnZipLoRAError
     from unziplora.methods.merge import merge
-    from unziplora.probe import probe_block_roles
 
-    with pytest.raises(UnZipLoRAError, match="merge works on UNet base models .*not FLUX.1"):
-        merge(flux_run.path, flux_run.path, tmp_path / "merged")
-    with pytest.raises(UnZipLoRAError, match="probe measures UNet base models .*not FLUX.1"):
-        probe_block_roles(flux_base, tmp_path / "probe", progress=False)
-    assert not (tmp_path / "merged").exists() and not (tmp_path / "probe").exists()
+    with pytest.raises(UnZipLoRAError, match="content LoRA is for a FLUX.1 model and the style LoRA for a SDXL"):
+        merge(flux_run.path, tiny_run.path, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+
+
+def test_probe_trains_one_lora_on_the_flux_transformer_and_scores_its_blocks(flux_base, tmp_path):
+    """`unziplora probe` on FLUX: one PEFT LoRA through transformer.add_adapter on every projection
+    UnZipLoRA trains (image and text ones), trained with flow matching; every double- and
+    single-stream block is a group; the profile written fits the FLUX transformer."""
+    import yaml
+
+    from unziplora.core.flow import FlowMatching
+    from unziplora.methods.single_lora import SingleLoraLoop, SingleLoraSpec
+    from unziplora.models.profiles import load_profile
+    from unziplora.core.inject import attention_modules
+    from unziplora.probe import module_groups, oracle_scorer, probe_block_roles
+    from unziplora.toyworld import heldout_images
+
+    pipe = flux_base.load()
+    assert module_groups(pipe.transformer) == ["transformer_blocks.0", "transformer_blocks.1",
+                                               "single_transformer_blocks.0", "single_transformer_blocks.1"]
+    image = heldout_images(1, 64)[0][2]
+    loop = SingleLoraLoop(pipe, image, SingleLoraSpec("A sks", rank=2, steps=2, lr=1e-3, resolution=64), "cpu")
+    assert isinstance(loop.objective, FlowMatching)
+    before = {k: v.clone() for k, v in loop.lora_state().items()}
+    loop.train_step()
+    state = loop.lora_state()
+    loop.release()
+    modules = {k.rsplit(".lora_", 1)[0] for k in state}
+    assert {"transformer_blocks.0.attn.add_q_proj", "transformer_blocks.1.attn.to_add_out",
+            "single_transformer_blocks.1.attn.to_v"} <= modules
+    assert any(not torch.equal(before[k], state[k]) for k in state)  # the step trained the LoRA
+    assert not getattr(pipe.transformer, "peft_config", None)  # released: the pipeline as it came
+
+    profile, _ = probe_block_roles(flux_base, tmp_path / "probe", images=[image], scorer=oracle_scorer, steps=2,
+                                   rank=2, resolution=64, sample=SampleConfig(steps=2, seeds=[0], guidance_scale=3.5),
+                                   progress=False)
+    assert profile == yaml.safe_load((tmp_path / "probe" / "unziplora_profile.yaml").read_text())
+    table = (tmp_path / "probe" / "block_roles.md").read_text()
+    assert all(f"| {group} |" in table for group in module_groups(pipe.transformer))
+    loaded = load_profile(tmp_path / "probe" / "unziplora_profile.yaml")
+    loaded.check_against([name for name, _ in attention_modules(pipe.transformer)])
+    assert profile["default"] == {"content": "masked", "style": "masked"}

@@ -24,6 +24,12 @@ class Denoising:
     def for_pipeline(cls, pipe, family: Family) -> "Denoising":
         return cls(DDPMScheduler.from_config(pipe.scheduler.config), family)
 
+    def plain_conditioning(self, states, pooled, resolution: int, batch: int, device, dtype) -> dict:
+        """The UNet's inputs for one ordinary prompt (one LoRA, no branches): its text states and the
+        family's added conditioning."""
+        return {"encoder_hidden_states": states.expand(batch, -1, -1).to(device, dtype),
+                "added_cond_kwargs": self.family.added_cond(pooled, resolution, batch, device, dtype)}
+
     def conditioning(self, embeds, resolution: int, batch: int, device, dtype) -> dict:
         return {
             "encoder_hidden_states": embeds.combined.states.expand(batch, -1, -1).to(dtype),
@@ -36,6 +42,20 @@ class Denoising:
 
     def loss(self, unet, latents, generator, dtype, kwargs: dict) -> torch.Tensor:
         return diffusion_mse(unet, self.scheduler, latents, generator, dtype, kwargs)
+
+    # ----- one noising, several predictions (ZipLoRA compares models at the same noise and time) -----
+    def noise(self, latents, generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(noisy latents, noise, timesteps), as training draws them (`add_training_noise`)."""
+        return add_training_noise(self.scheduler, latents, generator)
+
+    def renoise(self, latents, noise, timesteps) -> torch.Tensor:
+        """Other latents noised with the same noise at the same timesteps."""
+        return self.scheduler.add_noise(latents, noise, timesteps)
+
+    def predict(self, unet, noisy, timesteps, dtype, kwargs: dict) -> torch.Tensor:
+        """The UNet's prediction (noise or velocity, as its scheduler says), shaped like the latents."""
+        with torch.autocast(noisy.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            return unet(noisy.to(dtype), timesteps, **kwargs).sample
 
 
 def denoising_for(pipe):

@@ -2,7 +2,9 @@
 
 Direct merge (ZipLoRA, arXiv 2311.13600, Sec. 3, the "direct arithmetic merge" baseline): dW = B_c A_c + B_s A_s. It is stored exactly, without an SVD, as one LoRA of rank
 r_c + r_s: A = [A_c; A_s], B = [B_c, B_s], so B A = B_c A_c + B_s A_s. Inputs can be run
-folders (their content / style LoRA) or LoRA files in any format `export.load_lora_any` reads.
+folders (their content / style LoRA) or LoRA files in any format `run.loras.load_lora_any` reads,
+of a UNet (SDXL, SD 1.x/2.x) or of FLUX.1's transformer; the merged file is the base model's
+pipeline's own LoRA format (`unet.` or `transformer.` keys).
 """
 
 from __future__ import annotations
@@ -14,16 +16,10 @@ import torch
 from ..models.loading import quietly
 from ..names import Branch, MergeMethod, choice_error
 from ..errors import UnZipLoRAError
-from ..run.loras import load_lora_any
+from ..models.families import FAMILIES
 from ..run.numbers import check_weights
-from ..run.folder import LORA_WEIGHT_NAME, RunFolder, atomic_output_dir, check_output
+from ..run.folder import LORA_WEIGHT_NAME, atomic_output_dir, check_output
 from ..run.sources import BranchSource
-
-
-def _plain_source(path: str | Path, branch: Branch, run: RunFolder | None, base) -> BranchSource:
-    """A branch as its exported ordinary LoRA, its header checked against `base` before loading;
-    the run folder, if any, is kept for its manifest."""
-    return BranchSource(Path(path), branch, run=run, plain=load_lora_any(run.lora_dir(branch) if run else path, base))
 
 
 def direct_merge(content: dict[str, torch.Tensor], style: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -67,13 +63,18 @@ def merge(content: str | Path, style: str | Path, out_dir: str | Path, method: M
              ((r.manifest.base_model, r.manifest.revision) if r else None) for r in runs]
     # each checked against its own base model (a plain file: the other's; neither: ranks and sizes only)
     bases = [BaseModel.resolve(*(n or named[1 - i])) if (n or named[1 - i]) else None for i, n in enumerate(named)]
-    for b in bases:
-        if b is not None and b.family.denoiser != "unet":  # the merges read and write UNet LoRAs
-            raise UnZipLoRAError(f"merge works on UNet base models (SDXL, SD 1.x/2.x), not {b.family.title}; "
-                                 "load the two LoRAs as two adapters instead (the run's model card shows how)")
+    families = [b.family if b else None for b in bases]
+    if families[0] and families[1] and families[0].denoiser != families[1].denoiser:
+        raise UnZipLoRAError(f"the content LoRA is for a {families[0].title} model and the style LoRA for a "
+                             f"{families[1].title} model; merge two LoRAs of one base model")
     shapes = [b.shapes() if b else None for b in bases]
-    sources = (_plain_source(content, Branch.CONTENT, runs[0], shapes[0]),
-               _plain_source(style, Branch.STYLE, runs[1], shapes[1]))
+    # each branch's ordinary LoRA (a run's exported one), its header checked against its base model
+    sources = (BranchSource.plain_lora(content, Branch.CONTENT, shapes[0], runs[0]),
+               BranchSource.plain_lora(style, Branch.STYLE, shapes[1], runs[1]))
+    denoiser = sources[0].denoiser
+    if sources[1].denoiser != denoiser:
+        raise UnZipLoRAError(f"{content} updates a {denoiser} and {style} a {sources[1].denoiser}: they are LoRAs of "
+                             "different base-model families; merge two LoRAs of one base model")
     if method is MergeMethod.DIRECT:
         merged = direct_merge(sources[0].plain, sources[1].plain)
     else:
@@ -89,9 +90,9 @@ def merge(content: str | Path, style: str | Path, out_dir: str | Path, method: M
         merged = ziplora_merge(sources[0], sources[1], base, (prompt_c, prompt_s), resolution, steps, device=device,
                                progress=progress)
     check_weights(merged, f"the {method.value} merge of {content} and {style}")  # never write NaNs silently
+    family = next((f for f in families if f), None) or next(f for f in FAMILIES.values() if f.denoiser == denoiser)
     with atomic_output_dir(out_dir, force, "merge") as tmp:
         # Ranks differ per module, so no single alpha: diffusers then uses alpha = rank (scale 1).
-        (next((b for b in bases if b), None) or BaseModel.resolve()).family.pipeline_class().save_lora_weights(
-            tmp, unet_lora_layers=merged, weight_name=LORA_WEIGHT_NAME, safe_serialization=True
-        )
+        family.pipeline_class().save_lora_weights(tmp, **{f"{denoiser}_lora_layers": merged},
+                                                  weight_name=LORA_WEIGHT_NAME, safe_serialization=True)
     return Path(out_dir)

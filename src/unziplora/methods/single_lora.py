@@ -3,7 +3,8 @@
 DreamBooth-LoRA (arXiv 2208.12242 + 2106.09685) trains it on every attention projection;
 B-LoRA (arXiv 2403.14572) on the two modules its profile names and splits it afterwards; the block-role probe
 of a new base model trains it everywhere and keeps one block at a time. The LoRA is injected
-with diffusers' own `unet.add_adapter` (PEFT), so nothing here re-implements LoRA. The loop is
+with diffusers' own `add_adapter` (PEFT) on the denoiser (a UNet, or FLUX.1's transformer, trained
+with the family's objective: core/objective.py `denoising_for`), so nothing here re-implements LoRA. The loop is
 the one every method runs (`core.train.fit`) and honours the run's training settings as
 UnZipLoRA's does: optimiser (AdamW or 8-bit AdamW, betas, eps, weight decay), gradient clipping,
 mixed precision (frozen UNet in fp16/bf16, LoRA in fp32, autocast, a GradScaler under fp16) and
@@ -15,15 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from diffusers import DDPMScheduler
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
 from ..config import TrainConfig
 from ..core.data import CroppedLatents
-from ..core.inject import PROJECTIONS, attention_modules
+from ..core.inject import projection_layers
 from ..core.prompts import encode_prompts
-from ..core.objective import diffusion_mse, prediction_type
+from ..core.objective import denoising_for
 from ..core.train import NonFiniteLoss, StepLog, clip_gradients, fit, make_optimizer, text_encoders
 from ..models.families import family_of
 
@@ -44,13 +44,11 @@ class SingleLoraSpec:
     train: TrainConfig = field(default_factory=TrainConfig)  # optimiser, clipping, precision, checkpointing
 
 
-def target_modules(unet, prefixes: tuple[str, ...] = ()) -> list[str]:
-    """Full names of the attention projections under the given prefixes (all when empty)."""
-    names = []
-    for name, _ in attention_modules(unet):
-        if not prefixes or any(name.startswith(p + ".") for p in prefixes):
-            names += [f"{name}.{projection}" for projection in PROJECTIONS]
-    return names
+def target_modules(denoiser, prefixes: tuple[str, ...] = ()) -> list[str]:
+    """Full names of the attention projections under the given prefixes (all when empty): the ones
+    UnZipLoRA trains (a UNet's to_q/k/v/out.0; FLUX's image and text projections, core/flux.py)."""
+    return [name for name, _ in projection_layers(denoiser)
+            if not prefixes or any(name.startswith(p + ".") for p in prefixes)]
 
 
 class SingleLoraLoop:
@@ -68,8 +66,9 @@ class SingleLoraLoop:
         self.spec, self.pipe, self.device, self.dtype = spec, pipe, torch.device(device), dtype
         self.total_steps = spec.steps
         self.step, self.should_stop, self.history, self.timings = 0, False, [], {}
-        self.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        prediction_type(self.scheduler)  # an unsupported objective fails before any work
+        # the base model's objective (an unsupported prediction type fails here, before any work):
+        # DDPM noise / velocity for a UNet, flow matching for FLUX's transformer
+        self.objective = denoising_for(pipe)
         torch.manual_seed(spec.seed)
         self.generator = torch.Generator().manual_seed(spec.seed)
         self.family = family_of(pipe)
@@ -80,7 +79,7 @@ class SingleLoraLoop:
         self.embeds, self.pooled = embeds[:1], None if pooled is None else pooled[:1]
         # the class prompt's (unused without priors)
         self.prior_embeds, self.prior_pooled = embeds[-1:], None if pooled is None else pooled[-1:]
-        self.unet = unet = pipe.unet.to(self.device, dtype)
+        self.unet = unet = self.family.denoiser_of(pipe).to(self.device, dtype)  # a UNet or FLUX's transformer
         unet.requires_grad_(False)
         names = target_modules(unet, spec.module_prefixes)
         unet.add_adapter(LoraConfig(r=spec.rank, lora_alpha=spec.rank, init_lora_weights="gaussian",
@@ -102,9 +101,8 @@ class SingleLoraLoop:
 
     def _mse(self, data: CroppedLatents, states, pooled_states) -> torch.Tensor:
         latent, _ = data.sample(self.generator)
-        kwargs = {"encoder_hidden_states": states.to(self.dtype),
-                  "added_cond_kwargs": self.family.added_cond(pooled_states, data.resolution, 1, self.device, self.dtype)}
-        return diffusion_mse(self.unet, self.scheduler, latent.to(self.device), self.generator, self.dtype, kwargs)
+        kwargs = self.objective.plain_conditioning(states, pooled_states, data.resolution, 1, self.device, self.dtype)
+        return self.objective.loss(self.unet, latent.to(self.device), self.generator, self.dtype, kwargs)
 
     def train_step(self) -> StepLog:
         loss = self._mse(self.latents, self.embeds, self.pooled)
@@ -125,7 +123,7 @@ class SingleLoraLoop:
         return log
 
     def lora_state(self) -> dict[str, torch.Tensor]:
-        """The trained LoRA's PEFT state dict (keys without 'unet.'), on the CPU."""
+        """The trained LoRA's PEFT state dict (keys without 'unet.' / 'transformer.'), on the CPU."""
         return {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(self.unet).items()}
 
     def release(self) -> None:

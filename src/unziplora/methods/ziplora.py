@@ -9,7 +9,9 @@ dW_c = B_c A_c and dW_s = B_s A_s (out x in) get one merger coefficient per colu
 
 Only the mergers train. Every step draws fresh noise and one timestep, noises a latent of each
 LoRA's image with them, and asks the merged model to predict what each LoRA alone predicts with
-its own prompt:
+its own prompt (a UNet: DDPM noising and its noise or velocity prediction; FLUX.1's transformer:
+the rectified-flow path x_t = (1 - sigma) x_0 + sigma * noise and its velocity, core/flow.py; the
+loss is the same distillation of each LoRA's own prediction, whatever the denoiser predicts):
 
     L = ||D_merged(x_c, p_c) - D_Lc(x_c, p_c)||^2 + ||D_merged(x_s, p_s) - D_Ls(x_s, p_s)||^2
         + lambda * sum over layers of mean_i |m_c[i] m_s[i]|
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler
 from torch import nn
 
 from ..core.layer import BRANCHES
@@ -36,7 +37,7 @@ from ..errors import UnZipLoRAError
 from ..models.loading import pick_device
 from ..core.prompts import encode_prompts
 from ..run.sources import BranchSource
-from ..core.objective import add_training_noise
+from ..core.objective import denoising_for
 from ..core.train import StepLog, adamw, fit
 
 DEFAULTS = {"steps": 100, "lr": 5e-5, "weight": 0.01}  # mkshing/ziplora-pytorch README command
@@ -87,7 +88,8 @@ def merged_lora(layers: dict[str, ZipLoraLinear]) -> dict[str, torch.Tensor]:
 
 
 def inject_ziplora(unet: nn.Module, content: dict[str, torch.Tensor], style: dict[str, torch.Tensor]) -> dict[str, ZipLoraLinear]:
-    """Put a ZipLoraLinear on every projection either LoRA (PEFT keys) updates."""
+    """Put a ZipLoraLinear on every projection either LoRA (PEFT keys) updates (a UNet or FLUX's
+    transformer: the stock attention processors call the projections as modules)."""
     device = next(unet.parameters()).device
     modules = sorted({k[: -len(".lora_A.weight")] for k in (*content, *style) if k.endswith(".lora_A.weight")})
     layers = {}
@@ -111,12 +113,12 @@ def inject_ziplora(unet: nn.Module, content: dict[str, torch.Tensor], style: dic
 
 def _latent_sampler(source: BranchSource, pipe, resolution: int, generator: torch.Generator):
     """A function drawing one latent (1, C, h, w): a crop of the run's input image, or N(0, 1)."""
-    device = pipe.unet.device
+    device = family_of(pipe).denoiser_of(pipe).device
     if source.run is not None and (source.run.path / "input.png").is_file():
         data = CroppedLatents(load_image(source.run.path / "input.png"), resolution, pipe.vae, device)
         return lambda: data.sample(generator)[0].to(device)
     size = resolution // pipe.vae_scale_factor
-    shape = (1, pipe.unet.config.in_channels, size, size)
+    shape = (1, pipe.vae.config.latent_channels, size, size)
     return lambda: torch.randn(shape, generator=generator).to(device)
 
 
@@ -126,11 +128,15 @@ class ZipLoraLoop:
 
     def __init__(self, pipe, layers: dict[str, ZipLoraLinear], prompts: tuple[str, str], samplers, resolution: int,
                  steps: int, lr: float, weight: float, generator: torch.Generator):
-        device = pipe.unet.device
-        self.unet, self.layers, self.samplers, self.generator, self.weight = pipe.unet, layers, samplers, generator, weight
-        self.embeds, self.pooled = encode_prompts(pipe, list(prompts), device)
-        self.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        self.family, self.resolution = family_of(pipe), resolution
+        self.family = family_of(pipe)
+        self.denoiser = self.family.denoiser_of(pipe)
+        device, dtype = self.denoiser.device, self.denoiser.dtype
+        self.layers, self.samplers, self.generator, self.weight = layers, samplers, generator, weight
+        # the base model's own objective: DDPM noising for a UNet, the flow-matching path for FLUX
+        self.objective, self.dtype = denoising_for(pipe), dtype
+        embeds, pooled = encode_prompts(pipe, list(prompts), device)
+        self.inputs = [self.objective.plain_conditioning(embeds[i : i + 1], None if pooled is None else pooled[i : i + 1],
+                                                         resolution, 1, device, dtype) for i in range(2)]
         self.mergers = [layer.mergers for layer in layers.values()]
         self.shared = [layer for layer in layers.values() if all(layer.loras.values())]
         # the reference's optimiser: AdamW, weight decay 1e-4, gradient clipping 1.0
@@ -140,14 +146,12 @@ class ZipLoraLoop:
     def _predict(self, alone: Branch | None, noisy, t, i: int) -> torch.Tensor:
         for layer in self.layers.values():
             layer.alone = alone
-        pooled = None if self.pooled is None else self.pooled[i : i + 1]
-        cond = self.family.added_cond(pooled, self.resolution, 1, noisy.device, noisy.dtype)
-        return self.unet(noisy, t, self.embeds[i : i + 1], added_cond_kwargs=cond).sample
+        return self.objective.predict(self.denoiser, noisy, t, self.dtype, self.inputs[i])
 
     def train_step(self) -> StepLog:
         # One noise and one timestep for both latents, as the reference draws them.
-        noisy_content, noise, t = add_training_noise(self.scheduler, self.samplers[0](), self.generator)
-        noisy = (noisy_content, self.scheduler.add_noise(self.samplers[1](), noise, t))
+        noisy_content, noise, t = self.objective.noise(self.samplers[0](), self.generator)
+        noisy = (noisy_content, self.objective.renoise(self.samplers[1](), noise, t))
         with torch.no_grad():
             targets = [self._predict(branch, noisy[i], t, i) for i, branch in enumerate(BRANCHES)]
         mse = sum(F.mse_loss(self._predict(None, noisy[i], t, i).float(), targets[i].float()) for i in range(2))
@@ -179,8 +183,9 @@ def ziplora_merge(content: BranchSource, style: BranchSource, base, prompts: tup
     generator = torch.Generator().manual_seed(seed)
     pipe = base.load()
     pipe.to(torch_device)
-    pipe.unet.requires_grad_(False)
-    layers = inject_ziplora(pipe.unet, content.plain, style.plain)
+    denoiser = base.family.denoiser_of(pipe)
+    denoiser.requires_grad_(False)
+    layers = inject_ziplora(denoiser, content.plain, style.plain)
     if not layers:
         raise UnZipLoRAError("the two LoRAs update no module of this base model; nothing to merge")
     samplers = [_latent_sampler(s, pipe, resolution, generator) for s in (content, style)]

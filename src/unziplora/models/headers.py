@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,20 @@ MAX_FEATURES = 65536
 MAX_LORA_ELEMENTS = 2**30
 MAX_TENSOR_ELEMENTS = 2**26
 _PAIRS = (("lora_A", "lora_B"), ("lora_down", "lora_up"), ("lora.down", "lora.up"))
-_PARTS = ("unet", "text_encoder", "text_encoder_2")
+_PARTS = ("unet", "transformer", "text_encoder", "text_encoder_2")
+DENOISERS = ("unet", "transformer")  # the part a base model denoises with (families.Family.denoiser)
+# FLUX.1 LoRAs in kohya sd-scripts' layout name Black Forest Labs' fused modules: each is diffusers'
+# modules side by side (run/flux_kohya.py writes them; diffusers' converter reads them back).
+FLUX_KOHYA_FUSED = {
+    "transformer_blocks": [("img_attn_qkv", ("attn.to_q", "attn.to_k", "attn.to_v")),
+                           ("img_attn_proj", ("attn.to_out.0",)),
+                           ("txt_attn_qkv", ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")),
+                           ("txt_attn_proj", ("attn.to_add_out",))],
+    "single_transformer_blocks": [("linear1", ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"))],
+}
+FLUX_KOHYA_BLOCK = {"transformer_blocks": "double_blocks", "single_transformer_blocks": "single_blocks"}
+_FLUX_KOHYA_NAME = re.compile(r"lora_unet_(double_blocks|single_blocks)_(\d+)_(\w+)$")
+_DENOISER_TITLE = {"unet": "a UNet model (SDXL, SD 1.x/2.x)", "transformer": "a FLUX.1 transformer"}
 
 
 def read_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
@@ -49,6 +63,7 @@ class BaseShapes:
 
     name: str
     weights: dict[str, tuple[int, ...]]
+    denoiser: str = "unet"  # "unet" (SDXL, SD) or "transformer" (FLUX.1): the prefix of its denoiser's weights
 
     @functools.cached_property
     def matrices(self) -> frozenset[tuple[int, int]]:
@@ -67,7 +82,23 @@ class BaseShapes:
     def layer(self, module: str) -> tuple[int, int] | None:
         """(out, in) of a named module ("unet.down_blocks.1....to_q"), None when it has no such weight."""
         shape = self.weights.get(f"{module}.weight")
+        if shape is None and self.denoiser == "transformer":
+            return self._flux_kohya_layer(module)
         return (shape[0], shape[1]) if shape and len(shape) >= 2 else None
+
+    def _flux_kohya_layer(self, module: str) -> tuple[int, int] | None:
+        """(out, in) of a fused module in kohya's FLUX layout ("lora_unet_double_blocks_0_img_attn_qkv"):
+        its diffusers parts' outputs stacked, over their common input."""
+        match = _FLUX_KOHYA_NAME.match(module)
+        kinds = {v: k for k, v in FLUX_KOHYA_BLOCK.items()}
+        if match is None:
+            return None
+        parts = dict(FLUX_KOHYA_FUSED[kinds[match.group(1)]]).get(match.group(3))
+        shapes = [self.weights.get(f"transformer.{kinds[match.group(1)]}.{match.group(2)}.{p}.weight")
+                  for p in parts or ()]
+        if not shapes or any(s is None or len(s) < 2 for s in shapes):
+            return None
+        return sum(s[0] for s in shapes), shapes[0][1]
 
 
 @functools.lru_cache(maxsize=8)
@@ -77,7 +108,8 @@ def _base_shapes(folder: str, name: str) -> BaseShapes | None:
         for file in sorted((Path(folder) / part).glob("*.safetensors")):
             shapes, _ = read_header(file)
             weights.update({f"{part}.{k}": v for k, v in shapes.items()})
-    return BaseShapes(name, weights) if any(k.startswith("unet.") for k in weights) else None
+    denoiser = next((d for d in DENOISERS if any(k.startswith(f"{d}.") for k in weights)), None)
+    return BaseShapes(name, weights, denoiser) if denoiser else None
 
 
 def base_shapes(base) -> BaseShapes | None:
@@ -98,10 +130,25 @@ def _module_of(key: str, down: str) -> str:
     return "unet." + module[len("unet.unet."):] if module.startswith("unet.unet.") else module
 
 
+def lora_denoiser(keys) -> str | None:
+    """Which denoiser a LoRA's keys update: "transformer" (FLUX.1: diffusers' `transformer.` prefix or
+    kohya's double / single blocks), "unet" (diffusers' `unet.` or kohya's other `lora_unet_` names),
+    None when they name neither (a text-encoder-only file)."""
+    keys = list(keys)
+    if any(k.startswith(("transformer.", "lora_transformer_", "lora_unet_double_blocks_", "lora_unet_single_blocks_"))
+           for k in keys):
+        return "transformer"
+    return "unet" if any(k.startswith(("unet.", "lora_unet_")) for k in keys) else None
+
+
 def check_lora_header(path: Path, base: BaseShapes | None = None) -> None:
-    """Refuse a LoRA file whose pairs disagree in rank, fit no layer of `base`, or hold anything
-    larger than a layer; read from the header only."""
+    """Refuse a LoRA file whose pairs disagree in rank, whose denoiser is not `base`'s, that fits no
+    layer of `base`, or that holds anything larger than a layer; read from the header only."""
     shapes, _ = read_header(path)
+    kind = lora_denoiser(shapes)
+    if base is not None and kind is not None and kind != base.denoiser:
+        raise UnZipLoRAError(f"{path} is a LoRA for {_DENOISER_TITLE[kind]}, and {base.name} is "
+                             f"{_DENOISER_TITLE[base.denoiser]}; pass the base model the LoRA was trained on")
     paired = set()
     for key, down_shape in shapes.items():
         names = next(((d, u) for d, u in _PAIRS if d in key), None)
@@ -176,7 +223,7 @@ def check_state_header(path: Path, rank: int, base: BaseShapes | None = None, fo
                 raise UnZipLoRAError(f"{path}: {key} has shape {list(shape)}, which does not fit rank {rank}; the run "
                                      "folder is damaged")
             continue
-        layer = base.layer(f"unet.{module}")
+        layer = base.layer(f"{base.denoiser}.{module}")
         if layer is None:
             raise UnZipLoRAError(f"{path}: {base.name} has no layer {module}; the run was made for another base model: "
                                  "pass the one it was trained on")

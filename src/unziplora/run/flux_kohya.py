@@ -25,16 +25,10 @@ import re
 
 import torch
 
+from ..models.headers import FLUX_KOHYA_BLOCK as KOHYA_BLOCK, FLUX_KOHYA_FUSED as FUSED
+
 PREFIX = "transformer."
 MLP_RATIO = 4  # FluxSingleTransformerBlock's proj_mlp width over the model width
-FUSED = {
-    "transformer_blocks": [("img_attn_qkv", ("attn.to_q", "attn.to_k", "attn.to_v")),
-                           ("img_attn_proj", ("attn.to_out.0",)),
-                           ("txt_attn_qkv", ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")),
-                           ("txt_attn_proj", ("attn.to_add_out",))],
-    "single_transformer_blocks": [("linear1", ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"))],
-}
-KOHYA_BLOCK = {"transformer_blocks": "double_blocks", "single_transformer_blocks": "single_blocks"}
 
 
 def flux_to_kohya(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -27,29 +27,57 @@ def lora_file(path: str | Path) -> Path:
 
 
 def load_lora_any(path: str | Path, base=None) -> dict[str, torch.Tensor]:
-    """A UNet LoRA from a diffusers folder/file, a kohya file or a B-LoRA checkpoint, its header
+    """A denoiser LoRA from a diffusers folder/file, a kohya file or a B-LoRA checkpoint, its header
     checked against `base` (headers.BaseShapes, or None: ranks and sizes only) before loading.
 
-    Returns PEFT-style keys without the 'unet.' prefix ('<module>.lora_A.weight', '.lora_B.weight'),
-    with any kohya alpha folded into B so the update is exactly what the file means.
+    UNet LoRAs (SDXL, SD 1.x/2.x) and FLUX.1 transformer LoRAs are told apart by their keys
+    (headers.lora_denoiser); each goes through its own pipeline's diffusers reader. Returns PEFT-style
+    keys without the 'unet.' / 'transformer.' prefix ('<module>.lora_A.weight', '.lora_B.weight'),
+    with any alpha folded into B so the update is exactly what the file means.
     """
-    from diffusers import StableDiffusionXLPipeline
-
-    from ..models.headers import check_lora_header
+    from ..models.headers import check_lora_header, lora_denoiser
 
     file = lora_file(path)
     state = load_safetensors(file, check=lambda p: check_lora_header(p, base))
     check_weights(state, file)  # NaN / Inf / absurd values, alphas that are not one number: one line
     if any(k.startswith(B_LORA_PREFIX) for k in state):
         state = {k.replace(B_LORA_PREFIX, "unet.", 1): v for k, v in state.items()}
+    denoiser = lora_denoiser(state) or (base.denoiser if base is not None else "unet")
+    reader = "FluxPipeline" if denoiser == "transformer" else "StableDiffusionXLPipeline"
     try:
-        converted, alphas = StableDiffusionXLPipeline.lora_state_dict(state)
-    except (ValueError, KeyError) as exc:
-        raise UnZipLoRAError(f"{file} is not a LoRA diffusers can read ({str(exc).splitlines()[0][:120]})") from None
-    unet = {k[len("unet."):]: v for k, v in converted.items() if k.startswith("unet.")}
-    if not unet:
-        raise UnZipLoRAError(f"{file} holds no UNet LoRA weights (text-encoder-only LoRAs are not supported)")
-    return _to_peft_keys(unet, alphas or {})
+        import diffusers
+
+        converted, alphas = getattr(diffusers, reader).lora_state_dict(state, **(
+            {"return_alphas": True} if denoiser == "transformer" else {}))
+    except (ValueError, KeyError, IndexError, AssertionError) as exc:  # diffusers' converters assert shapes
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        raise UnZipLoRAError(f"{file} is not a LoRA diffusers can read for this model ({reason})") from None
+    prefix = f"{denoiser}."
+    weights = {k[len(prefix):]: v for k, v in converted.items() if k.startswith(prefix)}
+    if not weights:
+        raise UnZipLoRAError(f"{file} holds no {denoiser} LoRA weights (text-encoder-only LoRAs are not supported)")
+    if denoiser == "transformer":  # diffusers' reader gives PEFT keys; alphas (if any) per module
+        return _fold_module_alphas({k: v.float() for k, v in weights.items()}, alphas or {}, prefix)
+    return _to_peft_keys(weights, alphas or {})
+
+
+def _fold_module_alphas(state: dict[str, torch.Tensor], alphas: dict, prefix: str) -> dict[str, torch.Tensor]:
+    """Fold alpha / rank into B for alphas keyed '<module>.alpha' (FLUX LoRAs in diffusers' reader)."""
+    for key, alpha in alphas.items():
+        module = key.removeprefix(prefix).removesuffix(".alpha")
+        for suffix in (".lora_A.weight", ".lora.down.weight", ".lora_down.weight"):
+            module = module.removesuffix(suffix)
+        up = f"{module}.lora_B.weight"
+        if up in state:
+            state[up] = state[up] * (float(alpha) / state[up].shape[1])
+    return state
+
+
+def lora_kind(path: str | Path) -> str | None:
+    """The denoiser a LoRA file updates ("unet", "transformer"), from its header; None if it names neither."""
+    from ..models.headers import lora_denoiser, read_header
+
+    return lora_denoiser(read_header(lora_file(path))[0])
 
 
 def _to_peft_keys(state: dict[str, torch.Tensor], alphas: dict[str, float]) -> dict[str, torch.Tensor]:

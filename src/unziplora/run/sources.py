@@ -15,7 +15,7 @@ import torch
 
 from ..names import Branch
 from ..errors import UnZipLoRAError
-from .loras import load_lora_any, lora_file
+from .loras import load_lora_any, lora_file, lora_kind
 from ..models.headers import BaseShapes, check_lora_header
 from ..core.inject import TwoBranchLoRA
 from ..names import Method
@@ -38,9 +38,19 @@ class BranchSource:
     path: Path
     branch: Branch
     run: RunFolder | None = None  # gives the manifest (prompts, base model), and the state if plain is None
-    plain: dict[str, torch.Tensor] | None = None  # PEFT keys without 'unet.'
+    plain: dict[str, torch.Tensor] | None = None  # PEFT keys without 'unet.' / 'transformer.'
     base: BaseShapes | None = None  # the shapes its files were checked against
     tokens: dict[str, Path] | None = None  # a token run's textual-inversion files per text encoder (no LoRA)
+    denoiser: str = "unet"  # the part `plain` updates: "unet" (SDXL, SD) or "transformer" (FLUX.1)
+
+    @classmethod
+    def plain_lora(cls, path: str | Path, branch: Branch, base: BaseShapes | None = None,
+                   run: RunFolder | None = None) -> "BranchSource":
+        """An ordinary LoRA (a file, or the branch LoRA of `run`) read in any format, its header
+        checked against `base` first (a LoRA of another family or shape is one error line)."""
+        file = run.lora_dir(branch) if run is not None else path
+        kind = lora_kind(file) or (base.denoiser if base is not None else "unet")
+        return cls(Path(path), branch, run=run, plain=load_lora_any(file, base), base=base, denoiser=kind)
 
     @classmethod
     def open(cls, path: str | Path, branch: Branch, base: BaseShapes | None = None) -> "BranchSource":
@@ -57,9 +67,9 @@ class BranchSource:
                 run.check_state(base)
                 return cls(path, branch, run=run, base=base)
             # a baseline's run folder (no two-branch state): its branch LoRA as a plain LoRA
-            return cls(path, branch, run=run, plain=load_lora_any(run.lora_dir(branch), base), base=base)
+            return cls.plain_lora(path, branch, base, run)
         check_source(path)
-        return cls(path, branch, plain=load_lora_any(path, base), base=base)
+        return cls.plain_lora(path, branch, base)
 
     @staticmethod
     def run_of(path: str | Path) -> RunFolder | None:
@@ -90,14 +100,14 @@ class BranchSource:
 
     # ----- weights ----------------------------------------------------------------------------
     def stock_lora(self) -> dict[str, torch.Tensor]:
-        """What StableDiffusionXLPipeline.load_lora_weights takes for this branch alone (read by us,
+        """What the pipeline's load_lora_weights takes for this branch alone (read by us,
         so a damaged file is our one-line error, not diffusers' traceback)."""
         if self.plain is None:
             file = lora_file(self.run.lora_dir(self.branch))
             state = load_safetensors(file, check=lambda p: check_lora_header(p, self.base))
             check_weights(state, file)
             return state
-        return {f"unet.{k}": v for k, v in self.plain.items()}
+        return {f"{self.denoiser}.{k}": v for k, v in self.plain.items()}
 
     def branch_state(self, lora: TwoBranchLoRA) -> dict[str, torch.Tensor]:
         """This branch in TwoBranchLoRA.state_dict() form, padded to the layers' rank."""
