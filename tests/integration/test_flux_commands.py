@@ -312,3 +312,56 @@ def test_probe_trains_one_lora_on_the_flux_transformer_and_scores_its_blocks(flu
     loaded = load_profile(tmp_path / "probe" / "unziplora_profile.yaml")
     loaded.check_against([name for name, _ in attention_modules(pipe.transformer)])
     assert profile["default"] == {"content": "masked", "style": "masked"}
+
+
+def test_generate_from_plain_flux_lora_files_draws_what_the_run_draws(flux_base, flux_run, tmp_path):
+    """The run's exported LoRA files, given as plain content and style sources with the FLUX base,
+    draw the run's own "both" image (merger 1, every column: the export holds what the branch does),
+    and one file alone the run's "content" image (an ordinary LoRA in the stock pipeline)."""
+    from unziplora.export import export_run
+    from unziplora.generate import generate
+
+    files = export_run(flux_run.path, "diffusers", tmp_path / "export")
+    prompts = flux_run.manifest.prompts
+    settings = dict(steps=2, seeds=[0], guidance_scale=3.5, resolution=64, fused=False)
+    from_run = generate("A <c> cat in <s> style", tmp_path / "run", "both", run=flux_run.path, **settings)
+    from_files = generate("A <c> cat in <s> style", tmp_path / "files", content_run=files[0], style_run=files[1],
+                          base_model=flux_base.source, identifier=prompts.identifier, style_words=prompts.style_words,
+                          **settings)
+    assert np.abs(pixels([Image.open(from_run[0])]) - pixels([Image.open(from_files[0])])).max() <= 1
+    alone = generate("A <c> cat", tmp_path / "alone", "content", run=files[0], base_model=flux_base.source,
+                     identifier=prompts.identifier, **settings)
+    run_alone = generate("A <c> cat", tmp_path / "run-alone", "content", run=flux_run.path, **settings)
+    assert np.abs(pixels([Image.open(alone[0])]) - pixels([Image.open(run_alone[0])])).max() <= 1
+
+
+def test_plain_lora_files_that_do_not_fit_the_flux_base_are_one_line_errors(flux_base, flux_run, tmp_path,
+                                                                            monkeypatch):
+    """Checked from the file's header before the model loads: a UNet LoRA, a FLUX LoRA of other
+    widths, a kohya-layout FLUX file whose fused module does not fit."""
+    from safetensors.torch import save_file
+
+    from unziplora.errors import UnZipLoRAError
+    from unziplora.export import export_run
+    from unziplora.generate import generate
+    from unziplora.run.folder import load_safetensors
+
+    monkeypatch.setattr(BaseModel, "load", lambda *a, **k: pytest.fail("loaded the model before refusing"))
+    unet = tmp_path / "unet.safetensors"
+    q = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+    save_file({f"{q}.lora_A.weight": torch.zeros(2, 32), f"{q}.lora_B.weight": torch.zeros(32, 2)}, str(unet))
+    state = load_safetensors(export_run(flux_run.path, "diffusers", tmp_path / "d")[0])
+    key = next(k for k in sorted(state) if k.endswith("to_q.lora_A.weight"))
+    wider = tmp_path / "wider.safetensors"
+    save_file({**state, key: torch.zeros(state[key].shape[0], state[key].shape[1] + 8)}, str(wider))
+    kohya = load_safetensors(export_run(flux_run.path, "kohya", tmp_path / "k")[0])
+    up = "lora_unet_single_blocks_0_linear1.lora_up.weight"
+    taller = tmp_path / "taller.safetensors"
+    save_file({**kohya, up: torch.zeros(kohya[up].shape[0] + 4, kohya[up].shape[1])}, str(taller))
+    for file, message in ((unet, r"is a LoRA for a UNet model .*, and .* is a FLUX.1 transformer; pass the base model"),
+                          (wider, rf"{key.removesuffix('.lora_A.weight')} has shape .* here but .* in .*another base"),
+                          (taller, r"lora_unet_single_blocks_0_linear1 has shape .* here but .* another base")):
+        with pytest.raises(UnZipLoRAError, match=message) as caught:
+            generate("A cat", tmp_path / "out", "content", run=file, base_model=flux_base.source, steps=2)
+        assert "\n" not in str(caught.value)
+    assert not (tmp_path / "out").exists()
