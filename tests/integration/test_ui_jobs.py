@@ -4,6 +4,7 @@ resume finishes, errors are the command line's one line, nothing escapes the run
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -141,13 +142,13 @@ def test_cancel_keeps_the_checkpoint_and_resume_finishes(worker, tiny_base, uplo
 def test_a_cancelled_baseline_writes_nothing(worker, tiny_base, upload, tmp_path, monkeypatch):
     from unziplora.methods import single_lora
 
-    original = single_lora.diffusion_mse
+    original = single_lora.SingleLoraLoop._mse
 
     def slow(*args, **kwargs):
         time.sleep(0.2)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(single_lora, "diffusion_mse", slow)
+    monkeypatch.setattr(single_lora.SingleLoraLoop, "_mse", slow)
     runs = RunsFolder(tmp_path / "runs")
     job = submit_decompose(worker, runs, str(tiny_base), upload, "db", request(method="dreambooth-lora", steps=30), 2**20)
     cancel_at(worker, job, 1)
@@ -231,3 +232,43 @@ def test_a_generation_cancelled_while_it_denoises_stops_and_writes_nothing(worke
     done = wait(submit_generate(worker, runs, GenerateRequest("both", "A <c> cat in <s> style", run="a", steps=2)))
     assert done.state is JobState.DONE, done.error
     assert {p.parent.name for p in done.result} == {"both-001"}  # the first folder: the cancelled job took none
+
+
+def test_the_page_decomposes_generates_and_exports_on_a_flux_base(upload, tmp_path):
+    """The page's whole job path with the tiny FLUX.1 folder as its base model: the form's defaults are
+    FLUX's, decompose runs on the transformer, the run's result shows FLUX's sampling settings, every
+    generation mode draws, and the download is the FLUX exports."""
+    from PIL import Image
+
+    from unziplora.app.ui.app import build_page
+
+    from ..pipelines import save_tiny_flux_pipeline
+
+    page, blocks = build_page(tmp_path / "runs", str(save_tiny_flux_pipeline(tmp_path / "tiny-flux")))
+    try:
+        assert page.on_method("unziplora")[2] == 1024  # FLUX.1's training resolution
+        guidance = next(b for b in blocks.blocks.values() if getattr(b, "elem_id", None) == "uz-guidance")
+        assert guidance.value == 3.5 and "no CFG batch" in guidance.info
+        msg, state, _ = page.on_decompose(str(upload), "cat", "sketch", "cat", "unziplora", 4, 4, 64, 0, 2, {})
+        assert "queued: decompose cat" in msg, msg
+        job = wait(page.worker.get(page._record(state)["job"]), timeout=300)
+        assert job.state is JobState.DONE, job.error
+        assert RunFolder.open(page.runs.path("cat")).manifest.base_model == page.base_model
+        selected = page.on_select_run("cat")
+        assert selected[1] is not None and selected[-1] == 3.5  # FLUX.1-dev's guidance, not SDXL's CFG 5
+        for mode, sources in (("content", ("cat", None, None)), ("style", ("cat", None, None)),
+                              ("both", ("cat", None, None)), ("cross", (None, "cat", "cat"))):
+            msg, state = page.on_generate(mode, *sources, "A <c> cat in <s> style", "0", 2, None, 1, state)
+            assert "queued" in msg, msg
+            job = wait(page.worker.get(page._record(state)["gen"]), timeout=120)
+            assert job.state is JobState.DONE, (mode, job.error)
+            image = np.asarray(Image.open(job.result[0]), dtype=np.float32)
+            assert image.shape == (64, 64, 3) and image.std() > 0, mode
+        msg, files = page.on_download("cat", "kohya")
+        assert len(files) == 3 and "kohya" in msg
+        from unziplora.run.folder import load_safetensors
+
+        assert any(k.startswith("lora_unet_single_blocks_") for k in load_safetensors(files[0]))
+    finally:
+        page.worker.close()
+        blocks.close()

@@ -109,11 +109,13 @@ def build_blocks(page: Page) -> gr.Blocks:
                 prompt = gr.Textbox(label="Prompt", value=f"A {CONTENT_TAG} in {STYLE_TAG} style", elem_id="uz-prompt")
                 with gr.Row():
                     seeds = gr.Textbox(label="Seeds", placeholder="blank: the run's, e.g. 0 1 2", elem_id="uz-seeds")
-                    sample = resolve_config({"model.base_model": page.base_model}).config.sample
+                    resolved = resolve_config({"model.base_model": page.base_model})
+                    sample, cfg = resolved.config.sample, resolved.base is None or resolved.base.family.cfg
                     gen_steps = gr.Number(sample.steps, label="Steps", precision=0, minimum=1, elem_id="uz-gen-steps",
                                           info="denoising steps (set to the run's when a run opens)")
                     guidance = gr.Number(sample.guidance_scale, label="Guidance", minimum=0, elem_id="uz-guidance",
-                                         info="classifier-free guidance (the run's)")
+                                         info="classifier-free guidance (the run's)" if cfg else
+                                         "the model's guidance input, no CFG batch (the run's)")
                     num_images = gr.Number(label="Images per seed", value=1, precision=0, minimum=1,
                                            elem_id="uz-num-images")
                 with gr.Row():
