@@ -7,12 +7,17 @@ are the warm-up and timed apart), against one plain PEFT LoRA step of the same r
 targets in the same process (`train_step_ratio_sdxl_cuda`), and what the paper's 600 steps
 (arXiv 2412.04465, Sec. 4; docs/method.md §6) take at the median step time. Random weights change
 neither memory nor time. The goals (<= 12 GB, 600 steps <= 5 minutes on an H100) are printed
-beside the numbers. `python -m unziplora.bench.cuda --dry-run` runs the same path on the CPU with
-a small UNet of SDXL's topology, in seconds (the test suite does).
+beside the numbers. Then FLUX.1: the full-size FLUX.1-dev transformer architecture (random weights,
+frozen in bf16, 1024 px, 512 T5 tokens) trained a few UnZipLoRA steps by flow matching, with
+gradient checkpointing on and off: step time and peak memory (skipped, with the reason, where the
+card has too little free memory for its 24 GB of weights). `python -m unziplora.bench.cuda --dry-run`
+runs the same path on the CPU with a small UNet of SDXL's topology and a small transformer of
+FLUX.1's, in seconds (the test suite does).
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from pathlib import Path
@@ -21,8 +26,9 @@ import torch
 
 from ..errors import UnZipLoRAError
 from . import write_report
-from .memory import _ratio, parameter_counts, peft_step_fn, sdxl_trainer, sdxl_unet
+from .memory import _ratio, flux_trainer, parameter_counts, peft_step_fn, sdxl_trainer, sdxl_unet
 
+FLUX_NEED_GB = 32.0  # free GPU memory the FLUX rows need: 24 GB of bf16 weights, LoRA, optimiser, activations
 GOAL_PEAK_GB = 12.0
 GOAL_600_STEPS_MIN = 5.0
 PAPER_STEPS = 600
@@ -98,17 +104,80 @@ def _method_rows(method: str, unet, resolution: int, rank: int, device, dtype, w
     return rows, counts
 
 
+def flux_transformer():
+    from diffusers import FluxTransformer2DModel
+
+    from ..models.architectures import flux_transformer_config
+
+    return FluxTransformer2DModel.from_config(flux_transformer_config())
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    """Build modules in `dtype` (FLUX.1's 12 billion weights never exist in fp32 on the card)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def flux_rows(factory=flux_transformer, resolution: int = 1024, rank: int = 64, device: str = "cuda",
+              dtype: torch.dtype = torch.bfloat16, warmup: int = 2, repeats: int = 3, text_tokens: int = 512,
+              need_gb: float = FLUX_NEED_GB) -> tuple[list[dict], dict]:
+    """UnZipLoRA on the FLUX transformer `factory` builds, with gradient checkpointing on and off: a few
+    flow-matching steps each (the first `warmup`, which refresh the masks, untimed). Where the card has
+    less than `need_gb` free, the rows say so and nothing is built."""
+    device = torch.device(device)
+    settings = (True, False)
+    head = [{"method": "unziplora", "model": "flux", "resolution": resolution, "gradient_checkpointing": gc,
+             "compiled": False, "dtype": str(dtype).replace("torch.", "")} for gc in settings]
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0] / 1e9
+        if free < need_gb:
+            return [{**row, "skipped": f"needs about {need_gb:.0f} GB of free GPU memory, {free:.0f} GB free"}
+                    for row in head], {}
+    t0 = time.perf_counter()
+    with device, _default_dtype(dtype):
+        transformer = factory()
+    build_s = round(time.perf_counter() - t0, 1)
+    rows, counts = [], {}
+    try:
+        trainer = flux_trainer(transformer, resolution, rank, True, text_tokens, device, dtype)
+        counts = parameter_counts(trainer)
+        for row, checkpointing in zip(head, settings):
+            if not checkpointing:
+                transformer.disable_gradient_checkpointing()
+            row = {**row, "build_s": build_s}
+            try:
+                row.update(time_steps(trainer.train_step, device, max(warmup, 2), repeats))
+            except torch.OutOfMemoryError:
+                row["error"] = "out of memory"
+            except Exception as exc:
+                row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            rows.append(row)
+            _free(device)
+    except torch.OutOfMemoryError:
+        rows = [{**row, "error": "out of memory (building the trainer)"} for row in head]
+    finally:
+        del transformer
+        _free(device)
+    return rows, counts
+
+
 def run_cuda(json_path: str | Path | None, resolutions=(1024,), rank: int = 64, repeats: int = 5,
              warmup: int = 2, device: str = "cuda", dtype: torch.dtype = torch.float16, unet_factory=sdxl_unet,
-             compile_unet: bool = False) -> dict:
+             compile_unet: bool = False, flux: dict | None = None) -> dict:
     """Rows per (method, resolution, checkpointing, compiled); the ratio ours / PEFT per setting. The
     compiled rows come last, and the report is written after every method's rows: a time limit
-    that ends the run during compilation keeps what was measured."""
+    that ends the run during compilation keeps what was measured. `flux`: `flux_rows`' arguments (beside
+    device and rank), measured after the eager SDXL rows; None: no FLUX rows."""
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UnZipLoRAError("bench memory --device cuda needs a CUDA GPU and a CUDA build of torch; "
                              "on this machine use --device cpu")
-    rows, counts = [], {}
+    rows, counts, flux_result = [], {}, None
     for settings in (EAGER, COMPILED) if compile_unet else (EAGER,):
         for resolution in resolutions:
             for method in ("unziplora", "peft"):
@@ -122,13 +191,17 @@ def run_cuda(json_path: str | Path | None, resolutions=(1024,), rank: int = 64, 
                 counts = counts or new_counts
                 del unet
                 _free(device)
-                result = _result(rows, counts, device, dtype, rank, repeats)
+                result = _result(rows, counts, device, dtype, rank, repeats, flux_result)
                 write_report(json_path, result, _table(result))
+        if settings is EAGER and flux is not None:
+            flux_result = flux_rows(device=str(device), rank=rank, **flux)
+            result = _result(rows, counts, device, dtype, rank, repeats, flux_result)
+            write_report(json_path, result, _table(result))
     print(_table(result))
     return result
 
 
-def _result(rows: list[dict], counts: dict, device, dtype, rank: int, repeats: int) -> dict:
+def _result(rows: list[dict], counts: dict, device, dtype, rank: int, repeats: int, flux=None) -> dict:
     by_setting = {(r["method"], r["resolution"], r["gradient_checkpointing"], r["compiled"]): r for r in rows}
     ratios = {f"{res}px_{'gc' if gc else 'no_gc'}{'_compiled' if comp else ''}": _ratio(row, by_setting[("peft", res, gc, comp)])
               for (method, res, gc, comp), row in by_setting.items()
@@ -136,7 +209,8 @@ def _result(rows: list[dict], counts: dict, device, dtype, rank: int, repeats: i
     return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "dtype": str(dtype).replace("torch.", ""), "rank": rank, "repeats": repeats, "torch": torch.__version__,
             "goals": {"peak_gb": GOAL_PEAK_GB, "600_steps_min": GOAL_600_STEPS_MIN},
-            "train_step_ratio_sdxl_cuda": ratios, "parameters": counts, "runs": rows}
+            "train_step_ratio_sdxl_cuda": ratios, "parameters": counts, "runs": rows,
+            **({"flux_runs": flux[0], "flux_parameters": flux[1]} if flux else {})}
 
 
 def _table(result: dict) -> str:
@@ -155,6 +229,18 @@ def _table(result: dict) -> str:
     lines += ["", f"train_step_ratio_sdxl_cuda (ours / PEFT LoRA, same setting): {result['train_step_ratio_sdxl_cuda']}",
               f"goals: peak <= {GOAL_PEAK_GB} GB and {PAPER_STEPS} steps <= {GOAL_600_STEPS_MIN} min "
               "(1024 px, gradient checkpointing, fp16)"]
+    if result.get("flux_runs"):
+        lines += ["", f"FLUX.1 transformer architecture, random weights, {result['device']}, frozen weights "
+                      f"{result['flux_runs'][0]['dtype']}, rank {result['rank']}",
+                  "| method | resolution | grad checkpointing | step s (min-max) | peak allocated GB | 600 steps min |",
+                  "|---|---|---|---|---|---|"]
+        for r in result["flux_runs"]:
+            head = f"| {r['method']} | {r['resolution']} | {r['gradient_checkpointing']} |"
+            if "skipped" in r or "error" in r:
+                lines.append(f"{head} {r.get('skipped') or r['error']} | - | - |")
+                continue
+            lines.append(f"{head} {r['step_median_s']:.3f} ({min(r['step_s']):.3f}-{max(r['step_s']):.3f}) | "
+                         f"{r.get('peak_allocated_gb', '-')} | {r['600_steps_min']} |")
     return "\n".join(lines)
 
 
@@ -167,18 +253,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true",
                         help="the same path on the CPU: a small UNet of SDXL's topology, fp32, 64 px, 2 steps")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument("--no-flux", action="store_true", help="skip the FLUX.1 transformer rows")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     if args.dry_run:
-        from diffusers import UNet2DConditionModel
+        from diffusers import FluxTransformer2DModel, UNet2DConditionModel
 
-        from ..models.architectures import small_sdxl_unet_config
+        from ..models.architectures import small_flux_transformer_config, small_sdxl_unet_config
 
+        flux = None if args.no_flux else {
+            "factory": lambda: FluxTransformer2DModel.from_config(small_flux_transformer_config()),
+            "resolution": 64, "dtype": torch.float32, "repeats": 2, "text_tokens": 16}
         run_cuda(args.json, resolutions=(64,), rank=4, repeats=2, warmup=2, device="cpu", dtype=torch.float32,
                  unet_factory=lambda: UNet2DConditionModel.from_config(small_sdxl_unet_config()),
-                 compile_unet=not args.no_compile)
+                 compile_unet=not args.no_compile, flux=flux)
     else:
-        run_cuda(args.json, repeats=args.repeats, compile_unet=not args.no_compile)
+        run_cuda(args.json, repeats=args.repeats, compile_unet=not args.no_compile, flux=None if args.no_flux else {})
     return 0
 
 

@@ -55,14 +55,15 @@ def reset_peak_rss() -> bool:
 
 
 class RandomLatents:
-    """Stands in for `CroppedLatents`: SDXL-shaped latents of one image at `resolution` px."""
+    """Stands in for `CroppedLatents`: latents of one image at `resolution` px (SDXL's 4 channels;
+    FLUX.1's VAE: 16)."""
 
-    def __init__(self, resolution: int):
-        self.resolution = resolution
+    def __init__(self, resolution: int, channels: int = 4):
+        self.resolution, self.channels = resolution, channels
 
     def sample(self, generator: torch.Generator):
         side = self.resolution // 8
-        return torch.randn(1, 4, side, side, generator=generator), (0, 0)
+        return torch.randn(1, self.channels, side, side, generator=generator), (0, 0)
 
 
 def sdxl_unet():
@@ -113,6 +114,41 @@ def sdxl_trainer(unet, resolution: int, rank: int, checkpointing: bool, profile=
                    torch.amp.GradScaler(device.type, enabled=dtype == torch.float16))
 
 
+def flux_trainer(transformer, resolution: int, rank: int, checkpointing: bool, text_tokens: int = 512,
+                 device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.bfloat16):
+    """A `Trainer` over a FluxTransformer2DModel with the built-in FLUX profile (profiles/flux.yaml), trained
+    by flow matching (core/flow.py) on random 16-channel latents and random T5 / pooled CLIP states of
+    FLUX.1-dev's lengths (512 text tokens); the frozen transformer in `dtype` (bf16 on a GPU), LoRA in fp32."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from ..config import RunConfig
+    from ..core.flow import FlowMatching
+    from ..core.inject import inject_two_branch_lora
+    from ..core.prompts import Embedded, EmbeddedTriple
+    from ..core.train import Trainer, build_optimizer
+    from ..models.families import FLUX
+    from ..models.profiles import load_profile
+
+    config = RunConfig().with_overrides({"lora.rank": rank, "train.resolution": resolution,
+                                         "train.gradient_checkpointing": checkpointing})
+    transformer.requires_grad_(False)
+    transformer.to(device, dtype)
+    lora = inject_two_branch_lora(transformer, load_profile("flux"), rank, config.lora.init, config.train.seed)
+    if checkpointing:
+        transformer.enable_gradient_checkpointing()
+    # FLUX.1-dev's scheduler: shift 3 (its scheduler_config.json)
+    pipe = SimpleNamespace(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+    generator = torch.Generator().manual_seed(0)
+    c = transformer.config
+    embeds = EmbeddedTriple(*(Embedded(torch.randn(1, text_tokens, c.joint_attention_dim, generator=generator).to(device),
+                                       torch.randn(1, c.pooled_projection_dim, generator=generator).to(device))
+                              for _ in range(3)))
+    objective = FlowMatching(pipe, FLUX)
+    return Trainer(config, pipe, lora, RandomLatents(resolution, channels=c.in_channels // 4), embeds, device, dtype,
+                   build_optimizer(config, lora), objective.scheduler, generator,
+                   torch.amp.GradScaler(device.type, enabled=False), family=FLUX, objective=objective)
+
+
 def peft_step_fn(unet, resolution: int, rank: int, same_optimizer: bool = True, dtype: torch.dtype = torch.float32):
     """One plain PEFT LoRA step on the same targets and rank, with SDXL-shaped data: the baseline
     (with our optimiser, or torch's default AdamW: see `peft_baseline_step`), on `unet`'s device."""
@@ -130,7 +166,7 @@ def parameter_counts(trainer) -> dict[str, int]:
               for b in BRANCHES}
     mergers = sum(p.numel() for p in lora.merger_parameters())
     ours = {id(p) for p in lora.lora_parameters() + lora.merger_parameters()}
-    base = sum(p.numel() for p in trainer.pipe.unet.parameters() if id(p) not in ours)
+    base = sum(p.numel() for p in trainer.unet.parameters() if id(p) not in ours)  # the UNet or FLUX transformer
     return {"unet_base": base, "content_branch": branch["content"], "style_branch": branch["style"],
             "mergers": mergers, "optimizer_state": 2 * (branch["content"] + branch["style"] + mergers)}
 

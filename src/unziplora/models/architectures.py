@@ -92,3 +92,11 @@ def flux_transformer_config() -> dict:
         "guidance_embeds": True, "in_channels": 64, "joint_attention_dim": 4096, "num_attention_heads": 24,
         "num_layers": 19, "num_single_layers": 38, "patch_size": 1, "pooled_projection_dim": 768,
     }
+
+
+def small_flux_transformer_config() -> dict:
+    """FLUX.1's topology (19 double-stream, 38 single-stream blocks, guidance-distilled) at a width of 16:
+    the full-size config's names and block counts, so its built-in profile fits, in a model a CPU runs
+    in seconds (the GPU check's dry run)."""
+    return {**flux_transformer_config(), "attention_head_dim": 8, "num_attention_heads": 2,
+            "joint_attention_dim": 32, "pooled_projection_dim": 32, "axes_dims_rope": [2, 2, 4]}
