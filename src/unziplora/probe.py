@@ -4,7 +4,8 @@ Which attention modules carry content and which carry style is an empirical prop
 base model (arXiv 2412.04465, Sec. 3, "Block separation"; docs/method.md). The probe: train one
 ordinary LoRA on an image with the prompt "A <identifier>", keep only ONE module group's part,
 generate, and score whether the subject or the style came back, relative to the base model with
-no LoRA. Groups whose part brings back mostly the subject get content "all"; mostly the style,
+no LoRA. A UNet's groups are its attention groups (B-LoRA's unit); FLUX.1's are its double- and
+single-stream blocks (the unit SplitFlux and the FLUX profile name), its LoRA trained by flow matching. Groups whose part brings back mostly the subject get content "all"; mostly the style,
 style "all". The result is a profile (profiles/ format) and a table of the evidence.
 
 Scoring: on the toy world (the embedded model, its held-out images) by the world's oracles; on

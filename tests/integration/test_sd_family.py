@@ -102,3 +102,26 @@ def test_the_probe_runs_on_the_family(sd_base, tmp_path):
                                        rank=2, resolution=64, sample=SampleConfig(steps=2, seeds=[0]),
                                        progress=False)
     assert (tmp_path / "probe" / "unziplora_profile.yaml").is_file() and "|" in table
+
+
+def test_both_merges_write_a_lora_stock_diffusers_draws_with(sd_base, sd_run, tmp_path):
+    """The direct merge of an SD run (content + a kohya-exported style) draws in stock
+    StableDiffusionPipeline what the two LoRAs draw as two adapters; ZipLoRA's loads there too."""
+    from unziplora.methods.merge import merge
+
+    kohya_style = export_run(sd_run.path, "kohya", tmp_path / "k")[1]
+    direct = merge(sd_run.path, kohya_style, tmp_path / "direct")
+    zipped = merge(sd_run.path, sd_run.path, tmp_path / "zip", method="ziplora", steps=2, device="cpu")
+    pipe = StableDiffusionPipeline.from_pretrained(sd_base.source, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(prompt="A monadikos cat in sketch style", num_inference_steps=2, height=32, width=32,
+                  output_type="np")
+    pipe.load_lora_weights(str(sd_run.lora_dir(Branch.CONTENT)), adapter_name="content")
+    pipe.load_lora_weights(str(sd_run.lora_dir(Branch.STYLE)), adapter_name="style")
+    pipe.set_adapters(["content", "style"], [1.0, 1.0])
+    both = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
+    pipe.delete_adapters(["content", "style"])
+    pipe.load_lora_weights(str(direct), adapter_name="merged")
+    assert np.allclose(both, pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images, atol=1e-4)
+    pipe.load_lora_weights(str(zipped), adapter_name="zip")
+    assert "zip" in pipe.get_list_adapters()["unet"]
