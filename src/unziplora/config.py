@@ -58,6 +58,9 @@ class ModelConfig:
     profile: str = option("auto", "block roles: auto (the base model's own profile, else SDXL's), sdxl, or a "
                           "profile YAML", flag="profile")
     block_separation: bool = True  # False: every module masked for both branches (ablation M2)
+    quantize_base: Literal["no", "nf4", "int8"] = option(
+        "no", "train on a frozen denoiser quantized by bitsandbytes, as QLoRA does (nf4: FLUX.1's transformer in "
+        "~7 GB instead of ~24); needs CUDA", flag="quantize-base")
 
 
 @dataclass

@@ -33,7 +33,8 @@ from .core.prompts import check_length, training_prompts, unknown_words_warning
 from .core.train import NonFiniteLoss, fit, tie_note
 from .errors import TrainingInterrupted, UnZipLoRAError
 from .methods import plugin, spec_of
-from .models.loading import check_native_size, check_resolution, pick_device, pick_dtype, quietly
+from .models.loading import (check_native_size, check_quantization, check_resolution, pick_device, pick_dtype,
+                             quietly)
 from .run.checkpoint import CHECKPOINT_DIR, Checkpointer, check_resumable, fingerprint, read_record, restore_checkpoint
 from .run.manifest import Manifest
 from .run.folder import (MANIFEST_FILE, RUN_FORMAT_VERSION, RunFolder, check_output, resumable_output_dir, save_grid,
@@ -95,6 +96,7 @@ def decompose(
     picture = load_image(image)
     out_dir = Path(out_dir)
     dtype = pick_dtype(cfg.train.mixed_precision, device, spec.base.family)
+    check_quantization(cfg.model.quantize_base, device)
     profile = spec.profile()
     run_fingerprint = fingerprint(cfg, _image_sha256(picture), spec.base)
 
@@ -106,7 +108,7 @@ def decompose(
         else:
             record = check_resumable(checkpointer.folder, run_fingerprint) if resume else None
             t0 = time.perf_counter()
-            pipe = spec.base.load(dtype)
+            pipe = spec.base.load(dtype, cfg.model.quantize_base)
             load_s = time.perf_counter() - t0
             profile.check_against([name for name, _ in attention_modules(spec.base.family.denoiser_of(pipe))])
             _print_prompt_notes(pipe, prompts)

@@ -51,9 +51,6 @@ CASES = {
                        "--resolution", "63"], "multiple of 8"),
     "resolution off the model's grid": (["decompose", "{image}", "--subject", "cat", "--style", "ink", "--out", "new",
                                          "--base-model", "embedded", "--resolution", "72"], "use a multiple of 32"),
-    "resolution far above the model's own": (["decompose", "{image}", "--subject", "cat", "--style", "ink", "--out",
-                                               "new", "--base-model", "embedded", "--resolution", "4096"],
-                                              "4,096x a step at 64 px"),
     "no subject": (["decompose", "{image}", "--out", "new"], "subject and style words are required"),
     "missing base model": (["decompose", "{image}", "--subject", "cat", "--style", "ink", "--out", "new",
                             "--base-model", "./nope"], "base model path nope does not exist"),
@@ -75,3 +72,14 @@ def test_a_simple_mistake_is_one_line_before_torch_loads(name, place):
     assert len(result["stderr"]) == 1 and result["stderr"][0].startswith("error: "), result["stderr"]
     assert message in result["stderr"][0]
     assert result["heavy"] == [], f"{name}: imported {result['heavy']} before answering"
+
+
+def test_a_size_far_above_the_models_own_is_one_line_with_the_cost_of_a_step(place):
+    """Not a simple mistake: the answer counts the denoiser's operations at that size (torch, on the
+    meta device: no weights load), so it may import torch; it is still one line, before any work."""
+    root, image = place
+    result = run_cli(["decompose", str(image), "--subject", "cat", "--style", "ink", "--out", "new",
+                      "--base-model", "embedded", "--resolution", "4096"], root)
+    assert result["rc"] == 2 and len(result["stderr"]) == 1 and result["stderr"][0].startswith("error: ")
+    assert "4,096x a step at 64 px" in result["stderr"][0] and "per training step here" in result["stderr"][0]
+    assert not (root / "new").exists() and not (root / "new.partial").exists()

@@ -130,8 +130,8 @@ def layer_mean_weights(widths: Sequence[int], device=None, dtype=torch.float32) 
     """1 / (layers * width) per column: a weighted sum with these is the mean over layers of each layer's mean."""
     if not widths:
         raise ValueError("orthogonality_loss: no layers given")
-    sizes = torch.tensor(list(widths), device=device)
-    return torch.repeat_interleave(1.0 / (sizes * len(sizes)), sizes).to(dtype)
+    sizes = torch.tensor(list(widths))  # on the CPU: repeat_interleave has no meta kernel (bench memory's UNet)
+    return torch.repeat_interleave(1.0 / (sizes * len(sizes)), sizes).to(device, dtype)
 
 
 def orthogonality_loss(content: torch.Tensor, style: torch.Tensor, widths: Sequence[int],

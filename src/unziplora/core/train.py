@@ -29,6 +29,7 @@ from .columns import CONE_LOSS_SCALE
 from .inject import TwoBranchLoRA, inject_two_branch_lora
 from ..models.profiles import Profile, uniform_profile
 from ..models.families import SDXL, Family, family_of
+from ..models.loading import to_device
 from .prompts import EmbeddedTriple, PromptTriple, encode_triple
 from .objective import Denoising, denoising_for
 
@@ -102,7 +103,7 @@ class Trainer:
         objective = denoising_for(pipe)  # an unsupported objective fails here, before the loop
         unet = family.denoiser_of(pipe)
         unet.requires_grad_(False)
-        unet.to(device, dtype)
+        to_device(unet, device, dtype)
         if not config.masks.enabled:
             profile = uniform_profile(Role.ALL, Role.ALL, profile.name + "-all-columns")
         elif not config.model.block_separation:

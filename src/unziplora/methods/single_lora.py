@@ -26,6 +26,7 @@ from ..core.prompts import encode_prompts
 from ..core.objective import denoising_for
 from ..core.train import NonFiniteLoss, StepLog, clip_gradients, fit, make_optimizer, text_encoders
 from ..models.families import family_of
+from ..models.loading import to_device
 
 
 @dataclass
@@ -79,7 +80,7 @@ class SingleLoraLoop:
         self.embeds, self.pooled = embeds[:1], None if pooled is None else pooled[:1]
         # the class prompt's (unused without priors)
         self.prior_embeds, self.prior_pooled = embeds[-1:], None if pooled is None else pooled[-1:]
-        self.unet = unet = self.family.denoiser_of(pipe).to(self.device, dtype)  # a UNet or FLUX's transformer
+        self.unet = unet = to_device(self.family.denoiser_of(pipe), self.device, dtype)  # a UNet or FLUX's transformer
         unet.requires_grad_(False)
         names = target_modules(unet, spec.module_prefixes)
         unet.add_adapter(LoraConfig(r=spec.rank, lora_alpha=spec.rank, init_lora_weights="gaussian",

@@ -127,11 +127,12 @@ class BaseModel:
         return digest.hexdigest()
 
     # ----- using it -------------------------------------------------------------------------------
-    def load(self, dtype=None):
-        """The diffusers pipeline (models/loading.py), safetensors only."""
+    def load(self, dtype=None, quantize: str = "no"):
+        """The diffusers pipeline (models/loading.py), safetensors only; `quantize` (nf4, int8): its
+        denoiser quantized by bitsandbytes."""
         from .loading import load_pipeline
 
-        return load_pipeline(self, dtype)
+        return load_pipeline(self, dtype, quantize)
 
     def shapes(self):
         """Its weight shapes from the safetensors headers (models/headers.py), None if not here."""

@@ -103,8 +103,47 @@ def quietly(function):
     return wrapper
 
 
-def load_pipeline(base, dtype: torch.dtype | None = None):
-    """The family's pipeline (`from_pretrained`) of a resolved `BaseModel` (base.py), safetensors only.
+def quantization_for(family, quantize: str = "no"):
+    """diffusers' PipelineQuantizationConfig that loads the family's denoiser quantized by bitsandbytes
+    (QLoRA, arXiv 2305.14314, Sec. 2: nf4 weights, matmuls in the family's CUDA dtype; or int8), or
+    None for "no". Only the frozen denoiser: the VAE and text encoders are small or released."""
+    if quantize == "no":
+        return None
+    import torch
+    from diffusers import PipelineQuantizationConfig
+
+    if quantize == "nf4":
+        backend, kwargs = "bitsandbytes_4bit", {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+                                                "bnb_4bit_compute_dtype": getattr(torch, family.cuda_dtype)}
+    elif quantize == "int8":
+        backend, kwargs = "bitsandbytes_8bit", {"load_in_8bit": True}
+    else:
+        raise UnZipLoRAError(f"unknown --quantize-base {quantize!r}: use no, nf4 or int8")
+    return PipelineQuantizationConfig(quant_backend=backend, quant_kwargs=kwargs, components_to_quantize=[family.denoiser])
+
+
+def check_quantization(quantize: str, device: torch.device) -> None:
+    """Refuse a quantized base where bitsandbytes cannot run it, before anything loads."""
+    if quantize == "no":
+        return
+    if device.type != "cuda":
+        raise UnZipLoRAError(f"--quantize-base {quantize} runs on CUDA only (bitsandbytes); drop it on this machine")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UnZipLoRAError("--quantize-base needs bitsandbytes: pip install 'unziplora[bnb]', or drop "
+                             "--quantize-base") from None
+
+
+def to_device(model, device, dtype):
+    """model.to(device, dtype); a quantized model (bitsandbytes) moves only: its weights keep their
+    storage and its other layers the dtype they were loaded in."""
+    return model.to(device) if getattr(model, "is_quantized", False) else model.to(device, dtype)
+
+
+def load_pipeline(base, dtype: torch.dtype | None = None, quantize: str = "no"):
+    """The family's pipeline (`from_pretrained`) of a resolved `BaseModel` (base.py), safetensors only,
+    its denoiser quantized where `quantize` says (`quantization_for`).
 
     The VAE is kept in fp32 (SDXL's VAE overflows in fp16; docs/method.md §6). Library logs are
     hidden while loading (`quiet_libraries`).
@@ -112,10 +151,12 @@ def load_pipeline(base, dtype: torch.dtype | None = None):
     import torch
 
     dtype = dtype or torch.float32
+    quantized = quantization_for(base.family, quantize)
     try:
         with quiet_libraries():
             pipe = base.family.pipeline_class().from_pretrained(
-                base.source, revision=base.revision, dtype=dtype, use_safetensors=True
+                base.source, revision=base.revision, dtype=dtype, use_safetensors=True,
+                **({"quantization_config": quantized} if quantized is not None else {}),
             )
     except (OSError, ValueError, EnvironmentError) as exc:
         if not base.local:
