@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from unziplora.config import RunConfig
+from unziplora.names import Branch
 from tests.pipelines import save_tiny_sdxl_pipeline
 
 # The test models are tiny: threads buy nothing, and on a shared 2-core machine two processes
@@ -132,3 +133,20 @@ def slow(self):
 Trainer.train_step = slow
 sys.exit(main(sys.argv[1:]))
 """
+
+
+def adapters_and_merged(pipe, run, merged):
+    """(what a run's content and style LoRAs draw as two adapters of a stock pipeline, what the merged
+    LoRA file `merged` draws alone there): a merge is right when both are the same picture."""
+    import torch
+
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(prompt="A monadikos cat in sketch style", num_inference_steps=2, height=32, width=32,
+                  output_type="np")
+    pipe.load_lora_weights(str(run.lora_dir(Branch.CONTENT)), adapter_name="content")
+    pipe.load_lora_weights(str(run.lora_dir(Branch.STYLE)), adapter_name="style")
+    pipe.set_adapters(["content", "style"], [1.0, 1.0])
+    both = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
+    pipe.delete_adapters(["content", "style"])
+    pipe.load_lora_weights(str(merged), adapter_name="merged")
+    return both, pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images

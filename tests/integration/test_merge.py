@@ -11,6 +11,8 @@ from unziplora.errors import UnZipLoRAError
 from unziplora.export import export_run
 from unziplora.methods.merge import direct_merge, merge
 
+from ..conftest import adapters_and_merged
+
 
 def test_direct_merge_is_the_exact_sum():
     torch.manual_seed(0)
@@ -33,16 +35,7 @@ def test_direct_merge_is_the_exact_sum():
 def test_merged_lora_equals_two_adapters_in_stock_diffusers(tiny_base, tiny_run, tmp_path):
     kohya_style = export_run(tiny_run.path, "kohya", tmp_path / "k")[1]  # imports from kohya too
     out = merge(tiny_run.path, kohya_style, tmp_path / "merged")
-    pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny_base))
-    pipe.set_progress_bar_config(disable=True)
-    kwargs = dict(prompt="A monadikos cat in sketch style", num_inference_steps=2, height=32, width=32, output_type="np")
-    pipe.load_lora_weights(str(tiny_run.lora_dir(Branch.CONTENT)), adapter_name="content")
-    pipe.load_lora_weights(str(tiny_run.lora_dir(Branch.STYLE)), adapter_name="style")
-    pipe.set_adapters(["content", "style"], [1.0, 1.0])
-    both = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
-    pipe.delete_adapters(["content", "style"])
-    pipe.load_lora_weights(str(out), adapter_name="merged")
-    merged = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
+    both, merged = adapters_and_merged(StableDiffusionXLPipeline.from_pretrained(str(tiny_base)), tiny_run, out)
     assert np.allclose(both, merged, atol=1e-4)
 
 

@@ -16,9 +16,8 @@ from unziplora.generate import generate
 from unziplora.methods import resolve_spec
 from unziplora.models.base import BaseModel
 from unziplora.models.profiles import resolve_profile
-from unziplora.names import Branch
 
-from ..conftest import interrupt_and_resume
+from ..conftest import adapters_and_merged, interrupt_and_resume
 from ..pipelines import save_tiny_sd_pipeline
 
 SETTINGS = {"prompts.subject": "cat", "prompts.style": "sketch", "train.steps": 4, "train.resolution": 64,
@@ -113,15 +112,7 @@ def test_both_merges_write_a_lora_stock_diffusers_draws_with(sd_base, sd_run, tm
     direct = merge(sd_run.path, kohya_style, tmp_path / "direct")
     zipped = merge(sd_run.path, sd_run.path, tmp_path / "zip", method="ziplora", steps=2, device="cpu")
     pipe = StableDiffusionPipeline.from_pretrained(sd_base.source, safety_checker=None)
-    pipe.set_progress_bar_config(disable=True)
-    kwargs = dict(prompt="A monadikos cat in sketch style", num_inference_steps=2, height=32, width=32,
-                  output_type="np")
-    pipe.load_lora_weights(str(sd_run.lora_dir(Branch.CONTENT)), adapter_name="content")
-    pipe.load_lora_weights(str(sd_run.lora_dir(Branch.STYLE)), adapter_name="style")
-    pipe.set_adapters(["content", "style"], [1.0, 1.0])
-    both = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
-    pipe.delete_adapters(["content", "style"])
-    pipe.load_lora_weights(str(direct), adapter_name="merged")
-    assert np.allclose(both, pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images, atol=1e-4)
+    both, merged = adapters_and_merged(pipe, sd_run, direct)
+    assert np.allclose(both, merged, atol=1e-4)
     pipe.load_lora_weights(str(zipped), adapter_name="zip")
     assert "zip" in pipe.get_list_adapters()["unet"]
