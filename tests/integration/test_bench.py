@@ -29,6 +29,8 @@ def test_speed_benchmark_reports_ratios(tiny_base, tiny_image, tmp_path):
     assert set(saved["timings_s"]) == {*steps.values(), "generate_base", "generate_combined", "generate_content_fused"}
     # one repeat: each step's phases are parts of that very step, so they add up to at most its time
     assert set(saved["train_step_phases_s"]) == set(steps)
+    paired = saved["train_step_ratio_paired"]  # one turn: a mean, no standard error yet
+    assert paired["mean"] > 0 and paired["se"] != paired["se"]
     for name, phases in saved["train_step_phases_s"].items():
         assert set(phases) == {"forward", "backward", "update"} and min(phases.values()) > 0
         assert sum(phases.values()) <= saved["timings_s"][steps[name]]["median"]

@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--workdir", help="quality: where its runs go (default runs/bench)")
     bench.add_argument("--resume", action="store_true",
                        help="quality: reuse the runs and scores an earlier invocation finished with the same settings")
-    bench.add_argument("--repeats", type=int, help="speed: timed repeats (default 5); memory: steps (default 2, at most 3)")
+    bench.add_argument("--repeats", type=int, help="speed: timed repeats (default 11); memory: steps (default 2, at most 3)")
     bench.add_argument("--steps", type=int, help="speed (default 20), quality (default 30): denoising steps per image")
     bench.add_argument("--rank", type=int, help="LoRA rank (default: speed and quality 16; memory 64, the paper's)")
     bench.add_argument("--resolutions", type=int, nargs="+",

@@ -148,7 +148,16 @@ def train_step_times(base: str, trainer: Trainer, rank: int, repeats: int) -> tu
     # the last `repeats` records: the first one is the warm-up call's
     medians = {name: {p: statistics.median(r[p] for r in runs[-repeats:]) for p in PHASES}
                for name, runs in phases.items()}
+    medians["paired_ratio_to_peft"] = paired_ratio([sum(r.values()) for r in phases["ours"][-repeats:]],
+                                                   [sum(r.values()) for r in phases["peft"][-repeats:]])
     return timings, medians
+
+
+def paired_ratio(ours: list[float], baseline: list[float]) -> dict:
+    """Mean and standard error of ours[i] / baseline[i]: the steps of one turn share the machine's state."""
+    ratios = [a / b for a, b in zip(ours, baseline)]
+    se = statistics.stdev(ratios) / len(ratios) ** 0.5 if len(ratios) > 1 else float("nan")
+    return {"mean": statistics.fmean(ratios), "se": se}
 
 
 def inference_times(base: str, trainer: Trainer, rank: int, resolution: int, steps: int, repeats: int) -> dict[str, Timing]:
@@ -173,7 +182,7 @@ def inference_times(base: str, trainer: Trainer, rank: int, resolution: int, ste
 
 
 def run_speed(json_path: str | Path | None, base, image, rank: int = 16, resolution: int = 64,
-              steps: int = 20, repeats: int = 5, train_steps: int = 600, rounds: int = 3, threads: int = 1) -> dict:
+              steps: int = 20, repeats: int = 11, train_steps: int = 600, rounds: int = 3, threads: int = 1) -> dict:
     """Measure, print Markdown tables and write JSON: whole decompositions per method (`rounds`
     turns of `train_steps` steps each; 0 rounds: skipped), one training step, generation. Torch runs
     on `threads` threads (1: robust on a machine other work shares)."""
@@ -184,6 +193,7 @@ def run_speed(json_path: str | Path | None, base, image, rank: int = 16, resolut
                                             rounds=rounds)) if rounds else {}
     trainer = _trainer(base, image, rank, resolution)  # one for both: its LoRA is what generation loads
     train, phases = train_step_times(base, trainer, rank, repeats)
+    paired = phases.pop("paired_ratio_to_peft")
     infer = inference_times(base, trainer, rank, resolution, steps, repeats)
     ours = train["ours"].median
     result = {
@@ -193,6 +203,8 @@ def run_speed(json_path: str | Path | None, base, image, rank: int = 16, resolut
                       **{f"generate_{k}": asdict(v) for k, v in infer.items()}},
         "train_step_phases_s": phases,
         "train_step_ratio": ours / train["peft"].median,
+        # per turn (forward + backward + update of ours over PEFT's in the same turn): mean and s.e.
+        "train_step_ratio_paired": paired,
         "train_step_ratio_vs_default_adamw": ours / train["peft_default_adamw"].median,
         "train_step_ratio_vs_rank_2r": ours / train["peft_rank_2r"].median,
         "combined_inference_ratio": infer["combined"].median / infer["base"].median,
@@ -209,6 +221,7 @@ def run_speed(json_path: str | Path | None, base, image, rank: int = 16, resolut
         print(f"| {phase} | " + " | ".join(f"{p[phase] * 1000:.1f}" for p in phases.values()) + " |")
     if e2e:
         print("\n" + e2e_table(e2e) + "\n")
+    print(f"train_step_ratio_paired: {paired['mean']:.3f} ± {paired['se']:.3f} (s.e., {repeats} turns)")
     for key in ("decomposition_ratio", "train_step_ratio", "train_step_ratio_vs_default_adamw",
                 "train_step_ratio_vs_rank_2r", "combined_inference_ratio", "fused_inference_ratio"):
         if result[key] is not None:

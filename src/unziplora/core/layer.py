@@ -217,8 +217,10 @@ class TwoBranchLoraLinear(nn.Module):
         if len(self.active) == 2 and inputs[0].shape == inputs[1].shape == x.shape:
             # Separated inputs (cross-attn K/V): both branches in one batched matmul per factor.
             xs = _stacked(inputs[0], inputs[1], dtype)  # (2, tokens, in)
-            h = torch.bmm(torch.bmm(xs, self.down_weight.transpose(1, 2)), ups.permute(1, 2, 0))
-            return out + h.sum(0).view(out.shape).to(out.dtype)
+            low = torch.bmm(xs, self.down_weight.transpose(1, 2))  # (2, tokens, r): A_c x_c and A_s x_s
+            # [A_c x_c | A_s x_s] through [B_c | B_s]: the sum of both branches in one matmul of rank 2r
+            h = F.linear(low.transpose(0, 1).flatten(1), ups.flatten(1))
+            return out + h.view(out.shape).to(out.dtype)
         for branch in BRANCHES:
             if branch in self.active:
                 i = INDEX[branch]
