@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny SDXL-shaped pipeline saved to disk and loaded like a real one."""
 
 import os
+import signal
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be downloaded in tests
@@ -14,6 +15,11 @@ from PIL import Image
 from unziplora.config import RunConfig
 from unziplora.names import Branch
 from tests.pipelines import save_tiny_sdxl_pipeline
+
+# A shell starts background jobs with SIGINT ignored, and child processes inherit that. The tests that
+# press Ctrl-C on a child test what happens in a terminal, so the suite puts Python's handler back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # The test models are tiny: threads buy nothing, and on a shared 2-core machine two processes
 # of 2 OpenMP threads each slow down tens of times.
