@@ -31,8 +31,8 @@ def forward_flops(base, resolution: int) -> float | None:
     side = resolution // 2 ** (len(vae_config["block_out_channels"]) - 1)
     meta = {"device": "meta"}
     latent = torch.zeros(1, unet_config.get("in_channels", 4), side, side, **meta)
-    text = torch.zeros(1, 77, unet_config["cross_attention_dim"] if isinstance(unet_config.get("cross_attention_dim"), int)
-                       else unet_config["cross_attention_dim"][0], **meta)
+    width = unet_config["cross_attention_dim"]  # an int, or one per block (all equal in SD and SDXL)
+    text = torch.zeros(1, 77, width if isinstance(width, int) else width[0], **meta)
     added = None
     if unet_config.get("addition_embed_type") == "text_time":  # SDXL's pooled text and six size numbers
         pooled = unet_config["projection_class_embeddings_input_dim"] - 6 * unet_config["addition_time_embed_dim"]
@@ -79,8 +79,8 @@ def step_seconds_floor(base, resolution: int) -> tuple[float, str] | None:
 
 def duration(seconds: float) -> str:
     """A duration in the unit that reads best: 0.05 s, 12 s, 3.5 min, 2.1 h, 4.0 days."""
-    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= 2 * size if unit == "days" else seconds >= size:
+    for unit, size, from_ in (("days", 86400, 2 * 86400), ("h", 3600, 3600), ("min", 60, 60)):
+        if seconds >= from_:
             return f"{seconds / size:,.1f} {unit}"
     return f"{seconds:.2g} s" if seconds < 10 else f"{seconds:.0f} s"
 
