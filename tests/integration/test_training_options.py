@@ -46,6 +46,7 @@ def test_previews_every_n_steps(tiny_base, tiny_image, tmp_path):
     run = decompose(tiny_image, tmp_path / "prev", config, progress=False)
     assert sorted(p.name for p in (run.path / "previews").iterdir()) == ["step_00002.png"]
     assert (run.path / "preview.png").is_file() and run.manifest.timings["preview_s"] > 0
+    assert "![preview](preview.png)" in (run.path / "README.md").read_text()  # the card shows the grid
 
 
 def test_no_preview_skips_the_final_grid_and_keeps_the_run_resumable(tiny_base, tiny_image, tmp_path):
@@ -55,6 +56,7 @@ def test_no_preview_skips_the_final_grid_and_keeps_the_run_resumable(tiny_base, 
     run = decompose(tiny_image, tmp_path / "quiet", config, progress=False)
     assert not (run.path / "preview.png").exists() and "preview" not in run.manifest.files
     assert run.manifest.timings["preview_s"] < 0.05 and (run.path / "content_lora").is_dir()
+    assert "preview.png" not in (run.path / "README.md").read_text()  # no link to a picture that is not there
     base = BaseModel.resolve(tiny_base)
     with_preview = tiny_config(tiny_base, **{"train.steps": 2})
     # what is written around training, not what trains: a run resumes with or without the flag

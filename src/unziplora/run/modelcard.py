@@ -16,7 +16,7 @@ tags: [lora, unziplora, {hub_tag}, text-to-image]
 ---
 # {name}: content and style LoRAs from one image
 
-![input](thumbnail.png) ![preview](preview.png)
+![input](thumbnail.png){preview}
 
 Decomposed by [unziplora](https://arxiv.org/abs/2412.04465) with **{method}** from one image of a
 **{subject}** in **{style_phrase}** style: {steps} steps, rank {rank}, seed {seed}.
@@ -89,6 +89,8 @@ def write_model_card(folder: Path, manifest, thumbnail: Image.Image, final_path:
         files=files, base_model=manifest.base_model, subject=p.subject, style=p.style_words,
         style_phrase=cfg.prompts.style or p.style_words,
         identifier=p.identifier, steps=manifest.steps, rank=cfg.lora.rank, seed=manifest.seed,
+        # the grid only where the run drew one (the baselines draw none; --no-preview skips it)
+        preview=" ![preview](preview.png)" if (folder / "preview.png").is_file() else "",
     )
     path = folder / "README.md"
     path.write_text(card)
