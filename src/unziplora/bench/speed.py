@@ -37,6 +37,7 @@ from ..core.objective import diffusion_mse
 from ..core.train import Trainer, adamw
 from ..models.families import SDXL
 from . import write_report
+from .e2e import paired_ratio
 
 
 @dataclass
@@ -151,13 +152,6 @@ def train_step_times(base: str, trainer: Trainer, rank: int, repeats: int) -> tu
     medians["paired_ratio_to_peft"] = paired_ratio([sum(r.values()) for r in phases["ours"][-repeats:]],
                                                    [sum(r.values()) for r in phases["peft"][-repeats:]])
     return timings, medians
-
-
-def paired_ratio(ours: list[float], baseline: list[float]) -> dict:
-    """Mean and standard error of ours[i] / baseline[i]: the steps of one turn share the machine's state."""
-    ratios = [a / b for a, b in zip(ours, baseline)]
-    se = statistics.stdev(ratios) / len(ratios) ** 0.5 if len(ratios) > 1 else float("nan")
-    return {"mean": statistics.fmean(ratios), "se": se}
 
 
 def inference_times(base: str, trainer: Trainer, rank: int, resolution: int, steps: int, repeats: int) -> dict[str, Timing]:

@@ -109,11 +109,7 @@ class TwoBranchLoraLinear(nn.Module):
         """Gradients of (A, B, m) of one branch from the last backward pass (None where absent)."""
         i = INDEX[branch]
         a, b = self.down_weight.grad, self.up_weight.grad
-        if self._pool_ref:
-            pool, index = self._pool_ref
-            m = pool.grad_slice(index)
-        else:
-            m = self.merger_weight.grad
+        m = self._pool_ref[0].grad_slice(self._pool_ref[1]) if self._pool_ref else self.merger_weight.grad
         return None if a is None else a[i], None if b is None else b[:, i], None if m is None else m[i]
 
     def reset_parameters(self, init: str, generator: torch.Generator | None = None) -> None:
@@ -348,12 +344,12 @@ def _stacked(content: torch.Tensor, style: torch.Tensor, dtype: torch.dtype) -> 
     unchanged (same objects, same in-place version). Inputs that need a gradient are stacked afresh:
     a graph node is not reused across passes."""
     global _last_stacked
-    if content.requires_grad or style.requires_grad:
-        return torch.stack([content, style]).to(dtype).flatten(1, -2)
+    reusable = not (content.requires_grad or style.requires_grad)
     key = (content._version, style._version, dtype)
     last = _last_stacked
-    if last and last[0] is content and last[1] is style and last[2] == key:
+    if reusable and last and last[0] is content and last[1] is style and last[2] == key:
         return last[3]
     stacked = torch.stack([content, style]).to(dtype).flatten(1, -2)
-    _last_stacked = (content, style, key, stacked)
+    if reusable:
+        _last_stacked = (content, style, key, stacked)
     return stacked
