@@ -13,7 +13,8 @@ import time
 import pytest
 
 from unziplora.app.ui.jobs import JobState, Worker
-from unziplora.app.ui.page import Page, queue_html
+from unziplora.app.ui.page import Page
+from unziplora.app.ui.views import queue_html
 from unziplora.app.ui.runs import PENDING_DIR, RunsFolder
 from unziplora.errors import UnZipLoRAError
 from unziplora.run.lock import WorkLock

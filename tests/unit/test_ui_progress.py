@@ -5,7 +5,7 @@ import pytest
 pytest.importorskip("gradio")
 
 from unziplora.app.ui.jobs import Job, JobState  # noqa: E402
-from unziplora.app.ui.page import progress_html  # noqa: E402
+from unziplora.app.ui.views import progress_html  # noqa: E402
 from unziplora.core.callbacks import Progress  # noqa: E402
 
 
