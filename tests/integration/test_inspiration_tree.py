@@ -33,6 +33,22 @@ def run(tiny_base, tiny_image, tmp_path, clip_dir, small_selection):
     return RunFolder.open(out)
 
 
+def test_the_seed_selection_shows_its_progress_unless_quiet(tiny_base, tiny_image, tmp_path, clip_dir,
+                                                            small_selection, capfd):
+    """The selection (4 seeds' training and their scoring generations) is most of a run's time: each
+    part has a labelled bar, and --quiet shows none."""
+    image = tmp_path / "in.png"
+    tiny_image.save(image)
+    shown = {}
+    for flags in ([], ["--quiet"]):
+        assert main(["decompose", str(image), "--subject", "cat", "--style", "sketch", "--out", str(tmp_path / "it"),
+                     "--base-model", str(tiny_base), "--steps", "4", "--resolution", "32", "--sample-steps", "2",
+                     "--method", "inspiration-tree", "--clip", str(clip_dir), "--force", *flags]) == 0
+        shown[bool(flags)] = capfd.readouterr().err
+    for label in ("seed 1/4 (selection)", "seed 4/4 (selection)", "seed 4/4 scoring <&> x 4", "assigning <*> x 4"):
+        assert label in shown[False] and label not in shown[True]
+
+
 def stock_pipe(base, run_path, tokens):
     from diffusers import StableDiffusionXLPipeline
 
@@ -148,7 +164,7 @@ def test_seed_score_and_assignment_with_the_toy_worlds_oracles(monkeypatch):
     same_style = [render(other_subject, style, 64, seed=s) for s in range(4)]
     features = seeds.OracleFeatures()
     for order in ((same_subject, same_style), (same_style, same_subject)):
-        monkeypatch.setattr(seeds, "token_images", lambda pipe, token, config, o=order: o[TOKENS.index(token)])
+        monkeypatch.setattr(seeds, "token_images", lambda pipe, token, config, *shown, o=order: o[TOKENS.index(token)])
         config = type("C", (), {"prompts": type("P", (), {"subject": subject.cls})})
         found = seeds.assign_tokens(None, config, features, image, TOKENS)
         assert found["content"] == TOKENS[0 if order[0] is same_subject else 1]

@@ -37,7 +37,7 @@ class Conditioning:
 
 @torch.no_grad()
 def sample_images(pipe, cond: Conditioning, sample: SampleConfig, resolution: int | None, num_images: int = 1,
-                  progress: bool = False, on_step=None, into: list | None = None) -> list[Image.Image]:
+                  progress: bool = False, on_step=None, into: list | None = None, desc: str = "generate") -> list[Image.Image]:
     """Run the base model's pipeline once per seed from precomputed embeddings, called as its
     denoiser's sampling says (`sampling_for`). With `progress`, one bar counts the denoising steps
     of every seed; `on_step(done, total)` is told the same count (the web page's progress). Each
@@ -46,7 +46,7 @@ def sample_images(pipe, cond: Conditioning, sample: SampleConfig, resolution: in
     """
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(sample.seeds) * sample.steps, desc="generate", unit="step", disable=not progress,
+    bar = tqdm(total=len(sample.seeds) * sample.steps, desc=desc, unit="step", disable=not progress,
                dynamic_ncols=True)
 
     total, done = len(sample.seeds) * sample.steps, [0]

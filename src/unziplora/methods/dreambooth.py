@@ -18,7 +18,7 @@ from .base import Combine, MethodPlugin, ModelCardText
 from .single_lora import SingleLoraLoop, SingleLoraSpec, keep_modules
 
 
-def class_images(pipe, prompt: str, n: int, config, device, folder: Path) -> list:
+def class_images(pipe, prompt: str, n: int, config, device, folder: Path, progress: bool = False) -> list:
     """DreamBooth's class images: n samples of the class prompt from the frozen base model, kept in the run."""
     import torch
     from tqdm.auto import tqdm
@@ -26,7 +26,7 @@ def class_images(pipe, prompt: str, n: int, config, device, folder: Path) -> lis
     folder.mkdir(parents=True, exist_ok=True)
     pipe.to(device)
     images = []
-    for i in tqdm(range(n), desc="class images", leave=False):
+    for i in tqdm(range(n), desc="class images", leave=False, disable=not progress):
         image = pipe(prompt, num_inference_steps=config.sample.steps, guidance_scale=config.sample.guidance_scale,
                      height=config.train.resolution, width=config.train.resolution,
                      generator=torch.Generator().manual_seed(config.train.seed + i)).images[0]
@@ -45,13 +45,13 @@ class SingleLoraPlugin(MethodPlugin):
         """The module prefixes of each part (empty: every attention module)."""
         return {Branch.CONTENT: (), Branch.STYLE: ()}
 
-    def prior_images(self, spec, pipe, device, workdir: Path) -> tuple[str, list]:
+    def prior_images(self, spec, pipe, device, workdir: Path, progress: bool = False) -> tuple[str, list]:
         return "", []
 
-    def prepare(self, spec, pipe, image, prompts, profile, device, dtype, workdir: Path):
+    def prepare(self, spec, pipe, image, prompts, profile, device, dtype, workdir: Path, progress: bool = False):
         c = spec.config
         self.parts = self.modules(profile)
-        prior_prompt, priors = self.prior_images(spec, pipe, device, workdir)
+        prior_prompt, priors = self.prior_images(spec, pipe, device, workdir, progress)
         single = SingleLoraSpec(self.training_prompt(c, prompts), c.lora.rank, c.train.steps, c.lora.lr,
                                 c.train.resolution, c.train.seed, self.parts[Branch.CONTENT] + self.parts[Branch.STYLE],
                                 prior_prompt=prior_prompt, prior_weight=c.train.prior_weight, train=c.train)
@@ -84,13 +84,13 @@ class DreamBoothLoRA(SingleLoraPlugin):
     def training_prompt(self, config, prompts) -> str:
         return prompts.combined
 
-    def prior_images(self, spec, pipe, device, workdir: Path) -> tuple[str, list]:
+    def prior_images(self, spec, pipe, device, workdir: Path, progress: bool = False) -> tuple[str, list]:
         n = spec.config.train.prior_images
         if not n:
             return "", []
         # DreamBooth's class prompt (arXiv 2208.12242, Sec. 4.2), "An" before a vowel
         prompt = fill_template("A {subject}", {"subject": spec.config.prompts.subject.strip()}, "class prompt")
-        return prompt, class_images(pipe, prompt, n, spec.config, device, workdir / "class_images")
+        return prompt, class_images(pipe, prompt, n, spec.config, device, workdir / "class_images", progress)
 
     def manifest_fields(self, spec, loop) -> dict:
         t = spec.config.train

@@ -93,15 +93,17 @@ def features_for(spec):
     return OracleFeatures() if spec.base.is_embedded else ClipFeatures(spec.config.train.clip_model)
 
 
-def token_images(pipe, token: str, config) -> list:
-    """The reference's generations of one token alone: images_per_seed for each generation seed."""
+def token_images(pipe, token: str, config, progress: bool = False, why: str = "") -> list:
+    """The reference's generations of one token alone: images_per_seed for each generation seed;
+    `progress` shows a bar labelled with `why` and the token."""
     from ..core.prompts import encode_prompts
     from ..core.sampling import Conditioning, sample_images
 
     embeds, pooled = encode_prompts(pipe, [token], pipe.unet.device)
     sample = SampleConfig(steps=SELECTION.steps, seeds=list(SELECTION.gen_seeds),
                           guidance_scale=config.sample.guidance_scale, guidance_rescale=config.sample.guidance_rescale)
-    return sample_images(pipe, Conditioning(embeds, pooled), sample, config.train.resolution, SELECTION.images_per_seed)
+    return sample_images(pipe, Conditioning(embeds, pooled), sample, config.train.resolution, SELECTION.images_per_seed,
+                         progress=progress, desc=f"{why}{token} x {SELECTION.images_per_seed * len(sample.seeds)}")
 
 
 def _mean_distinct_pairs(matrix: np.ndarray) -> float:
@@ -117,19 +119,22 @@ def consistency(features, left: list, right: list) -> dict[str, float]:
     return {"score": s_l + s_r + (min(s_l, s_r) - s_lr), "s_l": s_l, "s_r": s_r, "s_lr": s_lr}
 
 
-def select_seed(make_loop, steps: int, config, pipe, features) -> tuple[dict, dict]:
+def select_seed(make_loop, steps: int, config, pipe, features, progress: bool = False) -> tuple[dict, dict]:
     """Train each candidate seed `steps` steps and score it; the best (the first of equals, as
-    Python's max in main_multiseed.py:95) and the manifest's record of the selection."""
+    Python's max in main_multiseed.py:95) and the manifest's record of the selection. `progress`:
+    a bar for each seed's training and for each token's scoring generations."""
+    from ..core.callbacks import ProgressBar
     from ..core.train import fit
 
     from .inspiration_tree import TOKENS
 
     candidates = []
-    for offset in SELECTION.seeds:
+    for number, offset in enumerate(SELECTION.seeds, 1):
         loop = make_loop(config.train.seed + offset)
         loop.total_steps = steps
-        fit(loop)
-        parts = consistency(features, token_images(pipe, TOKENS[0], config), token_images(pipe, TOKENS[1], config))
+        label = f"seed {number}/{len(SELECTION.seeds)}"
+        fit(loop, [ProgressBar(progress, desc=f"{label} (selection)")])
+        parts = consistency(features, *(token_images(pipe, t, config, progress, f"{label} scoring ") for t in TOKENS))
         candidates.append({"seed": loop.seed, **parts, "state": loop.state()})
     best = max(candidates, key=lambda c: c["score"])
     record = {
@@ -142,10 +147,11 @@ def select_seed(make_loop, steps: int, config, pipe, features) -> tuple[dict, di
     return best, record
 
 
-def assign_tokens(pipe, config, features, image, tokens: tuple[str, str]) -> dict:
+def assign_tokens(pipe, config, features, image, tokens: tuple[str, str], progress: bool = False) -> dict:
     """docs/method.md §12: the token whose generations score higher on subject similarity is the
     content token (the first token on a tie)."""
-    scores = {t: features.subject(token_images(pipe, t, config), image, config.prompts.subject) for t in tokens}
+    scores = {t: features.subject(token_images(pipe, t, config, progress, "assigning "), image, config.prompts.subject)
+              for t in tokens}
     content = tokens[0] if scores[tokens[0]] >= scores[tokens[1]] else tokens[1]
     return {"content": content, "style": next(t for t in tokens if t != content),
             "rule": "content = the token whose generations score higher on subject similarity (first token on a tie)",

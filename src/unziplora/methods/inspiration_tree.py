@@ -320,7 +320,7 @@ class InspirationTree(MethodPlugin):
         super().check(spec)
         require_features(spec)
 
-    def prepare(self, spec, pipe, image, prompts, profile, device, dtype, workdir: Path):
+    def prepare(self, spec, pipe, image, prompts, profile, device, dtype, workdir: Path, progress: bool = False):
         cfg = spec.config
         features = features_for(spec)
         device = torch.device(device)
@@ -340,16 +340,16 @@ class InspirationTree(MethodPlugin):
 
         t0 = time.perf_counter()
         steps = selection_steps(cfg.train.steps)
-        best, record = select_seed(loop, steps, cfg, pipe, features)
+        best, record = select_seed(loop, steps, cfg, pipe, features, progress)
         final = loop(best["seed"])
         final.load_state(best["state"])
         record["seconds"] = round(time.perf_counter() - t0, 3)
-        self.selection, self.features, self.spec, self.image = record, features, spec, image
+        self.selection, self.features, self.spec, self.image, self.progress = record, features, spec, image, progress
         return final
 
     def write_weights(self, loop, folder: Path) -> dict[str, str]:
         loop.write_rows()
-        assignment = assign_tokens(loop.pipe, self.spec.config, self.features, self.image, TOKENS)
+        assignment = assign_tokens(loop.pipe, self.spec.config, self.features, self.image, TOKENS, self.progress)
         self.assignment = assignment
         files = {}
         for branch in (Branch.CONTENT, Branch.STYLE):
