@@ -117,7 +117,8 @@ def decompose(
                 print(f"note: {note}")
             torch.manual_seed(cfg.train.seed)
             t0 = time.perf_counter()
-            loop = chosen.prepare(spec, pipe, picture, prompts, profile, device, dtype, tmp, progress=progress)
+            loop = chosen.prepare(spec, pipe, picture, prompts, profile, device, dtype, tmp, progress=progress,
+                                  callbacks=callbacks)
             prepare_s = time.perf_counter() - t0
             training = training_record(loop, cfg, dtype)
             if record is not None:

@@ -3,6 +3,7 @@ content and style by the rule of docs/method.md §12, exported as files stock di
 
 import json
 import re
+import threading
 
 import numpy as np
 import pytest
@@ -47,6 +48,34 @@ def test_the_seed_selection_shows_its_progress_unless_quiet(tiny_base, tiny_imag
         shown[bool(flags)] = capfd.readouterr().err
     for label in ("seed 1/4 (selection)", "seed 4/4 (selection)", "seed 4/4 scoring <&> x 4", "assigning <*> x 4"):
         assert label in shown[False] and label not in shown[True]
+
+
+def test_a_stop_request_in_the_seed_selection_stops_it_and_keeps_nothing(tiny_base, tiny_image, tmp_path, clip_dir,
+                                                                          small_selection):
+    """The page's Cancel (and its progress) reach the selection's training, not only the final one: a
+    stop asked at the first step ends the run there, with one line, and leaves no folder behind."""
+    from unziplora.core.callbacks import Callback, StopOnRequest
+    from unziplora.decompose import decompose
+    from unziplora.errors import TrainingInterrupted
+    from unziplora.methods import Method, resolve_spec
+    from unziplora.models.base import BaseModel
+
+    class Seen(Callback):
+        steps: list = []
+
+        def on_step(self, loop, log):
+            self.steps.append((loop.step, loop.total_steps))
+
+    stop = threading.Event()
+    stop.set()
+    spec = resolve_spec({"prompts.subject": "cat", "prompts.style": "sketch", "train.steps": 10, "train.resolution": 32,
+                         "sample.steps": 2, "train.clip_model": str(clip_dir)},
+                        method=Method.INSPIRATION_TREE, base=BaseModel.resolve(str(tiny_base)))
+    seen = Seen()
+    with pytest.raises(TrainingInterrupted, match=r"seed selection \(seed 1/4, step 1 of 2\).*nothing was kept"):
+        decompose(tiny_image, tmp_path / "it", spec, progress=False, callbacks=[seen, StopOnRequest(stop)])
+    assert seen.steps == [(1, 2)]  # one step of the first seed's 2 (a fifth of 10), then the stop
+    assert not (tmp_path / "it").exists()
 
 
 def stock_pipe(base, run_path, tokens):

@@ -73,11 +73,13 @@ class MethodPlugin:
             raise UnZipLoRAError(f"--method {self.method.value} trains UNet base models (SDXL, SD 1.x/2.x), not "
                                  f"{family.title}; on {family.title} use --method {able}")
 
-    def prepare(self, spec, pipe, image, prompts, profile, device, dtype, workdir: Path, progress: bool = False):
+    def prepare(self, spec, pipe, image, prompts, profile, device, dtype, workdir: Path, progress: bool = False,
+                callbacks=()):
         """Build the loop on a loaded pipeline (spec: run.spec.RunSpec). The loop is what
         `core.train.fit` runs: step, total_steps, should_stop, history, timings, train_step(), and
         the optimizer, scaler, max_grad_norm and unet it trains with (recorded in the manifest).
-        `progress`: show bars for long work before the training loop (class images, seed selection)."""
+        `progress`: show bars for long work before the training loop (class images, seed selection);
+        `callbacks`: the run's own (the page's progress and stop requests), for training done there."""
         raise NotImplementedError
 
     def write_weights(self, loop, folder: Path) -> dict[str, str]:

@@ -48,7 +48,8 @@ class SingleLoraPlugin(MethodPlugin):
     def prior_images(self, spec, pipe, device, workdir: Path, progress: bool = False) -> tuple[str, list]:
         return "", []
 
-    def prepare(self, spec, pipe, image, prompts, profile, device, dtype, workdir: Path, progress: bool = False):
+    def prepare(self, spec, pipe, image, prompts, profile, device, dtype, workdir: Path, progress: bool = False,
+                callbacks=()):
         c = spec.config
         self.parts = self.modules(profile)
         prior_prompt, priors = self.prior_images(spec, pipe, device, workdir, progress)

@@ -119,12 +119,15 @@ def consistency(features, left: list, right: list) -> dict[str, float]:
     return {"score": s_l + s_r + (min(s_l, s_r) - s_lr), "s_l": s_l, "s_r": s_r, "s_lr": s_lr}
 
 
-def select_seed(make_loop, steps: int, config, pipe, features, progress: bool = False) -> tuple[dict, dict]:
+def select_seed(make_loop, steps: int, config, pipe, features, progress: bool = False,
+                callbacks=()) -> tuple[dict, dict]:
     """Train each candidate seed `steps` steps and score it; the best (the first of equals, as
     Python's max in main_multiseed.py:95) and the manifest's record of the selection. `progress`:
-    a bar for each seed's training and for each token's scoring generations."""
+    a bar for each seed's training and for each token's scoring generations; `callbacks` (the
+    page's progress and Cancel) see each seed's training steps. A stop there keeps nothing."""
     from ..core.callbacks import ProgressBar
     from ..core.train import fit
+    from ..errors import TrainingInterrupted
 
     from .inspiration_tree import TOKENS
 
@@ -133,7 +136,11 @@ def select_seed(make_loop, steps: int, config, pipe, features, progress: bool = 
         loop = make_loop(config.train.seed + offset)
         loop.total_steps = steps
         label = f"seed {number}/{len(SELECTION.seeds)}"
-        fit(loop, [ProgressBar(progress, desc=f"{label} (selection)")])
+        try:
+            fit(loop, [ProgressBar(progress, desc=f"{label} (selection)"), *callbacks])
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(f"interrupted in the seed selection ({label}, step {loop.step} of {steps}); "
+                                      "Inspiration Tree keeps no checkpoint, nothing was kept") from None
         parts = consistency(features, *(token_images(pipe, t, config, progress, f"{label} scoring ") for t in TOKENS))
         candidates.append({"seed": loop.seed, **parts, "state": loop.state()})
     best = max(candidates, key=lambda c: c["score"])

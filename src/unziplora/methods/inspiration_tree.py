@@ -320,7 +320,8 @@ class InspirationTree(MethodPlugin):
         super().check(spec)
         require_features(spec)
 
-    def prepare(self, spec, pipe, image, prompts, profile, device, dtype, workdir: Path, progress: bool = False):
+    def prepare(self, spec, pipe, image, prompts, profile, device, dtype, workdir: Path, progress: bool = False,
+                callbacks=()):
         cfg = spec.config
         features = features_for(spec)
         device = torch.device(device)
@@ -340,7 +341,7 @@ class InspirationTree(MethodPlugin):
 
         t0 = time.perf_counter()
         steps = selection_steps(cfg.train.steps)
-        best, record = select_seed(loop, steps, cfg, pipe, features, progress)
+        best, record = select_seed(loop, steps, cfg, pipe, features, progress, callbacks)
         final = loop(best["seed"])
         final.load_state(best["state"])
         record["seconds"] = round(time.perf_counter() - t0, 3)

@@ -32,7 +32,8 @@ class UnZipLoRA(MethodPlugin):
         "`unziplora.safetensors` (both branches, mergers, masks), `loss.csv` / `loss.png`, ",
     )
 
-    def prepare(self, spec, pipe, image, prompts, profile, device, dtype, workdir: Path, progress: bool = False):
+    def prepare(self, spec, pipe, image, prompts, profile, device, dtype, workdir: Path, progress: bool = False,
+                callbacks=()):
         return Trainer.prepare(spec.config, pipe, image, prompts, profile, device, dtype)
 
     def write_weights(self, loop, folder: Path) -> dict[str, str]:
