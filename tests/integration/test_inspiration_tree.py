@@ -61,7 +61,8 @@ def test_a_stop_request_in_the_seed_selection_stops_it_and_keeps_nothing(tiny_ba
     from unziplora.models.base import BaseModel
 
     class Seen(Callback):
-        steps: list = []
+        def __init__(self):
+            self.steps = []
 
         def on_step(self, loop, log):
             self.steps.append((loop.step, loop.total_steps))
